@@ -1,0 +1,5 @@
+"""Allow `python -m aim_cli`."""
+
+from aim_cli.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""`aim classify`: image classification with utility and focus modulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from aim_cli import demo
+from aim_cli.cli.common import (
+    BatchOption,
+    CompareOption,
+    DeviceOption,
+    FocusOption,
+    FocusSigmaOption,
+    ModelOption,
+    ProfileOption,
+    QuietOption,
+    SeedOption,
+    SigmaOption,
+    app,
+    err_console,
+    out_console,
+    profile_from_options,
+    progress_bar,
+    say,
+)
+from aim_cli.devices import resolve_device
+from aim_cli.errors import EXIT_PARTIAL, AimError, InputError
+from aim_cli.io import RecordWriter, check_output_file, find_images
+from aim_cli.models.classifier import load_classifier
+from aim_cli.tasks.classify import ClassifiedImage, FailedInput, Prediction, classify_images
+from aim_cli.tasks.common import plan_modulation
+
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+
+
+def resolve_inputs(inputs: list[str] | None, model: str | None, task: str) -> list[str]:
+    """Inputs as given; with neither inputs nor --model, the demo's sample images."""
+    if inputs:
+        return inputs
+    if model is None:
+        return [str(demo.samples_dir(task))]
+    raise InputError("no inputs given", "pass image files, directories or globs")
+
+
+def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
+    """Expand inputs; unmatched ones become failures, and finding nothing at all is an error."""
+    paths, unmatched = find_images(inputs)
+    if not paths:
+        raise InputError(f"no images found in {', '.join(inputs)}", "pass image files, directories or globs")
+    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
+
+
+def _record(item: ClassifiedImage, settings: dict[str, object]) -> dict[str, object]:
+    """A flat, machine-readable record for one image."""
+    best = item.top[0]
+    record: dict[str, object] = {
+        "path": str(item.path),
+        "prediction": best.label,
+        "class_id": best.class_id,
+        "probability": round(best.probability, 6),
+        "topk": [{"label": p.label, "probability": round(p.probability, 6)} for p in item.top],
+    }
+    if item.clean_top is not None:
+        record["clean_prediction"] = item.clean_top[0].label
+        record["clean_probability"] = round(item.clean_top[0].probability, 6)
+    record.update(settings)
+    return record
+
+
+def _ranked(predictions: list[Prediction]) -> str:
+    """'label (0.93), other (0.04)' for a table cell."""
+    return ", ".join(f"{p.label} ({p.probability:.2f})" for p in predictions)
+
+
+@app.command()
+def classify(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")] = None,
+    model: ModelOption = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    profile: ProfileOption = None,
+    sigma: SigmaOption = None,
+    focus: FocusOption = None,
+    focus_sigma: FocusSigmaOption = None,
+    seed: SeedOption = None,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="Classes to report per image.")] = 1,
+    batch_size: BatchOption = 32,
+    device: DeviceOption = "auto",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")] = None,
+    compare: CompareOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Classify images with a modulated classifier."""
+    settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
+    if output is not None:
+        check_output_file(output, OUTPUT_SUFFIXES)
+    paths, failures = image_paths(resolve_inputs(inputs, model, "classify"))
+    classifier = load_classifier(model, resolve_device(device), weights, labels)
+    plan = plan_modulation(settings_profile, classifier.labels)
+    settings = plan.describe()
+    say(
+        f"model: {classifier.name} ({len(classifier.labels)} classes) | sigma {plan.modulation.sigma:g}"
+        + (f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}" if plan.modulation.has_focus else "")
+        + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}"),
+        quiet,
+    )
+    results: list[ClassifiedImage] = []
+    written = 0
+    writer = RecordWriter(output, fieldnames=None) if output else None
+    try:
+        with progress_bar("classifying", len(paths), quiet) as advance:
+            for item in classify_images(paths, classifier, plan, batch_size, topk, compare, advance):
+                if isinstance(item, FailedInput):
+                    failures.append(item)
+                elif writer:
+                    writer.write(_record(item, settings))
+                    written += 1
+                else:
+                    results.append(item)
+    except BaseException:
+        if writer:
+            writer.close(success=False)
+        raise
+    if writer:
+        writer.close()
+        say(f"wrote {written} record(s) to {output}", quiet)
+    else:
+        _print_table(results, compare)
+    _finish(failures)
+
+
+def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
+    """Show predictions as a rich table on stdout."""
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("image", overflow="fold")
+    table.add_column("prediction")
+    if compare:
+        table.add_column("clean")
+    for item in results:
+        row = [item.path.name, _ranked(item.top)]
+        if compare and item.clean_top is not None:
+            changed = item.clean_top[0].class_id != item.top[0].class_id
+            row.append(("[yellow]" if changed else "") + _ranked(item.clean_top))
+        table.add_row(*row)
+    out_console.print(table)
+
+
+def _finish(failures: list[FailedInput]) -> None:
+    """List failed inputs on stderr and exit 1 if there were any."""
+    if not failures:
+        return
+    for failure in failures:
+        err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False)
+    err_console.print(f"aim: {len(failures)} input(s) failed; the others were processed", highlight=False)
+    raise typer.Exit(EXIT_PARTIAL)

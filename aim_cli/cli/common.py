@@ -1,0 +1,66 @@
+"""Options, consoles and progress shared by the subcommands."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aim_cli.profile import Profile, resolve_profile
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Progress and messages go to stderr so machine-readable stdout stays clean.
+err_console = Console(stderr=True)
+out_console = Console()
+
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Local HF directory, cached hub id, or torchvision:ARCH. Default: the demo model."),
+]
+ProfileOption = Annotated[Optional[Path], typer.Option("--profile", "-p", help="YAML modulation profile.")]
+SigmaOption = Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")]
+FocusOption = Annotated[
+    Optional[list[str]], typer.Option("--focus", "-f", help="Focus class NAME[:up|down]; repeatable.")
+]
+FocusSigmaOption = Annotated[
+    Optional[float], typer.Option("--focus-sigma", help="Focus half-normal std (default 2.0 when --focus is given).")
+]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible noise.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda[:N] or mps.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Inputs per forward pass.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+CompareOption = Annotated[bool, typer.Option("--compare", help="Also report the clean (unmodulated) result.")]
+
+
+def profile_from_options(
+    profile: Path | None, sigma: float | None, focus: list[str] | None, focus_sigma: float | None, seed: int | None
+) -> Profile:
+    """Merge a profile file with command-line overrides."""
+    return resolve_profile(profile, sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields a callback that advances it."""
+    if quiet:
+        yield lambda _n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """Print a human-oriented note on stderr unless quiet."""
+    if not quiet:
+        err_console.print(message, highlight=False)

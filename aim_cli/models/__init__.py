@@ -1,0 +1,1 @@
+"""Model loaders: each task gets an object that turns inputs into logits."""

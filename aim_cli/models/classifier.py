@@ -1,0 +1,129 @@
+"""Image classifiers behind one interface: PIL images in, (N, C) logits out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from aim_cli import demo
+from aim_cli.errors import ModelError
+from aim_cli.models.hub import load_pretrained
+from aim_cli.models.weights import load_into, load_state_dict, output_width, read_labels_file
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@dataclass
+class ImageClassifier:
+    """A loaded classifier: preprocessing, network, labels and device."""
+
+    name: str
+    labels: list[str]
+    device: torch.device
+    network: torch.nn.Module
+    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
+    hf: bool
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Clean logits (N, C) for a batch of RGB images, as float32 on the model's device."""
+        pixels = self.preprocess(images).to(self.device)
+        if self.hf:
+            pixels = pixels.to(self.network.dtype)
+            out = self.network(pixel_values=pixels).logits
+        else:
+            out = self.network(pixels)
+        return out.float()
+
+
+def load_classifier(
+    spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
+) -> ImageClassifier:
+    """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH with --weights."""
+    if spec and spec.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision(spec[len(TORCHVISION_PREFIX) :], device, weights, labels_file)
+    if weights is not None:
+        raise ModelError("--weights goes with --model torchvision:ARCH", "HF directories carry their own weights")
+    return _load_hf(spec or str(demo.model_dir("classify")), device, labels_file, display=spec or "demo classifier")
+
+
+def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display: str) -> ImageClassifier:
+    """Load AutoModelForImageClassification + AutoImageProcessor offline."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = load_pretrained(AutoModelForImageClassification.from_pretrained, spec, "image classification model")
+    processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
+    id2label = getattr(model.config, "id2label", None) or {}
+    labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+    if labels_file is not None:
+        labels = _checked_labels(read_labels_file(labels_file), len(labels), labels_file)
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    model.eval().to(device)
+    return ImageClassifier(display, labels, device, model, preprocess, hf=True)
+
+
+def _load_torchvision(
+    arch: str, device: torch.device, weights: Path | None, labels_file: Path | None
+) -> ImageClassifier:
+    """Build a torchvision classifier and load a local weights file into it."""
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(
+            f"unknown torchvision classification architecture '{arch}'",
+            "see torchvision.models.list_models(), e.g. resnet18, mobilenet_v3_small",
+        )
+    if weights is None:
+        raise ModelError(f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights")
+    state, stored_labels = load_state_dict(weights)
+    width = output_width(state)
+    labels = read_labels_file(labels_file) if labels_file else stored_labels
+    if labels is None:
+        labels = _default_labels(arch, width)
+    if width is not None:
+        labels = _checked_labels(labels, width, labels_file or weights)
+    try:
+        network = torchvision.models.get_model(arch, weights=None, num_classes=len(labels))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
+    load_into(network, state, f"torchvision:{arch}", weights)
+    network.eval().to(device)
+    return ImageClassifier(f"torchvision:{arch}", labels, device, network, _torchvision_preprocess(arch), hf=False)
+
+
+def _default_labels(arch: str, width: int | None) -> list[str]:
+    """ImageNet names for 1000-way heads (shipped in torchvision's metadata), else class_i."""
+    import torchvision
+
+    if width == 1000:
+        weights_enum = torchvision.models.get_model_weights(arch)
+        first = next(iter(weights_enum))
+        return list(first.meta["categories"])
+    return [f"class_{i}" for i in range(width or 0)]
+
+
+def _torchvision_preprocess(arch: str) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+    """The architecture's standard inference transform (resize, crop, normalise)."""
+    import torchvision
+
+    transform = next(iter(torchvision.models.get_model_weights(arch))).transforms()
+    to_tensor = torchvision.transforms.functional.pil_to_tensor
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([transform(to_tensor(image)) for image in images])
+
+    return preprocess
+
+
+def _checked_labels(labels: list[str], width: int, source: Path) -> list[str]:
+    """The label list must match the model's number of outputs."""
+    if len(labels) != width:
+        raise ModelError(f"{source} names {len(labels)} classes but the model has {width} outputs")
+    return labels

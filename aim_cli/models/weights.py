@@ -1,0 +1,131 @@
+"""Weights files for torchvision architectures: safetensors or safe .pth, plus their labels."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aim_cli.errors import ModelError
+
+# Keys under which training scripts commonly nest the state dict in a checkpoint.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+_LABEL_KEYS = ("labels", "classes", "categories", "class_names", "id2label")
+
+
+def load_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Read a weights file and any class labels stored with it, without running pickled code."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found", "check --weights")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _load_safetensors(path)
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _load_torch(path)
+    raise ModelError(f"weights file {path}: unsupported type '{suffix}'", "use .safetensors or .pth")
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Load tensors and a JSON 'labels' metadata entry from a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"weights file {path} is not a valid safetensors file: {exc}") from None
+    labels = None
+    for key in _LABEL_KEYS:
+        if key in metadata:
+            labels = _labels_from_value(json.loads(metadata[key]), str(path))
+            break
+    return state, labels
+
+
+def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Load a .pth with weights_only=True; refuse pickles that need arbitrary code."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"{path} is a pickle that needs arbitrary code to load, which aim refuses to run ({detail[:120]})",
+            "on a machine you trust, save model.state_dict() with safetensors.torch.save_file and pass that",
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ModelError(f"weights file {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    labels = None
+    if isinstance(obj, dict):
+        for key in _LABEL_KEYS:
+            if key in obj and not isinstance(obj[key], torch.Tensor):
+                labels = _labels_from_value(obj[key], str(path))
+                break
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors", "save model.state_dict(), not the model")
+    return {k.removeprefix("module."): v for k, v in obj.items()}, labels
+
+
+def _labels_from_value(value: Any, source: str) -> list[str]:
+    """Accept a list of names or an {id: name} mapping."""
+    if isinstance(value, dict):
+        try:
+            return [str(value[k]) for k in sorted(value, key=lambda k: int(k))]
+        except (TypeError, ValueError):
+            raise ModelError(f"labels in {source}: id2label keys must be integers") from None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ModelError(f"labels in {source}: expected a list of names or an id->name mapping")
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """Read class names from a .txt (one per line), .json (list or mapping) or config.json."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"labels file {path} cannot be read ({exc.strerror or exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"labels file {path}: invalid JSON at line {exc.lineno}") from None
+        if isinstance(value, dict) and "id2label" in value:
+            value = value["id2label"]
+        return _labels_from_value(value, str(path))
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise ModelError(f"labels file {path} is empty")
+    return labels
+
+
+def output_width(state: dict[str, torch.Tensor]) -> int | None:
+    """Guess the number of classes from the last classifier weight in a state dict."""
+    for key in reversed(list(state)):
+        tensor = state[key]
+        if key.endswith("weight") and tensor.dim() in (2, 4):
+            return int(tensor.shape[0])
+    return None
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    """Load a state dict strictly, explaining a mismatch in one line."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = next((l.strip() for l in str(exc).splitlines() if "size mismatch" in l), str(exc).splitlines()[0])
+        raise ModelError(f"weights {path} do not fit {arch}: {first}") from None
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        example = (missing or result.unexpected_keys)[0]
+        raise ModelError(
+            f"weights {path} do not fit {arch}: {len(missing)} missing and "
+            f"{len(result.unexpected_keys)} unexpected tensors (e.g. '{example}')",
+            "check --model torchvision:ARCH matches the architecture the weights were trained with",
+        )

@@ -1,0 +1,256 @@
+"""Modulation profiles: YAML schema, validation with file/key/line, command-line overrides."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aim_cli.errors import ProfileError
+from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, NoiseSource, SeededNoise
+
+PROFILE_VERSION = 1
+# Used when targets are named but no focus sigma is given: a moderate boost (DESIGN.md example).
+DEFAULT_FOCUS_SIGMA = 2.0
+_DIRECTIONS = {"up": BOOST, "boost": BOOST, "+": BOOST, "down": SUPPRESS, "suppress": SUPPRESS, "-": SUPPRESS}
+_SCHEMA: dict[str, Any] = {
+    "version": int,
+    "name": str,
+    "description": str,
+    "utility": {"sigma": float},
+    "focus": {"sigma": float, "targets": list},
+    "noise": {"seed": int, "key_env": str},
+}
+_TARGET_KEYS = {"class": str, "direction": str}
+
+
+@dataclass(frozen=True)
+class FocusRequest:
+    """A focus target as the user named it, before it is resolved against a model's labels."""
+
+    name: str
+    direction: int = BOOST
+
+    def __str__(self) -> str:
+        return f"{self.name}:{'up' if self.direction == BOOST else 'down'}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated modulation profile (all fields optional, defaults mean no modulation)."""
+
+    name: str | None = None
+    description: str | None = None
+    sigma: float = 0.0
+    focus_sigma: float | None = None
+    focus: tuple[FocusRequest, ...] = ()
+    seed: int | None = None
+    key_env: str | None = None
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def effective_focus_sigma(self) -> float:
+        """The focus std in force: the given one, or the default when targets are named."""
+        if self.focus_sigma is not None:
+            return self.focus_sigma
+        return DEFAULT_FOCUS_SIGMA if self.focus else 0.0
+
+
+def _where(source: str, key: str, line: int | None) -> str:
+    """Format the location of a profile problem."""
+    return f"{source}, line {line}, key '{key}'" if line else f"{source}, key '{key}'"
+
+
+def _line_map(node: yaml.Node, path: str = "") -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers from a composed YAML node tree."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_line_map(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{path}[{i}]"
+            lines[key] = item.start_mark.line + 1
+            lines.update(_line_map(item, key))
+    return lines
+
+
+def _check_number(value: Any, key: str, where: str) -> float:
+    """A sigma must be a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProfileError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ProfileError(f"{where}: {key} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def parse_direction(text: str, where: str) -> int:
+    """Turn 'up'/'down' (or boost/suppress, +/-) into +1/-1."""
+    direction = _DIRECTIONS.get(str(text).strip().lower())
+    if direction is None:
+        raise ProfileError(f"{where}: direction must be 'up' or 'down', got {text!r}")
+    return direction
+
+
+def parse_focus(text: str) -> FocusRequest:
+    """Parse a `--focus NAME[:up|down]` value."""
+    name, _, direction = text.partition(":")
+    if not name.strip():
+        raise ProfileError(f"--focus {text!r}: expected NAME or NAME:up or NAME:down")
+    return FocusRequest(name.strip(), parse_direction(direction or "up", f"--focus {text!r}"))
+
+
+def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profile:
+    """Check a loaded YAML mapping against the schema and build a Profile."""
+    for key, value in data.items():
+        if key not in _SCHEMA:
+            raise ProfileError(
+                f"{_where(source, key, lines.get(key))}: unknown key",
+                f"allowed: {', '.join(_SCHEMA)}",
+            )
+        expected = _SCHEMA[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ProfileError(f"{_where(source, key, lines.get(key))}: expected a mapping")
+            for sub in value:
+                if sub not in expected:
+                    path = f"{key}.{sub}"
+                    raise ProfileError(
+                        f"{_where(source, path, lines.get(path))}: unknown key",
+                        f"allowed under '{key}': {', '.join(expected)}",
+                    )
+    version = data.get("version", PROFILE_VERSION)
+    if version != PROFILE_VERSION:
+        raise ProfileError(
+            f"{_where(source, 'version', lines.get('version'))}: unsupported version {version!r}",
+            f"this aim reads version {PROFILE_VERSION}",
+        )
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ProfileError(f"{_where(source, key, lines.get(key))}: expected text")
+    utility = data.get("utility") or {}
+    focus = data.get("focus") or {}
+    noise = data.get("noise") or {}
+    sigma = 0.0
+    if "sigma" in utility:
+        sigma = _check_number(utility["sigma"], "sigma", _where(source, "utility.sigma", lines.get("utility.sigma")))
+    focus_sigma = None
+    if "sigma" in focus:
+        focus_sigma = _check_number(focus["sigma"], "sigma", _where(source, "focus.sigma", lines.get("focus.sigma")))
+    targets = []
+    raw_targets = focus.get("targets", [])
+    if not isinstance(raw_targets, list):
+        raise ProfileError(f"{_where(source, 'focus.targets', lines.get('focus.targets'))}: expected a list")
+    for i, item in enumerate(raw_targets):
+        path = f"focus.targets[{i}]"
+        where = _where(source, path, lines.get(path))
+        if isinstance(item, str):
+            targets.append(parse_focus(item))
+            continue
+        if not isinstance(item, dict) or "class" not in item:
+            raise ProfileError(f"{where}: expected {{class: NAME, direction: up|down}}")
+        for sub in item:
+            if sub not in _TARGET_KEYS:
+                raise ProfileError(f"{where}: unknown key '{sub}'", "allowed: class, direction")
+        targets.append(FocusRequest(str(item["class"]), parse_direction(item.get("direction", "up"), where)))
+    seed = noise.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ProfileError(f"{_where(source, 'noise.seed', lines.get('noise.seed'))}: expected a non-negative integer")
+    key_env = noise.get("key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not key_env):
+        raise ProfileError(f"{_where(source, 'noise.key_env', lines.get('noise.key_env'))}: expected a variable name")
+    if seed is not None and key_env is not None:
+        raise ProfileError(f"{source}: noise.seed and noise.key_env exclude each other", "keep one")
+    return Profile(
+        name=data.get("name"),
+        description=data.get("description"),
+        sigma=sigma,
+        focus_sigma=focus_sigma,
+        focus=tuple(targets),
+        seed=seed,
+        key_env=key_env,
+        source=source,
+    )
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a YAML profile file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"profile {source} not found", "check the path, or see profiles/ for examples") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"profile {source} cannot be read: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(f"{source}{line}: YAML syntax error: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a YAML mapping (key: value lines)")
+    return _validate(data, _line_map(node) if node is not None else {}, source)
+
+
+def apply_overrides(
+    profile: Profile,
+    sigma: float | None = None,
+    focus: list[str] | None = None,
+    focus_sigma: float | None = None,
+    seed: int | None = None,
+) -> Profile:
+    """Return the profile with command-line flags taking precedence over file values."""
+    changes: dict[str, Any] = {}
+    if sigma is not None:
+        changes["sigma"] = _check_number(sigma, "sigma", "--sigma")
+    if focus_sigma is not None:
+        changes["focus_sigma"] = _check_number(focus_sigma, "focus sigma", "--focus-sigma")
+    if focus:
+        changes["focus"] = tuple(parse_focus(item) for item in focus)
+    if seed is not None:
+        if seed < 0:
+            raise ProfileError(f"--seed must be a non-negative integer, got {seed}")
+        changes["seed"], changes["key_env"] = seed, None
+    return replace(profile, **changes)
+
+
+def resolve_profile(
+    path: str | Path | None,
+    sigma: float | None = None,
+    focus: list[str] | None = None,
+    focus_sigma: float | None = None,
+    seed: int | None = None,
+) -> Profile:
+    """Load the profile file if given, then apply command-line overrides."""
+    base = load_profile(path) if path else Profile()
+    return apply_overrides(base, sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
+
+
+def noise_source(profile: Profile) -> tuple[NoiseSource, int | None]:
+    """Build the noise source a profile asks for; returns it with the seed actually used.
+
+    Without a seed or key a fresh seed is drawn and reported, so any run can be repeated.
+    """
+    if profile.key_env:
+        key = os.environ.get(profile.key_env)
+        if not key:
+            raise ProfileError(
+                f"{profile.source or 'profile'}: keyed noise needs the environment variable {profile.key_env}",
+                f"export {profile.key_env}=<secret>",
+            )
+        return KeyedNoise(key.encode("utf-8")), None
+    seed = profile.seed if profile.seed is not None else secrets.randbits(31)
+    return SeededNoise(seed), seed

@@ -1,0 +1,1 @@
+"""Tasks: inputs -> model -> modulation -> results. They know nothing about the command line."""

@@ -1,0 +1,97 @@
+"""Image classification with modulated logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from aim_cli.errors import InputError
+from aim_cli.io import LoadedImage, load_image
+from aim_cli.models.classifier import ImageClassifier
+from aim_cli.modulation import content_key, modulate
+from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One ranked class with its softmax probability."""
+
+    class_id: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassifiedImage:
+    """Modulated (and optionally clean) top-k predictions for one image."""
+
+    path: Path
+    top: list[Prediction]
+    clean_top: list[Prediction] | None = None
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """An input that could not be processed, and a one-line reason that names it."""
+
+    path: Path
+    reason: str
+
+
+def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int) -> list[list[Prediction]]:
+    """Top-k classes per row of an (N, C) logits tensor, with softmax probabilities."""
+    probs = logits.float().softmax(dim=1)
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(row_v, row_i)]
+        for row_v, row_i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def modulated_logits(
+    classifier: ImageClassifier, images: Sequence[LoadedImage], plan: ModulationPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and modulated logits for a batch of decoded images."""
+    clean = classifier.logits([item.image for item in images])
+    keys = [content_key(item.data) for item in images] if plan.keyed else None
+    return clean, modulate(clean, plan.modulation, plan.noise, class_dim=1, item_keys=keys)
+
+
+def _decoded(paths: Sequence[Path], failures: list[FailedInput]) -> Iterator[LoadedImage]:
+    """Decode images lazily; unreadable ones are recorded and skipped."""
+    for path in paths:
+        try:
+            yield load_image(path)
+        except InputError as exc:
+            failures.append(FailedInput(path, exc.message))
+
+
+def classify_images(
+    paths: Sequence[Path],
+    classifier: ImageClassifier,
+    plan: ModulationPlan,
+    batch_size: int = 32,
+    topk: int = 1,
+    compare: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Iterator[ClassifiedImage | FailedInput]:
+    """Classify images batch by batch; bad files are reported in order and the rest go on."""
+    failures: list[FailedInput] = []
+    for batch in batched(_decoded(paths, failures), batch_size):
+        yield from failures
+        if progress:
+            progress(len(failures))
+        failures.clear()
+        clean, noisy = modulated_logits(classifier, batch, plan)
+        modulated_top = top_predictions(noisy, classifier.labels, topk)
+        clean_top = top_predictions(clean, classifier.labels, topk) if compare else [None] * len(batch)
+        for item, top, reference in zip(batch, modulated_top, clean_top):
+            yield ClassifiedImage(item.path, top, reference)
+        if progress:
+            progress(len(batch))
+    yield from failures
+    if progress and failures:
+        progress(len(failures))
