@@ -14,7 +14,10 @@ from aim_cli.cli.common import app, err_console
 from aim_cli.errors import EXIT_USAGE, AimError
 
 # Subcommands register themselves on `app` when imported.
+from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
 from aim_cli.cli import classify as _classify  # noqa: E402,F401
+from aim_cli.cli import generate as _generate  # noqa: E402,F401
+from aim_cli.cli import segment as _segment  # noqa: E402,F401
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from aim_cli import demo
 from aim_cli.cli.common import (
     BatchOption,
     CompareOption,
@@ -21,37 +20,21 @@ from aim_cli.cli.common import (
     SeedOption,
     SigmaOption,
     app,
-    err_console,
     out_console,
+    image_paths,
     profile_from_options,
     progress_bar,
+    report_failures,
+    resolve_inputs,
     say,
 )
 from aim_cli.devices import resolve_device
-from aim_cli.errors import EXIT_PARTIAL, AimError, InputError
-from aim_cli.io import RecordWriter, check_output_file, find_images
+from aim_cli.io import RecordWriter, check_output_file
 from aim_cli.models.classifier import load_classifier
-from aim_cli.tasks.classify import ClassifiedImage, FailedInput, Prediction, classify_images
-from aim_cli.tasks.common import plan_modulation
+from aim_cli.tasks.classify import ClassifiedImage, Prediction, classify_images
+from aim_cli.tasks.common import FailedInput, plan_modulation
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
-
-
-def resolve_inputs(inputs: list[str] | None, model: str | None, task: str) -> list[str]:
-    """Inputs as given; with neither inputs nor --model, the demo's sample images."""
-    if inputs:
-        return inputs
-    if model is None:
-        return [str(demo.samples_dir(task))]
-    raise InputError("no inputs given", "pass image files, directories or globs")
-
-
-def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
-    """Expand inputs; unmatched ones become failures, and finding nothing at all is an error."""
-    paths, unmatched = find_images(inputs)
-    if not paths:
-        raise InputError(f"no images found in {', '.join(inputs)}", "pass image files, directories or globs")
-    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
 
 
 def _record(item: ClassifiedImage, settings: dict[str, object]) -> dict[str, object]:
@@ -130,7 +113,7 @@ def classify(
         say(f"wrote {written} record(s) to {output}", quiet)
     else:
         _print_table(results, compare)
-    _finish(failures)
+    report_failures(failures)
 
 
 def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
@@ -147,13 +130,3 @@ def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
             row.append(("[yellow]" if changed else "") + _ranked(item.clean_top))
         table.add_row(*row)
     out_console.print(table)
-
-
-def _finish(failures: list[FailedInput]) -> None:
-    """List failed inputs on stderr and exit 1 if there were any."""
-    if not failures:
-        return
-    for failure in failures:
-        err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False)
-    err_console.print(f"aim: {len(failures)} input(s) failed; the others were processed", highlight=False)
-    raise typer.Exit(EXIT_PARTIAL)

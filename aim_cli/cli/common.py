@@ -10,7 +10,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from aim_cli import demo
+from aim_cli.errors import EXIT_PARTIAL, InputError
+from aim_cli.io import find_images
 from aim_cli.profile import Profile, resolve_profile
+from aim_cli.tasks.common import FailedInput
 
 app = typer.Typer(
     add_completion=False,
@@ -64,3 +68,30 @@ def say(message: str, quiet: bool = False) -> None:
     """Print a human-oriented note on stderr unless quiet."""
     if not quiet:
         err_console.print(message, highlight=False)
+
+
+def resolve_inputs(inputs: list[str] | None, model: str | None, task: str) -> list[str]:
+    """Inputs as given; with neither inputs nor --model, the demo's sample images."""
+    if inputs:
+        return inputs
+    if model is None:
+        return [str(demo.samples_dir(task))]
+    raise InputError("no inputs given", "pass image files, directories or globs")
+
+
+def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
+    """Expand inputs; unmatched ones become failures, and finding nothing at all is an error."""
+    paths, unmatched = find_images(inputs)
+    if not paths:
+        raise InputError(f"no images found in {', '.join(inputs)}", "pass image files, directories or globs")
+    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
+
+
+def report_failures(failures: list[FailedInput]) -> None:
+    """List failed inputs on stderr and exit 1 if there were any."""
+    if not failures:
+        return
+    for failure in failures:
+        err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False)
+    err_console.print(f"aim: {len(failures)} input(s) failed; the others were processed", highlight=False)
+    raise typer.Exit(EXIT_PARTIAL)

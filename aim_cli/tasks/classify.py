@@ -12,7 +12,7 @@ from aim_cli.errors import InputError
 from aim_cli.io import LoadedImage, load_image
 from aim_cli.models.classifier import ImageClassifier
 from aim_cli.modulation import content_key, modulate
-from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched
+from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,6 @@ class ClassifiedImage:
     path: Path
     top: list[Prediction]
     clean_top: list[Prediction] | None = None
-
-
-@dataclass(frozen=True)
-class FailedInput:
-    """An input that could not be processed, and a one-line reason that names it."""
-
-    path: Path
-    reason: str
 
 
 def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int) -> list[list[Prediction]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from aim_cli.labels import resolve_class
@@ -36,6 +37,14 @@ class ModulationPlan:
             "seed": self.seed,
             "keyed": self.keyed,
         }
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """An input that could not be processed, and a one-line reason that names it."""
+
+    path: Path
+    reason: str
 
 
 def plan_modulation(profile: Profile, labels: Sequence[str]) -> ModulationPlan:

@@ -1,0 +1,1 @@
+"""`aim calibrate`: (being written)."""

@@ -1,0 +1,1 @@
+"""`aim generate`: (being written)."""

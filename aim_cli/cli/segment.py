@@ -1,0 +1,1 @@
+"""`aim segment`: (being written)."""
