@@ -1,0 +1,113 @@
+"""The modulation core: where noise goes, how much, and how it is seeded."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aim_cli.modulation import (
+    BOOST,
+    SUPPRESS,
+    FocusTarget,
+    KeyedNoise,
+    Modulation,
+    SeededNoise,
+    content_key,
+    modulate,
+)
+
+
+@pytest.mark.parametrize("shape,class_dim", [((4, 10), 1), ((2, 7, 5, 6), 1), ((3, 50), -1)])
+def test_zero_sigma_returns_logits_unchanged(shape, class_dim):
+    logits = torch.randn(shape)
+    out = modulate(logits, Modulation(), SeededNoise(0), class_dim=class_dim)
+    assert out is logits
+
+
+@pytest.mark.parametrize("shape", [(4000, 10), (8, 10, 20, 25)])
+def test_utility_noise_has_requested_std_and_zero_mean(shape):
+    logits = torch.zeros(shape)
+    sigma = 1.7
+    noise = modulate(logits, Modulation(sigma=sigma), SeededNoise(3))
+    n = noise.numel()
+    # The sample std of n normals has relative SE ~ 1/sqrt(2n); 5 SE keeps the test deterministic-safe.
+    assert abs(noise.std().item() / sigma - 1) < 5 / math.sqrt(2 * n)
+    assert abs(noise.mean().item()) < 5 * sigma / math.sqrt(n)
+    assert noise.shape == logits.shape and noise.dtype == logits.dtype
+
+
+def test_focus_only_touches_targets_with_their_sign():
+    logits = torch.zeros(20000, 6)
+    modulation = Modulation(focus_sigma=2.0, targets=(FocusTarget(1, BOOST), FocusTarget(4, SUPPRESS)))
+    out = modulate(logits, modulation, SeededNoise(5))
+    untouched = [0, 2, 3, 5]
+    assert torch.equal(out[:, untouched], logits[:, untouched])
+    assert (out[:, 1] >= 0).all() and (out[:, 4] <= 0).all()
+    # E|N(0, s^2)| = s * sqrt(2/pi); SE of the mean is s * sqrt(1 - 2/pi) / sqrt(n).
+    expected = 2.0 * math.sqrt(2 / math.pi)
+    tolerance = 5 * 2.0 * math.sqrt(1 - 2 / math.pi) / math.sqrt(20000)
+    assert abs(out[:, 1].mean().item() - expected) < tolerance
+    assert abs(-out[:, 4].mean().item() - expected) < tolerance
+
+
+def test_focus_on_class_dim_of_segmentation_logits():
+    logits = torch.zeros(2, 5, 8, 8)
+    modulation = Modulation(focus_sigma=1.0, targets=(FocusTarget(3, BOOST),))
+    out = modulate(logits, modulation, SeededNoise(1), class_dim=1)
+    assert (out[:, 3] > 0).all() and torch.equal(out[:, [0, 1, 2, 4]], logits[:, [0, 1, 2, 4]])
+
+
+def test_utility_and_focus_together():
+    logits = torch.zeros(50000, 3)
+    modulation = Modulation(sigma=1.0, focus_sigma=3.0, targets=(FocusTarget(0, BOOST),))
+    out = modulate(logits, modulation, SeededNoise(2))
+    expected = 3.0 * math.sqrt(2 / math.pi)
+    se = math.sqrt(1.0 + 9.0 * (1 - 2 / math.pi)) / math.sqrt(50000)
+    assert abs(out[:, 0].mean().item() - expected) < 5 * se
+    assert abs(out[:, 1].mean().item()) < 5 / math.sqrt(50000)
+
+
+def test_seeded_noise_is_reproducible_and_seed_dependent():
+    logits = torch.randn(16, 10)
+    modulation = Modulation(sigma=1.0, focus_sigma=1.0, targets=(FocusTarget(2),))
+    a = modulate(logits, modulation, SeededNoise(42))
+    b = modulate(logits, modulation, SeededNoise(42))
+    c = modulate(logits, modulation, SeededNoise(43))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_keyed_noise_depends_on_content_and_key_only():
+    logits = torch.zeros(3, 10)
+    keys = [content_key(b"image-a"), content_key(b"image-b"), content_key(b"image-a")]
+    out = modulate(logits, Modulation(sigma=1.0), KeyedNoise(b"secret"), item_keys=keys)
+    assert torch.equal(out[0], out[2]) and not torch.equal(out[0], out[1])
+    again = modulate(logits[:1], Modulation(sigma=1.0), KeyedNoise(b"secret"), item_keys=keys[:1])
+    assert torch.equal(again[0], out[0])  # same input alone or in a batch: same noise
+    other_key = modulate(logits[:1], Modulation(sigma=1.0), KeyedNoise(b"other"), item_keys=keys[:1])
+    assert not torch.equal(other_key[0], out[0])
+
+
+def test_keyed_noise_requires_one_key_per_item():
+    with pytest.raises(ValueError):
+        modulate(torch.zeros(2, 3), Modulation(sigma=1.0), KeyedNoise(b"k"), item_keys=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_noise_keeps_dtype_and_device(dtype):
+    logits = torch.zeros(4, 8, dtype=dtype)
+    out = modulate(logits, Modulation(sigma=1.0, focus_sigma=1.0, targets=(FocusTarget(0),)), SeededNoise(0))
+    assert out.dtype == dtype and out.device == logits.device
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_invalid_sigma_rejected(bad):
+    with pytest.raises(ValueError):
+        Modulation(sigma=bad)
+
+
+def test_focus_class_out_of_range_rejected():
+    with pytest.raises(ValueError):
+        modulate(torch.zeros(1, 3), Modulation(focus_sigma=1.0, targets=(FocusTarget(5),)), SeededNoise(0))
