@@ -12,7 +12,7 @@ from PIL import Image
 from aim_cli import demo
 from aim_cli.errors import ModelError
 from aim_cli.models.hub import load_pretrained
-from aim_cli.models.weights import load_into, load_state_dict, output_width, read_labels_file
+from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -83,7 +83,7 @@ def _load_torchvision(
     if weights is None:
         raise ModelError(f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights")
     state, stored_labels = load_state_dict(weights)
-    width = output_width(state)
+    width = output_width(state, module_key_order(lambda: torchvision.models.get_model(arch, weights=None)))
     labels = read_labels_file(labels_file) if labels_file else stored_labels
     if labels is None:
         labels = _default_labels(arch, width)

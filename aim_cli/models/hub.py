@@ -67,7 +67,13 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, **kwargs: A
             ) from None
         raise ModelError(f"cannot load {what} from {spec}: {message}") from None
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise ModelError(f"weights in {spec} do not fit the model's configuration: {_first_line(exc)}") from None
+        message = _first_line(exc)
+        if "mismatched_sizes" in message or "size mismatch" in message:
+            message = "tensor shapes differ from those config.json describes"
+        raise ModelError(
+            f"weights in {spec} do not fit the model's configuration: {message}",
+            "the weights and config.json must come from the same save_pretrained() call",
+        ) from None
 
 
 def _quiet_transformers() -> None:

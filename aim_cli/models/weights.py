@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -105,13 +105,23 @@ def read_labels_file(path: Path) -> list[str]:
     return labels
 
 
-def output_width(state: dict[str, torch.Tensor]) -> int | None:
-    """Guess the number of classes from the last classifier weight in a state dict."""
-    for key in reversed(list(state)):
-        tensor = state[key]
-        if key.endswith("weight") and tensor.dim() in (2, 4):
+def output_width(state: dict[str, torch.Tensor], key_order: list[str]) -> int | None:
+    """The number of classes: rows of the last classifier weight, in the architecture's module order.
+
+    A file's own key order cannot be trusted (safetensors sorts keys), so the order comes
+    from the architecture.
+    """
+    for key in reversed(key_order):
+        tensor = state.get(key)
+        if tensor is not None and key.endswith("weight") and tensor.dim() in (2, 4):
             return int(tensor.shape[0])
     return None
+
+
+def module_key_order(build: Callable[[], torch.nn.Module]) -> list[str]:
+    """State-dict keys of an architecture in module order, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return list(build().state_dict())
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
