@@ -17,6 +17,15 @@ from PIL import Image, UnidentifiedImageError
 
 from aim_cli.errors import AimError, InputError
 
+
+def _umask_mode() -> int:
+    """The mode open() would give a new file (0666 minus the process umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -95,6 +104,7 @@ def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iter
     binary = "b" in mode
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
         with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": newline})) as handle:
             yield handle
         os.replace(tmp_name, path)

@@ -8,6 +8,7 @@ import traceback
 
 import click
 import typer
+from rich.markup import escape
 
 from aim_cli import __version__
 from aim_cli.cli.common import app, err_console
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     except AimError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]aim: error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]aim: error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -92,6 +92,6 @@ def report_failures(failures: list[FailedInput]) -> None:
     if not failures:
         return
     for failure in failures:
-        err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False)
+        err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False, soft_wrap=True)
     err_console.print(f"aim: {len(failures)} input(s) failed; the others were processed", highlight=False)
     raise typer.Exit(EXIT_PARTIAL)
