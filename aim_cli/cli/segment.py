@@ -1,1 +1,297 @@
-"""`aim segment`: (being written)."""
+"""`aim segment`: semantic segmentation with utility and focus modulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from aim_cli.cli.common import (
+    BatchOption,
+    CompareOption,
+    DeviceOption,
+    FocusOption,
+    FocusSigmaOption,
+    ModelOption,
+    ProfileOption,
+    QuietOption,
+    SeedOption,
+    SigmaOption,
+    app,
+    image_paths,
+    out_console,
+    profile_from_options,
+    progress_bar,
+    report_failures,
+    resolve_inputs,
+    say,
+)
+from aim_cli.devices import resolve_device
+from aim_cli.errors import AimError, InputError
+from aim_cli.io import RecordWriter, check_output_dir, write_json_atomic
+from aim_cli.masks import colour_table, save_mask, save_overlay
+from aim_cli.metrics import iou, mean_iou, pixel_accuracy, recall, summarize
+from aim_cli.models.segmenter import Segmenter, load_segmenter
+from aim_cli.tasks.common import FailedInput, ModulationPlan, plan_modulation
+from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage, segment_files
+
+DEFAULT_OUTPUT_DIR = Path("aim-segment-output")
+SUMMARY_FILE = "summary.jsonl"
+EVALUATION_FILE = "evaluation.json"
+
+
+def _precheck_output_dir(path: Path) -> None:
+    """Fail before any work if the output directory cannot be created (created later, on success)."""
+    if path.exists() and not path.is_dir():
+        raise AimError(f"output directory {path} is a file", "give a directory path with --output-dir")
+    if not path.parent.is_dir():
+        raise AimError(f"output directory {path}: parent {path.parent} does not exist", "create it first")
+
+
+def _output_names(paths: list[Path]) -> dict[Path, str]:
+    """A unique output base name per image: its stem, numbered when stems repeat."""
+    names: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in paths:
+        name, number = path.stem, 2
+        while name in used:
+            name, number = f"{path.stem}_{number}", number + 1
+        used.add(name)
+        names[path] = name
+    return names
+
+
+def _check_no_clobber(names: dict[Path, str], output_dir: Path, masks: Path | None) -> None:
+    """Refuse an output directory where writing masks would overwrite inputs or ground truth."""
+    out = output_dir.resolve()
+    if masks is not None and masks.resolve() == out:
+        raise AimError(f"--output-dir {output_dir} is the --masks directory", "choose another --output-dir")
+    inputs = {path.resolve() for path in names}
+    for name in names.values():
+        for candidate in (out / f"{name}.png", out / f"{name}_overlay.png"):
+            if candidate in inputs:
+                raise AimError(
+                    f"--output-dir {output_dir} would overwrite input image {candidate.name}",
+                    "choose another --output-dir",
+                )
+
+
+def _fractions(counts: np.ndarray, labels: list[str], keep: np.ndarray) -> dict[str, float]:
+    """Class pixel fractions of one mask, for the classes in `keep`."""
+    total = max(1, int(counts.sum()))
+    return {labels[k]: round(int(counts[k]) / total, 6) for k in np.flatnonzero(keep)}
+
+
+def _record(
+    item: SegmentedImage, names: dict[str, str], labels: list[str], compare: bool, settings: dict[str, object]
+) -> dict[str, object]:
+    """One summary.jsonl line: files written, class fractions, accuracy, settings."""
+    height, width = item.prediction.shape
+    present = item.counts > 0
+    if compare and item.clean_counts is not None:
+        present = present | (item.clean_counts > 0)
+    record: dict[str, object] = {"image": str(item.path), **names, "width": width, "height": height}
+    record["fractions"] = _fractions(item.counts, labels, present)
+    if compare and item.clean_counts is not None:
+        record["clean_fractions"] = _fractions(item.clean_counts, labels, present)
+    if item.pixel_accuracy is not None:
+        record["pixel_accuracy"] = round(item.pixel_accuracy, 6)
+        if item.clean_pixel_accuracy is not None:
+            record["clean_pixel_accuracy"] = round(item.clean_pixel_accuracy, 6)
+    record.update(settings)
+    return record
+
+
+@app.command()
+def segment(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")] = None,
+    model: ModelOption = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    profile: ProfileOption = None,
+    sigma: SigmaOption = None,
+    focus: FocusOption = None,
+    focus_sigma: FocusSigmaOption = None,
+    seed: SeedOption = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where masks, overlays and summary.jsonl go (created if its parent exists).")] = DEFAULT_OUTPUT_DIR,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write NAME_overlay.png: mask colours blended over the image.")] = False,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.")] = None,
+    batch_size: BatchOption = 8,
+    device: DeviceOption = "auto",
+    compare: CompareOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Segment images with a modulated segmentation model; write palette PNG masks."""
+    settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
+    _precheck_output_dir(output_dir)
+    if masks is not None and not masks.is_dir():
+        raise InputError(f"masks directory {masks} does not exist", "pass the folder of ground-truth masks")
+    paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
+    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
+    plan = plan_modulation(settings_profile, segmenter.labels)
+    names = _output_names(paths)
+    _check_no_clobber(names, output_dir, masks)
+    check_output_dir(output_dir)
+    say(
+        f"model: {segmenter.name} ({len(segmenter.labels)} classes) | sigma {plan.modulation.sigma:g}"
+        + (f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}" if plan.modulation.has_focus else "")
+        + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}")
+        + f" | output {output_dir}",
+        quiet,
+    )
+    settings = {"model": segmenter.name, **plan.describe()}
+    colours = colour_table(segmenter.labels)
+    num_classes = len(segmenter.labels)
+    evaluation = SegmentationEvaluation(num_classes) if masks is not None else None
+    totals = np.zeros(num_classes, dtype=np.int64)
+    clean_totals = np.zeros(num_classes, dtype=np.int64)
+    written = 0
+    writer = RecordWriter(output_dir / SUMMARY_FILE)
+    try:
+        with progress_bar("segmenting", len(paths), quiet) as advance:
+            results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
+            for item in results:
+                if isinstance(item, FailedInput):
+                    failures.append(item)
+                    continue
+                files = {"mask": f"{names[item.path]}.png"}
+                save_mask(item.prediction, colours, output_dir / files["mask"])
+                if overlay:
+                    files["overlay"] = f"{names[item.path]}_overlay.png"
+                    save_overlay(item.image, item.prediction, colours, output_dir / files["overlay"])
+                writer.write(_record(item, files, segmenter.labels, compare, settings))
+                totals += item.counts
+                if item.clean_counts is not None:
+                    clean_totals += item.clean_counts
+                written += 1
+    except BaseException:
+        writer.close(success=False)
+        raise
+    writer.close()
+    if evaluation is not None:
+        write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), output_dir / EVALUATION_FILE)
+    say(f"wrote {written} mask(s){' and overlays' if overlay else ''} and {SUMMARY_FILE} to {output_dir}", quiet)
+    if written:
+        has_clean = plan.modulation.has_focus or compare or evaluation is not None
+        if plan.modulation.has_focus:
+            _print_focus_table(totals, clean_totals, segmenter.labels, plan)
+        else:
+            _print_share_table(totals, clean_totals if has_clean else None, segmenter.labels)
+    if evaluation is not None and evaluation.images:
+        _print_evaluation_table(evaluation, segmenter.labels, plan)
+        say(f"evaluation written to {output_dir / EVALUATION_FILE}", quiet)
+    report_failures(failures)
+
+
+def _evaluation_report(
+    evaluation: SegmentationEvaluation, segmenter: Segmenter, plan: ModulationPlan, masks: Path | None
+) -> dict[str, object]:
+    """The evaluation.json document: both models' metrics, settings and confusion matrices."""
+    return {
+        "images": evaluation.images,
+        "masks": str(masks),
+        "model": segmenter.name,
+        "labels": list(segmenter.labels),
+        "settings": plan.describe(),
+        "clean": summarize(evaluation.clean.matrix, segmenter.labels),
+        "modulated": summarize(evaluation.modulated.matrix, segmenter.labels),
+        "confusion": {
+            "rows": "ground truth",
+            "columns": "prediction",
+            "clean": evaluation.clean.to_list(),
+            "modulated": evaluation.modulated.to_list(),
+        },
+    }
+
+
+def _share(count: int, total: int) -> str:
+    """A pixel share as a percentage."""
+    return f"{100.0 * count / max(1, total):.2f}%"
+
+
+def _change(clean: int, modulated: int, total: int) -> str:
+    """Percentage-point change and ratio of a class's pixel share."""
+    points = 100.0 * (modulated - clean) / max(1, total)
+    ratio = f" (x{modulated / clean:.2f})" if clean else ""
+    return f"{points:+.2f} pp{ratio}"
+
+
+def _print_focus_table(totals: np.ndarray, clean_totals: np.ndarray, labels: list[str], plan: ModulationPlan) -> None:
+    """How much each focus target grew or shrank: its pixel share, clean vs modulated."""
+    total = int(totals.sum())
+    table = Table(title="focus effect (share of all pixels)", show_header=True, header_style="bold")
+    for column in ("class", "direction", "clean", "modulated", "change"):
+        table.add_column(column, justify="left" if column in ("class", "direction") else "right")
+    for target in plan.modulation.targets:
+        k = target.class_id
+        table.add_row(
+            labels[k],
+            "up" if target.direction > 0 else "down",
+            _share(int(clean_totals[k]), total),
+            _share(int(totals[k]), total),
+            _change(int(clean_totals[k]), int(totals[k]), total),
+        )
+    out_console.print(table)
+
+
+def _print_share_table(totals: np.ndarray, clean_totals: np.ndarray | None, labels: list[str]) -> None:
+    """Pixel share of every predicted class (and the clean share when it was computed)."""
+    total = int(totals.sum())
+    table = Table(title="class pixel share", show_header=True, header_style="bold")
+    table.add_column("class")
+    if clean_totals is not None:
+        table.add_column("clean", justify="right")
+    table.add_column("modulated" if clean_totals is not None else "share", justify="right")
+    present = totals > 0 if clean_totals is None else (totals > 0) | (clean_totals > 0)
+    for k in np.flatnonzero(present):
+        row = [labels[k]]
+        if clean_totals is not None:
+            row.append(_share(int(clean_totals[k]), total))
+        row.append(_share(int(totals[k]), total))
+        table.add_row(*row)
+    out_console.print(table)
+
+
+def _metric(value: float) -> str:
+    """A metric for a table cell ('-' when undefined)."""
+    return "-" if value != value else f"{value:.3f}"
+
+
+def _delta(clean: float, modulated: float) -> str:
+    """Signed change of a metric."""
+    return "" if clean != clean or modulated != modulated else f"{modulated - clean:+.3f}"
+
+
+def _print_evaluation_table(evaluation: SegmentationEvaluation, labels: list[str], plan: ModulationPlan) -> None:
+    """Pixel accuracy, mIoU and per-class IoU / recall of the clean and the modulated model."""
+    clean, modulated = evaluation.clean.matrix, evaluation.modulated.matrix
+    targets = {t.class_id for t in plan.modulation.targets} if plan.modulation.has_focus else set()
+    table = Table(
+        title=f"evaluation on {evaluation.images} image(s): clean vs modulated", show_header=True, header_style="bold"
+    )
+    table.add_column("class", no_wrap=True)
+    for column in ("IoU clean", "IoU mod", "Δ", "recall clean", "recall mod", "Δ"):
+        table.add_column(column, justify="right")
+    iou_c, iou_m, rec_c, rec_m = iou(clean), iou(modulated), recall(clean), recall(modulated)
+    support = clean.sum(dim=1) + clean.sum(dim=0) + modulated.sum(dim=0)
+    for k, label in enumerate(labels):
+        if float(support[k]) == 0:
+            continue
+        values = [float(v[k]) for v in (iou_c, iou_m, rec_c, rec_m)]
+        name = f"{label} *" if k in targets else label
+        table.add_row(
+            name,
+            _metric(values[0]), _metric(values[1]), _delta(values[0], values[1]),
+            _metric(values[2]), _metric(values[3]), _delta(values[2], values[3]),
+        )
+    table.add_section()
+    m_c, m_m = mean_iou(clean), mean_iou(modulated)
+    a_c, a_m = pixel_accuracy(clean), pixel_accuracy(modulated)
+    table.add_row("mIoU", _metric(m_c), _metric(m_m), _delta(m_c, m_m), "", "", "")
+    table.add_row("pixel acc.", "", "", "", _metric(a_c), _metric(a_m), _delta(a_c, a_m))
+    if targets:
+        table.caption = "* focus target"
+    out_console.print(table)

@@ -1,0 +1,174 @@
+"""Semantic segmenters behind one interface: same-size PIL images in, (N, C, h, w) logits out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from aim_cli import demo
+from aim_cli.errors import ModelError
+from aim_cli.models.hub import load_pretrained
+from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@dataclass
+class Segmenter:
+    """A loaded segmentation model: preprocessing, network, labels and device."""
+
+    name: str
+    labels: list[str]
+    device: torch.device
+    network: torch.nn.Module
+    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
+    hf: bool
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Clean per-pixel logits (N, C, h, w) at the model's own resolution, float32, on its device.
+
+        The images must share one size (the task groups them), so any processor stacks them.
+        """
+        pixels = self.preprocess(images).to(self.device)
+        if self.hf:
+            out = self.network(pixel_values=pixels.to(self.network.dtype))
+            logits = getattr(out, "logits", None)
+        else:
+            out = self.network(pixels)
+            # torchvision segmentation models return {'out': ..., 'aux': ...}.
+            logits = out.get("out") if isinstance(out, dict) else out
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != len(self.labels):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ModelError(
+                f"{self.name} does not output per-pixel class logits (got {shape}, "
+                f"expected (batch, {len(self.labels)}, height, width))",
+                "aim segment needs a semantic segmentation model",
+            )
+        return logits.float()
+
+
+def load_segmenter(
+    spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
+) -> Segmenter:
+    """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH with --weights."""
+    if spec and spec.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision(spec[len(TORCHVISION_PREFIX) :], device, weights, labels_file)
+    if weights is not None:
+        raise ModelError("--weights goes with --model torchvision:ARCH", "HF directories carry their own weights")
+    return _load_hf(spec or str(demo.model_dir("segment")), device, labels_file, display=spec or "demo segmenter")
+
+
+def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display: str) -> Segmenter:
+    """Load AutoModelForSemanticSegmentation + AutoImageProcessor offline."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    _check_segmentation_config(load_pretrained(AutoConfig.from_pretrained, spec, "model configuration"), display)
+    model = load_pretrained(AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model")
+    processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
+    id2label = getattr(model.config, "id2label", None) or {}
+    labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+    if labels_file is not None:
+        labels = _checked_labels(read_labels_file(labels_file), len(labels), labels_file)
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    model.eval().to(device)
+    return Segmenter(display, labels, device, model, preprocess, hf=True)
+
+
+def _check_segmentation_config(config: object, display: str) -> None:
+    """Name what a non-segmentation checkpoint is, instead of transformers' long mapping error."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES as known
+    except ImportError:  # internal name moved: the loader's own error still applies
+        return
+    model_type = getattr(config, "model_type", None)
+    if model_type in known:
+        return
+    architecture = (getattr(config, "architectures", None) or [model_type or "unknown"])[0]
+    raise ModelError(
+        f"{display} is a {architecture}, not a semantic segmentation model (no per-pixel class logits)",
+        "aim segment needs a checkpoint such as SegFormer, BEiT, DPT or UperNet; "
+        "for image classifiers use aim classify",
+    )
+
+
+def segmentation_architectures() -> list[str]:
+    """The torchvision segmentation architectures (deeplabv3_*, fcn_*, lraspp_*)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def _build(arch: str, num_classes: int) -> torch.nn.Module:
+    """A torchvision segmentation network without any pretrained weights (nothing downloads)."""
+    import torchvision
+
+    # weights_backbone defaults to ImageNet weights, which would download: always None here.
+    return torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes)
+
+
+def _load_torchvision(
+    arch: str, device: torch.device, weights: Path | None, labels_file: Path | None
+) -> Segmenter:
+    """Build a torchvision segmentation model and load a local weights file into it."""
+    known = segmentation_architectures()
+    if arch not in known:
+        raise ModelError(f"unknown torchvision segmentation architecture '{arch}'", f"one of: {', '.join(known)}")
+    if weights is None:
+        raise ModelError(f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights")
+    state, stored_labels = load_state_dict(weights)
+    # The auxiliary head only helps training; inference reads 'out', so its tensors are dropped.
+    state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+    width = output_width(state, module_key_order(lambda: _build(arch, 2)))
+    labels = read_labels_file(labels_file) if labels_file else stored_labels
+    if labels is None:
+        labels = _default_labels(arch, width)
+    if width is not None:
+        labels = _checked_labels(labels, width, labels_file or weights)
+    if not labels:
+        raise ModelError(f"cannot tell how many classes {weights} has", "pass --labels FILE")
+    try:
+        network = _build(arch, len(labels))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
+    load_into(network, state, f"torchvision:{arch}", weights)
+    network.eval().to(device)
+    return Segmenter(f"torchvision:{arch}", labels, device, network, _torchvision_preprocess(arch), hf=False)
+
+
+def _default_labels(arch: str, width: int | None) -> list[str]:
+    """The names torchvision's own weights use (VOC, 21 classes) when the width matches, else class_i."""
+    import torchvision
+
+    first = next(iter(torchvision.models.get_model_weights(arch)))
+    categories = list(first.meta.get("categories", []))
+    if width == len(categories):
+        return categories
+    return [f"class_{i}" for i in range(width or 0)]
+
+
+def _torchvision_preprocess(arch: str) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+    """The architecture's standard inference transform (resize the short side, normalise)."""
+    import torchvision
+
+    transform = next(iter(torchvision.models.get_model_weights(arch))).transforms()
+    to_tensor = torchvision.transforms.functional.pil_to_tensor
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([transform(to_tensor(image)) for image in images])
+
+    return preprocess
+
+
+def _checked_labels(labels: list[str], width: int, source: Path) -> list[str]:
+    """The label list must match the model's number of outputs."""
+    if len(labels) != width:
+        raise ModelError(f"{source} names {len(labels)} classes but the model has {width} outputs")
+    return labels
