@@ -1,1 +1,221 @@
-"""`aim generate`: (being written)."""
+"""`aim generate`: text generation from a causal LM with utility and focus modulation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import torch
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from aim_cli.cli.common import (
+    BatchOption,
+    CompareOption,
+    DeviceOption,
+    FocusSigmaOption,
+    ProfileOption,
+    QuietOption,
+    SeedOption,
+    SigmaOption,
+    app,
+    out_console,
+    profile_from_options,
+    progress_bar,
+    say,
+)
+from aim_cli.demo import arithmetic
+from aim_cli.errors import AimError
+from aim_cli.io import RecordWriter, check_output_file
+from aim_cli.models.language import DTYPES, load_language_model, parse_dtype
+from aim_cli.prompts import gather_prompts
+from aim_cli.tasks.common import ModulationPlan
+
+if TYPE_CHECKING:  # transformers' generation stack is imported only when `aim generate` runs
+    from aim_cli.models.language import LanguageModel
+    from aim_cli.tasks.generate import Completion, EncodedPrompt, GenerationSettings
+
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+
+LanguageModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Local HF directory or cached hub id of a causal LM. Default: the demo arithmetic LM."),
+]
+WordFocusOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--focus", "-f",
+        help="Focus WORD[:up|down]: boost or suppress every token of the word (with/without leading space, capitalised); repeatable.",
+    ),
+]
+
+
+def _record(item: Completion, settings: dict[str, object]) -> dict[str, object]:
+    """A flat, machine-readable record for one prompt."""
+    record: dict[str, object] = {"prompt": item.prompt, "completion": item.completion}
+    if item.clean_completion is not None:
+        record["clean_completion"] = item.clean_completion
+    record.update(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+    record.update(settings)
+    return record
+
+
+def _describe(plan: ModulationPlan, decoding: GenerationSettings) -> str:
+    """One stderr line saying how this run modulates and decodes."""
+    text = f"sigma {plan.modulation.sigma:g}"
+    if plan.modulation.has_focus:
+        text += f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
+        text += f" ({len(plan.modulation.targets)} token(s))"
+    text += " | keyed noise" if plan.keyed else f" | seed {plan.seed}"
+    if decoding.sampling:
+        text += f" | temperature {decoding.temperature:g}"
+        text += f" top-k {decoding.top_k}" if decoding.top_k else ""
+        text += f" top-p {decoding.top_p:g}" if decoding.top_p else ""
+    else:
+        text += " | greedy"
+    return text
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Prompt text; repeatable.")] = None,
+    prompts_file: Annotated[
+        Optional[Path], typer.Option("--prompts", help="Prompts file: .txt (one per line) or .jsonl (a \"prompt\" field).")
+    ] = None,
+    model: LanguageModelOption = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the tokenizer's chat template.")] = False,
+    profile: ProfileOption = None,
+    sigma: SigmaOption = None,
+    focus: WordFocusOption = None,
+    focus_sigma: FocusSigmaOption = None,
+    seed: SeedOption = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate (default: the model's, else 64).")
+    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy (default); > 0 samples.")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Cut the completion at this string; repeatable.")] = None,
+    batch_size: BatchOption = 8,
+    device: DeviceOption = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    device_map: Annotated[
+        Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs/CPU (pip install 'aim-cli\\[accelerate]').")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")] = None,
+    compare: CompareOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Generate text with a modulated causal language model (default: the demo arithmetic LM)."""
+    from aim_cli.tasks.generate import (
+        GenerationSettings,
+        encode_prompts,
+        fitting_max_new_tokens,
+        generate_completions,
+        plan_generation,
+    )
+
+    settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
+    if top_p is not None and not 0 < top_p <= 1:
+        raise AimError(f"--top-p must be in (0, 1], got {top_p:g}")
+    if device_map and device != "auto":
+        raise AimError("--device and --device-map exclude each other", "--device-map auto places the layers itself")
+    parse_dtype(dtype)  # fail on a bad --dtype before reading stdin or loading anything
+    if output is not None:
+        check_output_file(output, OUTPUT_SUFFIXES)
+    texts = gather_prompts(prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None)
+    lm = load_language_model(model, device=device, dtype=dtype, device_map=device_map)
+    plan = plan_generation(settings_profile, lm)
+    encoded = encode_prompts(lm, texts, chat=chat)
+    requested = max_new_tokens or lm.default_max_new_tokens
+    fitted = fitting_max_new_tokens(lm, encoded, requested)
+    decoding = GenerationSettings(fitted, temperature, top_k, top_p, tuple(stop or ()), batch_size)
+    say(escape(f"model: {lm.name} | {_describe(plan, decoding)}"), quiet)
+    if fitted < requested:
+        say(f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context", quiet)
+    settings = plan.describe() | {"temperature": temperature}
+
+    if not decoding.sampling and (top_k is not None or top_p is not None):
+        say("note: --top-k/--top-p only apply when sampling (--temperature > 0); decoding greedily", quiet)
+    try:
+        if output is not None:
+            _write_records(lm, encoded, plan, decoding, compare, output, settings, quiet)
+        elif len(encoded) == 1 and not compare:
+            _stream_one(lm, encoded, plan, decoding)
+        else:
+            with progress_bar("generating", len(encoded), quiet) as advance:
+                results = list(generate_completions(lm, encoded, plan, decoding, compare, advance))
+            _print_results(results, compare)
+    except torch.cuda.OutOfMemoryError:
+        raise AimError(
+            f"out of GPU memory generating with batch size {batch_size}",
+            "lower --batch-size or --max-new-tokens, use --dtype bfloat16, or --device-map auto",
+        ) from None
+
+
+def _stream_one(
+    lm: LanguageModel, encoded: list[EncodedPrompt], plan: ModulationPlan, decoding: GenerationSettings
+) -> None:
+    """Print a single prompt's completion to stdout as it is generated."""
+    from aim_cli.generation import CompletionStreamer
+    from aim_cli.tasks.generate import generate_completions
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    streamer = CompletionStreamer(lm.tokenizer, write, decoding.stop)
+    for _ in generate_completions(lm, encoded, plan, decoding, streamer=streamer):
+        pass
+    write("\n")
+
+
+def _write_records(
+    lm: LanguageModel,
+    encoded: list[EncodedPrompt],
+    plan: ModulationPlan,
+    decoding: GenerationSettings,
+    compare: bool,
+    output: Path,
+    settings: dict[str, object],
+    quiet: bool,
+) -> None:
+    """Stream records to the output file, published atomically only when all are written."""
+    from aim_cli.tasks.generate import generate_completions
+
+    writer = RecordWriter(output)
+    written = 0
+    try:
+        with progress_bar("generating", len(encoded), quiet) as advance:
+            for item in generate_completions(lm, encoded, plan, decoding, compare, advance):
+                writer.write(_record(item, settings))
+                written += 1
+    except BaseException:
+        writer.close(success=False)
+        raise
+    writer.close()
+    say(f"wrote {written} record(s) to {output}", quiet)
+
+
+def _print_results(results: list[Completion], compare: bool) -> None:
+    """Two labelled lines for one prompt; a table for several."""
+    if len(results) == 1 and compare:
+        item = results[0]
+        out_console.print(f"modulated: {item.completion}", highlight=False, markup=False, soft_wrap=True)
+        out_console.print(f"clean:     {item.clean_completion}", highlight=False, markup=False, soft_wrap=True)
+        return
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("prompt", overflow="fold")
+    table.add_column("completion", overflow="fold")
+    if compare:
+        table.add_column("clean", overflow="fold")
+    for item in results:
+        row = [escape(item.prompt), escape(item.completion)]
+        if compare:
+            changed = item.clean_completion != item.completion
+            row.append(("[yellow]" if changed else "") + escape(item.clean_completion or ""))
+        table.add_row(*row)
+    out_console.print(table)
+

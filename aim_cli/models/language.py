@@ -1,0 +1,199 @@
+"""Causal language models behind one interface: tokenizer, network, context length, devices."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aim_cli import demo
+from aim_cli.devices import resolve_device
+from aim_cli.errors import AimError, InputError, ModelError
+from aim_cli.models.hub import load_pretrained, locate
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# Files any of the tokenizer back ends can be rebuilt from; a folder with none of them has no tokenizer.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tekken.json",
+)
+# Tokenizers without a real limit report a huge sentinel as model_max_length.
+_NO_LIMIT = 1_000_000
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass
+class LanguageModel:
+    """A loaded causal LM: tokenizer (left padding), network, where inputs go, and its context."""
+
+    name: str
+    model: Any  # a transformers PreTrainedModel with a generate() method
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    device: torch.device
+    context_length: int | None
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The checkpoint's own max_new_tokens if its generation config sets one, else 64."""
+        value = getattr(getattr(self.model, "generation_config", None), "max_new_tokens", None)
+        return int(value) if value else DEFAULT_MAX_NEW_TOKENS
+
+    @property
+    def has_chat_template(self) -> bool:
+        """True when the tokenizer carries a chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_text(self, prompt: str) -> str:
+        """Wrap one user message in the tokenizer's chat template, ready for the assistant's reply."""
+        if not self.has_chat_template:
+            raise ModelError(
+                f"--chat: the tokenizer of {self.name} has no chat template",
+                "drop --chat to use the prompt as plain text, or use a chat/instruct checkpoint",
+            )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # jinja errors of a broken template come in many types
+            raise ModelError(f"--chat: the chat template of {self.name} failed: {exc}") from None
+        return str(text)
+
+    def encode(self, text: str, chat: bool) -> list[int]:
+        """Token ids of one prompt; the chat template brings its own special tokens."""
+        if chat:
+            return list(self.tokenizer(self.chat_text(text), add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text)["input_ids"])
+
+
+def parse_dtype(name: str) -> torch.dtype | None:
+    """Map auto/float32/bfloat16/float16 (and short aliases) to a torch dtype; None means auto."""
+    key = (name or "auto").strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise AimError(f"unknown --dtype '{name}'", f"use one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def load_language_model(
+    spec: str | None, device: str = "auto", dtype: str = "auto", device_map: str | None = None
+) -> LanguageModel:
+    """Load the demo LM, a local Hugging Face directory or a cached hub id, offline."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    torch_dtype = parse_dtype(dtype)
+    target = _check_device_map(device_map) if device_map else resolve_device(device)
+    source = spec or str(demo.model_dir("generate"))
+    display = spec or "demo lm"
+    config = load_pretrained(AutoConfig.from_pretrained, source, "model configuration")
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelError(
+            f"{display} is not a causal language model (its config is {type(config).__name__})",
+            "aim generate needs a checkpoint AutoModelForCausalLM can load, e.g. Llama, GPT-2, Qwen",
+        )
+    _check_tokenizer_files(source)
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+    # Left padding keeps every prompt's last token in the last column, where generate() reads the next token.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelError(f"the tokenizer of {display} has neither a pad nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"config": config, _dtype_keyword(): _load_dtype(torch_dtype, config, target)}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", **kwargs)
+    if device_map:
+        # With layers spread over devices, inputs go where the embedding lives.
+        input_device = model.get_input_embeddings().weight.device
+    else:
+        model.to(target)
+        input_device = target
+    model.eval()
+    return LanguageModel(display, model, tokenizer, input_device, _context_length(config, tokenizer))
+
+
+def _check_device_map(device_map: str) -> torch.device:
+    """--device-map spreads a model over the GPUs (and CPU) with accelerate, which is optional."""
+    if device_map not in DEVICE_MAPS:
+        raise AimError(f"unknown --device-map '{device_map}'", f"use one of {', '.join(DEVICE_MAPS)}")
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelError(
+            f"--device-map {device_map} needs the accelerate package, which is not installed",
+            "pip install 'aim-cli[accelerate]'",
+        )
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_dtype(requested: torch.dtype | None, config: Any, device: torch.device) -> torch.dtype | str:
+    """The dtype to load weights in: the one asked for, else the checkpoint's own ('auto').
+
+    float16 matmuls are slow or missing on CPUs, so an fp16 checkpoint loads as float32 there.
+    """
+    if requested is not None:
+        return requested
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if device.type == "cpu" and str(stored).replace("torch.", "") == "float16":
+        return torch.float32
+    return "auto"
+
+
+def _dtype_keyword() -> str:
+    """from_pretrained takes `dtype` since transformers 4.56 (and only that in v5); `torch_dtype` before."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _check_tokenizer_files(source: str) -> None:
+    """A local model folder without any tokenizer file cannot encode prompts: say so plainly."""
+    location, local = locate(source)
+    if not local:
+        return
+    folder = Path(location)
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(
+            f"model directory {source} has no tokenizer (none of tokenizer.json, tokenizer_config.json, "
+            "tokenizer.model, vocab.json)",
+            "save it beside the weights with tokenizer.save_pretrained(DIR)",
+        )
+
+
+def _context_length(config: Any, tokenizer: Any) -> int | None:
+    """The longest sequence the model handles: max_position_embeddings, else the tokenizer's limit."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_LIMIT:
+        return limit
+    return None
+
+
+def check_prompt_fits(lm: LanguageModel, index: int, length: int) -> None:
+    """A prompt must leave room for at least one new token inside the model's context."""
+    if lm.context_length is not None and length >= lm.context_length:
+        raise InputError(
+            f"prompt {index + 1} is {length} tokens long but {lm.name} has a context of "
+            f"{lm.context_length} tokens (prompt plus completion must fit)",
+            "shorten the prompt",
+        )

@@ -1,0 +1,93 @@
+"""Reading prompts: --prompt values, a .txt or .jsonl file, or standard input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from aim_cli.errors import InputError
+
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Prompts from a .txt file (one per non-blank line) or a .jsonl file (a `prompt` field per line)."""
+    suffix = path.suffix.lower()
+    if suffix not in PROMPT_FILE_SUFFIXES:
+        raise InputError(f"prompts file {path}: unsupported file type", "use .txt (one prompt per line) or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"prompts file {path} not found", "check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"prompts file {path} is a directory", "give a .txt or .jsonl file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"prompts file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"prompts file {path} cannot be read: {exc.strerror or exc}") from None
+    prompts = _jsonl_prompts(text, path) if suffix == ".jsonl" else split_lines(text)
+    if not prompts:
+        raise InputError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
+def split_lines(text: str) -> list[str]:
+    """One prompt per line; blank lines separate nothing and are skipped."""
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def _jsonl_prompts(text: str, path: Path) -> list[str]:
+    """The `prompt` field of every non-blank JSONL line; a bad line is named by its number."""
+    prompts = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"prompts file {path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise InputError(
+                f"prompts file {path}, line {number}: expected an object with a \"prompt\" field",
+                'e.g. {"prompt": "12+7="}',
+            )
+        prompt = record["prompt"]
+        if not isinstance(prompt, str):
+            raise InputError(f"prompts file {path}, line {number}: \"prompt\" must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InputError(f"prompts file {path}, line {number}: the prompt is empty")
+        prompts.append(prompt)
+    return prompts
+
+
+def gather_prompts(
+    given: Sequence[str] | None,
+    prompts_file: Path | None,
+    stdin: TextIO | None,
+    default: str | None,
+) -> list[str]:
+    """Prompts from --prompt and --prompts; else stdin when it is not a terminal; else `default`."""
+    prompts = list(given or [])
+    for index, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise InputError(f"--prompt {index + 1} is empty", "give some text to complete")
+    if prompts_file is not None:
+        prompts.extend(read_prompt_file(prompts_file))
+    if prompts:
+        return prompts
+    if stdin is not None and not _is_terminal(stdin):
+        prompts = split_lines(stdin.read())
+        if prompts:
+            return prompts
+    if default is not None:
+        return [default]
+    raise InputError("no prompt given", "pass --prompt TEXT, --prompts FILE (.txt/.jsonl), or pipe prompts on stdin")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """True when the stream is an interactive terminal (then it is not read for prompts)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return True

@@ -1,0 +1,235 @@
+"""Text generation with modulated next-token logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from aim_cli.errors import InputError
+from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop, focus_targets
+from aim_cli.models.language import LanguageModel, check_prompt_fits
+from aim_cli.modulation import KeyedNoise, Modulation, content_key
+from aim_cli.profile import Profile, noise_source
+from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    batch_size: int = 8
+
+    @property
+    def sampling(self) -> bool:
+        """True when tokens are sampled rather than chosen greedily."""
+        return self.temperature > 0
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One prompt as given and as token ids (after the chat template, if any)."""
+
+    index: int
+    text: str
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The modulated (and optionally clean) completion of one prompt."""
+
+    index: int
+    prompt: str
+    completion: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: tuple[int, ...]
+    clean_completion: str | None = None
+    clean_token_ids: tuple[int, ...] | None = None
+
+
+def plan_generation(profile: Profile, lm: LanguageModel) -> ModulationPlan:
+    """Resolve focus words to token sets and build the noise source for a language model."""
+    targets, names = focus_targets(lm.tokenizer, profile.focus)
+    modulation = Modulation(profile.sigma, profile.effective_focus_sigma, targets)
+    noise, seed = noise_source(profile)
+    return ModulationPlan(modulation, noise, seed, names)
+
+
+def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool = False) -> list[EncodedPrompt]:
+    """Tokenize and check every prompt before anything is generated (so nothing is half-written)."""
+    encoded = []
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            raise InputError(f"prompt {index + 1} is empty", "give some text to complete")
+        ids = lm.encode(text, chat)
+        if not ids:
+            raise InputError(f"prompt {index + 1} encodes to no tokens", "give some text to complete")
+        check_prompt_fits(lm, index, len(ids))
+        encoded.append(EncodedPrompt(index, text, tuple(ids)))
+    return encoded
+
+
+def fitting_max_new_tokens(lm: LanguageModel, prompts: Sequence[EncodedPrompt], requested: int) -> int:
+    """The largest max_new_tokens <= requested that keeps the longest prompt inside the context."""
+    if lm.context_length is None or not prompts:
+        return requested
+    longest = max(len(p.ids) for p in prompts)
+    return max(1, min(requested, lm.context_length - longest))
+
+
+def _left_padded(batch: Sequence[EncodedPrompt], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Input ids and attention mask with left padding, plus where each row's real tokens start."""
+    width = max(len(p.ids) for p in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    starts = []
+    for row, prompt in enumerate(batch):
+        start = width - len(prompt.ids)
+        ids[row, start:] = prompt.ids
+        mask[row, start:] = 1
+        starts.append(start)
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), starts
+
+
+def _completion_ids(row: Sequence[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Generated ids up to and including the first end-of-sequence token, without trailing padding."""
+    out: list[int] = []
+    for token in row:
+        out.append(token)
+        if token in eos_ids:
+            return out
+    while out and pad_id is not None and out[-1] == pad_id:
+        out.pop()
+    return out
+
+
+def _eos_ids(lm: LanguageModel) -> set[int]:
+    """All end-of-sequence ids of the generation config and tokenizer."""
+    ids: set[int] = set()
+    configured = getattr(lm.model.generation_config, "eos_token_id", None)
+    for value in (configured, lm.tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+@torch.inference_mode()
+def generate_ids(
+    lm: LanguageModel,
+    batch: Sequence[EncodedPrompt],
+    settings: GenerationSettings,
+    processor: ModulationProcessor | None,
+    streamer: BaseStreamer | None = None,
+) -> list[list[int]]:
+    """Run model.generate on one left-padded batch; return each row's generated token ids (raw)."""
+    tokenizer = lm.tokenizer
+    input_ids, mask, starts = _left_padded(batch, tokenizer.pad_token_id, lm.device)
+    if processor is not None:
+        processor.prompt_starts = starts
+    kwargs: dict[str, object] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.sampling,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if settings.sampling:
+        # Explicit values: transformers would otherwise fill in top_k=50 when a flag is unset.
+        kwargs.update(temperature=settings.temperature, top_k=settings.top_k or 0, top_p=settings.top_p or 1.0)
+    if getattr(lm.model.generation_config, "eos_token_id", None) is None and tokenizer.eos_token_id is not None:
+        kwargs["eos_token_id"] = tokenizer.eos_token_id
+    stopping = StoppingCriteriaList([StopOnStrings(tokenizer, settings.stop, input_ids.shape[1])]) if settings.stop else None
+    # Ours is the first (and only) custom processor; generate() appends its temperature/top-k/top-p warpers after it.
+    processors = LogitsProcessorList([processor]) if processor is not None else None
+    output = lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        logits_processor=processors,
+        stopping_criteria=stopping,
+        streamer=streamer,
+        **kwargs,
+    )
+    return output[:, input_ids.shape[1] :].tolist()
+
+
+def _seed_sampling(plan: ModulationPlan, batch: Sequence[EncodedPrompt]) -> None:
+    """Seed torch's global RNG (which HF sampling draws from) so sampled runs repeat.
+
+    Keyed plans derive the seed from the key and the batch's content, so repeating a question
+    repeats the answer in sampling mode too.
+    """
+    if plan.seed is not None:
+        return
+    if isinstance(plan.noise, KeyedNoise):
+        digest = content_key(b"".join(np.asarray(p.ids, dtype="<i8").tobytes() + b"\xff" * 8 for p in batch))
+        torch.manual_seed(plan.noise.item_seed(digest))
+
+
+def generate_completions(
+    lm: LanguageModel,
+    prompts: Sequence[EncodedPrompt],
+    plan: ModulationPlan,
+    settings: GenerationSettings,
+    compare: bool = False,
+    progress: ProgressCallback | None = None,
+    streamer: BaseStreamer | None = None,
+) -> Iterator[Completion]:
+    """Generate modulated (and, with compare, clean) completions batch by batch, in prompt order."""
+    if plan.seed is not None:
+        # HF sampling uses the global RNG; our noise has its own SeededNoise generator.
+        torch.manual_seed(plan.seed)
+    processor = None
+    if not plan.modulation.is_identity:
+        processor = ModulationProcessor(plan.modulation, plan.noise, keyed=plan.keyed)
+    eos_ids = _eos_ids(lm)
+    pad_id = lm.tokenizer.pad_token_id
+    for batch in batched(prompts, settings.batch_size):
+        if settings.sampling:
+            _seed_sampling(plan, batch)
+        rows = generate_ids(lm, batch, settings, processor, streamer)
+        clean_rows: list[list[int]] | list[None] = [None] * len(batch)
+        if compare:
+            if settings.sampling:
+                _seed_sampling(plan, batch)
+            clean_rows = generate_ids(lm, batch, settings, None)
+        for prompt, row, clean_row in zip(batch, rows, clean_rows):
+            text, ids = _finish(lm, row, eos_ids, pad_id, settings.stop)
+            clean_text, clean_ids = (None, None)
+            if clean_row is not None:
+                clean_text, clean_ids = _finish(lm, clean_row, eos_ids, pad_id, settings.stop)
+            yield Completion(
+                prompt.index, prompt.text, text, len(prompt.ids), len(ids), tuple(ids), clean_text,
+                tuple(clean_ids) if clean_ids is not None else None,
+            )
+        if progress:
+            progress(len(batch))
+
+
+def _finish(
+    lm: LanguageModel, row: Sequence[int], eos_ids: set[int], pad_id: int | None, stops: Sequence[str]
+) -> tuple[str, list[int]]:
+    """Decode one generated row and cut it at the first stop string.
+
+    With a stop string the kept ids are those up to the token that completed it, so the token
+    count reflects what the model generated before stopping.
+    """
+    ids = _completion_ids(row, eos_ids, pad_id)
+    text = lm.tokenizer.decode(ids, skip_special_tokens=True)
+    cut, stopped = cut_at_stop(text, stops)
+    if stopped:
+        for end in range(1, len(ids) + 1):
+            if cut_at_stop(lm.tokenizer.decode(ids[:end], skip_special_tokens=True), stops)[1]:
+                ids = ids[:end]
+                break
+    return cut, ids
