@@ -1,1 +1,255 @@
-"""`aim calibrate`: (being written)."""
+"""`aim calibrate`: find the sigma (or focus sigma) that reaches a target metric, from one pass."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+
+import typer
+from rich.table import Table
+
+from aim_cli.calibration.core import Calibration, display_rows
+from aim_cli.calibration.report import PLOT_SUFFIXES, PROFILE_SUFFIXES, REPORT_SUFFIXES, write_profile, write_report
+from aim_cli.cli.common import (
+    BatchOption,
+    DeviceOption,
+    ModelOption,
+    QuietOption,
+    app,
+    err_console,
+    progress_bar,
+    report_failures,
+    say,
+)
+from aim_cli.devices import resolve_device
+from aim_cli.errors import AimError
+from aim_cli.io import check_output_file
+from aim_cli.profile import parse_focus
+from aim_cli.tasks.calibrate import CalibrationRequest
+from aim_cli.tasks.common import FailedInput
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+
+class Task(str, enum.Enum):
+    """The kinds of model aim calibrates."""
+
+    classify = "classify"
+    segment = "segment"
+    generate = "generate"
+
+
+def _request(
+    task: Task,
+    target_acc: float | None,
+    target_miou: float | None,
+    target_recall: float | None,
+    focus: str | None,
+    sigma: float | None,
+    draws: int,
+    seed: int,
+    batch_size: int,
+) -> CalibrationRequest:
+    """Check the target flags fit together and the task, then build the request."""
+    given = {name: v for name, v in (("--target-acc", target_acc), ("--target-miou", target_miou),
+                                      ("--target-recall", target_recall)) if v is not None}
+    if len(given) != 1:
+        raise AimError(
+            "give exactly one target: --target-acc, --target-miou (segment) or --target-recall (with --focus)"
+            + (f" (got {', '.join(given)})" if given else ""),
+            "e.g. aim calibrate --target-acc 0.6",
+        )
+    (flag, value), = given.items()
+    if not 0.0 < value <= 1.0:
+        raise AimError(f"{flag} {value:g} is not a fraction between 0 and 1", "metrics are fractions, e.g. 0.6 for 60%")
+    if flag == "--target-miou" and task != Task.segment:
+        raise AimError("--target-miou applies to --task segment", "for classification use --target-acc")
+    if flag == "--target-recall":
+        if focus is None:
+            raise AimError("--target-recall needs --focus NAME[:up|down]", "e.g. --focus person --target-recall 0.9")
+        if task == Task.generate:
+            raise AimError("--target-recall applies to --task classify or segment")
+    elif focus is not None:
+        raise AimError("--focus goes with --target-recall", "e.g. --focus person --target-recall 0.9")
+    if sigma is not None and flag != "--target-recall":
+        raise AimError("--sigma is what calibration finds", "drop --sigma (it only fixes the utility sigma for --target-recall)")
+    if sigma is not None and sigma < 0:
+        raise AimError(f"--sigma must be >= 0, got {sigma:g}")
+    if task == Task.segment and flag == "--target-acc":
+        metric = "pixel_accuracy"
+    else:
+        metric = {"--target-acc": "accuracy", "--target-miou": "miou", "--target-recall": "recall"}[flag]
+    return CalibrationRequest(
+        metric=metric,
+        value=float(value),
+        focus=parse_focus(focus) if focus else None,
+        utility_sigma=float(sigma or 0.0),
+        draws=draws,
+        seed=seed,
+        batch_size=batch_size,
+    )
+
+
+@app.command()
+def calibrate(
+    target_acc: Annotated[Optional[float], typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")] = None,
+    target_miou: Annotated[Optional[float], typer.Option("--target-miou", help="Target mIoU (segment).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option("--target-recall", help="Target recall of the --focus class.")] = None,
+    focus: Annotated[Optional[str], typer.Option("--focus", "-f", help="Focus class NAME[:up|down] whose focus sigma to find.")] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")] = None,
+    task: Annotated[Task, typer.Option("--task", "-t", help="Kind of model.")] = Task.classify,
+    model: ModelOption = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
+    draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
+    write_profile_to: Annotated[Optional[Path], typer.Option("--write-profile", help="Write a ready YAML profile.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Profile name (default: the file's stem).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")] = None,
+    batch_size: BatchOption = 64,
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Find the sigma that reaches a target metric, from one pass over labelled data.
+
+    The chosen value goes to stdout; the curve, the check and timing to stderr.
+    """
+    request = _request(task, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
+    for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
+        if path is not None:
+            check_output_file(path, suffixes)
+    if plot is not None:
+        from aim_cli.plotting import require_matplotlib
+
+        require_matplotlib()
+    if (weights is not None or labels is not None) and task == Task.generate:
+        raise AimError("--weights and --labels apply to --task classify and segment")
+    if model is not None and data is None:
+        raise AimError(
+            "--model needs --data: the default evaluation set belongs to the demo model",
+            {"classify": "an ImageFolder directory or a .csv/.jsonl manifest of path,label",
+             "segment": "a directory with images/ and masks/ sub-folders",
+             "generate": "a .jsonl file of {prompt, answer} or {prompt, choices, answer}"}[task.value],
+        )
+    torch_device = resolve_device(device)
+    if task == Task.classify:
+        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet)
+    elif task == Task.segment:
+        calibration, failures = _segment(request, model, weights, labels, data, limit, torch_device, quiet)
+    else:
+        calibration, failures = _generate(request, model, data, limit, device, quiet)
+    if write_profile_to is not None:
+        write_profile(calibration, write_profile_to, name)
+    if json_out is not None:
+        write_report(calibration, json_out)
+    if plot is not None:
+        from aim_cli.plotting import plot_calibration
+
+        plot_calibration(calibration, plot)
+    if not quiet:
+        render(calibration)
+        for path, what in ((write_profile_to, "profile"), (json_out, "report"), (plot, "plot")):
+            if path is not None:
+                say(f"wrote {what} to {path}")
+    typer.echo(f"{calibration.value:.6g}")
+    report_failures(failures)
+
+
+def _limited(items: list[T], limit: int | None) -> list[T]:
+    """The first `limit` items (all when no limit)."""
+    return items[:limit] if limit else items
+
+
+def _classify(
+    request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
+    limit: int | None, torch_device: torch.device, quiet: bool,
+) -> tuple[Calibration, list[FailedInput]]:
+    """Load the classifier and its data, then calibrate."""
+    from aim_cli.calibration.datasets import demo_classification_set, read_classification_data
+    from aim_cli.models.classifier import load_classifier
+    from aim_cli.tasks.calibrate import calibrate_classifier
+
+    dataset = read_classification_data(data) if data is not None else demo_classification_set(limit or 1000)
+    dataset.items = _limited(dataset.items, limit)
+    classifier = load_classifier(model, torch_device, weights, labels)
+    say(f"model: {classifier.name} ({len(classifier.labels)} classes) | data: {dataset.description}", quiet)
+    with progress_bar("forward pass", len(dataset.items), quiet) as advance:
+        return calibrate_classifier(classifier, dataset, request, advance)
+
+
+def _segment(
+    request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
+    limit: int | None, torch_device: torch.device, quiet: bool,
+) -> tuple[Calibration, list[FailedInput]]:
+    """Load the segmenter and its data, then calibrate in streaming passes."""
+    from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
+    from aim_cli.tasks.calibrate import calibrate_segmenter, load_segmenter_for_calibration
+
+    dataset = read_segmentation_data(data) if data is not None else demo_segmentation_set(limit or 50)
+    dataset.limit(limit)
+    segmenter = load_segmenter_for_calibration(model, torch_device, weights, labels)
+    say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | data: {dataset.description}", quiet)
+    with progress_bar("streaming passes", None, quiet) as advance:
+        return calibrate_segmenter(segmenter, dataset, request, advance)
+
+
+def _generate(
+    request: CalibrationRequest, model: str | None, data: Path | None, limit: int | None, device: str, quiet: bool
+) -> tuple[Calibration, list[FailedInput]]:
+    """Load the language model and its prompts, then calibrate."""
+    from aim_cli.calibration.datasets import demo_text_set, read_text_data
+    from aim_cli.models.language import load_language_model
+    from aim_cli.tasks.calibrate import calibrate_language_model
+
+    dataset = read_text_data(data) if data is not None else demo_text_set(limit or 200)
+    dataset.items = _limited(dataset.items, limit)
+    lm = load_language_model(model, device)
+    say(f"model: {lm.name} | data: {dataset.description}", quiet)
+    with progress_bar("scoring" if dataset.multiple_choice else "generating", None, quiet) as advance:
+        return calibrate_language_model(lm, dataset, request, advance)
+
+
+def render(calibration: Calibration) -> None:
+    """The curve as a table, then the chosen value, the check and timing, on stderr."""
+    target = calibration.target
+    parameter = target.parameter.replace("_", " ")
+    measured = {round(p.parameter, 12): p for p in calibration.points}
+    measured[round(calibration.check.parameter, 12)] = calibration.check
+    kind = "predicted" if calibration.analytic else "measured"
+    table = Table(title=f"{kind} {target.label} vs {parameter}", show_header=True, header_style="bold")
+    table.add_column(parameter, justify="right")
+    table.add_column(f"{kind} {target.label}", justify="right")
+    table.add_column("Monte Carlo (95% CI)", justify="right")
+    keep = [calibration.value, *(p.parameter for p in calibration.points)]
+    for index in display_rows(calibration.curve, calibration.clean, calibration.limit, max_rows=12, keep=keep):
+        value, predicted = calibration.curve[index]
+        point = measured.get(round(value, 12))
+        cell = f"{point.mean:.3f} ({point.low:.3f}-{point.high:.3f})" if point is not None and value > 0 else ""
+        chosen = value == calibration.value
+        style = "bold green" if chosen else None
+        table.add_row(f"{value:.4g}" + (" <- chosen" if chosen else ""), f"{predicted:.4f}", cell, style=style)
+    err_console.print(table)
+    check = calibration.check
+    extra = "".join(f" | {k} {v:.3f}" for k, v in calibration.measured.items())
+    lines = [
+        f"[bold]target {target.label} {target.value:g} -> {target.parameter} = {calibration.value:.4g}[/]"
+        + (f" (utility sigma {calibration.utility_sigma:g} held fixed)" if target.metric == "recall" and calibration.utility_sigma else ""),
+        (f"predicted {calibration.predicted:.4f} | " if calibration.analytic else "")
+        + f"measured {check.mean:.4f} (95% CI {check.low:.4f}-{check.high:.4f}, {check.draws} draws, "
+        f"seed {calibration.seed}){extra}",
+        f"clean {calibration.clean:.4f} | {calibration.limit_label} {calibration.limit:.4f} | {calibration.items} items",
+        "time: " + " | ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in calibration.timing.items()),
+    ]
+    for line in lines:
+        err_console.print(line, highlight=False)
+    for note in calibration.notes:
+        err_console.print(f"[dim]{note}[/]", highlight=False)
+    for warning in calibration.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -1,0 +1,300 @@
+"""Classification calibration: one forward pass caches (N, C) logits; everything else is analytic."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from aim_cli import theory
+from aim_cli.calibration.core import (
+    Calibration,
+    MonteCarloCheck,
+    Target,
+    check_reachable,
+    display_rows,
+    extend_to_bracket,
+    monotonicity_warning,
+    solve,
+)
+from aim_cli.calibration.datasets import ImageDataset, LabelledImage
+from aim_cli.errors import InputError
+from aim_cli.models.classifier import ImageClassifier
+from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
+from aim_cli.tasks.common import FailedInput, ProgressCallback, batched
+
+# Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
+# sharper function of the shared draw, so more classes need more nodes. Against a 160-node
+# reference the per-row error stays below ~4e-7 for up to 16 classes (32 nodes, half the cost
+# of theory's 64-node default) and below ~3e-5 for 50 to 1000 classes (sigma 2 and 20):
+# far below any Monte Carlo resolution.
+_NODES = ((16, 32), (256, 48))
+
+
+def quadrature_nodes(contenders: int) -> int:
+    """Gauss-Hermite nodes for rows with this many contending classes."""
+    return next((nodes for limit, nodes in _NODES if contenders <= limit), 64)
+
+
+# A row whose win probability is provably within this of 0 or 1 is not integrated, and a class
+# that overtakes the label with less than this probability is left out of its row.
+SETTLED = 1e-9
+# Phi(-CUTOFF / sqrt 2) < SETTLED: a class more than CUTOFF sigma below the label cannot matter.
+CUTOFF = 8.5
+# A predicted curve that rises by less than this (e.g. near-tied wrong answers that noise turns
+# into coin flips) is not worth a warning; a real non-monotone stretch is.
+MONOTONE_TOLERANCE = 0.005
+# Extra Monte Carlo points measured along the curve (cheap on cached logits; drawn in --plot).
+CURVE_CHECKS = 8
+
+
+@dataclass
+class LogitSet:
+    """Clean logits of a labelled data set, cached after one forward pass."""
+
+    logits: torch.Tensor  # (N, C) float32
+    labels: torch.Tensor  # (N,) class ids
+    failures: list[FailedInput] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def collect_logits(
+    classifier: ImageClassifier,
+    items: Sequence[LabelledImage],
+    label_ids: Sequence[int],
+    batch_size: int = 64,
+    progress: ProgressCallback | None = None,
+) -> LogitSet:
+    """Run the model once over the data; unreadable images are recorded and skipped."""
+    start = time.perf_counter()
+    chunks: list[torch.Tensor] = []
+    kept: list[int] = []
+    failures: list[FailedInput] = []
+    for batch in batched(zip(items, label_ids), batch_size):
+        images = []
+        for item, label in batch:
+            try:
+                images.append(item.load().image)
+                kept.append(label)
+            except InputError as exc:
+                failures.append(FailedInput(item.path or Path(item.name), exc.message))
+        if images:
+            chunks.append(classifier.logits(images))
+        if progress:
+            progress(len(batch))
+    if not chunks:
+        raise InputError("none of the images could be read", "see the failures listed above")
+    logits = torch.cat(chunks)
+    labels = torch.tensor(kept, device=logits.device)
+    return LogitSet(logits, labels, failures, time.perf_counter() - start)
+
+
+def expected_correct(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Per-row P(argmax == label) under utility noise, skipping rows whose answer is settled.
+
+    A row whose label leads by margin m > 0 stays right unless some class overtakes it, so
+    P >= 1 - (C-1) * Phi(-m / (sigma * sqrt 2)); a row whose label trails the top by -m stays
+    wrong with P <= Phi(m / (sigma * sqrt 2)). Rows with either bound within 1e-9 are set to
+    1 or 0 and skip the quadrature (most rows at small sigma).
+    """
+    if sigma <= 0:
+        return (logits.argmax(dim=1) == labels).double()
+    own = logits.gather(1, labels[:, None]).squeeze(1).double()
+    others = logits.double().scatter(1, labels[:, None], -math.inf)
+    margin = own - others.max(dim=1).values
+    scaled = margin / (sigma * math.sqrt(2.0))
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64, device=logits.device), 1.0)
+    settled_right = (logits.shape[1] - 1) * normal.cdf(-scaled) < SETTLED
+    settled_wrong = normal.cdf(scaled) < SETTLED
+    out = settled_right.double()
+    active = ~(settled_right | settled_wrong)
+    if bool(active.any()):
+        out[active] = _contender_win_probability(logits[active], labels[active], sigma)
+    return out
+
+
+def _contender_win_probability(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """theory.win_probability over each row's contenders only.
+
+    A class trailing the label by more than CUTOFF * sigma beats it with probability below
+    SETTLED, so it is dropped (with many classes most are). Rows are grouped by contender
+    count rounded up to a power of two; padding columns sit 1e4 sigma below the label, where
+    their factor Phi(gap / sigma + z) is exactly 1.
+    """
+    own = logits.gather(1, labels[:, None]).double()
+    values = logits.double()
+    keep = values > own - CUTOFF * sigma  # includes the label itself
+    counts = keep.sum(dim=1)
+    width = torch.pow(2, torch.ceil(torch.log2(counts.double())).long()).clamp(max=logits.shape[1])
+    out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
+    for size in torch.unique(width).tolist():
+        rows = width == size
+        padded = torch.where(keep[rows], values[rows], own[rows] - 1e4 * sigma)
+        top, order = padded.topk(int(size), dim=1)
+        position = (order == labels[rows][:, None]).long().argmax(dim=1)
+        out[rows] = theory.win_probability(top, position, sigma, nodes=quadrature_nodes(int(size)))
+    return out
+
+
+def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> Callable[[float], float]:
+    """Expected top-1 accuracy as a function of utility sigma (exact, from cached logits)."""
+    return lambda sigma: float(expected_correct(logits, labels, sigma).mean())
+
+
+def recall_metric(
+    logits: torch.Tensor, labels: torch.Tensor, target_id: int, direction: int, utility_sigma: float = 0.0
+) -> Callable[[float], float]:
+    """Expected recall of the focus class as a function of focus sigma (utility sigma held fixed)."""
+    rows = logits[labels == target_id]
+    classes = torch.full((rows.shape[0],), target_id, device=rows.device)
+
+    def metric(focus_sigma: float) -> float:
+        if utility_sigma > 0:
+            return float(theory.win_probability_with_focus(rows, classes, utility_sigma, target_id, focus_sigma, direction).mean())
+        if focus_sigma <= 0:
+            return float((rows.argmax(dim=1) == target_id).double().mean())
+        return float(theory.focus_win_probability(rows, target_id, focus_sigma, direction).mean())
+
+    return metric
+
+
+def monte_carlo_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float, draws: int, seed: int) -> MonteCarloCheck:
+    """Measured accuracy over `draws` seeded noise draws on the cached logits."""
+    noise = SeededNoise(seed)
+    modulation = Modulation(sigma=sigma)
+    values = [
+        float((modulate(logits, modulation, noise).argmax(dim=1) == labels).double().mean()) for _ in range(draws)
+    ]
+    return MonteCarloCheck(sigma, values)
+
+
+def monte_carlo_recall(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_id: int,
+    direction: int,
+    focus_sigma: float,
+    draws: int,
+    seed: int,
+    utility_sigma: float = 0.0,
+) -> MonteCarloCheck:
+    """Measured recall of the focus class over seeded draws of utility and focus noise."""
+    rows = logits[labels == target_id]
+    noise = SeededNoise(seed)
+    modulation = Modulation(utility_sigma, focus_sigma, (FocusTarget(target_id, direction),))
+    values = [float((modulate(rows, modulation, noise).argmax(dim=1) == target_id).double().mean()) for _ in range(draws)]
+    return MonteCarloCheck(focus_sigma, values)
+
+
+def calibrate_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target: Target,
+    target_id: int | None = None,
+    draws: int = 20,
+    seed: int = 0,
+    utility_sigma: float = 0.0,
+    grid: Sequence[float] | None = None,
+    curve_checks: int = CURVE_CHECKS,
+) -> Calibration:
+    """Analytic curve over a sigma grid, bracketed root, then a seeded Monte Carlo check."""
+    if logits.shape[0] == 0:
+        raise InputError("the data set is empty", "calibration needs labelled examples")
+    start = time.perf_counter()
+    num_classes = logits.shape[1]
+    if target.metric == "recall":
+        assert target_id is not None
+        if int((labels == target_id).sum()) == 0:
+            raise InputError(f"the data has no examples of '{target.focus_class}', so its recall is undefined",
+                             "add labelled examples of that class")
+        metric = recall_metric(logits, labels, target_id, target.focus_direction, utility_sigma)
+        limit = 1.0 if target.focus_direction > 0 else 0.0
+        limit_label = f"always {target.focus_class}" if target.focus_direction > 0 else f"never {target.focus_class}"
+
+        def measure(value: float, count: int, draw_seed: int) -> MonteCarloCheck:
+            return monte_carlo_recall(logits, labels, target_id, target.focus_direction, value, count, draw_seed, utility_sigma)
+    else:
+        metric = accuracy_metric(logits, labels)
+        limit = 1.0 / num_classes  # with noise far above the logit spread every class is equally likely
+        limit_label = "chance"
+
+        def measure(value: float, count: int, draw_seed: int) -> MonteCarloCheck:
+            return monte_carlo_accuracy(logits, labels, value, count, draw_seed)
+
+    grid = list(grid if grid is not None else theory.sigma_grid())
+    values = [metric(s) for s in grid]
+    clean = values[0]
+    check_reachable(target, clean, limit, limit_label)
+    extend_to_bracket(metric, grid, values, target.value)
+    value = 0.0 if target.value == clean else solve(grid, values, target.value, exact=metric)
+    predicted = metric(value)
+    curve = sorted([*zip(grid, values), (value, predicted)])
+    analytic_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    check = measure(value, draws, seed)
+    rows = display_rows(curve, clean, limit)
+    picks = [curve[rows[int(k * len(rows) / curve_checks)]][0] for k in range(min(curve_checks, len(rows)))]
+    points = [measure(s, draws, seed + 1 + k) for k, s in enumerate(picks) if s > 0]
+    mc_seconds = time.perf_counter() - start
+
+    warnings = _warnings(target, grid, values, check, points, predicted)
+    return Calibration(
+        task="classify",
+        target=target,
+        value=value,
+        predicted=predicted,
+        clean=clean,
+        limit=limit,
+        limit_label=limit_label,
+        curve=curve,
+        check=check,
+        points=points,
+        items=int(logits.shape[0]),
+        seed=seed,
+        utility_sigma=utility_sigma,
+        timing={"analytic_s": analytic_seconds, "monte_carlo_s": mc_seconds},
+        warnings=warnings,
+    )
+
+
+def _warnings(
+    target: Target,
+    grid: Sequence[float],
+    values: Sequence[float],
+    check: MonteCarloCheck,
+    points: Sequence[MonteCarloCheck],
+    predicted: float,
+) -> list[str]:
+    """Plain warnings: a non-monotone curve, or a measurement that disagrees with the prediction."""
+    falling = target.metric != "recall" or target.focus_direction < 0
+    out = []
+    analytic = monotonicity_warning(grid, values, falling, MONOTONE_TOLERANCE, f"predicted {target.label}", target.parameter)
+    if analytic:
+        out.append(analytic)
+    ordered = sorted([*points, check], key=lambda p: p.parameter)
+    for earlier, later in zip(ordered, ordered[1:]):
+        rise = (later.mean - earlier.mean) if falling else (earlier.mean - later.mean)
+        if rise > earlier.half_width + later.half_width + 1e-9 and rise > 0.005:
+            out.append(
+                f"the measured {target.label} is not monotone: {earlier.mean:.3f} at {target.parameter} "
+                f"{earlier.parameter:.3g} but {later.mean:.3f} at {later.parameter:.3g}"
+            )
+            break
+    if check.draws >= 2 and abs(check.mean - predicted) > 3 * check.half_width + 0.005:
+        out.append(
+            f"Monte Carlo {target.label} {check.mean:.3f} differs from the predicted {predicted:.3f} by more than "
+            "its noise explains"
+        )
+    return out
+
+
+def dataset_label_ids(dataset: ImageDataset, model_labels: Sequence[str]) -> list[int]:
+    """Resolve the data set's label names against the model (all unknown labels at once)."""
+    from aim_cli.calibration.datasets import resolve_labels
+
+    return resolve_labels([item.label for item in dataset.items], model_labels, dataset.source or "the data")

@@ -1,0 +1,355 @@
+"""Task-independent calibration pieces: targets, reachable bounds, root finding, Monte Carlo."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from aim_cli import theory
+from aim_cli.errors import AimError
+
+# Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+    18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
+}
+
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "pixel_accuracy": "pixel accuracy",
+    "miou": "mIoU",
+    "recall": "recall",
+}
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (1.96 for large df)."""
+    if df <= 0:
+        return math.inf
+    for known in sorted(_T975):
+        if df <= known:
+            return _T975[known]
+    return 1.96
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to calibrate for: a metric, its target value, and for recall the focus class."""
+
+    metric: str  # accuracy | pixel_accuracy | miou | recall
+    value: float
+    focus_class: str | None = None  # the model's label for recall targets
+    focus_direction: int = 1
+
+    @property
+    def parameter(self) -> str:
+        """The knob being solved for: utility 'sigma' or 'focus_sigma'."""
+        return "focus_sigma" if self.metric == "recall" else "sigma"
+
+    @property
+    def label(self) -> str:
+        """Human name of the metric, e.g. 'accuracy' or 'person recall'."""
+        if self.metric == "recall":
+            return f"{self.focus_class} recall"
+        return METRIC_LABELS.get(self.metric, self.metric)
+
+
+@dataclass
+class MonteCarloCheck:
+    """Metric values measured over R seeded noise draws at one parameter value."""
+
+    parameter: float
+    values: list[float]
+
+    @property
+    def draws(self) -> int:
+        """How many noise draws were measured."""
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        """Mean measured metric over the draws."""
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def half_width(self) -> float:
+        """Half width of the 95% interval of the mean (Student t over the draws)."""
+        if len(self.values) < 2:
+            return math.nan
+        return t_quantile_975(len(self.values) - 1) * float(np.std(self.values, ddof=1)) / math.sqrt(len(self.values))
+
+    @property
+    def low(self) -> float:
+        """Lower end of the 95% interval."""
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        """Upper end of the 95% interval."""
+        return self.mean + self.half_width
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready summary."""
+        return {
+            "parameter": self.parameter,
+            "draws": self.draws,
+            "mean": self.mean,
+            "ci95": [self.low, self.high],
+            "values": list(self.values),
+        }
+
+
+@dataclass
+class Calibration:
+    """The result of one calibration: the curve, the chosen value, and how it was checked."""
+
+    task: str
+    target: Target
+    value: float
+    predicted: float
+    clean: float
+    limit: float
+    limit_label: str
+    curve: list[tuple[float, float]]
+    check: MonteCarloCheck
+    points: list[MonteCarloCheck] = field(default_factory=list)
+    items: int = 0
+    model: str = ""
+    data: str = ""
+    seed: int = 0
+    utility_sigma: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    measured: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    analytic: bool = True  # False when the curve itself is measured (free-form text)
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON report."""
+        target = self.target
+        return {
+            "task": self.task,
+            "model": self.model,
+            "data": self.data,
+            "items": self.items,
+            "metric": target.metric,
+            "metric_label": target.label,
+            "parameter": target.parameter,
+            "target": target.value,
+            "focus": (
+                {"class": target.focus_class, "direction": "up" if target.focus_direction > 0 else "down"}
+                if target.metric == "recall"
+                else None
+            ),
+            "utility_sigma": self.utility_sigma if target.metric == "recall" else self.value,
+            "value": self.value,
+            "predicted": self.predicted,
+            "clean": self.clean,
+            "limit": {"value": self.limit, "label": self.limit_label},
+            "monte_carlo": self.check.to_dict(),
+            "monte_carlo_points": [p.to_dict() for p in self.points],
+            "measured_at_value": self.measured,
+            "curve_kind": "analytic" if self.analytic else "measured",
+            "curve": [{"parameter": s, "predicted": v} for s, v in self.curve],
+            "seed": self.seed,
+            "timing_s": self.timing,
+            "warnings": self.warnings,
+        }
+
+
+def fmt(value: float, other: float | None = None) -> str:
+    """Two decimals, or four when two would make `value` and `other` look equal."""
+    if other is not None and f"{value:.2f}" == f"{other:.2f}" and value != other:
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def check_reachable(target: Target, clean: float, limit: float, limit_label: str) -> None:
+    """Fail with both bounds when the target lies outside what the knob can reach.
+
+    The clean end is reached at zero noise; the other end (`limit`) only as the knob grows
+    without bound, so a target exactly at the limit is unreachable too.
+    """
+    t = target.value
+    name = target.label
+    falling = limit <= clean
+    low, high = (limit, clean) if falling else (clean, limit)
+    span = (
+        f"reachable targets lie between {fmt(low, t)} ({limit_label if falling else 'clean'}) "
+        f"and {fmt(high, t)}{'' if falling else f' ({limit_label})'}"
+    )
+    hint = "pick a target in that range"
+    if falling:
+        if t > clean:
+            if target.metric == "recall":
+                hint = f"suppressing a class only lowers its recall; to raise it use --focus {target.focus_class}:up"
+            raise AimError(f"target {name} {fmt(t, clean)} is above the clean model's {fmt(clean, t)}; {span}", hint)
+        if t <= limit:
+            raise AimError(f"target {name} {fmt(t, limit)} is at or below {limit_label} level ({fmt(limit, t)}); {span}", hint)
+    else:
+        if t < clean:
+            raise AimError(
+                f"target {name} {fmt(t, clean)} is below the clean model's {fmt(clean, t)} and a boost only raises it; {span}",
+                f"to lower it, suppress the class: --focus {target.focus_class}:down",
+            )
+        if t >= limit:
+            raise AimError(f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus only approaches; {span}", hint)
+
+
+def crossing(grid: Sequence[float], values: Sequence[float], target: float) -> int | None:
+    """Index i of the first grid interval [i, i+1] whose values straddle the target."""
+    for i in range(len(grid) - 1):
+        a, b = values[i] - target, values[i + 1] - target
+        if a == 0:
+            return i
+        if a * b <= 0:
+            return i
+    return None
+
+
+def monotonicity_warning(
+    grid: Sequence[float], values: Sequence[float], falling: bool, tolerance: float, what: str, parameter: str
+) -> str | None:
+    """A plain warning when a curve moves against its expected direction by more than `tolerance`."""
+    sign = 1.0 if falling else -1.0
+    best = values[0]
+    best_at = grid[0]
+    for s, v in zip(grid, values):
+        if sign * (v - best) > tolerance:
+            direction = "rises" if falling else "falls"
+            return (
+                f"the {what} curve is not monotone: it {direction} from {best:.3f} at {parameter} {best_at:g} "
+                f"to {v:.3f} at {parameter} {s:g}, so more than one {parameter} may reach the target "
+                f"(the smallest is reported)"
+            )
+        if sign * (best - v) > 0:
+            best, best_at = v, s
+    return None
+
+
+def solve(
+    grid: Sequence[float],
+    values: Sequence[float],
+    target: float,
+    exact: Callable[[float], float] | None = None,
+) -> float:
+    """The smallest parameter where the curve meets the target.
+
+    With an exact metric (cached logits) a bracketed bisection refines the grid crossing
+    (theory.solve_increasing_parameter); otherwise monotone cubic interpolation in log-sigma.
+    """
+    index = crossing(grid, values, target)
+    if index is None:
+        raise ValueError("target is not bracketed by the curve")
+    low, high = grid[index], grid[index + 1]
+    if values[index] == target:
+        return float(low)
+    if values[index + 1] == target:
+        return float(high)
+    if low <= 0:
+        # Bisection works in log-sigma; start just above zero, where the metric is still clean.
+        low = high * 1e-6
+        if exact is None:
+            return float(high * (values[0] - target) / (values[0] - values[index + 1]))
+    if exact is not None:
+        return float(theory.solve_increasing_parameter(exact, target, low, high, tolerance=1e-5))
+    return float(inverse_interpolate(grid, values, target, index))
+
+
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fritsch-Carlson slopes: a shape-preserving (monotone) cubic through the points."""
+    h = np.diff(x)
+    delta = np.diff(y) / h
+    slopes = np.zeros_like(y)
+    for k in range(1, len(x) - 1):
+        if delta[k - 1] * delta[k] > 0:
+            w1, w2 = 2 * h[k] + h[k - 1], h[k] + 2 * h[k - 1]
+            slopes[k] = (w1 + w2) / (w1 / delta[k - 1] + w2 / delta[k])
+    if len(x) > 1:
+        slopes[0], slopes[-1] = delta[0], delta[-1]
+    return slopes
+
+
+def interpolate(grid: Sequence[float], values: Sequence[float], at: float) -> float:
+    """Curve value at `at` by monotone cubic interpolation in log-parameter (positive grid part)."""
+    points = [(s, v) for s, v in zip(grid, values) if s > 0]
+    x = np.log([s for s, _ in points])
+    y = np.asarray([v for _, v in points], dtype=float)
+    if at <= 0:
+        return float(values[0])
+    u = math.log(at)
+    if u <= x[0]:
+        return float(y[0])
+    if u >= x[-1]:
+        return float(y[-1])
+    slopes = _pchip_slopes(x, y)
+    k = int(np.searchsorted(x, u) - 1)
+    h = x[k + 1] - x[k]
+    t = (u - x[k]) / h
+    h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
+    h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
+    return float(h00 * y[k] + h10 * h * slopes[k] + h01 * y[k + 1] + h11 * h * slopes[k + 1])
+
+
+def inverse_interpolate(grid: Sequence[float], values: Sequence[float], target: float, index: int) -> float:
+    """Solve interpolate(x) == target inside the grid interval `index` by bisection in log x."""
+    lo, hi = math.log(grid[index]), math.log(grid[index + 1])
+    f_lo = interpolate(grid, values, grid[index]) - target
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        f_mid = interpolate(grid, values, math.exp(mid)) - target
+        if (f_mid > 0) == (f_lo > 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def log_grid(low: float, high: float, per_decade: int) -> list[float]:
+    """Log-spaced positive points from low to high, about `per_decade` per factor of ten."""
+    count = max(2, int(round(math.log10(high / low) * per_decade)) + 1)
+    return [float(v) for v in np.geomspace(low, high, count)]
+
+
+def extend_to_bracket(
+    metric: Callable[[float], float],
+    grid: list[float],
+    values: list[float],
+    target: float,
+    max_decades: int = 6,
+) -> None:
+    """Grow a curve (in place) by decades at the high end until it straddles the target.
+
+    Only the high end can miss: the curve starts at zero noise (the clean metric), and a
+    crossing between zero and the first grid point is refined by the root finder.
+    """
+    for _ in range(max_decades):
+        if crossing(grid, values, target) is not None:
+            return
+        new = [grid[-1] * 10 ** (k / 10) for k in range(1, 11)]
+        grid.extend(new)
+        values.extend(metric(s) for s in new)
+
+
+def display_rows(
+    curve: Sequence[tuple[float, float]], clean: float, limit: float, max_rows: int = 18, keep: Sequence[float] = ()
+) -> list[int]:
+    """Indices of the curve worth showing: where it moves, thinned to about `max_rows`.
+
+    Points whose parameter is in `keep` (the chosen value) are always shown.
+    """
+    kept = {i for i, (s, _) in enumerate(curve) if s in set(keep)}
+    span = abs(clean - limit) or 1.0
+    moving = [i for i, (_, v) in enumerate(curve) if abs(v - clean) > 0.002 * span and abs(v - limit) > 0.01 * span]
+    if not moving:
+        return sorted(set(range(0, len(curve), max(1, len(curve) // max_rows))) | kept)
+    first, last = max(0, moving[0] - 1), min(len(curve) - 1, moving[-1] + 1)
+    rows = list(range(first, last + 1))
+    if len(rows) > max_rows:
+        step = len(rows) / max_rows
+        rows = sorted({rows[int(k * step)] for k in range(max_rows)} | {rows[-1]})
+    return sorted(set(rows) | kept)

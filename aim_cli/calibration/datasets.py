@@ -1,0 +1,297 @@
+"""Labelled data for calibration: ImageFolder trees, CSV/JSONL manifests, mask folders, JSONL text.
+
+Readers only list what is there and check its shape; images are decoded lazily, one batch
+at a time, so memory stays flat however large the data set is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from aim_cli.errors import AimError, InputError
+from aim_cli.io import IMAGE_SUFFIXES, LoadedImage, load_image
+from aim_cli.labels import resolve_class
+from aim_cli.tasks.common import FailedInput
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One labelled image: a file decoded on demand, or an image already in memory (demo)."""
+
+    name: str
+    label: str
+    path: Path | None = None
+    image: Image.Image | None = None
+
+    def load(self) -> LoadedImage:
+        """Decode the image (or wrap the in-memory one); raises InputError for a bad file."""
+        if self.image is not None:
+            return LoadedImage(Path(self.name), self.image.convert("RGB"), b"")
+        assert self.path is not None
+        return load_image(self.path)
+
+
+@dataclass
+class ImageDataset:
+    """Labelled images plus the rows that could not be used (listed, not fatal)."""
+
+    items: list[LabelledImage]
+    description: str
+    failures: list[FailedInput] = field(default_factory=list)
+    source: str = ""
+
+
+def _is_image(path: Path) -> bool:
+    """A regular, non-hidden file with an image suffix."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def demo_classification_set(n: int = 1000) -> ImageDataset:
+    """The demo classifier's own held-out evaluation images (generated, deterministic)."""
+    from aim_cli.demo import shapes
+
+    items = [
+        LabelledImage(f"shapes-eval-{i:05d}", shapes.LABELS[label], image=image)
+        for i, (image, label) in enumerate(shapes.evaluation_set(n))
+    ]
+    return ImageDataset(items, f"demo evaluation set ({n} shape images)", source="the demo evaluation set")
+
+
+def read_classification_data(path: Path) -> ImageDataset:
+    """An ImageFolder tree (one sub-folder per label) or a CSV/JSONL manifest of path,label."""
+    if path.is_dir():
+        return image_folder(path)
+    if not path.exists():
+        raise InputError(f"data {path} does not exist", "pass an ImageFolder directory or a .csv/.jsonl manifest")
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return manifest(path)
+    raise InputError(
+        f"data {path}: expected a directory (ImageFolder) or a .csv/.jsonl manifest, got a {path.suffix or 'plain'} file",
+        "an ImageFolder has one sub-folder per class, named by its label",
+    )
+
+
+def image_folder(root: Path) -> ImageDataset:
+    """Images under root/<label>/..., labelled by their class folder's name."""
+    items: list[LabelledImage] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image_path in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
+            items.append(LabelledImage(str(image_path.relative_to(root)), class_dir.name, path=image_path))
+    if not items:
+        loose = [p for p in root.iterdir() if _is_image(p)]
+        if loose:
+            raise InputError(
+                f"data {root} holds {len(loose)} image(s) but no class sub-folders, so they have no labels",
+                "calibration needs labelled data: put each class's images in a sub-folder named by the label, "
+                "or pass a .csv/.jsonl manifest with path,label",
+            )
+        raise InputError(
+            f"data {root} holds no images",
+            "expected an ImageFolder tree: DIR/<label>/<image>.png, one sub-folder per class",
+        )
+    return ImageDataset(items, f"{root} ({len(items)} images)", source=str(root))
+
+
+def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    """(line number, row) pairs of a CSV (with a header) or JSONL manifest."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"manifest {path} cannot be read: {exc}") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        if "path" not in header or "label" not in header:
+            raise InputError(
+                f"manifest {path}: the first line must be a header naming the columns 'path' and 'label'"
+                + (f" (found: {', '.join(reader.fieldnames or [])})" if reader.fieldnames else " (the file is empty)"),
+                "e.g.  path,label  then  images/cat1.png,cat",
+            )
+        for number, row in enumerate(reader, start=2):
+            yield number, {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"manifest {path}, line {number}: not valid JSON ({exc.msg})", 'each line must look like {"path": "a.png", "label": "cat"}') from None
+        if not isinstance(row, dict):
+            raise InputError(f"manifest {path}, line {number}: expected a JSON object", 'e.g. {"path": "a.png", "label": "cat"}')
+        yield number, row
+
+
+def manifest(path: Path) -> ImageDataset:
+    """Rows of path,label; relative paths are relative to the manifest's folder."""
+    items: list[LabelledImage] = []
+    failures: list[FailedInput] = []
+    for number, row in _manifest_rows(path):
+        image_ref, label = row.get("path"), row.get("label")
+        if image_ref in (None, "") or label in (None, ""):
+            missing = "path" if image_ref in (None, "") else "label"
+            raise InputError(f"manifest {path}, line {number}: no '{missing}' value", "every row needs a path and a label")
+        image_path = Path(str(image_ref)).expanduser()
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        if not image_path.is_file():
+            failures.append(FailedInput(image_path, f"{path}, line {number}: {image_ref}: no such file"))
+            continue
+        items.append(LabelledImage(str(image_ref), str(label), path=image_path))
+    if not items:
+        if failures:
+            raise InputError(f"manifest {path}: none of its {len(failures)} image(s) exist", f"paths are relative to {path.parent}")
+        raise InputError(f"manifest {path} lists no images", "add rows of path,label")
+    return ImageDataset(items, f"{path} ({len(items)} images)", failures, source=str(path))
+
+
+def resolve_labels(labels: Sequence[str], model_labels: Sequence[str], source: str) -> list[int]:
+    """Class ids for data labels; every label the model does not know is reported at once."""
+    ids: dict[str, int] = {}
+    unknown: list[str] = []
+    for label in dict.fromkeys(labels):
+        try:
+            ids[label] = resolve_class(label, model_labels)
+        except AimError:
+            unknown.append(label)
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        known = ", ".join(model_labels[:8]) + (f", ... ({len(model_labels)} in all)" if len(model_labels) > 8 else "")
+        raise InputError(
+            f"{len(unknown)} label(s) in {source} are not classes of the model: {shown}",
+            f"the model's classes are: {known}",
+        )
+    return [ids[label] for label in labels]
+
+
+# --- segmentation ------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationDataset:
+    """Images with ground-truth masks, re-readable for a second streaming pass.
+
+    Either files (images/NAME.* with masks/NAME.png, read lazily through the segment task's
+    reader) or in-memory demo scenes; `inputs()` yields decoded items or failures in order.
+    """
+
+    description: str
+    paths: list[Path] = field(default_factory=list)
+    masks_dir: Path | None = None
+    scenes: list[tuple[str, Image.Image, np.ndarray]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scenes) if self.scenes else len(self.paths)
+
+    def limit(self, count: int | None) -> None:
+        """Keep only the first `count` items."""
+        if count:
+            self.paths, self.scenes = self.paths[:count], self.scenes[:count]
+
+    def inputs(self) -> Iterator[object]:
+        """SegmentInput (image + truth) or FailedInput per item, decoded one at a time."""
+        from aim_cli.tasks.segment import input_from_image, read_inputs
+
+        if self.scenes:
+            for name, image, mask in self.scenes:
+                yield input_from_image(name, image, mask)
+            return
+        yield from read_inputs(self.paths, self.masks_dir)
+
+
+def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
+    """The demo segmenter's held-out street scenes with their ground-truth masks."""
+    from aim_cli.demo import streets
+
+    scenes = [(f"streets-eval-{i:04d}.png", image, mask) for i, (image, mask) in enumerate(streets.evaluation_set(n))]
+    return SegmentationDataset(f"demo evaluation set ({n} street scenes)", scenes=scenes)
+
+
+def read_segmentation_data(root: Path) -> SegmentationDataset:
+    """DIR/images/* with DIR/masks/* of the same basename."""
+    from aim_cli.tasks.segment import find_mask
+
+    if not root.is_dir():
+        raise InputError(f"data {root} is not a directory", "segmentation data is DIR with images/ and masks/ sub-folders")
+    images_dir, masks_dir = root / "images", root / "masks"
+    missing = [d.name + "/" for d in (images_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise InputError(
+            f"data {root} has no {' or '.join(missing)} sub-folder",
+            "segmentation data is DIR/images/NAME.png with DIR/masks/NAME.png (class ids) of the same basename",
+        )
+    paths = sorted(p for p in images_dir.rglob("*") if _is_image(p))
+    if not paths:
+        raise InputError(f"data {root}: images/ holds no images", "add images/NAME.png with masks/NAME.png")
+    if not any(find_mask(p, masks_dir) is not None for p in paths):
+        raise InputError(
+            f"data {root}: no image in images/ has a mask of the same basename in masks/",
+            "e.g. images/0001.png with masks/0001.png (single-channel class ids)",
+        )
+    return SegmentationDataset(f"{root} ({len(paths)} images)", paths=paths, masks_dir=masks_dir)
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TextDataset:
+    """Prompts with answers: all multiple choice ({prompt, choices, answer index}) or all free form."""
+
+    items: list[dict[str, object]]
+    multiple_choice: bool
+    description: str
+
+
+def demo_text_set(n: int = 200) -> TextDataset:
+    """The demo LM's multiple-choice arithmetic problems (single-digit answers)."""
+    from aim_cli.demo import arithmetic
+
+    return TextDataset(arithmetic.multiple_choice_set(n), True, f"demo multiple-choice set ({n} problems)")
+
+
+def read_text_data(path: Path) -> TextDataset:
+    """A JSONL file of {prompt, answer} or {prompt, choices, answer} objects."""
+    if path.is_dir() or path.suffix.lower() != ".jsonl":
+        raise InputError(f"data {path}: text calibration reads a .jsonl file", 'one object per line: {"prompt": "2+2=", "answer": "4"}')
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"data {path} cannot be read: {exc}") from None
+    items: list[dict[str, object]] = []
+    kinds: set[bool] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"data {path}, line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
+            raise InputError(f"{where}: expected an object with 'prompt' (text) and 'answer'", '{"prompt": "2+2=", "answer": "4"}')
+        if "choices" in row:
+            choices = row["choices"]
+            answer = row["answer"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise InputError(f"{where}: 'choices' must be a list of at least two strings")
+            if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+                raise InputError(f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1})")
+        elif not isinstance(row["answer"], str):
+            raise InputError(f"{where}: 'answer' must be text (or an index into 'choices')")
+        kinds.add("choices" in row)
+        items.append(row)
+    if not items:
+        raise InputError(f"data {path} holds no items", 'one object per line: {"prompt": "2+2=", "answer": "4"}')
+    if len(kinds) > 1:
+        raise InputError(f"data {path} mixes multiple-choice and free-form items", "calibrate one kind per file")
+    return TextDataset(items, kinds.pop(), f"{path} ({len(items)} items)")

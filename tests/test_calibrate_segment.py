@@ -1,0 +1,128 @@
+"""Segmentation calibration: focus recall, pixel accuracy and mIoU targets on the demo segmenter.
+
+Statistics. The Monte Carlo check re-runs the model and draws fresh noise per pixel, but the
+logits are the same as the analytic pass's, so only the noise varies. For a recall target
+over P target pixels and R draws the SE of the measured recall is <= sqrt(0.25 / (P R));
+the 12 demo scenes hold ~700 person pixels, so with R = 20 the SE is <= 0.0042 and the 0.02
+tolerance is >= 4.7 SE (in practice q(1-q) <= 0.09 near recall 0.9: SE <= 0.0025, 8 SE).
+Pixel accuracy and mIoU average ~49,000 pixels per draw, so their SE is far smaller still.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from aim_cli.calibration.core import Target
+from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
+from aim_cli.calibration.segment import SegmentationCalibrator
+from aim_cli.demo import streets
+from aim_cli.errors import AimError
+from aim_cli.models.segmenter import load_segmenter
+from aim_cli.profile import FocusRequest
+from aim_cli.tasks.calibrate import CalibrationRequest, calibrate_segmenter
+from tests.conftest import assert_user_error, run_aim
+
+SCENES = 12
+FAST = {"OMP_NUM_THREADS": "1"}
+PERSON = streets.LABELS.index("person")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    """The demo segmenter on the CPU."""
+    return load_segmenter(None, torch.device("cpu"))
+
+
+def test_focus_person_recall_target_is_hit(segmenter):
+    calibration, failures = calibrate_segmenter(
+        segmenter, demo_segmentation_set(SCENES), CalibrationRequest("recall", 0.9, FocusRequest("person"), seed=1)
+    )
+    assert not failures
+    assert calibration.clean < 0.8  # the demo under-segments persons: focus has work to do
+    assert calibration.predicted == pytest.approx(0.9, abs=0.005)
+    assert abs(calibration.check.mean - 0.9) <= 0.02, calibration.check.mean
+    assert calibration.target.parameter == "focus_sigma" and calibration.value > 0
+    # Boosting persons costs the other classes: the measured mIoU is reported beside the recall.
+    assert 0 < calibration.measured["mIoU"] < 1
+
+
+@pytest.mark.parametrize(("metric", "value"), [("pixel_accuracy", 0.7), ("miou", 0.5)])
+def test_utility_targets_are_hit(segmenter, metric, value):
+    calibration, _ = calibrate_segmenter(segmenter, demo_segmentation_set(6), CalibrationRequest(metric, value, seed=2))
+    assert abs(calibration.predicted - value) <= 0.01  # interpolated on the grid, exact at the chosen sigma
+    assert abs(calibration.check.mean - value) <= 0.02, calibration.check.mean
+
+
+def test_streaming_is_independent_of_batching(segmenter):
+    target = Target("recall", 0.85, "person", 1)
+    results = []
+    for batch_size in (1, 4):
+        calibrator = SegmentationCalibrator(segmenter, demo_segmentation_set(5), target, PERSON, draws=2, batch_size=batch_size)
+        results.append(calibrator.run())
+    assert results[0].value == pytest.approx(results[1].value, rel=1e-6)
+    assert results[0].clean == results[1].clean
+
+
+def test_focus_with_fixed_utility_sigma(segmenter):
+    request = CalibrationRequest("recall", 0.85, FocusRequest("pedestrian"), utility_sigma=1.0, draws=20, seed=3)
+    calibration, _ = calibrate_segmenter(segmenter, demo_segmentation_set(8), request)
+    assert calibration.target.focus_class == "person"  # 'pedestrian' resolves through the alias table
+    assert abs(calibration.check.mean - 0.85) <= 0.03
+
+
+def test_unreachable_recall_names_both_bounds(segmenter):
+    with pytest.raises(AimError) as caught:
+        calibrate_segmenter(segmenter, demo_segmentation_set(4), CalibrationRequest("recall", 0.1, FocusRequest("person")))
+    message = str(caught.value)
+    assert "below the clean model's" in message and "reachable targets lie between" in message
+
+
+def test_cli_focus_calibration_with_data_dir_and_profile_round_trip(tmp_path):
+    data = tmp_path / "scenes"
+    streets.export(data, 6)
+    profile = tmp_path / "person.yaml"
+    report = tmp_path / "report.json"
+    result = run_aim("calibrate", "--task", "segment", "--focus", "person", "--target-recall", "0.85",
+                     "--data", str(data), "--write-profile", str(profile), "--json", str(report), env=FAST)
+    assert result.returncode == 0, result.stderr
+    assert "focus_sigma" in result.stderr and "person recall" in result.stderr
+    document = yaml.safe_load(profile.read_text())
+    assert document["version"] == 1 and document["focus"]["targets"] == [{"class": "person", "direction": "up"}]
+    assert document["focus"]["sigma"] == pytest.approx(float(result.stdout), rel=1e-4)
+    assert abs(json.loads(report.read_text())["monte_carlo"]["mean"] - 0.85) <= 0.03
+    out = tmp_path / "segmented"
+    applied = run_aim("segment", str(data / "images"), "--profile", str(profile), "--seed", "0", "-o", str(out), "-q", env=FAST)
+    assert applied.returncode == 0, applied.stderr
+
+
+def test_cli_segmentation_data_errors(tmp_path):
+    (tmp_path / "images").mkdir()
+    result = run_aim("calibrate", "--task", "segment", "--target-acc", "0.7", "--data", str(tmp_path), env=FAST)
+    assert_user_error(result, 2, "no masks/ sub-folder")
+    (tmp_path / "masks").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    result = run_aim("calibrate", "--task", "segment", "--target-acc", "0.7", "--data", str(tmp_path), env=FAST)
+    assert_user_error(result, 2, "no image in images/ has a mask")
+
+
+def test_dataset_reader_pairs_by_basename(tmp_path):
+    streets.export(tmp_path, 3)
+    (tmp_path / "masks" / "2.png").unlink()
+    dataset = read_segmentation_data(tmp_path)
+    items = list(dataset.inputs())
+    assert len(items) == 3
+    assert sum(type(item).__name__ == "FailedInput" for item in items) == 1
