@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-AIM := HF_HUB_OFFLINE=1 $(VENV)/bin/aim
+AIM := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VENV)/bin/aim
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-output
 
@@ -22,6 +22,13 @@ demo: $(STAMP)
 	$(AIM) classify --seed 0
 	@echo "== classify: the same images at sigma 4, beside the clean prediction"
 	$(AIM) classify --sigma 4 --seed 0 --compare
+	@echo "== segment: look harder for pedestrians (masks and overlays in $(DEMO_OUT)/segment)"
+	$(AIM) segment --focus pedestrian --seed 0 --overlay --output-dir $(DEMO_OUT)/segment
+	@echo "== generate: the demo arithmetic LM, clean and at sigma 2"
+	$(AIM) generate --prompt "23+45=" --prompt "31-17=" --prompt "8+9=" --sigma 2 --seed 0 --compare
+	@echo "== calibrate: the sigma that brings the demo classifier to 60% accuracy"
+	$(AIM) calibrate --target-acc 0.6 --write-profile $(DEMO_OUT)/tier-60.yaml
+	$(AIM) classify --profile $(DEMO_OUT)/tier-60.yaml --compare
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

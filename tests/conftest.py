@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 def aim_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for CLI runs: offline hub, no colour codes in captured output."""
     env = dict(os.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"})
+    # One thread: the tiny demo models run far slower when threads fight over 2 shared cores.
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200",
+                "OMP_NUM_THREADS": "1"})
     env.pop("AIM_DEBUG", None)
     if extra:
         env.update(extra)
@@ -42,6 +45,12 @@ def assert_user_error(result: subprocess.CompletedProcess[str], code: int, *frag
     assert "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment.lower() in result.stderr.lower(), (fragment, result.stderr)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process tests use one thread too, and never reach a model hub."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
