@@ -24,13 +24,6 @@ SIGMAS = (0.0, 1.5, 2.0, 3.0, 6.0)
 DECODING = GenerationSettings(max_new_tokens=4, batch_size=N)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the demo is tiny, and on shared cores extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

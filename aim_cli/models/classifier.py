@@ -12,6 +12,7 @@ from PIL import Image
 from aim_cli import demo
 from aim_cli.errors import ModelError
 from aim_cli.models.hub import load_pretrained
+from aim_cli.models.torchvision_common import checked_labels, default_labels, standard_preprocess
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -60,7 +61,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     id2label = getattr(model.config, "id2label", None) or {}
     labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
     if labels_file is not None:
-        labels = _checked_labels(read_labels_file(labels_file), len(labels), labels_file)
+        labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
 
     def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
         return processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -86,44 +87,13 @@ def _load_torchvision(
     width = output_width(state, module_key_order(lambda: torchvision.models.get_model(arch, weights=None)))
     labels = read_labels_file(labels_file) if labels_file else stored_labels
     if labels is None:
-        labels = _default_labels(arch, width)
+        labels = default_labels(arch, width)
     if width is not None:
-        labels = _checked_labels(labels, width, labels_file or weights)
+        labels = checked_labels(labels, width, labels_file or weights)
     try:
         network = torchvision.models.get_model(arch, weights=None, num_classes=len(labels))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
-    return ImageClassifier(f"torchvision:{arch}", labels, device, network, _torchvision_preprocess(arch), hf=False)
-
-
-def _default_labels(arch: str, width: int | None) -> list[str]:
-    """ImageNet names for 1000-way heads (shipped in torchvision's metadata), else class_i."""
-    import torchvision
-
-    if width == 1000:
-        weights_enum = torchvision.models.get_model_weights(arch)
-        first = next(iter(weights_enum))
-        return list(first.meta["categories"])
-    return [f"class_{i}" for i in range(width or 0)]
-
-
-def _torchvision_preprocess(arch: str) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
-    """The architecture's standard inference transform (resize, crop, normalise)."""
-    import torchvision
-
-    transform = next(iter(torchvision.models.get_model_weights(arch))).transforms()
-    to_tensor = torchvision.transforms.functional.pil_to_tensor
-
-    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([transform(to_tensor(image)) for image in images])
-
-    return preprocess
-
-
-def _checked_labels(labels: list[str], width: int, source: Path) -> list[str]:
-    """The label list must match the model's number of outputs."""
-    if len(labels) != width:
-        raise ModelError(f"{source} names {len(labels)} classes but the model has {width} outputs")
-    return labels
+    return ImageClassifier(f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False)
