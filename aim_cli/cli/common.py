@@ -67,7 +67,7 @@ def progress_bar(description: str, total: int | None, quiet: bool) -> Iterator[C
 def say(message: str, quiet: bool = False) -> None:
     """Print a human-oriented note on stderr unless quiet."""
     if not quiet:
-        err_console.print(message, highlight=False)
+        err_console.print(message, highlight=False, markup=False, soft_wrap=True)  # one line, literal text
 
 
 def resolve_inputs(inputs: list[str] | None, model: str | None, task: str) -> list[str]:
