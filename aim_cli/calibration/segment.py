@@ -323,9 +323,8 @@ class SegmentationCalibrator:
         guess = solve(wide, values, self.target.value)
         return [0.0, *log_grid(guess / GRID_SPREAD, guess * GRID_SPREAD, GRID_PER_DECADE)]
 
-    def _utility_pass(self, grid: Sequence[float], collect: bool) -> tuple[list[float], torch.Tensor]:
-        """Expected metric at every sigma of the grid, and the truth's class support."""
-        sums = _UtilitySums(grid, self.num_classes)
+    def _accumulate(self, sums: "_UtilitySums | _RecallSums", collect: bool) -> None:
+        """Stream the data once, adding every strip's pixels into `sums` (timed as analytic work)."""
         stream = self._stream(collect)
         for strip, truth in stream.strips():
             pixels, labels = _pixels(strip, truth)
@@ -334,6 +333,11 @@ class SegmentationCalibrator:
             self.clock.analytic += time.perf_counter() - start
         if stream.images == 0:
             raise InputError("no image of the data could be scored", "see the failures listed")
+
+    def _utility_pass(self, grid: Sequence[float], collect: bool) -> tuple[list[float], torch.Tensor]:
+        """Expected metric at every sigma of the grid, and the truth's class support."""
+        sums = _UtilitySums(grid, self.num_classes)
+        self._accumulate(sums, collect)
         read = matrix_metric(self.target.metric, self.target_id)
         return [read(m.matrix) for m in sums.matrices], sums.matrices[0].matrix.sum(dim=1)
 
@@ -341,14 +345,7 @@ class SegmentationCalibrator:
         """Expected target recall at every focus sigma of the grid."""
         assert self.target_id is not None
         sums = _RecallSums(grid, self.target_id, self.target.focus_direction, self.utility_sigma)
-        stream = self._stream(collect)
-        for strip, truth in stream.strips():
-            pixels, labels = _pixels(strip, truth)
-            start = time.perf_counter()
-            sums.add(pixels, labels)
-            self.clock.analytic += time.perf_counter() - start
-        if stream.images == 0:
-            raise InputError("no image of the data could be scored", "see the failures listed")
+        self._accumulate(sums, collect)
         if sums.support == 0:
             raise InputError(
                 f"the masks hold no '{self.target.focus_class}' pixels, so its recall is undefined",
