@@ -70,17 +70,25 @@ def bench_classify(quick: bool, batch_size: int = 100) -> dict[str, object]:
     start = time.perf_counter()
     measured = _reference_classify(classifier, images, labels, timed, batch_size)
     reference_s = (time.perf_counter() - start) * len(SIGMAS) / len(timed)
+    step = max(1, len(timed) // 6)
     return {
-        "task": "classify",
-        "images": count,
-        "reference_sigmas_timed": len(timed),
+        **_result("classify", count, len(timed), reference_s, calibrate_s, calibration),
+        "reference_curve_sample": list(zip(timed[::step], measured[::step])),
+    }
+
+
+def _result(task: str, images: int, timed: int, reference_s: float, calibrate_s: float, calibration) -> dict[str, object]:
+    """The fields every benchmark case reports: both timings, their ratio and the chosen value."""
+    return {
+        "task": task,
+        "images": images,
+        "reference_sigmas_timed": timed,
         "reference_s": reference_s,
         "calibrate_s": calibrate_s,
         "ratio": reference_s / calibrate_s,
         "chosen_sigma": calibration.value,
         "measured_at_sigma": calibration.check.mean,
         "calibrate_timing_s": calibration.timing,
-        "reference_curve_sample": list(zip(timed[:: max(1, len(timed) // 6)], measured[:: max(1, len(timed) // 6)])),
     }
 
 
@@ -113,17 +121,7 @@ def bench_segment(quick: bool) -> dict[str, object]:
             matrix.update(modulate(logits, Modulation(sigma=sigma), noise).argmax(dim=1), truth[first : first + 8])
         present_miou(matrix.matrix)
     reference_s = (time.perf_counter() - start) * len(SIGMAS) / len(timed)
-    return {
-        "task": "segment",
-        "images": count,
-        "reference_sigmas_timed": len(timed),
-        "reference_s": reference_s,
-        "calibrate_s": calibrate_s,
-        "ratio": reference_s / calibrate_s,
-        "chosen_sigma": calibration.value,
-        "measured_at_sigma": calibration.check.mean,
-        "calibrate_timing_s": calibration.timing,
-    }
+    return _result("segment", count, len(timed), reference_s, calibrate_s, calibration)
 
 
 def run(quick: bool) -> dict:

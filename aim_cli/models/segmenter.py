@@ -9,13 +9,16 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from aim_cli import demo
 from aim_cli.errors import ModelError
 from aim_cli.models.hub import load_pretrained
-from aim_cli.models.torchvision_common import checked_labels, default_labels, standard_preprocess
+from aim_cli.models.torchvision_common import (
+    checked_labels,
+    default_labels,
+    load_by_spec,
+    standard_preprocess,
+)
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
-TORCHVISION_PREFIX = "torchvision:"
 
 
 @dataclass
@@ -57,11 +60,13 @@ def load_segmenter(
     spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
 ) -> Segmenter:
     """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH with --weights."""
-    if spec and spec.startswith(TORCHVISION_PREFIX):
-        return _load_torchvision(spec[len(TORCHVISION_PREFIX) :], device, weights, labels_file)
-    if weights is not None:
-        raise ModelError("--weights goes with --model torchvision:ARCH", "HF directories carry their own weights")
-    return _load_hf(spec or str(demo.model_dir("segment")), device, labels_file, display=spec or "demo segmenter")
+    return load_by_spec(
+        spec,
+        "segment",
+        weights,
+        lambda arch: _load_torchvision(arch, device, weights, labels_file),
+        lambda source, display: _load_hf(source, device, labels_file, display=display),
+    )
 
 
 def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display: str) -> Segmenter:

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from PIL import Image
 
+from aim_cli import demo
 from aim_cli.errors import ModelError
+
+TORCHVISION_PREFIX = "torchvision:"
+M = TypeVar("M")
+
+
+def load_by_spec(
+    spec: str | None,
+    task: str,
+    weights: Path | None,
+    load_torchvision: Callable[[str], M],
+    load_hf: Callable[[str, str], M],
+) -> M:
+    """Route a --model value: torchvision:ARCH (with --weights), else an HF folder/hub id, else the demo."""
+    if spec and spec.startswith(TORCHVISION_PREFIX):
+        return load_torchvision(spec[len(TORCHVISION_PREFIX) :])
+    if weights is not None:
+        raise ModelError("--weights goes with --model torchvision:ARCH", "HF directories carry their own weights")
+    return load_hf(spec or str(demo.model_dir(task)), spec or f"demo {demo.model_dir(task).name}")
 
 
 def default_labels(arch: str, width: int | None) -> list[str]:
