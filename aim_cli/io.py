@@ -1,21 +1,21 @@
-"""Reading inputs and writing outputs atomically (temp file + rename)."""
+"""Finding and reading input files; writing outputs atomically (temp file + rename)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import glob
-import io
 import json
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from aim_cli.errors import AimError
 
-from aim_cli.errors import AimError, InputError
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _umask_mode() -> int:
@@ -27,15 +27,6 @@ def _umask_mode() -> int:
 
 _FILE_MODE = _umask_mode()
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """An RGB image with the bytes it was decoded from (its content key for keyed noise)."""
-
-    path: Path
-    image: Image.Image
-    data: bytes
 
 
 def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -61,20 +52,31 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     return unique, unmatched
 
 
-def load_image(path: Path) -> LoadedImage:
-    """Decode an image file as RGB, or raise InputError with the reason."""
+def read_regular_file(path: Path, max_bytes: int, error: type[AimError], what: str) -> bytes:
+    """Read a regular file of at most `max_bytes`; devices, FIFOs and oversize files are refused.
+
+    A device such as /dev/zero would otherwise be read without end, and a FIFO would block.
+    """
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found", "check the path") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {path} is a directory", "give a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (a device, pipe or socket)", "give a file")
+    if info.st_size > max_bytes:
+        raise error(f"{what} {path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = "not an image or corrupt" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise InputError(f"{path}: cannot decode image ({reason})") from None
-    return LoadedImage(path, rgb, data)
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise error(f"{what} {path} is over the {max_bytes:,}-byte limit")
+    return data
 
 
 def check_output_file(path: Path, suffixes: Sequence[str]) -> Path:

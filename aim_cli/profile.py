@@ -82,13 +82,20 @@ def _line_map(node: yaml.Node, path: str = "") -> dict[str, int]:
     return lines
 
 
-def _check_number(value: Any, key: str, where: str) -> float:
-    """A sigma must be a finite, non-negative number."""
+def check_sigma(value: Any, key: str, where: str) -> float:
+    """A sigma must be a finite, non-negative number (the one range check for flags and YAML)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProfileError(f"{where}: expected a number, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ProfileError(f"{where}: {key} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+def check_seed(value: Any, where: str) -> int:
+    """A seed must be a non-negative integer (the one range check for flags and YAML)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProfileError(f"{where}: expected a non-negative integer, got {value!r}")
+    return value
 
 
 def parse_direction(text: str, where: str) -> int:
@@ -140,10 +147,10 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
     noise = data.get("noise") or {}
     sigma = 0.0
     if "sigma" in utility:
-        sigma = _check_number(utility["sigma"], "sigma", _where(source, "utility.sigma", lines.get("utility.sigma")))
+        sigma = check_sigma(utility["sigma"], "sigma", _where(source, "utility.sigma", lines.get("utility.sigma")))
     focus_sigma = None
     if "sigma" in focus:
-        focus_sigma = _check_number(focus["sigma"], "sigma", _where(source, "focus.sigma", lines.get("focus.sigma")))
+        focus_sigma = check_sigma(focus["sigma"], "sigma", _where(source, "focus.sigma", lines.get("focus.sigma")))
     targets = []
     raw_targets = focus.get("targets", [])
     if not isinstance(raw_targets, list):
@@ -161,8 +168,8 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
                 raise ProfileError(f"{where}: unknown key '{sub}'", "allowed: class, direction")
         targets.append(FocusRequest(str(item["class"]), parse_direction(item.get("direction", "up"), where)))
     seed = noise.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ProfileError(f"{_where(source, 'noise.seed', lines.get('noise.seed'))}: expected a non-negative integer")
+    if seed is not None:
+        seed = check_seed(seed, _where(source, "noise.seed", lines.get("noise.seed")))
     key_env = noise.get("key_env")
     if key_env is not None and (not isinstance(key_env, str) or not key_env):
         raise ProfileError(f"{_where(source, 'noise.key_env', lines.get('noise.key_env'))}: expected a variable name")
@@ -215,14 +222,13 @@ def apply_overrides(
     """Return the profile with command-line flags taking precedence over file values."""
     changes: dict[str, Any] = {}
     if sigma is not None:
-        changes["sigma"] = _check_number(sigma, "sigma", "--sigma")
+        changes["sigma"] = check_sigma(sigma, "sigma", "--sigma")
     if focus_sigma is not None:
-        changes["focus_sigma"] = _check_number(focus_sigma, "focus sigma", "--focus-sigma")
+        changes["focus_sigma"] = check_sigma(focus_sigma, "focus sigma", "--focus-sigma")
     if focus:
         changes["focus"] = tuple(parse_focus(item) for item in focus)
     if seed is not None:
-        if seed < 0:
-            raise ProfileError(f"--seed must be a non-negative integer, got {seed}")
+        changes["seed"] = check_seed(seed, "--seed")
         changes["seed"], changes["key_env"] = seed, None
     return replace(profile, **changes)
 

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from aim_cli.errors import AimError, InputError
-from aim_cli.io import IMAGE_SUFFIXES, LoadedImage, load_image
+from aim_cli.images import LoadedImage, load_image, loaded_from_image
+from aim_cli.io import IMAGE_SUFFIXES
 from aim_cli.labels import resolve_class
 from aim_cli.tasks.common import FailedInput
 
@@ -35,7 +36,7 @@ class LabelledImage:
     def load(self) -> LoadedImage:
         """Decode the image (or wrap the in-memory one); raises InputError for a bad file."""
         if self.image is not None:
-            return LoadedImage(Path(self.name), self.image.convert("RGB"), b"")
+            return loaded_from_image(self.name, self.image)
         assert self.path is not None
         return load_image(self.path)
 

@@ -9,9 +9,9 @@ from typing import Iterator, Sequence
 import torch
 
 from aim_cli.errors import InputError
-from aim_cli.io import LoadedImage, load_image
+from aim_cli.images import LoadedImage, load_image
 from aim_cli.models.classifier import ImageClassifier
-from aim_cli.modulation import content_key, modulate
+from aim_cli.modulation import modulate
 from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
 
 
@@ -48,7 +48,7 @@ def modulated_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean and modulated logits for a batch of decoded images."""
     clean = classifier.logits([item.image for item in images])
-    keys = [content_key(item.data) for item in images] if plan.keyed else None
+    keys = [item.key for item in images] if plan.keyed else None
     return clean, modulate(clean, plan.modulation, plan.noise, class_dim=1, item_keys=keys)
 
 

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from aim_cli.errors import InputError
-from aim_cli.io import IMAGE_SUFFIXES, load_image
+from aim_cli.images import load_image, loaded_from_image
+from aim_cli.io import IMAGE_SUFFIXES
 from aim_cli.masks import read_mask
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix
 from aim_cli.models.segmenter import Segmenter
-from aim_cli.modulation import Modulation, NoiseSource, content_key, modulate
+from aim_cli.modulation import Modulation, NoiseSource, modulate
 from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
 
 # Upsampled-logit elements (classes x rows x width) per image handled at once: 16 MiB of
@@ -185,13 +186,13 @@ def read_inputs(paths: Iterable[Path], masks_dir: Path | None = None) -> Iterato
         except InputError as exc:
             yield FailedInput(path, str(exc))
             continue
-        yield SegmentInput(path, loaded.image, content_key(loaded.data), truth, truth_path)
+        yield SegmentInput(path, loaded.image, loaded.key, truth, truth_path)
 
 
 def input_from_image(name: str | Path, image: Image.Image, truth: np.ndarray | None = None) -> SegmentInput:
     """An in-memory image (and mask) as a task input; its pixels key its noise."""
-    rgb = image.convert("RGB")
-    return SegmentInput(Path(name), rgb, content_key(rgb.tobytes()), None if truth is None else np.asarray(truth))
+    loaded = loaded_from_image(name, image)
+    return SegmentInput(loaded.path, loaded.image, loaded.key, None if truth is None else np.asarray(truth))
 
 
 def _truth_problem(item: SegmentInput, num_classes: int) -> str | None:
