@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # some inputs failed, the rest were written
 EXIT_USAGE = 2  # usage, profile, model or data error
+EXIT_SIGINT = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 class AimError(Exception):
@@ -31,3 +35,25 @@ class ModelError(AimError):
 
 class InputError(AimError):
     """An input file (image, mask, prompt, dataset) is missing or unreadable."""
+
+
+class Interrupted(BaseException):
+    """Raised by the signal handlers; a BaseException so that no `except Exception` swallows it.
+
+    Not a KeyboardInterrupt: typer turns those into a silent exit code, which would skip the
+    message and the cleanup report.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The conventional shell exit code for the signal."""
+        return EXIT_SIGTERM if self.signum == signal.SIGTERM else EXIT_SIGINT
+
+    @property
+    def name(self) -> str:
+        """'SIGINT' or 'SIGTERM'."""
+        return signal.Signals(self.signum).name

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import io
 import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from aim_cli.errors import AimError
+from aim_cli.errors import AimError, Interrupted
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -79,37 +80,109 @@ def read_regular_file(path: Path, max_bytes: int, error: type[AimError], what: s
     return data
 
 
+class OutputError(AimError):
+    """An output cannot be written where the user asked (permissions, full disk, a clash)."""
+
+
+def _probe_writable(directory: Path, shown: Path) -> None:
+    """Create and remove a temp file in `directory`, so an unwritable target fails before any work."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".aim-probe.", suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"cannot write {shown}: {exc.strerror or exc}", "choose a writable location") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def check_output_file(path: Path, suffixes: Sequence[str]) -> Path:
     """Validate an output file path before any work is done, so no run is wasted."""
     if path.suffix.lower() not in suffixes:
-        raise AimError(f"output {path}: unsupported file type", f"use one of {', '.join(suffixes)}")
+        raise OutputError(f"output {path}: unsupported file type", f"use one of {', '.join(suffixes)}")
     if not path.parent.is_dir():
-        raise AimError(f"output {path}: directory {path.parent} does not exist", "create it first")
+        raise OutputError(f"output {path}: directory {path.parent} does not exist", "create it first")
     if path.is_dir():
-        raise AimError(f"output {path} is a directory", "give a file name")
+        raise OutputError(f"output {path} is a directory", "give a file name")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"output {path} is not a regular file (a device, pipe or socket)", "give a file name")
+    _probe_writable(path.parent, path)
     return path
 
 
-def check_output_dir(path: Path) -> Path:
-    """Create an output directory if its parent exists; fail clearly otherwise."""
+def check_output_dir(path: Path, create: bool = True) -> Path:
+    """Check (and create, if its parent exists) an output directory; fail clearly otherwise."""
     if path.exists() and not path.is_dir():
-        raise AimError(f"output directory {path} is a file", "give a directory path")
+        raise OutputError(f"output directory {path} is a file", "give a directory path")
     if not path.parent.is_dir():
-        raise AimError(f"output directory {path}: parent {path.parent} does not exist", "create it first")
-    path.mkdir(exist_ok=True)
+        raise OutputError(f"output directory {path}: parent {path.parent} does not exist", "create it first")
+    if path.is_dir():
+        _probe_writable(path, path)
+    else:
+        _probe_writable(path.parent, path)
+        if create:
+            try:
+                path.mkdir()
+            except FileExistsError:
+                pass
     return path
+
+
+def _identity(path: Path) -> tuple[str, object]:
+    """What makes two paths the same file: device and inode when it exists, else the resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", str(Path(path).resolve()))
+    return ("inode", (info.st_dev, info.st_ino))
+
+
+def refuse_clobbering(outputs: Iterable[tuple[str, Path]], inputs: Iterable[tuple[str, Path]]) -> None:
+    """Fail if any output would replace an input file (same path, symlink or hard link) or another output.
+
+    `outputs` and `inputs` are (how the user named it, path) pairs, e.g. ("-o", Path("q.jsonl")).
+    """
+    taken: dict[tuple[str, object], str] = {}
+    for label, path in inputs:
+        taken.setdefault(_identity(path), f"{label} {path}")
+        taken.setdefault(("path", str(Path(path).resolve())), f"{label} {path}")
+    for label, path in outputs:
+        keys = {_identity(path), ("path", str(Path(path).resolve()))}
+        for key in keys:
+            if key in taken:
+                raise OutputError(
+                    f"{label} {path} would overwrite {taken[key]}", "write the output somewhere else"
+                )
+        for key in keys:
+            taken[key] = f"{label} {path}"
+
+
+def _existing_mode(path: Path) -> int:
+    """The permission bits to give a file that replaces `path`: its own if it exists, else umask's."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return _FILE_MODE
 
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds.
+
+    A replaced file keeps its permission bits; OS failures name `path`, never the temp file.
+    """
     binary = "b" in mode
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.chmod(tmp_name, _existing_mode(path))  # mkstemp makes 0600
         with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": newline})) as handle:
             yield handle
         os.replace(tmp_name, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -125,30 +198,77 @@ class RecordWriter:
         self._context = atomic_open(path, "w", newline="")
         self._handle = self._context.__enter__()
         self._csv: csv.DictWriter | None = None
+        self._closed = False
+        self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
-        if self.path.suffix.lower() == ".csv":
-            if self._csv is None:
-                self._csv = csv.DictWriter(self._handle, fieldnames=self.fieldnames or list(record))
-                self._csv.writeheader()
-            self._csv.writerow({k: _csv_value(v) for k, v in record.items()})
-        else:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            if self.path.suffix.lower() == ".csv":
+                if self._csv is None:
+                    self._csv = csv.DictWriter(self._handle, fieldnames=self.fieldnames or list(record))
+                    self._csv.writeheader()
+                self._csv.writerow({k: _csv_value(v) for k, v in record.items()})
+            else:
+                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:  # e.g. a full disk: name the user's file, not the hidden temp file
+            self.close(success=False)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.count += 1
 
-    def close(self, success: bool = True) -> None:
-        """Publish the file on success; discard the partial file otherwise."""
-        if success:
+    def close(self, success: bool = True) -> bool:
+        """Publish the file if it succeeded and holds records; else discard it, keeping any old file.
+
+        Returns whether the file was published. An empty result never replaces an existing file.
+        """
+        if self._closed:
+            return False
+        self._closed = True
+        if success and self.count:
             self._context.__exit__(None, None, None)
-        else:
-            with contextlib.suppress(BaseException):
-                self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            return True
+        with contextlib.suppress(BaseException):
+            self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        return False
+
+    def abandon(self, exc: BaseException) -> bool:
+        """Close after `exc` stopped the run: keep the records so far only when a signal stopped it.
+
+        An interrupted night run keeps its finished records (whole lines, published atomically)
+        so that `--resume` can continue it; any other failure discards the partial file.
+        """
+        return self.close(success=isinstance(exc, Interrupted))
 
     def __enter__(self) -> "RecordWriter":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(success=exc_type is None)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of an earlier .jsonl/.csv output, for --resume; a missing file has none.
+
+    Unreadable lines (e.g. a file cut short by a crash outside aim) are dropped: their inputs
+    are simply processed again.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AimError(f"--resume: cannot read {path} ({exc})", "remove it, or run without --resume") from None
+    if path.suffix.lower() == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _csv_value(value: Any) -> Any:

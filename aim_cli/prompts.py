@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import select
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 from aim_cli.errors import InputError
 
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+# How long stdin may stay silent before aim says it is waiting for prompts there.
+STDIN_GRACE_S = 0.5
 
 
 def read_prompt_file(path: Path) -> list[str]:
@@ -66,6 +70,7 @@ def gather_prompts(
     prompts_file: Path | None,
     stdin: TextIO | None,
     default: str | None,
+    notice: Callable[[], None] | None = None,
 ) -> list[str]:
     """Prompts from --prompt and --prompts; else stdin when it is not a terminal; else `default`."""
     prompts = list(given or [])
@@ -77,12 +82,23 @@ def gather_prompts(
     if prompts:
         return prompts
     if stdin is not None and not _is_terminal(stdin):
+        if notice is not None and not _ready(stdin, STDIN_GRACE_S):
+            notice()  # a pipe left open would otherwise wait silently
         prompts = split_lines(stdin.read())
         if prompts:
             return prompts
     if default is not None:
         return [default]
     raise InputError("no prompt given", "pass --prompt TEXT, --prompts FILE (.txt/.jsonl), or pipe prompts on stdin")
+
+
+def _ready(stream: TextIO, timeout: float) -> bool:
+    """True when reading `stream` would not block (data or end of input within `timeout`)."""
+    try:
+        readable, _, _ = select.select([stream], [], [], timeout)
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return True  # not a real file descriptor (e.g. a StringIO): reading cannot wait
+    return bool(readable)
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -72,12 +72,12 @@ def test_overlay_compare_summary_and_evaluation(evaluated):
     samples = sorted(SAMPLES.glob("*.png"))
     _assert_masks(output, samples, DEMO_CLASSES)
     for sample in samples:
-        overlay = Image.open(output / f"{sample.stem}_overlay.png")
+        overlay = Image.open(output / "overlays" / f"{sample.stem}.png")
         assert overlay.mode == "RGB" and overlay.size == Image.open(sample).size
     records = _read_jsonl(output / "summary.jsonl")
     assert len(records) == len(samples)
     for record in records:
-        assert record["overlay"] == f"{Path(record['image']).stem}_overlay.png"
+        assert record["overlay"] == f"overlays/{Path(record['image']).stem}.png"
         assert sum(record["fractions"].values()) == pytest.approx(1, abs=1e-4)
         assert sum(record["clean_fractions"].values()) == pytest.approx(1, abs=1e-4)
         assert set(record["fractions"]) == set(record["clean_fractions"])
@@ -131,7 +131,8 @@ def test_bad_images_and_masks_fail_alone(tmp_path):
                       "scene_1.png is 10x10 but the image is 64x64", "holds value 9",
                       "no ground-truth mask named scene_3.png", "5 input(s) failed")
     assert sorted(p.name for p in output.iterdir()) == [
-        "evaluation.json", "scene_0.png", "scene_0_overlay.png", "summary.jsonl"]
+        "evaluation.json", "overlays", "scene_0.png", "summary.jsonl"]
+    assert [p.name for p in (output / "overlays").iterdir()] == ["scene_0.png"]
     assert [Path(r["image"]).name for r in _read_jsonl(output / "summary.jsonl")] == ["scene_0.png"]
     assert json.loads((output / "evaluation.json").read_text())["images"] == 1
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 
 from aim_cli import __version__
 from aim_cli.cli.common import app, err_console
+from aim_cli.cli.interrupts import Interrupted, install_handlers
 from aim_cli.errors import EXIT_USAGE, AimError
 
 # Subcommands register themselves on `app` when imported.
@@ -21,7 +22,7 @@ from aim_cli.cli import generate as _generate  # noqa: E402,F401
 from aim_cli.cli import segment as _segment  # noqa: E402,F401
 
 EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+DEBUG_FLAG = "--debug"
 
 
 def _version(value: bool) -> None:
@@ -41,36 +42,97 @@ def _root(
     """
 
 
+def _value_options(command: Any, args: list[str]) -> set[str]:
+    """Option names that take a value, for the subcommand named in `args` (and the root)."""
+    names: set[str] = set()
+    commands = [command]
+    sub = next((a for a in args if not a.startswith("-")), None)
+    if sub is not None and hasattr(command, "commands") and sub in command.commands:
+        commands.append(command.commands[sub])
+    for cmd in commands:
+        for param in getattr(cmd, "params", []):
+            if getattr(param, "param_type_name", "") == "option" and not getattr(param, "is_flag", False):
+                names.update(param.opts)
+    return names
+
+
+def split_debug(command: Any, args: list[str]) -> tuple[list[str], bool]:
+    """Remove the global --debug flag, but not when it is another option's value or after `--`."""
+    takes_value = _value_options(command, args)
+    kept: list[str] = []
+    debug = False
+    after_separator = False
+    for index, arg in enumerate(args):
+        if arg == "--":
+            after_separator = True
+        previous = args[index - 1] if index else ""
+        is_value = previous in takes_value and "=" not in previous
+        if arg == DEBUG_FLAG and not after_separator and not is_value:
+            debug = True
+            continue
+        kept.append(arg)
+    return kept, debug
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A click-style usage error from whichever click raised it.
+
+    typer 0.2x bundles its own copy of click, so `except click.ClickException` misses its
+    errors: match by behaviour (a `show()` method and an integer `exit_code`) instead.
+    """
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _exit_request(exc: BaseException) -> int | None:
+    """The code of a typer/click `Exit` (from either click), else None."""
+    if type(exc).__name__ == "Exit" and isinstance(getattr(exc, "exit_code", None), int):
+        return exc.exit_code
+    return None
+
+
+def _say(text: str) -> None:
+    """One literal line on stderr."""
+    err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("AIM_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
+    args, debug = split_debug(command, list(sys.argv[1:] if argv is None else argv))
+    debug = debug or os.environ.get("AIM_DEBUG") == "1"
+    install_handlers()
     try:
         code = command.main(args=args, prog_name="aim", standalone_mode=False)
+    except Interrupted as exc:
+        _say(
+            f"aim: interrupted ({exc.name}); finished outputs are whole and no temporary files were left"
+            " (rerun with --resume to continue a batch)"
+        )
+        sys.exit(exc.exit_code)
     except AimError as exc:
         if debug:
             traceback.print_exc()
         err_console.print(f"[bold red]aim: error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("aim: interrupted; no partial output was left behind", highlight=False)
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+    except OSError as exc:  # the environment (disk full, permissions), not a bug in aim
         if debug:
             traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        _say(f"aim: error: {exc.strerror or exc}{where}")
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        requested = _exit_request(exc)
+        if requested is not None:
+            sys.exit(requested)
+        if _is_usage_error(exc):
+            exc.show()  # click's usual "Usage: ... Error: ..." text
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            _say("aim: aborted")
+            sys.exit(1)
+        if debug:  # a bug, not a user error: still one line unless --debug
+            traceback.print_exc()
         else:
-            err_console.print(
-                f"aim: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+            _say(f"aim: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

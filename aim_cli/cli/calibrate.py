@@ -18,6 +18,7 @@ from aim_cli.cli.common import (
     QuietOption,
     app,
     err_console,
+    guard_outputs,
     progress_bar,
     report_failures,
     say,
@@ -25,7 +26,7 @@ from aim_cli.cli.common import (
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError
 from aim_cli.io import check_output_file
-from aim_cli.profile import parse_focus
+from aim_cli.profile import check_seed, check_sigma, parse_focus
 from aim_cli.tasks.calibrate import CalibrationRequest
 from aim_cli.tasks.common import FailedInput
 
@@ -77,8 +78,9 @@ def _request(
         raise AimError("--focus goes with --target-recall", "e.g. --focus person --target-recall 0.9")
     if sigma is not None and flag != "--target-recall":
         raise AimError("--sigma is what calibration finds", "drop --sigma (it only fixes the utility sigma for --target-recall)")
-    if sigma is not None and sigma < 0:
-        raise AimError(f"--sigma must be >= 0, got {sigma:g}")
+    if sigma is not None:
+        sigma = check_sigma(sigma, "sigma", "--sigma")
+    check_seed(seed, "--seed")
     if task == Task.segment and flag == "--target-acc":
         metric = "pixel_accuracy"
     else:
@@ -125,6 +127,10 @@ def calibrate(
     for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
         if path is not None:
             check_output_file(path, suffixes)
+    guard_outputs(
+        [("--write-profile", write_profile_to), ("--json", json_out), ("--plot", plot)],
+        [("--data", data), ("--labels", labels), ("--weights", weights)],
+    )
     if plot is not None:
         from aim_cli.plotting import require_matplotlib
 

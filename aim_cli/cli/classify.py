@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aim_cli.cli.common import (
@@ -17,15 +18,18 @@ from aim_cli.cli.common import (
     ModelOption,
     ProfileOption,
     QuietOption,
+    ResumeOption,
     SeedOption,
     SigmaOption,
     app,
-    out_console,
+    guard_outputs,
     image_paths,
+    out_console,
     profile_from_options,
     progress_bar,
     report_failures,
     resolve_inputs,
+    resumed_records,
     say,
 )
 from aim_cli.devices import resolve_device
@@ -56,7 +60,7 @@ def _record(item: ClassifiedImage, settings: dict[str, object]) -> dict[str, obj
 
 def _ranked(predictions: list[Prediction]) -> str:
     """'label (0.93), other (0.04)' for a table cell."""
-    return ", ".join(f"{p.label} ({p.probability:.2f})" for p in predictions)
+    return escape(", ".join(f"{p.label} ({p.probability:.2f})" for p in predictions))
 
 
 @app.command()
@@ -75,6 +79,7 @@ def classify(
     device: DeviceOption = "auto",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")] = None,
     compare: CompareOption = False,
+    resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Classify images with a modulated classifier."""
@@ -82,6 +87,13 @@ def classify(
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
     paths, failures = image_paths(resolve_inputs(inputs, model, "classify"))
+    guard_outputs(
+        [("--output", output)],
+        [("input", p) for p in paths] + [("--profile", profile), ("--labels", labels), ("--weights", weights)],
+    )
+    kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
+    recorded = {str(record.get("path")) for record in kept}
+    paths = [p for p in paths if str(p) not in recorded]
     classifier = load_classifier(model, resolve_device(device), weights, labels)
     plan = plan_modulation(settings_profile, classifier.labels)
     settings = plan.describe()
@@ -95,6 +107,8 @@ def classify(
     written = 0
     writer = RecordWriter(output, fieldnames=None) if output else None
     try:
+        for record in kept:
+            writer.write(record)
         with progress_bar("classifying", len(paths), quiet) as advance:
             for item in classify_images(paths, classifier, plan, batch_size, topk, compare, advance):
                 if isinstance(item, FailedInput):
@@ -104,16 +118,16 @@ def classify(
                     written += 1
                 else:
                     results.append(item)
-    except BaseException:
+    except BaseException as exc:
         if writer:
-            writer.close(success=False)
+            writer.abandon(exc)
         raise
     if writer:
-        writer.close()
-        say(f"wrote {written} record(s) to {output}", quiet)
+        if writer.close():
+            say(f"wrote {written} record(s) to {output}", quiet)
     else:
         _print_table(results, compare)
-    report_failures(failures)
+    report_failures(failures, written + len(kept) if writer else len(results))
 
 
 def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
@@ -124,7 +138,7 @@ def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
     if compare:
         table.add_column("clean")
     for item in results:
-        row = [item.path.name, _ranked(item.top)]
+        row = [escape(item.path.name), _ranked(item.top)]
         if compare and item.clean_top is not None:
             changed = item.clean_top[0].class_id != item.top[0].class_id
             row.append(("[yellow]" if changed else "") + _ranked(item.clean_top))

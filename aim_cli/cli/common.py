@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aim_cli import demo
 from aim_cli.errors import EXIT_PARTIAL, InputError
-from aim_cli.io import find_images
+from aim_cli.io import find_images, read_records, refuse_clobbering
 from aim_cli.profile import Profile, resolve_profile
 from aim_cli.tasks.common import FailedInput
 
@@ -42,6 +43,10 @@ SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed for repr
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda[:N] or mps.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Inputs per forward pass.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Skip inputs whose outputs already exist from an earlier (e.g. interrupted) run; keep their records."),
+]
 CompareOption = Annotated[bool, typer.Option("--compare", help="Also report the clean (unmodulated) result.")]
 
 
@@ -87,11 +92,48 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
     return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
 
 
-def report_failures(failures: list[FailedInput]) -> None:
-    """List failed inputs on stderr and exit 1 if there were any."""
+def guard_outputs(
+    outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[tuple[str, Path | None]]
+) -> None:
+    """Refuse, before any work, outputs that would replace an input or each other."""
+    refuse_clobbering(
+        [(label, path) for label, path in outputs if path is not None],
+        [(label, path) for label, path in inputs if path is not None],
+    )
+
+
+def resumed_records(
+    output: Path | None, resume: bool, field: str, inputs: list[str], quiet: bool
+) -> list[dict[str, Any]]:
+    """For --resume: the records of `output` whose `field` names one of `inputs` (each used once)."""
+    if not resume:
+        return []
+    if output is None:
+        raise InputError("--resume needs --output FILE", "it skips the inputs already recorded there")
+    wanted = Counter(inputs)
+    kept = []
+    for record in read_records(output):
+        key = str(record.get(field))
+        if wanted[key] > 0:
+            wanted[key] -= 1
+            kept.append(record)
+    if kept:
+        say(f"resuming: {len(kept)} input(s) already recorded in {output} are skipped", quiet)
+    return kept
+
+
+def report_failures(failures: list[FailedInput], succeeded: int | None = None) -> None:
+    """List failed inputs on stderr and exit 1 if there were any.
+
+    `succeeded` is how many inputs produced output: when it is 0, say that nothing was written.
+    """
     if not failures:
         return
     for failure in failures:
         err_console.print(f"aim: failed: {failure.reason}", highlight=False, markup=False, soft_wrap=True)
-    err_console.print(f"aim: {len(failures)} input(s) failed; the others were processed", highlight=False)
+    if succeeded == 0:
+        message = f"aim: no input succeeded ({len(failures)} failed); nothing was written and existing outputs were kept"
+    else:
+        message = f"aim: {len(failures)} input(s) failed; the others were processed"
+    err_console.print(message, highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_PARTIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -18,12 +19,15 @@ from aim_cli.cli.common import (
     FocusSigmaOption,
     ProfileOption,
     QuietOption,
+    ResumeOption,
     SeedOption,
     SigmaOption,
     app,
+    guard_outputs,
     out_console,
     profile_from_options,
     progress_bar,
+    resumed_records,
     say,
 )
 from aim_cli.demo import arithmetic
@@ -106,6 +110,7 @@ def generate(
     ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")] = None,
     compare: CompareOption = False,
+    resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Generate text with a modulated causal language model (default: the demo arithmetic LM)."""
@@ -125,7 +130,16 @@ def generate(
     parse_dtype(dtype)  # fail on a bad --dtype before reading stdin or loading anything
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
-    texts = gather_prompts(prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None)
+    guard_outputs([("--output", output)], [("--prompts", prompts_file), ("--profile", profile)])
+    texts = gather_prompts(
+        prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None,
+        notice=lambda: say("reading prompts from standard input (end with Ctrl-D)", quiet),
+    )
+    kept = resumed_records(output, resume, "prompt", texts, quiet)
+    texts = _remaining(texts, kept)
+    if not texts:
+        _write_records(None, [], None, None, compare, output, {}, quiet, kept)
+        return
     lm = load_language_model(model, device=device, dtype=dtype, device_map=device_map)
     plan = plan_generation(settings_profile, lm)
     encoded = encode_prompts(lm, texts, chat=chat)
@@ -141,7 +155,7 @@ def generate(
         say("note: --top-k/--top-p only apply when sampling (--temperature > 0); decoding greedily", quiet)
     try:
         if output is not None:
-            _write_records(lm, encoded, plan, decoding, compare, output, settings, quiet)
+            _write_records(lm, encoded, plan, decoding, compare, output, settings, quiet, kept)
         elif len(encoded) == 1 and not compare:
             _stream_one(lm, encoded, plan, decoding)
         else:
@@ -172,31 +186,47 @@ def _stream_one(
     write("\n")
 
 
+def _remaining(texts: list[str], kept: list[dict[str, object]]) -> list[str]:
+    """The prompts not yet answered in `kept` (a prompt given twice needs two records)."""
+    answered = Counter(str(record.get("prompt")) for record in kept)
+    remaining = []
+    for text in texts:
+        if answered[text] > 0:
+            answered[text] -= 1
+        else:
+            remaining.append(text)
+    return remaining
+
+
 def _write_records(
-    lm: LanguageModel,
+    lm: LanguageModel | None,
     encoded: list[EncodedPrompt],
-    plan: ModulationPlan,
-    decoding: GenerationSettings,
+    plan: ModulationPlan | None,
+    decoding: GenerationSettings | None,
     compare: bool,
     output: Path,
     settings: dict[str, object],
     quiet: bool,
+    kept: list[dict[str, object]],
 ) -> None:
-    """Stream records to the output file, published atomically only when all are written."""
+    """Stream kept and new records to the output file, published atomically only when all are written."""
     from aim_cli.tasks.generate import generate_completions
 
     writer = RecordWriter(output)
     written = 0
     try:
+        for record in kept:
+            writer.write(record)
         with progress_bar("generating", len(encoded), quiet) as advance:
-            for item in generate_completions(lm, encoded, plan, decoding, compare, advance):
-                writer.write(_record(item, settings))
-                written += 1
-    except BaseException:
-        writer.close(success=False)
+            if encoded:
+                for item in generate_completions(lm, encoded, plan, decoding, compare, advance):
+                    writer.write(_record(item, settings))
+                    written += 1
+    except BaseException as exc:
+        writer.abandon(exc)
         raise
-    writer.close()
-    say(f"wrote {written} record(s) to {output}", quiet)
+    if writer.close():
+        say(f"wrote {written} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {written} record(s) to {output}", quiet)
 
 
 def _print_results(results: list[Completion], compare: bool) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aim_cli.cli.common import (
@@ -18,9 +21,11 @@ from aim_cli.cli.common import (
     ModelOption,
     ProfileOption,
     QuietOption,
+    ResumeOption,
     SeedOption,
     SigmaOption,
     app,
+    guard_outputs,
     image_paths,
     out_console,
     profile_from_options,
@@ -31,52 +36,37 @@ from aim_cli.cli.common import (
 )
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, InputError
-from aim_cli.io import RecordWriter, check_output_dir, write_json_atomic
+from aim_cli.io import RecordWriter, check_output_dir, read_records, write_json_atomic
 from aim_cli.masks import colour_table, save_mask, save_overlay
 from aim_cli.metrics import iou, mean_iou, pixel_accuracy, recall, summarize
 from aim_cli.models.segmenter import Segmenter, load_segmenter
 from aim_cli.tasks.common import FailedInput, ModulationPlan, plan_modulation
-from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage, segment_files
+from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage, find_mask, segment_files
 
 DEFAULT_OUTPUT_DIR = Path("aim-segment-output")
 SUMMARY_FILE = "summary.jsonl"
 EVALUATION_FILE = "evaluation.json"
 
 
-def _precheck_output_dir(path: Path) -> None:
-    """Fail before any work if the output directory cannot be created (created later, on success)."""
-    if path.exists() and not path.is_dir():
-        raise AimError(f"output directory {path} is a file", "give a directory path with --output-dir")
-    if not path.parent.is_dir():
-        raise AimError(f"output directory {path}: parent {path.parent} does not exist", "create it first")
+OVERLAY_DIR = "overlays"
 
 
-def _output_names(paths: list[Path]) -> dict[Path, str]:
-    """A unique output base name per image: its stem, numbered when stems repeat."""
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for path in paths:
-        name, number = path.stem, 2
-        while name in used:
-            name, number = f"{path.stem}_{number}", number + 1
-        used.add(name)
-        names[path] = name
+def output_names(paths: list[Path]) -> dict[Path, Path]:
+    """Each image's mask path relative to the output dir: the input tree mirrored, '.png' suffix.
+
+    Images are placed relative to the deepest folder holding them all, so same-named files in
+    different folders stay apart; two images of one folder that differ only in their suffix
+    (a.jpg, a.png) keep it in the name (a.jpg.png, a.png.png).
+    """
+    resolved = [path.resolve() for path in paths]
+    root = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
+    relative = [p.relative_to(root) for p in resolved]
+    stems = Counter(rel.with_suffix("") for rel in relative)
+    names: dict[Path, Path] = {}
+    for path, rel in zip(paths, relative):
+        name = rel.name if stems[rel.with_suffix("")] > 1 else rel.stem
+        names[path] = rel.parent / f"{name}.png"
     return names
-
-
-def _check_no_clobber(names: dict[Path, str], output_dir: Path, masks: Path | None) -> None:
-    """Refuse an output directory where writing masks would overwrite inputs or ground truth."""
-    out = output_dir.resolve()
-    if masks is not None and masks.resolve() == out:
-        raise AimError(f"--output-dir {output_dir} is the --masks directory", "choose another --output-dir")
-    inputs = {path.resolve() for path in names}
-    for name in names.values():
-        for candidate in (out / f"{name}.png", out / f"{name}_overlay.png"):
-            if candidate in inputs:
-                raise AimError(
-                    f"--output-dir {output_dir} would overwrite input image {candidate.name}",
-                    "choose another --output-dir",
-                )
 
 
 def _fractions(counts: np.ndarray, labels: list[str], keep: np.ndarray) -> dict[str, float]:
@@ -117,24 +107,39 @@ def segment(
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where masks, overlays and summary.jsonl go (created if its parent exists).")] = DEFAULT_OUTPUT_DIR,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write NAME_overlay.png: mask colours blended over the image.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/NAME.png: mask colours blended over the image.")] = False,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.")] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     compare: CompareOption = False,
+    resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
-    _precheck_output_dir(output_dir)
+    check_output_dir(output_dir, create=False)
+    if resume and masks is not None:
+        raise AimError("--resume cannot be combined with --masks", "the evaluation needs every image in one run")
     if masks is not None and not masks.is_dir():
         raise InputError(f"masks directory {masks} does not exist", "pass the folder of ground-truth masks")
     paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
     segmenter = load_segmenter(model, resolve_device(device), weights, labels)
     plan = plan_modulation(settings_profile, segmenter.labels)
-    names = _output_names(paths)
-    _check_no_clobber(names, output_dir, masks)
+    names = output_names(paths)
+    overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
+    truths = [("ground-truth mask", find_mask(path, masks)) for path in paths] if masks is not None else []
+    planned = [("mask", output_dir / name) for name in names.values()]
+    planned += [("overlay", output_dir / name) for name in overlay_names.values()] if overlay else []
+    planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]
+    guard_outputs(
+        [("--output-dir", output_dir), *planned],
+        [("input", p) for p in paths] + truths + [("--masks", masks), ("--profile", profile), ("--labels", labels), ("--weights", weights)],
+    )
     check_output_dir(output_dir)
+    done = _finished(paths, names, overlay_names if overlay else None, output_dir) if resume else {}
+    if done:
+        say(f"resuming: {len(done)} image(s) already have their outputs in {output_dir} and are skipped", quiet)
+        paths = [path for path in paths if path not in done]
     say(
         f"model: {segmenter.name} ({len(segmenter.labels)} classes) | sigma {plan.modulation.sigma:g}"
         + (f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}" if plan.modulation.has_focus else "")
@@ -151,29 +156,34 @@ def segment(
     written = 0
     writer = RecordWriter(output_dir / SUMMARY_FILE)
     try:
+        for record in done.values():
+            writer.write(record)
         with progress_bar("segmenting", len(paths), quiet) as advance:
             results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
             for item in results:
                 if isinstance(item, FailedInput):
                     failures.append(item)
                     continue
-                files = {"mask": f"{names[item.path]}.png"}
-                save_mask(item.prediction, colours, output_dir / files["mask"])
+                files = {"mask": names[item.path].as_posix()}
+                _make_parent(output_dir / names[item.path])
+                save_mask(item.prediction, colours, output_dir / names[item.path])
                 if overlay:
-                    files["overlay"] = f"{names[item.path]}_overlay.png"
-                    save_overlay(item.image, item.prediction, colours, output_dir / files["overlay"])
+                    files["overlay"] = overlay_names[item.path].as_posix()
+                    _make_parent(output_dir / overlay_names[item.path])
+                    save_overlay(item.image, item.prediction, colours, output_dir / overlay_names[item.path])
                 writer.write(_record(item, files, segmenter.labels, compare, settings))
                 totals += item.counts
                 if item.clean_counts is not None:
                     clean_totals += item.clean_counts
                 written += 1
-    except BaseException:
-        writer.close(success=False)
+    except BaseException as exc:
+        writer.abandon(exc)
         raise
     writer.close()
     if evaluation is not None:
         write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), output_dir / EVALUATION_FILE)
-    say(f"wrote {written} mask(s){' and overlays' if overlay else ''} and {SUMMARY_FILE} to {output_dir}", quiet)
+    if written:
+        say(f"wrote {written} mask(s){' and overlays' if overlay else ''} and {SUMMARY_FILE} to {output_dir}", quiet)
     if written:
         has_clean = plan.modulation.has_focus or compare or evaluation is not None
         if plan.modulation.has_focus:
@@ -183,7 +193,26 @@ def segment(
     if evaluation is not None and evaluation.images:
         _print_evaluation_table(evaluation, segmenter.labels, plan)
         say(f"evaluation written to {output_dir / EVALUATION_FILE}", quiet)
-    report_failures(failures)
+    report_failures(failures, written + len(done))
+
+
+def _make_parent(path: Path) -> None:
+    """Create the sub-folders that mirror the input tree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _finished(
+    paths: list[Path], names: dict[Path, Path], overlays: dict[Path, Path] | None, output_dir: Path
+) -> dict[Path, dict[str, object]]:
+    """Images whose mask (and overlay) exist and whose summary record survives, with that record."""
+    records = {str(r.get("image")): r for r in read_records(output_dir / SUMMARY_FILE)}
+    done: dict[Path, dict[str, object]] = {}
+    for path in paths:
+        record = records.get(str(path))
+        files = [names[path]] + ([overlays[path]] if overlays is not None else [])
+        if record is not None and all((output_dir / name).is_file() for name in files):
+            done[path] = record
+    return done
 
 
 def _evaluation_report(
@@ -228,7 +257,7 @@ def _print_focus_table(totals: np.ndarray, clean_totals: np.ndarray, labels: lis
     for target in plan.modulation.targets:
         k = target.class_id
         table.add_row(
-            labels[k],
+            escape(labels[k]),
             "up" if target.direction > 0 else "down",
             _share(int(clean_totals[k]), total),
             _share(int(totals[k]), total),
@@ -247,7 +276,7 @@ def _print_share_table(totals: np.ndarray, clean_totals: np.ndarray | None, labe
     table.add_column("modulated" if clean_totals is not None else "share", justify="right")
     present = totals > 0 if clean_totals is None else (totals > 0) | (clean_totals > 0)
     for k in np.flatnonzero(present):
-        row = [labels[k]]
+        row = [escape(labels[k])]
         if clean_totals is not None:
             row.append(_share(int(clean_totals[k]), total))
         row.append(_share(int(totals[k]), total))
@@ -281,7 +310,7 @@ def _print_evaluation_table(evaluation: SegmentationEvaluation, labels: list[str
         if float(support[k]) == 0:
             continue
         values = [float(v[k]) for v in (iou_c, iou_m, rec_c, rec_m)]
-        name = f"{label} *" if k in targets else label
+        name = escape(f"{label} *" if k in targets else label)
         table.add_row(
             name,
             _metric(values[0]), _metric(values[1]), _delta(values[0], values[1]),
