@@ -119,3 +119,64 @@ def test_dataset_reader_pairs_by_basename(tmp_path):
     items = list(dataset.inputs())
     assert len(items) == 3
     assert sum(type(item).__name__ == "FailedInput" for item in items) == 1
+
+
+@pytest.mark.parametrize(("metric", "value"), [("miou", 0.5), ("pixel_accuracy", 0.7), ("miou", 0.35)])
+def test_monte_carlo_confirms_the_target_within_001(segmenter, metric, value):
+    """The real modulated runs at the chosen sigma land within 0.01 of the target.
+
+    12 scenes = 49,152 pixels: the curve point's own error (one draw per pixel) and the check's
+    (>= 3 draws) are both a few 0.001 (see docs/design.md); the seed is fixed.
+    """
+    calibration, _ = calibrate_segmenter(segmenter, demo_segmentation_set(12), CalibrationRequest(metric, value, seed=5))
+    assert abs(calibration.check.mean - value) <= 0.01, (calibration.check.mean, calibration.check.values)
+    assert abs(calibration.predicted - value) <= 0.002
+    assert not calibration.warnings
+
+
+def test_common_random_numbers_curve_matches_the_exact_expectation():
+    """Each CRN curve point is one Monte Carlo run over all pixels: within 4 SE of the exact expected accuracy."""
+    from aim_cli import theory
+    from aim_cli.calibration.segment import _CrnSums
+    from aim_cli.metrics import pixel_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = 2.0 * torch.randn((20000, 5), generator=generator)
+    truth = pixels.argmax(dim=1)
+    truth[:4000] = torch.randint(0, 5, (4000,), generator=generator)  # some pixels the clean model gets wrong
+    grid = [0.0, 0.5, 1.0, 2.0, 4.0]
+    sums = _CrnSums(grid, 5)
+    sums.add(pixels, truth, torch.Generator().manual_seed(1))
+    measured = sums.values(pixel_accuracy)
+    for sigma, value in zip(grid, measured):
+        p = theory.win_probability(pixels, truth, sigma)
+        bound = 4 * float((p * (1 - p)).sum().sqrt()) / p.numel() + 1e-12
+        assert abs(value - float(p.mean())) <= bound, (sigma, value, float(p.mean()), bound)
+    assert all(a >= b for a, b in zip(measured, measured[1:]))  # shared draws: smooth and falling here
+
+
+def test_logits_cache_is_capped_and_changes_nothing(segmenter, monkeypatch):
+    """With a cap smaller than the data, pass 2 re-runs the model for the rest: same answer, bounded memory."""
+    from aim_cli.calibration import segment as calibration_segment
+
+    request = CalibrationRequest("miou", 0.5, seed=4, batch_size=2)
+    full, _ = calibrate_segmenter(segmenter, demo_segmentation_set(6), request)
+    one_group = 2 * (7 * 16 * 16 * 4 + 64 * 64 * 8)  # logits + truth of one batch of two 64x64 scenes
+    monkeypatch.setattr(calibration_segment, "LOGITS_CACHE_BYTES", one_group)
+    target, target_id = Target("miou", 0.5), None
+    calibrator = SegmentationCalibrator(segmenter, demo_segmentation_set(6), target, target_id, seed=4, batch_size=2)
+    capped = calibrator.run()
+    assert calibrator._stream is not None and 0 < calibrator._stream.cached_bytes <= one_group
+    assert not calibrator._stream.complete  # the rest was read and run again
+    assert capped.value == pytest.approx(full.value, rel=1e-9)
+    assert capped.check.values == pytest.approx(full.check.values, abs=1e-12)
+
+
+def test_check_draws_follow_the_pixel_counts():
+    from aim_cli.calibration.segment import check_draws
+
+    many = torch.full((7,), 1e6)
+    assert check_draws("miou", many, 20) == 3  # millions of pixels: the minimum (3, for a usable t interval)
+    assert check_draws("pixel_accuracy", torch.tensor([100.0, 0.0]), 20) == 20  # capped by --draws
+    assert check_draws("recall", torch.tensor([0.0, 5000.0]), 20) == 13  # 0.25 / (5000 * 0.002^2) = 12.5
+    assert check_draws("miou", many, 2) == 2  # an explicit --draws 2 is honoured

@@ -1,12 +1,17 @@
-"""Segmentation calibration in streaming passes: expected confusion counts per sigma, no logits cache.
+"""Segmentation calibration in streaming passes: a common-random-numbers curve, then a real check.
 
-Pass 1 runs the model over the data once and, for every sigma of a grid, adds each pixel's
-class probabilities (aim_cli.theory) into that sigma's C x C matrix of EXPECTED counts; the
-target is found by monotone interpolation in log-sigma. Pass 2 runs the model again to get
-the exact expected metric at the chosen sigma and to measure it under real noise (Monte
-Carlo). Memory holds one batch of logits and a few C x C matrices, whatever the data size.
-For a focus target only the target class's pixels matter, and their win probability is
-closed form (theory.focus_win_probability), so a dense grid costs next to nothing.
+Pass 1 runs the model over the data once. Every scored pixel's upsampled logits y get ONE
+standard-normal draw z per class, shared by every sigma of the grid: the pixel's decision at
+sigma is argmax(y + sigma z), counted into that sigma's C x C confusion matrix. Reusing z
+(common random numbers) pays randn once per pixel, keeps the curve smooth in sigma, and makes
+each point exactly one Monte Carlo run of the modulated model over all the data (errors:
+docs/design.md, "Segmentation calibration estimator"). The target is found by monotone
+interpolation in log-sigma. Pass 2 measures the metric under the real modulated path (the
+task's own upsampling and noise) at the chosen sigma. Memory holds one batch of logits, a
+capped cache of low-resolution logits (so pass 2 skips the model for the first images, or for
+all of them when they fit) and a grid of C x C matrices, whatever the data size. For a focus
+target only the target class's pixels matter, and their win probability is closed form, so
+pass 1 is exact there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from aim_cli import theory
 from aim_cli.calibration.core import (
@@ -36,10 +42,13 @@ from aim_cli.calibration.datasets import SegmentationDataset
 from aim_cli.errors import InputError
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, iou, pixel_accuracy, recall
 from aim_cli.models.segmenter import Segmenter
-from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
+from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
 from aim_cli.tasks.common import FailedInput, ProgressCallback, batched
-from aim_cli.tasks.segment import SegmentInput, strip_rows, upsample_rows
+from aim_cli.tasks import segment as segment_task
+from aim_cli.tasks.segment import SegmentInput, add_noise_, upsample_at, upsampled_pixels
 
+# The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and
+# tests; calibration uses the common-random-numbers curve, which is far cheaper at many classes.
 # Trapezoid steps for the per-pixel integral by number of contending classes: the noisy
 # maximum of many close classes is narrower, so it needs finer steps. Each keeps the error
 # near float32 round-off (~1e-6 against a 96-node Gauss-Hermite reference, measured for 3 to
@@ -47,13 +56,32 @@ from aim_cli.tasks.segment import SegmentInput, strip_rows, upsample_rows
 _STEPS = ((5, 0.6), (12, 0.5), (30, 0.4), (80, 0.3), (200, 0.25))
 # A class whose chance to overtake the pixel's top class is below this is left out for that pixel.
 SETTLED = 1e-9
-# Pixels used to choose the sigma grid before the full pass (from the first images).
-PILOT_PIXELS = 4096
-# Grid density (points per factor of ten) around the pilot's estimate, and its half width.
-GRID_PER_DECADE = 8
-GRID_SPREAD = 5.0
-# Extra Monte Carlo points along the curve in the confirming pass (for the plot).
+# The curve decides every scored pixel once per sigma with one shared draw; data with fewer
+# than MIN_DRAWS pixels gets up to MAX_REPEATS draws per pixel (pixel-metric SE <= 0.5/256).
+MIN_DRAWS = 1 << 16
+MAX_REPEATS = 8
+# Elements (pixels x classes) of one block of draws: 16 MiB of float32.
+SAMPLE_ELEMENTS = 1 << 22
+# Pixels of the first image that place the grid before the pass proper.
+PILOT_PIXELS = 1 << 14
+# Utility grid: the first image's pilot pixels, on a coarse grid from scale/1000 to scale*100
+# (scale: their median logit range; metrics go from clean to chance in there), place the
+# target; the pass then uses GRID_PER_DECADE points per factor of ten within GRID_SPREAD of it.
+PILOT_PER_DECADE = 3
+GRID_PER_DECADE = 12
+GRID_SPREAD = 2.0
+# Extra Monte Carlo points along the curve in the confirming pass (for the plot), measured on
+# the data's first rows only (at most CURVE_PIXELS pixels, and about one check draw's worth of
+# work in all): they illustrate, the chosen sigma confirms.
 CURVE_CHECKS = 4
+CURVE_DRAWS = 2
+CURVE_PIXELS = 1 << 19
+# Standard error aimed at by the Monte Carlo check at the chosen value (per-draw SE from the
+# pixel counts); --draws caps the number of draws, at least MIN_CHECK_DRAWS are taken.
+CHECK_SE = 0.002
+MIN_CHECK_DRAWS = 3
+# Low-resolution logits kept from pass 1 for pass 2 (bytes): a fixed cap, not per image.
+LOGITS_CACHE_BYTES = 256 << 20
 
 
 @lru_cache(maxsize=32)
@@ -145,42 +173,77 @@ class _Clock:
 
 
 @dataclass
+class _Group:
+    """Same-size images of one batch: their low-resolution logits and (N, H, W) truth."""
+
+    low: torch.Tensor
+    truth: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass
 class _Stream:
-    """One streaming pass over the data: strips of upsampled logits with their truth."""
+    """Passes over the data: groups of low-resolution logits with their truth.
+
+    The first groups (up to LOGITS_CACHE_BYTES of logits and truth, a fixed cap) are kept, so
+    a later pass skips the model for them; when the whole data fits, it skips reading too.
+    """
 
     segmenter: Segmenter
     dataset: SegmentationDataset
     batch_size: int
     clock: _Clock
-    failures: list[FailedInput] | None = None  # collected on the first full pass only
+    failures: list[FailedInput]
     progress: ProgressCallback | None = None
+    cache: dict[tuple[int, int], _Group] = field(default_factory=dict)
+    cached_bytes: int = 0
+    complete: bool = False
     images: int = 0
+    pixels: int = 0
 
-    def strips(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(B, C, rows, W) upsampled logits and (B, rows, W) truth, strip by strip."""
+    def groups(self, collect: bool = False) -> Iterator[_Group]:
+        """Every group of scorable images in data order; failures are collected when asked."""
+        self.images = self.pixels = 0
+        if self.complete:
+            for group in self.cache.values():
+                self.images += group.low.shape[0]
+                self.pixels += group.truth.numel()
+                yield group
+                if self.progress:
+                    self.progress(group.low.shape[0])
+            return
         num_classes = len(self.segmenter.labels)
-        for batch in batched(self.dataset.inputs(), self.batch_size):
+        overflow = False
+        for b, batch in enumerate(batched(self.dataset.inputs(), self.batch_size)):
             groups: dict[tuple[int, int], list[SegmentInput]] = {}
             for item in batch:
                 problem = _problem(item, num_classes)
                 if problem is not None:
-                    if self.failures is not None:
+                    if collect:
                         self.failures.append(problem)
                     continue
                 assert isinstance(item, SegmentInput) and item.truth is not None
                 groups.setdefault((item.image.height, item.image.width), []).append(item)
-            for size, members in groups.items():
-                start = time.perf_counter()
-                low = self.segmenter.logits([m.image for m in members])
-                self.clock.forward += time.perf_counter() - start
-                truth = torch.from_numpy(np.stack([m.truth for m in members]).astype(np.int64)).to(low.device)
+            for g, (size, members) in enumerate(groups.items()):
+                group = self.cache.get((b, g))
+                if group is None:
+                    start = time.perf_counter()
+                    low = self.segmenter.logits([m.image for m in members])
+                    self.clock.forward += time.perf_counter() - start
+                    truth = torch.from_numpy(np.stack([m.truth for m in members]).astype(np.int64)).to(low.device)
+                    group = _Group(low, truth, size)
+                    size_bytes = low.numel() * low.element_size() + truth.numel() * truth.element_size()
+                    if not overflow and self.cached_bytes + size_bytes <= LOGITS_CACHE_BYTES:
+                        self.cache[(b, g)] = group
+                        self.cached_bytes += size_bytes
+                    else:
+                        overflow = True
                 self.images += len(members)
-                rows = strip_rows(num_classes, size[1])
-                for top in range(0, size[0], rows):
-                    bottom = min(size[0], top + rows)
-                    yield upsample_rows(low, size, top, bottom), truth[:, top:bottom]
+                self.pixels += group.truth.numel()
+                yield group
             if self.progress:
                 self.progress(len(batch))
+        self.complete = not overflow
 
 
 def _problem(item: object, num_classes: int) -> FailedInput | None:
@@ -201,26 +264,46 @@ def _problem(item: object, num_classes: int) -> FailedInput | None:
     return None
 
 
-def _pixels(strip: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, C) logits and (P,) truth of the scored (non-ignored) pixels of a strip."""
-    classes = strip.shape[1]
-    flat = strip.permute(0, 2, 3, 1).reshape(-1, classes)
-    labels = truth.reshape(-1)
-    valid = labels != IGNORE_INDEX
-    return flat[valid], labels[valid]
+def _repeats(pixels: int, images: int) -> int:
+    """Draws per pixel for the curve: 1, or more when the whole data holds few pixels (< MIN_DRAWS)."""
+    return max(1, min(MAX_REPEATS, round(MIN_DRAWS / max(1, pixels * images))))
 
 
-class _UtilitySums:
-    """Per-sigma expected confusion matrices (utility noise)."""
+class _CrnSums:
+    """Per-sigma confusion matrices of every scored pixel, with common random numbers across the grid."""
 
     def __init__(self, grid: Sequence[float], num_classes: int) -> None:
         self.grid = list(grid)
-        self.matrices = [ConfusionMatrix(num_classes) for _ in self.grid]
+        self.num_classes = num_classes
+        self.counts = torch.zeros(len(self.grid), num_classes, num_classes, dtype=torch.float64)
 
-    def add(self, pixels: torch.Tensor, truth: torch.Tensor) -> None:
-        """Add one strip's expected counts at every sigma."""
-        for sigma, matrix in zip(self.grid, self.matrices):
-            matrix.update_expected(expected_class_probabilities(pixels, sigma), truth)
+    def add(self, pixels: torch.Tensor, truth: torch.Tensor, generator: torch.Generator, repeats: int = 1) -> None:
+        """Decide (P, C) scored pixels at every sigma with ONE N(0,1) draw per pixel and class, and count.
+
+        The draw z is shared by all sigmas (decision: argmax(y + sigma z)); with `repeats` > 1
+        every pixel gets that many independent draws, each counting 1 / repeats.
+        """
+        c = self.num_classes
+        size = len(self.grid) * c * c
+        offsets = torch.arange(len(self.grid), device=pixels.device)[:, None] * (c * c)
+        step = max(1, SAMPLE_ELEMENTS // c)  # bounds the (rows x C) draw and its noisy copy
+        counts = torch.zeros(size, dtype=torch.long, device=pixels.device)
+        for top in range(0, pixels.shape[0], step):
+            block = pixels[top : top + step]
+            base = offsets + truth[None, top : top + step] * c
+            noisy = torch.empty_like(block)
+            for _ in range(repeats):
+                z = torch.randn(block.shape, generator=generator, device=block.device, dtype=block.dtype)
+                decided = torch.empty_like(base)
+                for g, sigma in enumerate(self.grid):
+                    chosen = block if sigma <= 0 else torch.add(block, z, alpha=sigma, out=noisy)
+                    decided[g] = chosen.argmax(dim=1)
+                counts += torch.bincount((base + decided).reshape(-1), minlength=size)
+        self.counts += counts.reshape(len(self.grid), c, c).to(device="cpu", dtype=torch.float64) / repeats
+
+    def values(self, read: Callable[[torch.Tensor], float]) -> list[float]:
+        """The metric at every sigma of the grid."""
+        return [read(self.counts[g]) for g in range(len(self.grid))]
 
 
 class _RecallSums:
@@ -234,9 +317,8 @@ class _RecallSums:
         self.hits = [0.0 for _ in self.grid]
         self.support = 0
 
-    def add(self, pixels: torch.Tensor, truth: torch.Tensor) -> None:
-        """Add one strip's target pixels' win probabilities at every focus sigma."""
-        rows = pixels[truth == self.target_id]
+    def add(self, rows: torch.Tensor) -> None:
+        """Add the target pixels' (rows x C logits) win probabilities at every focus sigma."""
         if rows.shape[0] == 0:
             return
         self.support += int(rows.shape[0])
@@ -255,6 +337,62 @@ class _RecallSums:
         return [h / self.support if self.support else math.nan for h in self.hits]
 
 
+def _target_rows(group: _Group, target_id: int) -> torch.Tensor:
+    """Upsampled logits (P, C) of the group's pixels whose truth is the target class."""
+    index = (group.truth.reshape(-1) == target_id).nonzero().squeeze(1)
+    return upsample_at(group.low, group.size, index)
+
+
+def _strips(group: _Group) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Class-last upsampled logits (rows, W, C) with truth (rows, W): the task's own upsampling.
+
+    A group whose upsampled logits fit STRIP_ELEMENTS comes as one block (its images stacked
+    along the rows); otherwise image by image, in the task's strips.
+    """
+    count, classes = group.low.shape[:2]
+    height, width = group.size
+    if count * classes * height * width <= segment_task.STRIP_ELEMENTS:
+        whole = F.interpolate(group.low.contiguous(memory_format=torch.channels_last), size=group.size,
+                              mode="bilinear", align_corners=False)
+        yield whole.permute(0, 2, 3, 1).reshape(count * height, width, classes), group.truth.reshape(count * height, width)
+        return
+    rows = segment_task.strip_rows(classes, width, segment_task.STRIP_ELEMENTS)
+    for i in range(count):
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            yield upsampled_pixels(group.low[i : i + 1], group.size, top, bottom), group.truth[i, top:bottom]
+
+
+def _scored(strip: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, C) logits and (P,) truth of a strip's scored (non-ignored) pixels."""
+    pixels = strip.reshape(-1, strip.shape[-1])
+    labels = truth.reshape(-1)
+    valid = labels != IGNORE_INDEX
+    if bool(valid.all()):
+        return pixels, labels
+    return pixels[valid], labels[valid]
+
+
+def check_draws(metric: str, support: torch.Tensor, most: int) -> int:
+    """Monte Carlo draws so the check's standard error is about CHECK_SE (3, or `most` if fewer, to `most`).
+
+    Per draw, a pixel metric over n pixels has SE <= 0.5 / sqrt(n) (independent per-pixel
+    draws); mIoU averages K present classes, SE ~ sqrt(sum_k 0.25 / n_k) / K; recall uses the
+    target's pixels (support holds just that class then). At least 3 draws, so the Student-t
+    interval of the check is informative (t_0.975 is 12.7 with 2 draws, 4.3 with 3).
+    """
+    upper = max(2, most)
+    lower = min(MIN_CHECK_DRAWS, upper)
+    present = support[support > 0].to(torch.float64)
+    if present.numel() == 0:
+        return upper
+    if metric == "miou":
+        variance = float((0.25 / present).sum()) / present.numel() ** 2
+    else:
+        variance = 0.25 / float(present.sum())
+    return int(min(max(lower, math.ceil(variance / CHECK_SE**2)), upper))
+
+
 @dataclass
 class SegmentationCalibrator:
     """Streams a data set through a segmenter to calibrate one target."""
@@ -271,105 +409,125 @@ class SegmentationCalibrator:
     clock: _Clock = field(default_factory=_Clock)
     failures: list[FailedInput] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _stream: _Stream | None = None
 
     @property
     def num_classes(self) -> int:
         """Classes the model predicts."""
         return len(self.segmenter.labels)
 
-    def _stream(self, collect: bool = False) -> _Stream:
-        """A fresh pass over the data."""
+    def _groups(self, collect: bool = False) -> Iterator[_Group]:
+        """A fresh pass over the data (the first images' logits come from the bounded cache)."""
+        if self._stream is None:
+            self._stream = _Stream(self.segmenter, self.dataset, self.batch_size, self.clock, self.failures, self.progress)
         self.clock.passes += 1
-        return _Stream(self.segmenter, self.dataset, self.batch_size, self.clock,
-                       self.failures if collect else None, self.progress)
-
-    def _scale(self) -> float:
-        """Typical per-pixel logit range, from the first images (sets where the grid lies)."""
-        ranges: list[torch.Tensor] = []
-        seen = 0
-        stream = _Stream(self.segmenter, self.dataset, self.batch_size, self.clock)
-        for strip, truth in stream.strips():
-            pixels, _ = _pixels(strip, truth)
-            pixels = pixels[: PILOT_PIXELS - seen]  # exactly the first pixels, however the data is batched
-            ranges.append((pixels.max(dim=1).values - pixels.min(dim=1).values).float())
-            seen += pixels.shape[0]
-            if seen >= PILOT_PIXELS:
-                break
-        if not ranges:
+        yield from self._stream.groups(collect)
+        if self._stream.images == 0:
             raise InputError("no image of the data could be scored", "see the failures listed")
-        scale = float(torch.cat(ranges).median())
+
+    def _pilot(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Up to PILOT_PIXELS scored pixels of the first image, at random: their logits (P, C) and truth.
+
+        The first image only, so the grid does not depend on how the data is batched.
+        """
+        group = _Group(group.low[:1], group.truth[:1], group.size)
+        flat = group.truth.reshape(-1)
+        scored = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+        if scored.numel() == 0:
+            return None
+        generator = torch.Generator(device=group.low.device).manual_seed(self.seed + 1)
+        if scored.numel() > PILOT_PIXELS:
+            scored = scored[torch.randperm(scored.numel(), generator=generator, device=scored.device)[:PILOT_PIXELS]]
+        return upsample_at(group.low, group.size, scored), flat[scored]
+
+    def _scale(self, pilot: tuple[torch.Tensor, torch.Tensor] | None) -> float:
+        """Median per-pixel logit range of the pilot pixels (sets where the grid lies)."""
+        if pilot is None:
+            return 1.0
+        pixels = pilot[0]
+        scale = float((pixels.max(dim=1).values - pixels.min(dim=1).values).median())
         return scale if scale > 0 and math.isfinite(scale) else 1.0
 
-    def _pilot_grid(self, scale: float) -> list[float]:
-        """A grid centred on where the first images reach the target (utility metrics)."""
-        wide = [0.0, *log_grid(scale / 1000, scale * 100, 3)]
-        sums = _UtilitySums(wide, self.num_classes)
-        seen = 0
-        stream = _Stream(self.segmenter, self.dataset, self.batch_size, self.clock)
-        start = time.perf_counter()
-        for strip, truth in stream.strips():
-            pixels, labels = _pixels(strip, truth)
-            pixels, labels = pixels[: PILOT_PIXELS - seen], labels[: PILOT_PIXELS - seen]
-            sums.add(pixels, labels)
-            seen += pixels.shape[0]
-            if seen >= PILOT_PIXELS:
-                break
-        read = matrix_metric(self.target.metric, self.target_id)
-        values = [read(m.matrix) for m in sums.matrices]
-        self.clock.analytic += time.perf_counter() - start
+    def _grid(self, group: _Group) -> list[float]:
+        """The utility sigma grid, centred on where the first image's pilot pixels reach the target."""
+        pilot = self._pilot(group)
+        scale = self._scale(pilot)
+        wide = [0.0, *log_grid(scale / 1000, scale * 100, PILOT_PER_DECADE)]
+        if pilot is None:
+            return [0.0, *log_grid(scale / 1000, scale * 100, GRID_PER_DECADE)]
+        sums = _CrnSums(wide, self.num_classes)
+        sums.add(*pilot, torch.Generator(device=group.low.device).manual_seed(self.seed + 2))
+        values = sums.values(matrix_metric(self.target.metric, self.target_id))
         index = crossing(wide, values, self.target.value)
         if index is None:
-            return wide
-        guess = solve(wide, values, self.target.value)
+            return [0.0, *log_grid(scale / 1000, scale * 100, GRID_PER_DECADE)]
+        # A rough guess is all the pilot owes: linear in log-sigma between the bracketing points.
+        low, high = max(wide[index], scale / 1000), wide[index + 1]
+        a, b = values[index] - self.target.value, values[index + 1] - self.target.value
+        guess = low * (high / low) ** (a / (a - b)) if a != b else low
         return [0.0, *log_grid(guess / GRID_SPREAD, guess * GRID_SPREAD, GRID_PER_DECADE)]
 
-    def _accumulate(self, sums: "_UtilitySums | _RecallSums", collect: bool) -> None:
-        """Stream the data once, adding every strip's pixels into `sums` (timed as analytic work)."""
-        stream = self._stream(collect)
-        for strip, truth in stream.strips():
-            pixels, labels = _pixels(strip, truth)
+    def _utility_pass(self, grid: Sequence[float] | None, collect: bool) -> tuple[list[float], list[float], float, torch.Tensor]:
+        """Pass 1: grid, CRN metric at every sigma, the exact clean metric, and the truth's class support."""
+        sums: _CrnSums | None = None if grid is None else _CrnSums(grid, self.num_classes)
+        clean = ConfusionMatrix(self.num_classes)
+        generator: torch.Generator | None = None
+        repeats = 1
+        for group in self._groups(collect):
+            if sums is None:
+                sums = _CrnSums(self._grid(group), self.num_classes)
+            if generator is None:
+                generator = torch.Generator(device=group.low.device).manual_seed(self.seed)
+                repeats = _repeats(group.size[0] * group.size[1], len(self.dataset))
             start = time.perf_counter()
-            sums.add(pixels, labels)
+            for strip, truth in _strips(group):
+                clean.update(strip.argmax(dim=-1), truth)
+                pixels, labels = _scored(strip, truth)
+                sums.add(pixels, labels, generator, repeats)
             self.clock.analytic += time.perf_counter() - start
-        if stream.images == 0:
-            raise InputError("no image of the data could be scored", "see the failures listed")
-
-    def _utility_pass(self, grid: Sequence[float], collect: bool) -> tuple[list[float], torch.Tensor]:
-        """Expected metric at every sigma of the grid, and the truth's class support."""
-        sums = _UtilitySums(grid, self.num_classes)
-        self._accumulate(sums, collect)
+        assert sums is not None
         read = matrix_metric(self.target.metric, self.target_id)
-        return [read(m.matrix) for m in sums.matrices], sums.matrices[0].matrix.sum(dim=1)
+        if grid is None:
+            draws = f"{repeats} shared N(0,1) draws" if repeats > 1 else "one shared N(0,1) draw"
+            self.notes.append(f"curve: every scored pixel decided at {len(sums.grid)} sigmas with {draws} per class (common random numbers)")
+        return sums.grid, sums.values(read), read(clean.matrix), clean.matrix.sum(dim=1)
 
-    def _recall_pass(self, grid: Sequence[float], collect: bool) -> list[float]:
-        """Expected target recall at every focus sigma of the grid."""
+    def _recall_pass(self, collect: bool) -> tuple[list[float], list[float], int]:
+        """Pass 1 for a focus target: exact expected target recall at every focus sigma, and its pixel count."""
         assert self.target_id is not None
-        sums = _RecallSums(grid, self.target_id, self.target.focus_direction, self.utility_sigma)
-        self._accumulate(sums, collect)
+        sums: _RecallSums | None = None
+        for group in self._groups(collect):
+            if sums is None:
+                scale = self._scale(self._pilot(group))
+                per_decade = GRID_PER_DECADE if self.utility_sigma <= 0 else 3
+                grid = [0.0, *log_grid(scale / 1000, scale * 1000, per_decade)]
+                sums = _RecallSums(grid, self.target_id, self.target.focus_direction, self.utility_sigma)
+            start = time.perf_counter()
+            sums.add(_target_rows(group, self.target_id))
+            self.clock.analytic += time.perf_counter() - start
+        assert sums is not None
         if sums.support == 0:
             raise InputError(
                 f"the masks hold no '{self.target.focus_class}' pixels, so its recall is undefined",
                 "calibrate on data that contains the class",
             )
-        return sums.values()
+        return sums.grid, sums.values(), sums.support
 
     def run(self) -> Calibration:
-        """Pilot, curve pass (plus extensions if the target fell outside), solve, confirm."""
-        scale = self._scale()
+        """Curve pass (plus extensions if the target fell outside), solve, confirm."""
         recall_target = self.target.metric == "recall"
         if recall_target:
-            per_decade = GRID_PER_DECADE if self.utility_sigma <= 0 else 3
-            grid = [0.0, *log_grid(scale / 1000, scale * 1000, per_decade)]
-            values = self._recall_pass(grid, collect=True)
+            grid, values, pixels = self._recall_pass(collect=True)
+            clean = values[0]
+            support = torch.zeros(self.num_classes, dtype=torch.float64)
+            support[self.target_id] = pixels  # the check's draws follow the target's pixel count
             limit = 1.0 if self.target.focus_direction > 0 else 0.0
             name = self.target.focus_class
             limit_label = f"always {name}" if self.target.focus_direction > 0 else f"never {name}"
         else:
-            grid = self._pilot_grid(scale)
-            values, support = self._utility_pass(grid, collect=True)
+            grid, values, clean, support = self._utility_pass(None, collect=True)
             limit = _chance(self.target.metric, support, self.num_classes)
             limit_label = "chance"
-        clean = values[0]
         check_reachable(self.target, clean, limit, limit_label)
         if not recall_target:
             grid, values = self._extend(grid, values)
@@ -382,7 +540,7 @@ class SegmentationCalibrator:
             )
         value = 0.0 if self.target.value == clean else solve(grid, values, self.target.value)
         interpolated = interpolate(grid, values, value)
-        predicted, check, points, measured = self._confirm(value, grid, values)
+        predicted, check, points, measured = self._confirm(value, grid, values, support)
         curve = sorted([*zip(grid, values), (value, predicted)])
         falling = not recall_target or self.target.focus_direction < 0
         warnings = []
@@ -399,7 +557,7 @@ class SegmentationCalibrator:
                 f"Monte Carlo {self.target.label} {check.mean:.3f} differs from the predicted {predicted:.3f} "
                 "by more than its noise explains"
             )
-        ordered = sorted([*points, check], key=lambda p: p.parameter)
+        ordered = sorted(points, key=lambda p: p.parameter)  # measured on the same first images
         for earlier, later in zip(ordered, ordered[1:]):
             rise = (later.mean - earlier.mean) if falling else (earlier.mean - later.mean)
             if rise > earlier.half_width + later.half_width + 0.005:
@@ -408,9 +566,11 @@ class SegmentationCalibrator:
                     f"{earlier.parameter:.3g} but {later.mean:.3f} at {later.parameter:.3g}"
                 )
                 break
+        estimator = "exact expected recall" if recall_target else "common random numbers"
         self.notes.append(
-            f"{self.clock.passes} streaming passes (curve + Monte Carlo confirmation); "
-            f"{len(grid)} {self.target.parameter.replace('_', ' ')} values from one pass; no logits cache"
+            f"{self.clock.passes} streaming passes (curve + Monte Carlo confirmation, {check.draws} draws); "
+            f"{len(grid)} {self.target.parameter.replace('_', ' ')} values from one pass ({estimator}); "
+            "no full-resolution logits cache"
         )
         return Calibration(
             task="segment",
@@ -448,15 +608,16 @@ class SegmentationCalibrator:
             else:  # it crossed between zero noise and the smallest sigma: look closer in
                 extra = log_grid(positive[0] / 100, positive[0] * 10 ** (-1 / GRID_PER_DECADE), GRID_PER_DECADE)
             self.notes.append(f"target outside the first grid: one more pass over {len(extra)} sigmas")
-            extra_values, _ = self._utility_pass(extra, collect=False)
+            # Same seed: the same sampled pixels and draws, so the merged curve stays one CRN curve.
+            _, extra_values, _, _ = self._utility_pass(extra, collect=False)
             merged = sorted({**dict(zip(grid, values)), **dict(zip(extra, extra_values))}.items())
             grid, values = [s for s, _ in merged], [v for _, v in merged]
         return grid, values
 
     def _confirm(
-        self, value: float, grid: Sequence[float], values: Sequence[float]
+        self, value: float, grid: Sequence[float], values: Sequence[float], support: torch.Tensor
     ) -> tuple[float, MonteCarloCheck, list[MonteCarloCheck], dict[str, float]]:
-        """Second pass: exact expected metric at the chosen value, and Monte Carlo measurements."""
+        """Second pass: real modulated runs at the chosen value (and the exact recall for a focus target)."""
         recall_target = self.target.metric == "recall"
         targets = (FocusTarget(self.target_id, self.target.focus_direction),) if recall_target else ()
 
@@ -468,34 +629,44 @@ class SegmentationCalibrator:
         # A few curve points between clean and the limit, for the plot and the monotonicity check.
         inside = [s for s, v in zip(grid, values) if s > 0 and abs(v - values[0]) > 0.002 and abs(v - values[-1]) > 0.002]
         picks = [inside[int(k * len(inside) / CURVE_CHECKS)] for k in range(min(CURVE_CHECKS, len(inside)))]
-        extra_draws = max(3, self.draws // 4)
-        chosen = [ConfusionMatrix(self.num_classes) for _ in range(self.draws)]
-        curve_mats = {s: [ConfusionMatrix(self.num_classes) for _ in range(extra_draws)] for s in picks}
-        exact = _UtilitySums([value], self.num_classes) if not recall_target else None
+        chosen = [ConfusionMatrix(self.num_classes) for _ in range(check_draws(self.target.metric, support, self.draws))]
+        curve_mats = {s: [ConfusionMatrix(self.num_classes) for _ in range(CURVE_DRAWS)] for s in picks}
+        seen = self._stream.pixels if self._stream is not None else 0
+        curve_budget = min(CURVE_PIXELS, max(1, seen // (CURVE_CHECKS * CURVE_DRAWS)))
         exact_recall = (
             _RecallSums([value], self.target_id, self.target.focus_direction, self.utility_sigma)  # type: ignore[arg-type]
             if recall_target else None
         )
         noise = SeededNoise(self.seed)
         curve_noise = SeededNoise(self.seed + 1)
-        stream = self._stream()
-        for strip, truth in stream.strips():
-            pixels, labels = _pixels(strip, truth)
+        curve_pixels = 0
+        for group in self._groups():
+            if exact_recall is not None:  # exact expected recall at the chosen focus sigma
+                start = time.perf_counter()
+                exact_recall.add(_target_rows(group, self.target_id))
+                self.clock.analytic += time.perf_counter() - start
             start = time.perf_counter()
-            (exact or exact_recall).add(pixels, labels)  # type: ignore[union-attr]
-            self.clock.analytic += time.perf_counter() - start
-            start = time.perf_counter()
-            for matrix in chosen:
-                matrix.update(modulate(strip, modulation(value), noise, class_dim=1).argmax(dim=1), truth)
-            for s, matrices in curve_mats.items():
-                for matrix in matrices:
-                    matrix.update(modulate(strip, modulation(s), curve_noise, class_dim=1).argmax(dim=1), truth)
+            for strip, truth in _strips(group):
+                for matrix in chosen:
+                    matrix.update(add_noise_(strip.clone(), modulation(value), noise).argmax(dim=-1), truth)
+                # Curve points illustrate: measured on the data's first rows only (about one check draw's worth).
+                rows = min(strip.shape[0], -(-(curve_budget - curve_pixels) // strip.shape[1]))
+                if rows > 0:
+                    for s, matrices in curve_mats.items():
+                        for matrix in matrices:
+                            matrix.update(add_noise_(strip[:rows].clone(), modulation(s), curve_noise).argmax(dim=-1), truth[:rows])
+                    curve_pixels += rows * strip.shape[1]
             self.clock.monte_carlo += time.perf_counter() - start
+        if curve_mats and curve_pixels < seen:
+            self.notes.append(
+                f"Monte Carlo points other than the chosen {self.target.parameter.replace('_', ' ')} use the first "
+                f"{curve_pixels:,} of {seen:,} pixels (an illustration, so they may differ from the curve); "
+                "the check at the chosen value uses all of them"
+            )
         read = matrix_metric(self.target.metric, self.target_id)
-        if exact is not None:
-            predicted = read(exact.matrices[0].matrix)
-        else:
-            predicted = exact_recall.values()[0]  # type: ignore[union-attr]
+        # Utility: the curve's value at the chosen sigma (one more CRN estimate would be no more
+        # than one more Monte Carlo draw); recall: the exact expectation.
+        predicted = exact_recall.values()[0] if exact_recall is not None else interpolate(grid, values, value)
         check = MonteCarloCheck(value, [read(m.matrix) for m in chosen])
         points = [MonteCarloCheck(s, [read(m.matrix) for m in mats]) for s, mats in curve_mats.items()]
         measured = {
