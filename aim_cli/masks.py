@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +11,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aim_cli.errors import InputError
-from aim_cli.io import save_png_atomic
+from aim_cli.images import MAX_IMAGE_BYTES
+from aim_cli.io import read_regular_file, save_png_atomic
 from aim_cli.labels import normalize
 
 # Cityscapes colours, so familiar classes look the way people expect in any model.
@@ -95,8 +97,9 @@ def save_overlay(image: Image.Image, prediction: np.ndarray, colours: np.ndarray
 
 def read_mask(path: Path) -> np.ndarray:
     """Read a single-channel class-id mask (palette, grey or 16-bit) as an (H, W) int64 array."""
+    data = read_regular_file(path, MAX_IMAGE_BYTES, InputError, "mask")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
             if mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
@@ -106,8 +109,6 @@ def read_mask(path: Path) -> np.ndarray:
                 # Grey saved as RGB is still class ids; real colour masks need a palette mapping.
                 if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
                     return rgb[..., 0].astype(np.int64)
-    except FileNotFoundError:
-        raise InputError(f"mask {path} not found") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = "not an image or corrupt" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise InputError(f"mask {path} cannot be read ({reason})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import typer
@@ -95,12 +96,20 @@ def _say(text: str) -> None:
     err_console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
+def show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+    """Print a Python warning (ours or a library's) as one aim line instead of file:line source."""
+    text = " ".join(str(message).split())
+    _say(f"aim: warning: {text}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and an exit code."""
     command = typer.main.get_command(app)
     args, debug = split_debug(command, list(sys.argv[1:] if argv is None else argv))
     debug = debug or os.environ.get("AIM_DEBUG") == "1"
     install_handlers()
+    if not debug:
+        warnings.showwarning = show_warning
     try:
         code = command.main(args=args, prog_name="aim", standalone_mode=False)
     except Interrupted as exc:
