@@ -181,3 +181,41 @@ def test_focus_recall_target_on_classifier(other_logits):
     assert abs(calibration.check.mean - goal) <= 0.04
     assert calibration.predicted == pytest.approx(goal, abs=1e-4)
     assert math.isfinite(calibration.value) and calibration.value > 0
+
+
+def test_common_random_numbers_curve_matches_the_exact_one():
+    """Above EXACT_BUDGET the curve is a common-random-numbers estimate: unbiased, within its SE.
+
+    3000 rows of 200 classes, peaked like a trained model's: per sigma the estimate is a mean
+    of rows*draws Bernoulli outcomes, SE <= sqrt(0.25 / (3000 * draws)); 4 SE tolerance.
+    """
+    from aim_cli.calibration.classify import common_noise_accuracy_metric, common_noise_draws
+
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 200, (3000,), generator=generator)
+    logits = torch.randn(3000, 200, generator=generator)
+    logits[torch.arange(3000), labels] += 3.0
+    exact = accuracy_metric(logits, labels)
+    draws = common_noise_draws(3000)
+    estimate = common_noise_accuracy_metric(logits, labels, draws, seed=5)
+    tolerance = 4 * math.sqrt(0.25 / (3000 * draws))
+    for sigma in (0.0, 0.5, 1.0, 2.0, 4.0):
+        assert estimate(sigma) == pytest.approx(exact(sigma), abs=tolerance), sigma
+    assert estimate(1.0) == estimate(1.0)  # the same draws every time: a deterministic curve
+    curve = [estimate(s) for s in np.linspace(0.2, 6, 12)]
+    assert all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])) or max(
+        b - a for a, b in zip(curve, curve[1:])) < tolerance
+
+
+def test_large_problems_calibrate_with_common_random_numbers(monkeypatch):
+    """The estimated curve still puts the Monte Carlo check within 0.01 of the target."""
+    import aim_cli.calibration.classify as classify
+
+    monkeypatch.setattr(classify, "EXACT_BUDGET", 1000)
+    generator = torch.Generator().manual_seed(11)
+    labels = torch.randint(0, 100, (4000,), generator=generator)
+    logits = torch.randn(4000, 100, generator=generator)
+    logits[torch.arange(4000), labels] += 4.0
+    calibration = calibrate_logits(logits, labels, Target("accuracy", 0.5), draws=20, seed=2, curve_checks=0)
+    assert any("common random numbers" in note for note in calibration.notes)
+    assert calibration.check.mean == pytest.approx(0.5, abs=0.01)
