@@ -179,27 +179,47 @@ def solve_increasing_parameter(
     high: float,
     tolerance: float = 1e-4,
     max_iterations: int = 80,
+    known: tuple[float, float] | None = None,
 ) -> float:
     """Find x in [low, high] with metric(x) == target for a metric that falls as x grows.
 
-    Bisection on log(x) (x spans orders of magnitude); the bracket must straddle the target.
+    Illinois regula falsi on log(x) (x spans orders of magnitude; the curve is smooth there, so
+    this takes a handful of evaluations where bisection takes ~20); the bracket must straddle
+    the target. `known` passes metric(low), metric(high) when the caller has them already.
     """
-    f_low, f_high = metric(low) - target, metric(high) - target
+    f_low, f_high = (metric(low), metric(high)) if known is None else known
+    f_low, f_high = f_low - target, f_high - target
     if f_low * f_high > 0:
         raise ValueError("target is not bracketed")
+    if f_low == 0:
+        return low
+    if f_high == 0:
+        return high
     lo, hi = math.log(low), math.log(high)
+    best, best_error = 0.5 * (lo + hi), math.inf
+    side = 0
     for _ in range(max_iterations):
-        mid = 0.5 * (lo + hi)
+        mid = (lo * f_high - hi * f_low) / (f_high - f_low)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
         f_mid = metric(math.exp(mid)) - target
+        if abs(f_mid) < best_error:
+            best, best_error = mid, abs(f_mid)
         if abs(f_mid) < tolerance / 10:
-            return math.exp(mid)
+            break
         if (f_mid > 0) == (f_low > 0):
             lo, f_low = mid, f_mid
+            if side == -1:
+                f_high /= 2  # Illinois step: keep the stale end from stalling convergence
+            side = -1
         else:
-            hi = mid
+            hi, f_high = mid, f_mid
+            if side == 1:
+                f_low /= 2
+            side = 1
         if hi - lo < 1e-6:
             break
-    return math.exp(0.5 * (lo + hi))
+    return math.exp(best)
 
 
 def sigma_grid(low: float = 0.01, high: float = 100.0, points: int = 41) -> list[float]:

@@ -191,9 +191,22 @@ def _summary(measured: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Headline: median tokens/s ratio (modulated / clean) over the seeded rows, plus each row's ratio."""
-    return _summary(measure(quick))
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """One row per model x mode: modulated/clean tokens/s; the goal applies to the 32k-vocab Llama."""
+    measured = measure(quick)
+    rows = []
+    for row in measured["rows"]:
+        held = row["model"].startswith("random llama")  # the realistic size the goal is about
+        ratio = row["median_ratio"]
+        rows.append({
+            "name": f"generate {row['model']}, {row['mode']}: modulated/clean tokens/s",
+            "measured": ratio,
+            "goal": f">= {TARGET_RATIO}" if held else "",
+            "met": ratio >= TARGET_RATIO if held else True,
+            "detail": f"batch {row['batch']} x {row['new_tokens']} tokens, {row['reps']} reps, processor "
+                      f"{row['processor_us_per_step']:.0f} us of a {row['step_us']:.0f} us step",
+        })
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

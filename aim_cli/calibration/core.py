@@ -250,13 +250,14 @@ def solve(
         return float(low)
     if values[index + 1] == target:
         return float(high)
+    known: tuple[float, float] | None = (values[index], values[index + 1])
     if low <= 0:
-        # Bisection works in log-sigma; start just above zero, where the metric is still clean.
-        low = high * 1e-6
+        # The root finder works in log-sigma; start just above zero, where the metric is still clean.
+        low, known = high * 1e-6, None
         if exact is None:
             return float(high * (values[0] - target) / (values[0] - values[index + 1]))
     if exact is not None:
-        return float(theory.solve_increasing_parameter(exact, target, low, high, tolerance=1e-5))
+        return float(theory.solve_increasing_parameter(exact, target, low, high, tolerance=1e-5, known=known))
     return float(inverse_interpolate(grid, values, target, index))
 
 
