@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from aim_cli import plain_yaml
 from aim_cli.errors import ProfileError
+from aim_cli.io import read_regular_file
 from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, NoiseSource, SeededNoise
 
 PROFILE_VERSION = 1
@@ -27,6 +27,14 @@ _SCHEMA: dict[str, Any] = {
     "noise": {"seed": int, "key_env": str},
 }
 _TARGET_KEYS = {"class": str, "direction": str}
+# A profile must say something about modulation; an empty one would silently serve the clean model.
+MODULATION_KEYS = ("utility", "focus")
+MAX_PROFILE_BYTES = 1024 * 1024
+# Noise reaches ~6 sigma over many draws; 6 * 1e4 stays below float16's 65504, and at sigma 1e4
+# every model's ranking is random (logit spreads are tens, not thousands).
+MAX_SIGMA = 1e4
+# Seeds feed torch generators (which take 64 bits) and get small offsets added: keep headroom.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class FocusRequest:
 
     name: str
     direction: int = BOOST
+    # Where the request came from (a file, line and key, or a flag), for errors about the name.
+    origin: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.name}:{'up' if self.direction == BOOST else 'down'}"
@@ -66,35 +76,28 @@ def _where(source: str, key: str, line: int | None) -> str:
     return f"{source}, line {line}, key '{key}'" if line else f"{source}, key '{key}'"
 
 
-def _line_map(node: yaml.Node, path: str = "") -> dict[str, int]:
-    """Map dotted key paths to 1-based line numbers from a composed YAML node tree."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{path}.{key_node.value}" if path else str(key_node.value)
-            lines[key] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            key = f"{path}[{i}]"
-            lines[key] = item.start_mark.line + 1
-            lines.update(_line_map(item, key))
-    return lines
-
-
 def check_sigma(value: Any, key: str, where: str) -> float:
-    """A sigma must be a finite, non-negative number (the one range check for flags and YAML)."""
+    """A sigma must be a number in [0, MAX_SIGMA] (the one range check for flags and YAML)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProfileError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
         raise ProfileError(f"{where}: {key} must be a finite number >= 0, got {value}")
-    return float(value)
+    if number > MAX_SIGMA:
+        raise ProfileError(
+            f"{where}: {key} {number:g} is above the maximum {MAX_SIGMA:g}",
+            "every ranking is random long before that, and larger noise overflows half-precision logits",
+        )
+    return number
 
 
 def check_seed(value: Any, where: str) -> int:
     """A seed must be a non-negative integer (the one range check for flags and YAML)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProfileError(f"{where}: expected a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ProfileError(f"{where}: expected an integer from 0 to {MAX_SEED} (2^63 - 1), got {value!r}")
     return value
 
 
@@ -111,7 +114,8 @@ def parse_focus(text: str) -> FocusRequest:
     name, _, direction = text.partition(":")
     if not name.strip():
         raise ProfileError(f"--focus {text!r}: expected NAME or NAME:up or NAME:down")
-    return FocusRequest(name.strip(), parse_direction(direction or "up", f"--focus {text!r}"))
+    where = f"--focus {text!r}"
+    return FocusRequest(name.strip(), parse_direction(direction or "up", where), origin=where)
 
 
 def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profile:
@@ -134,10 +138,16 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
                         f"allowed under '{key}': {', '.join(expected)}",
                     )
     version = data.get("version", PROFILE_VERSION)
-    if version != PROFILE_VERSION:
+    if isinstance(version, bool) or version != PROFILE_VERSION:
+        found = f"the text {version!r}" if isinstance(version, str) else repr(version)
         raise ProfileError(
-            f"{_where(source, 'version', lines.get('version'))}: unsupported version {version!r}",
-            f"this aim reads version {PROFILE_VERSION}",
+            f"{_where(source, 'version', lines.get('version'))}: unsupported version {found}",
+            f"write version: {PROFILE_VERSION} (the number, unquoted)",
+        )
+    if not any(key in data for key in MODULATION_KEYS):
+        raise ProfileError(
+            f"{source}: the profile sets no modulation, so it would serve the clean model",
+            "add utility: {sigma: ...} (sigma 0 for a deliberate clean tier) or focus targets",
         )
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
@@ -159,14 +169,15 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
         path = f"focus.targets[{i}]"
         where = _where(source, path, lines.get(path))
         if isinstance(item, str):
-            targets.append(parse_focus(item))
+            targets.append(replace(parse_focus(item), origin=where))
             continue
         if not isinstance(item, dict) or "class" not in item:
             raise ProfileError(f"{where}: expected {{class: NAME, direction: up|down}}")
         for sub in item:
             if sub not in _TARGET_KEYS:
                 raise ProfileError(f"{where}: unknown key '{sub}'", "allowed: class, direction")
-        targets.append(FocusRequest(str(item["class"]), parse_direction(item.get("direction", "up"), where)))
+        class_where = _where(source, f"{path}.class", lines.get(f"{path}.class"))
+        targets.append(FocusRequest(str(item["class"]), parse_direction(item.get("direction", "up"), where), class_where))
     seed = noise.get("seed")
     if seed is not None:
         seed = check_seed(seed, _where(source, "noise.seed", lines.get("noise.seed")))
@@ -191,25 +202,21 @@ def load_profile(path: str | Path) -> Profile:
     """Read and validate a YAML profile file."""
     path = Path(path)
     source = str(path)
+    data_bytes = read_regular_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"profile {source} not found", "check the path, or see profiles/ for examples") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"profile {source} cannot be read: {exc}") from None
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"profile {source} is not UTF-8 text") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError(f"{source}{line}: YAML syntax error: {problem}") from None
+        data, lines = plain_yaml.load(text)
+    except plain_yaml.PlainYAMLError as exc:
+        where = f"{source}, line {exc.line}" if exc.line else source
+        raise ProfileError(f"{where}: {exc}", "profiles are plain YAML: write each value out") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile must be a YAML mapping (key: value lines)")
-    return _validate(data, _line_map(node) if node is not None else {}, source)
+    return _validate(data, lines, source)
 
 
 def apply_overrides(

@@ -11,6 +11,7 @@ from aim_cli.modulation import KeyedNoise, SeededNoise
 from aim_cli.profile import (
     DEFAULT_FOCUS_SIGMA,
     FocusRequest,
+    Profile,
     apply_overrides,
     load_profile,
     noise_source,
@@ -73,7 +74,7 @@ def test_bad_direction_and_target_shape(tmp_path):
 
 def test_seed_and_key_exclusive(tmp_path):
     with pytest.raises(ProfileError, match="exclude"):
-        load_profile(write(tmp_path, "noise:\n  seed: 1\n  key_env: K\n"))
+        load_profile(write(tmp_path, "utility:\n  sigma: 1\nnoise:\n  seed: 1\n  key_env: K\n"))
 
 
 def test_missing_file_and_wrong_version(tmp_path):
@@ -111,10 +112,116 @@ def test_focus_without_sigma_gets_default():
 def test_noise_sources(monkeypatch, tmp_path):
     source, seed = noise_source(load_profile(PROFILES / "free-tier.yaml"))
     assert isinstance(source, SeededNoise) and seed == 1234
-    keyed = load_profile(write(tmp_path, "noise:\n  key_env: AIM_TEST_KEY\n"))
+    keyed = load_profile(write(tmp_path, "utility:\n  sigma: 1\nnoise:\n  key_env: AIM_TEST_KEY\n"))
     monkeypatch.delenv("AIM_TEST_KEY", raising=False)
     with pytest.raises(ProfileError, match="AIM_TEST_KEY"):
         noise_source(keyed)
     monkeypatch.setenv("AIM_TEST_KEY", "s3cret")
     source, seed = noise_source(keyed)
     assert isinstance(source, KeyedNoise) and seed is None
+
+
+# --- hardening: hostile and careless profiles ------------------------------------------------
+
+
+def test_alias_bomb_is_refused_before_expansion(tmp_path):
+    """A 10-level billion-laughs document: refused at its first anchor, in milliseconds."""
+    import time
+
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    lines += ["utility: {sigma: *a9}"]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ProfileError, match=r"line 1: anchor &a0 is not allowed"):
+        load_profile(path)
+    assert time.perf_counter() - start < 2
+
+
+def test_plain_alias_is_refused(tmp_path):
+    with pytest.raises(ProfileError, match="line 2: anchor"):
+        load_profile(write(tmp_path, "version: 1\nbase: &b {sigma: 1}\nutility: *b\n"))
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_devices_and_pipes_are_not_read_as_profiles(tmp_path, special):
+    import os
+
+    path = tmp_path / "p.yaml" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ProfileError, match="not a regular file"):
+        load_profile(path)
+
+
+def test_oversized_profile_is_refused(tmp_path):
+    with pytest.raises(ProfileError, match="limit"):
+        load_profile(write(tmp_path, "# " + "x" * (1024 * 1024) + "\nutility: {sigma: 1}\n"))
+
+
+@pytest.mark.parametrize(
+    "text, lines",
+    [
+        ("utility:\n  sigma: 1\nutility:\n  sigma: 2\n", "lines 1 and 3"),
+        ("utility:\n  sigma: 1\n  sigma: 2\n", "lines 2 and 3"),
+    ],
+)
+def test_duplicate_keys_name_both_lines(tmp_path, text, lines):
+    with pytest.raises(ProfileError, match=f"given twice \\({lines}\\)"):
+        load_profile(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "name: x\ndescription: y\n", "version: 1\n"])
+def test_profile_without_modulation_is_an_error(tmp_path, text):
+    with pytest.raises(ProfileError, match="sets no modulation"):
+        load_profile(write(tmp_path, text))
+
+
+def test_explicit_clean_tier_is_allowed(tmp_path):
+    assert load_profile(write(tmp_path, "utility:\n  sigma: 0\n")).sigma == 0
+
+
+@pytest.mark.parametrize("value, expected", [("1e-1", 0.1), ("2E0", 2.0), ("1.5e+1", 15.0), (".5", 0.5)])
+def test_yaml_12_floats_are_numbers(tmp_path, value, expected):
+    assert load_profile(write(tmp_path, f"utility:\n  sigma: {value}\n")).sigma == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("sigma", ["1e308", "1e5", ".inf", ".nan", "-1", "10001"])
+def test_out_of_range_sigmas_are_refused(tmp_path, sigma):
+    with pytest.raises(ProfileError, match="sigma"):
+        load_profile(write(tmp_path, f"utility:\n  sigma: {sigma}\n"))
+    with pytest.raises(ProfileError):
+        apply_overrides(load_profile(PROFILES / "free-tier.yaml"), sigma=float(sigma.replace(".inf", "inf").replace(".nan", "nan")))
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**63, -1])
+def test_out_of_range_seeds_are_refused(tmp_path, seed):
+    with pytest.raises(ProfileError, match="2\\^63"):
+        load_profile(write(tmp_path, f"utility:\n  sigma: 1\nnoise:\n  seed: {seed}\n"))
+    with pytest.raises(ProfileError, match="--seed"):
+        apply_overrides(load_profile(PROFILES / "free-tier.yaml"), seed=seed)
+
+
+def test_quoted_version_says_to_write_the_number(tmp_path):
+    with pytest.raises(ProfileError, match="the text '1'.*the number, unquoted"):
+        load_profile(write(tmp_path, 'version: "1"\nutility: {sigma: 1}\n'))
+
+
+def test_unknown_class_names_the_profile_key(tmp_path):
+    from aim_cli.tasks.common import plan_modulation
+
+    profile = load_profile(write(tmp_path, "utility:\n  sigma: 1\nfocus:\n  targets:\n    - {class: pedestrain}\n"))
+    with pytest.raises(ProfileError, match=r"p\.yaml, line 5, key 'focus\.targets\[0\]\.class': unknown class"):
+        plan_modulation(profile, ["person", "car"])
+    with pytest.raises(ProfileError, match="--focus 'zebra'"):
+        plan_modulation(apply_overrides(Profile(), focus=["zebra"]), ["person", "car"])
+
+
+def test_cli_refuses_alias_bomb_and_huge_seed(tmp_path):
+    from tests.conftest import assert_user_error, run_aim
+
+    bomb = write(tmp_path, "a: &a [1,1]\nb: [*a,*a]\nutility: {sigma: 1}\n")
+    assert_user_error(run_aim("classify", "--profile", str(bomb)), 2, "anchor &a is not allowed")
+    assert_user_error(run_aim("classify", "--seed", str(2**64)), 2, "--seed")
+    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--seed", str(2**64)), 2, "--seed")
+    assert_user_error(run_aim("classify", "--sigma", "1e308"), 2, "above the maximum")

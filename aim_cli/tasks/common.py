@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
+from aim_cli.errors import AimError, ProfileError
 from aim_cli.labels import resolve_class
 from aim_cli.modulation import FocusTarget, Modulation, NoiseSource
 from aim_cli.profile import Profile, noise_source
@@ -52,7 +53,10 @@ def plan_modulation(profile: Profile, labels: Sequence[str]) -> ModulationPlan:
     targets = []
     names = []
     for request in profile.focus:
-        class_id = resolve_class(request.name, labels)
+        try:
+            class_id = resolve_class(request.name, labels)
+        except AimError as exc:  # name where the bad class came from, like every profile error
+            raise ProfileError(f"{request.origin}: {exc.message}" if request.origin else exc.message, exc.hint) from None
         targets.append(FocusTarget(class_id, request.direction))
         names.append(f"{labels[class_id]}:{'up' if request.direction > 0 else 'down'}")
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, tuple(targets))
