@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -16,8 +18,21 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec
 
 
+def force_offline() -> None:
+    """Make every Hugging Face hub call in this process resolve from the local cache only.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, into a constant that transformers
+    consults on each call: set both, so it holds whether or not the hub was imported already.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def locate(spec: str) -> tuple[str, bool]:
     """Return (where to load from, is_local_dir) for a --model value, or fail clearly."""
+    force_offline()
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -37,25 +52,46 @@ def locate(spec: str) -> tuple[str, bool]:
 
 
 def _not_cached(spec: str) -> ModelError:
-    """The error for a hub id that the offline cache does not hold."""
+    """The error for a --model that is neither an existing directory nor a cached hub id.
+
+    `models/typo` reads as a hub id (ORG/NAME) as much as a path, so both fixes are named,
+    the path first when its parent folder exists.
+    """
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    download = (
+        f"aim never downloads: for a hub model run `hf download {spec}` on a connected machine "
+        "and copy the cache (or set HF_HOME to it)"
+    )
+    parent = Path(spec).expanduser().parent
+    if "/" in spec and str(parent) not in ("", "."):
+        path_fix = f"check the path ({parent} holds no '{Path(spec).name}')" if parent.is_dir() else "check the path"
+        return ModelError(
+            f"no local directory {spec} and no cached hub model '{spec}' in the local Hugging Face cache ({home})",
+            f"{path_fix}; or {download}" if parent.is_dir() else f"{download}; or {path_fix}",
+        )
     return ModelError(
         f"model '{spec}' is neither a local directory nor in the local Hugging Face cache ({home})",
-        f"aim never downloads: on a connected machine run `hf download {spec}` and copy the cache "
-        "(or set HF_HOME to it), or pass a local directory",
+        f"{download}, or pass a local directory",
     )
 
 
-def load_pretrained(factory: Callable[..., T], spec: str, what: str, **kwargs: Any) -> T:
-    """Call an Auto*.from_pretrained offline, turning loader failures into one-line errors."""
+def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: bool = False, **kwargs: Any) -> T:
+    """Call an Auto*.from_pretrained offline, turning loader failures into one-line errors.
+
+    With `complete`, every weight the architecture needs must come from the checkpoint:
+    transformers would otherwise initialise missing ones (a classifier head, say) at random,
+    and results would change from run to run whatever the seed.
+    """
     source, local = locate(spec)
     _quiet_transformers()
+    if complete:
+        kwargs["output_loading_info"] = True
     try:
-        return factory(source, local_files_only=True, trust_remote_code=False, **kwargs)
+        loaded = factory(source, local_files_only=True, trust_remote_code=False, **kwargs)
     except OSError as exc:
         if not local:
             raise _not_cached(spec) from None
-        raise ModelError(f"cannot load {what} from {spec}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load {what} from {spec}: {scrub_advice(_first_line(exc))}") from None
     except ValueError as exc:
         message = _first_line(exc)
         if "Unrecognized configuration class" in message or "Unrecognized model" in message:
@@ -65,15 +101,60 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, **kwargs: A
                 f"{spec} needs custom code to load (trust_remote_code), which aim never runs",
                 "use a checkpoint of an architecture built into transformers",
             ) from None
-        raise ModelError(f"cannot load {what} from {spec}: {message}") from None
+        raise ModelError(f"cannot load {what} from {spec}: {scrub_advice(message)}") from None
+    except pickle.UnpicklingError as exc:
+        raise _code_pickle(spec, str(exc)) from None
     except (RuntimeError, KeyError, TypeError) as exc:
         message = _first_line(exc)
+        if "weights_only" in message or "Unpickler" in message:
+            raise _code_pickle(spec, str(exc)) from None
         if "mismatched_sizes" in message or "size mismatch" in message:
             message = "tensor shapes differ from those config.json describes"
         raise ModelError(
-            f"weights in {spec} do not fit the model's configuration: {message}",
+            f"weights in {spec} do not fit the model's configuration: {scrub_advice(message)}",
             "the weights and config.json must come from the same save_pretrained() call",
         ) from None
+    except Exception as exc:  # any other loader failure is still the checkpoint's, not aim's
+        if type(exc).__name__ == "SafetensorError":  # a truncated file, or a header that lies
+            raise ModelError(
+                f"cannot load {what} from {spec}: its weights file is damaged ({scrub_advice(_first_line(exc))})",
+                "copy the checkpoint again; its files may be incomplete",
+            ) from None
+        raise ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {scrub_advice(_first_line(exc))}") from None
+    if not complete:
+        return loaded
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelError(
+            f"{spec} lacks {len(missing)} weight(s) the {what} needs ({shown}); they would be random",
+            "use a checkpoint saved with its task head (e.g. a fine-tuned classifier, not a base model)",
+        )
+    return model
+
+
+def _code_pickle(spec: str, detail: str) -> ModelError:
+    """The error for a pickled checkpoint that would need arbitrary code to load."""
+    from aim_cli.models.weights import refused_global
+
+    wanted = refused_global(detail)
+    return ModelError(
+        f"{spec} holds a pickle that needs arbitrary code to load{f' ({wanted})' if wanted else ''}, "
+        "which aim refuses to run",
+        "use the checkpoint's model.safetensors, or convert it with safetensors on a machine you trust",
+    )
+
+
+# Library advice that would switch a safety check off; aim never passes it on.
+_UNSAFE_ADVICE = re.compile(r"re-?run|weights_only|trust_remote_code|safe_globals|trusted source", re.IGNORECASE)
+
+
+def scrub_advice(message: str) -> str:
+    """Drop every sentence of a library's message that advises switching a safety check off."""
+    sentences = re.split(r"(?<=[.!?])\s+", message.strip())
+    kept = [sentence for sentence in sentences if not _UNSAFE_ADVICE.search(sentence)]
+    return " ".join(kept) or "the loader refused the file"
 
 
 def _quiet_transformers() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from aim_cli.errors import ModelError
+from aim_cli.models.hub import scrub_advice
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -41,7 +43,14 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | 
     labels = None
     for key in _LABEL_KEYS:
         if key in metadata:
-            labels = _labels_from_value(json.loads(metadata[key]), str(path))
+            try:
+                value = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                raise ModelError(
+                    f"weights file {path}: its '{key}' metadata is not JSON",
+                    "store labels as a JSON list of names, or pass --labels FILE",
+                ) from None
+            labels = _labels_from_value(value, str(path))
             break
     return state, labels
 
@@ -51,13 +60,16 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        wanted = refused_global(str(exc))
         raise ModelError(
-            f"{path} is a pickle that needs arbitrary code to load, which aim refuses to run ({detail[:120]})",
+            f"{path} is a pickle that needs arbitrary code to load"
+            + (f" ({wanted})" if wanted else "")
+            + ", which aim refuses to run",
             "on a machine you trust, save model.state_dict() with safetensors.torch.save_file and pass that",
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ModelError(f"weights file {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    except Exception as exc:  # truncated zip, bad pickle opcodes...: the file's fault, never a crash
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelError(f"weights file {path} cannot be read: {scrub_advice(first)}") from None
     labels = None
     if isinstance(obj, dict):
         for key in _LABEL_KEYS:
@@ -71,6 +83,12 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path} does not hold a state dict of tensors", "save model.state_dict(), not the model")
     return {k.removeprefix("module."): v for k, v in obj.items()}, labels
+
+
+def refused_global(message: str) -> str:
+    """What a refused pickle asked for, from torch's message, as 'it asks for X' ('' when it does not say)."""
+    found = re.search(r"(?:Unsupported global|GLOBAL):? ?(?:GLOBAL )?([\w.]+)", message)
+    return f"it asks for {found.group(1)}" if found else ""
 
 
 def _labels_from_value(value: Any, source: str) -> list[str]:
