@@ -169,6 +169,16 @@ def test_code_pickle_in_hf_directory_is_refused_with_exit_2(tiny_dirs, tmp_path)
     assert_safe_one_line(result.stderr)
 
 
+def test_processor_asking_for_custom_code_is_refused(tiny_dirs, tmp_path):
+    hostile = tmp_path / "vit"
+    shutil.copytree(tiny_dirs["vit"], hostile)
+    custom = {"image_processor_type": "Evil", "auto_map": {"AutoImageProcessor": "evil.Evil"}}
+    (hostile / "preprocessor_config.json").write_text(json.dumps(custom))
+    with pytest.raises(ModelError, match="needs custom code to load .*which aim never runs") as caught:
+        load_classifier(str(hostile), torch.device("cpu"))
+    assert_safe_one_line(str(caught.value).replace("(trust_remote_code)", ""))
+
+
 def test_labels_metadata_that_is_not_json(tmp_path):
     from safetensors.torch import save_file
 
@@ -195,7 +205,7 @@ def test_torchvision_weights_missing_tensors_are_refused(tmp_path):
     state = {k: v.contiguous() for k, v in torchvision.models.mobilenet_v3_small(num_classes=3).state_dict().items()}
     path = tmp_path / "m.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("classifier.3.")}, str(path))
-    with pytest.raises(ModelError, match="missing"):
+    with pytest.raises(ModelError, match=r"2 tensor\(s\) missing \(classifier\.3\.weight, classifier\.3\.bias\)"):
         load_classifier("torchvision:mobilenet_v3_small", torch.device("cpu"), weights=path)
 
 

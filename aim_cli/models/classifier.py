@@ -61,7 +61,9 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     """Load AutoModelForImageClassification + AutoImageProcessor offline."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    model = load_pretrained(AutoModelForImageClassification.from_pretrained, spec, "image classification model", complete=True)
+    model = load_pretrained(
+        AutoModelForImageClassification.from_pretrained, spec, "image classification model", complete=True
+    )
     processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
     id2label = getattr(model.config, "id2label", None) or {}
     labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]

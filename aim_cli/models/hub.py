@@ -96,7 +96,7 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
         message = _first_line(exc)
         if "Unrecognized configuration class" in message or "Unrecognized model" in message:
             raise ModelError(f"{spec} is not a {what}: {message}") from None
-        if "trust_remote_code" in message:
+        if "trust_remote_code" in str(exc) or "custom code" in message:  # auto_map in a config
             raise ModelError(
                 f"{spec} needs custom code to load (trust_remote_code), which aim never runs",
                 "use a checkpoint of an architecture built into transformers",
@@ -120,15 +120,18 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
                 f"cannot load {what} from {spec}: its weights file is damaged ({scrub_advice(_first_line(exc))})",
                 "copy the checkpoint again; its files may be incomplete",
             ) from None
-        raise ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {scrub_advice(_first_line(exc))}") from None
+        detail = scrub_advice(_first_line(exc))
+        raise ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {detail}") from None
     if not complete:
         return loaded
     model, info = loaded
-    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
+    from aim_cli.models.weights import name_some
+
+    # Tied weights and buffers never saved (position_ids, inv_freq) are not listed by transformers.
+    missing = sorted(info.get("missing_keys") or ())
     if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ModelError(
-            f"{spec} lacks {len(missing)} weight(s) the {what} needs ({shown}); they would be random",
+            f"{spec} lacks {len(missing)} weight(s) the {what} needs ({name_some(missing)}); they would be random",
             "use a checkpoint saved with its task head (e.g. a fine-tuned classifier, not a base model)",
         )
     return model

@@ -118,7 +118,9 @@ def load_language_model(
     kwargs: dict[str, Any] = {"config": config, _dtype_keyword(): _load_dtype(torch_dtype, config, target)}
     if device_map:
         kwargs["device_map"] = device_map
-    model = load_pretrained(AutoModelForCausalLM.from_pretrained, source, "causal language model", complete=True, **kwargs)
+    model = load_pretrained(
+        AutoModelForCausalLM.from_pretrained, source, "causal language model", complete=True, **kwargs
+    )
     if device_map:
         # With layers spread over devices, inputs go where the embedding lives.
         input_device = model.get_input_embeddings().weight.device

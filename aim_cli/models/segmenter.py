@@ -74,7 +74,9 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
     _check_segmentation_config(load_pretrained(AutoConfig.from_pretrained, spec, "model configuration"), display)
-    model = load_pretrained(AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model", complete=True)
+    model = load_pretrained(
+        AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model", complete=True
+    )
     processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
     id2label = getattr(model.config, "id2label", None) or {}
     labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]

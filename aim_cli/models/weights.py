@@ -149,11 +149,18 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str,
     except RuntimeError as exc:
         first = next((l.strip() for l in str(exc).splitlines() if "size mismatch" in l), str(exc).splitlines()[0])
         raise ModelError(f"weights {path} do not fit {arch}: {first}") from None
+    # strict=False so the error can name tensors; a BatchNorm step counter is not a weight.
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        example = (missing or result.unexpected_keys)[0]
+        parts = [f"{len(keys)} tensor(s) {kind} ({name_some(keys)})"
+                 for kind, keys in (("missing", missing), ("unexpected", result.unexpected_keys)) if keys]
         raise ModelError(
-            f"weights {path} do not fit {arch}: {len(missing)} missing and "
-            f"{len(result.unexpected_keys)} unexpected tensors (e.g. '{example}')",
+            f"weights {path} do not fit {arch}: {' and '.join(parts)}; missing ones would be random",
             "check --model torchvision:ARCH matches the architecture the weights were trained with",
         )
+
+
+def name_some(keys: list[str], shown: int = 4) -> str:
+    """The first few tensor names and how many more, for one-line errors."""
+    more = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
