@@ -258,11 +258,12 @@ def test_prompt_longer_than_context(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_directory_without_tokenizer(cli, tmp_path):
+def test_directory_without_tokenizer(cli, capsys, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2)).save_pretrained(tmp_path)
+    capsys.readouterr()  # save_pretrained's own progress bar is not the CLI's output
     assert_error(cli("generate", "--model", str(tmp_path), "--prompt", "hi"), "has no tokenizer")
 
 
