@@ -54,7 +54,7 @@ def run(quick: bool = False) -> list[dict]:
         modulate(model(images), focus, noise).argmax(1)
 
     clean()  # warm-up
-    times = _interleaved([clean, with_utility, with_focus], 3 if quick else 7)
+    times = _interleaved([clean, with_utility, with_focus], 5 if quick else 7)
     base = statistics.median(times[0])
     detail = (f"resnet50 random weights, 224px, batch {batch}, {len(times[0])} interleaved reps, "
               f"clean {base:.2f} s/batch")

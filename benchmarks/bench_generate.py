@@ -62,7 +62,7 @@ def _random_llama_case(device: torch.device, quick: bool) -> Case:
     """A random Llama, large enough that a step costs milliseconds, on 8 random prompts."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hidden, layers, vocab = 768, 6, 16000
+    hidden, layers, vocab = 768, 6, 32000  # the issue's size: a 32k vocabulary, as Llama 2's
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2048, num_hidden_layers=layers,
                          num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=512,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -71,7 +71,7 @@ def _random_llama_case(device: torch.device, quick: bool) -> Case:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (8, 32), generator=generator).to(device)
     return Case(f"random llama ({layers}x{hidden}, vocab {vocab})", model, ids, torch.ones_like(ids),
-                12 if quick else 32, 0, 3 if quick else 10)
+                8 if quick else 32, 0, 5 if quick else 10)
 
 
 def _processors(case: Case) -> dict[str, ModulationProcessor]:

@@ -6,6 +6,7 @@ run (under ~2 minutes in all); results go to a JSON file (default benchmarks/res
 not committed), and `--markdown` prints the table the README carries.
 
     python benchmarks/run.py [--quick] [--json FILE] [--markdown] [NAME ...]
+    python benchmarks/run.py --render FILE    # markdown table of a saved run, nothing re-run
 """
 
 from __future__ import annotations
@@ -49,13 +50,28 @@ def machine() -> dict[str, Any]:
     }
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """The results as the markdown table the README carries."""
-    lines = ["| benchmark | measured | goal | met |", "|---|---|---|---|"]
+def _shown(measured: Any) -> str:
+    """A measured value with enough digits to judge it against its goal (0.969 is not 0.97)."""
+    if isinstance(measured, float):
+        return f"{measured:.3f}" if abs(measured) < 10 else f"{measured:.1f}"
+    return str(measured)
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any] | None = None, quick: bool = False) -> str:
+    """The results as the markdown table the README carries, with the machine it ran on."""
+    lines = []
+    if info:
+        lines += [
+            f"{'Quick' if quick else 'Full'} run: {info.get('torch_threads')} torch thread(s), "
+            f"{info.get('cpu_count')} cores, load average {info.get('load_average_1_5_15')} at the start, "
+            f"torch {info.get('torch')}, {info.get('seconds', '?')} s.",
+            "",
+        ]
+    lines += ["| benchmark | measured | goal | met |", "|---|---|---|---|"]
     for row in rows:
         measured = row["measured"]
-        shown = f"{measured:.3g}" if isinstance(measured, float) else str(measured)
-        lines.append(f"| {row['name']} | {shown} | {row['goal']} | {'yes' if row['met'] else '**no**'} |")
+        shown = _shown(measured)
+        lines.append(f"| {row['name']} | {shown} | {row['goal']} | {'-' if not row['goal'] else ('yes' if row['met'] else '**no**')} |")
     return "\n".join(lines)
 
 
@@ -65,9 +81,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller data (under ~2 minutes)")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write all rows")
     parser.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
+    parser.add_argument("--render", type=Path, metavar="FILE", help="print a saved JSON run as markdown and exit")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on shared CPUs)")
     parser.add_argument("only", nargs="*", help="benchmark names to run (e.g. classify segment)")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        print(markdown(saved["rows"], saved.get("machine"), saved.get("quick", False)))
+        return 0
 
     import torch
 
@@ -94,7 +115,7 @@ def main() -> int:
             row = {"bench": name, **row}
             rows.append(row)
             measured = row["measured"]
-            shown = f"{measured:.3f}" if isinstance(measured, float) else str(measured)
+            shown = _shown(measured)
             verdict = "" if not row["goal"] else ("  ok" if row["met"] else "  NOT MET")
             print(f"  {row['name']}: {shown}  (goal {row['goal'] or '-'}){verdict}", flush=True)
             if row.get("detail"):
@@ -104,7 +125,7 @@ def main() -> int:
     args.json.write_text(json.dumps({"machine": info, "quick": args.quick, "rows": rows}, indent=2) + "\n")
     print(f"wrote {len(rows)} rows to {args.json} in {info['seconds']} s (load after: {info['load_average_after']})")
     if args.markdown:
-        print(markdown(rows))
+        print(markdown(rows, info, args.quick))
     return 0
 
 

@@ -219,3 +219,57 @@ def test_large_problems_calibrate_with_common_random_numbers(monkeypatch):
     calibration = calibrate_logits(logits, labels, Target("accuracy", 0.5), draws=20, seed=2, curve_checks=0)
     assert any("common random numbers" in note for note in calibration.notes)
     assert calibration.check.mean == pytest.approx(0.5, abs=0.01)
+
+
+def _dense_common_noise_accuracy(logits, labels, draws, seed, sigma):
+    """The common-random-numbers curve the direct way: add sigma * noise, argmax, per sigma."""
+    from aim_cli.calibration.classify import COMMON_NOISE_CHUNK, common_noise_seed
+
+    chunk = max(1, COMMON_NOISE_CHUNK // logits.shape[1])
+    correct = 0
+    for draw in range(draws):
+        for index, start in enumerate(range(0, logits.shape[0], chunk)):
+            block = logits[start : start + chunk]
+            generator = torch.Generator().manual_seed(common_noise_seed(seed, draw, index))
+            noisy = torch.randn(block.shape, generator=generator, dtype=block.dtype) * sigma + block
+            correct += int((noisy.argmax(dim=1) == labels[start : start + chunk]).sum())
+    return correct / (logits.shape[0] * draws)
+
+
+@pytest.mark.parametrize("classes", [2, 40, 1000])
+def test_common_noise_intervals_equal_the_dense_argmax(classes):
+    """One pass to per-row winning intervals gives the same curve as adding noise per sigma.
+
+    Exact ties, a wrong label tied with the top, all-equal rows and huge spreads included; at
+    most a row-draw at an interval end may differ by float rounding (1 in rows * draws).
+    """
+    from aim_cli.calibration.classify import common_noise_accuracy_metric
+
+    generator = torch.Generator().manual_seed(classes)
+    rows, draws = 600, 3
+    logits = torch.randn(rows, classes, generator=generator) * 2
+    labels = torch.randint(0, classes, (rows,), generator=generator)
+    logits[::5] = logits[::5].round()  # exact ties
+    logits[1::7, 0] = logits[1::7].max(dim=1).values  # class 0 ties the top and is the label
+    labels[1::7] = 0
+    logits[2::11] *= 1e3  # extreme spreads
+    logits[3::13] = 0.0  # every class tied
+    metric = common_noise_accuracy_metric(logits, labels, draws, seed=9)
+    for sigma in (0.0, 1e-3, 0.1, 0.7, 2.0, 9.0, 1e3):
+        dense = _dense_common_noise_accuracy(logits, labels, draws, 9, sigma) if sigma > 0 else float(
+            (logits.argmax(dim=1) == labels).double().mean())
+        assert metric(sigma) == pytest.approx(dense, abs=1.5 / (rows * draws)), sigma
+
+
+def test_curve_points_on_large_sets_use_only_the_draws_they_need():
+    """The main check keeps its draws; the plot's extra points stop at standard error COMMON_NOISE_SE.
+
+    4000 rows: common_noise_draws gives ceil(0.25 / (4000 * 0.002^2)) = 16 draws, not 20.
+    """
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 20, (4000,), generator=generator)
+    logits = torch.randn(4000, 20, generator=generator)
+    logits[torch.arange(4000), labels] += 2.0
+    calibration = calibrate_logits(logits, labels, Target("accuracy", 0.4), draws=20, seed=1)
+    assert calibration.check.draws == 20
+    assert calibration.points and all(point.draws == 16 for point in calibration.points)

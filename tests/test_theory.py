@@ -175,6 +175,41 @@ def test_contender_pruning_with_many_classes(sigma):
     labels = many.argmax(dim=1)
     labels[::3] = torch.randint(0, 300, (100,), generator=generator)
     reference = theory.win_probability(many, labels, sigma, nodes=96)
-    # 48-64 nodes for hundreds of classes: per-row error ~3e-5 (the mean's is smaller still).
+    # 64 nodes (trimmed) for hundreds of classes: per-row error vs 96 nodes up to ~5e-6.
     assert torch.allclose(expected_correct(many, labels, sigma), reference, atol=5e-5)
     assert abs(float(expected_correct(many, labels, sigma).mean() - reference.mean())) < 5e-6
+
+
+def _hard_logits(classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet-like spread with exact ties, a label tied with the top, and extreme rows."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(240, classes, generator=generator) * 3
+    labels = rows.argmax(dim=1)
+    labels[::3] = torch.randint(0, classes, (80,), generator=generator)  # wrong or mid-ranked labels
+    rows[::5] = rows[::5].round()  # many exact ties
+    rows[1::7, 0] = rows[1::7].max(dim=1).values  # class 0 ties the top ...
+    labels[1::7] = 0  # ... and is the label
+    rows[2::11] *= 1e3  # extreme spreads: every row settled or a single contender
+    rows[3::13] = 0.0  # all classes tied: probability 1 / classes
+    return rows, labels
+
+
+@pytest.mark.parametrize("classes", [10, 50, 300])
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 2.0, 20.0, 100.0])
+def test_fast_win_probability_is_exact_to_the_dense_formula(classes, sigma):
+    # The dense formula (every class, 64 nodes) is the reference; pruning, settled rows and the
+    # trimmed node sets may move no row by more than 1e-6.
+    rows, labels = _hard_logits(classes, classes)
+    reference = theory.win_probability(rows, labels, sigma, nodes=64)
+    fast = expected_correct(rows, labels, sigma)
+    assert float((fast - reference).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("nodes", [32, 64])
+def test_trimmed_rule_drops_only_negligible_weight(nodes):
+    from aim_cli.calibration.classify import NODE_TAIL, trimmed_hermite_rule
+
+    _, full = theory._hermite_rule(nodes)
+    z, w = trimmed_hermite_rule(nodes)
+    assert 0 <= full.sum() - float(w.sum()) < NODE_TAIL
+    assert len(z) < nodes and bool((z[1:] > z[:-1]).all())  # fewer nodes, still in order

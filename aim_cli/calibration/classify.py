@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from aim_cli import theory
@@ -28,16 +30,46 @@ from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
 from aim_cli.tasks.common import FailedInput, ProgressCallback, batched
 
 # Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
-# sharper function of the shared draw, so more classes need more nodes. Against a 160-node
-# reference the per-row error stays below ~4e-7 for up to 16 classes (32 nodes, half the cost
-# of theory's 64-node default) and below ~3e-5 for 50 to 1000 classes (sigma 2 and 20):
-# far below any Monte Carlo resolution.
-_NODES = ((16, 32), (256, 48))
+# sharper function of the shared draw, so more classes need more nodes. Up to 16 classes 32
+# nodes stay within ~4e-7 of the 64-node rule (measured on random logits with ties); beyond
+# that the full 64-node rule of theory.win_probability is used, so results equal it.
+_NODES = ((16, 32),)
+# Nodes whose weights sum to less than this are dropped: the integrand lies in [0, 1], so the
+# result moves by at most this (64 nodes -> 36 evaluated, 32 -> 24).
+NODE_TAIL = 1e-12
 
 
 def quadrature_nodes(contenders: int) -> int:
     """Gauss-Hermite nodes for rows with this many contending classes."""
-    return next((nodes for limit, nodes in _NODES if contenders <= limit), 64)
+    return next((nodes for limit, nodes in _NODES if contenders <= limit), theory.QUADRATURE_NODES)
+
+
+@lru_cache(maxsize=8)
+def trimmed_hermite_rule(nodes: int, tail: float = NODE_TAIL) -> tuple[torch.Tensor, torch.Tensor]:
+    """theory's N(0,1) Gauss-Hermite rule without the outermost nodes whose weights sum below `tail`."""
+    z, w = theory._hermite_rule(nodes)
+    order = np.argsort(w)  # smallest weights (outermost nodes) first
+    dropped = np.searchsorted(np.cumsum(w[order]), tail)  # how many can go with total weight < tail
+    keep = np.sort(order[dropped:])
+    return torch.as_tensor(z[keep]), torch.as_tensor(w[keep])
+
+
+def rule_win_probability(logits: torch.Tensor, classes: torch.Tensor, sigma: float, nodes: int) -> torch.Tensor:
+    """theory.win_probability (sigma > 0) on the trimmed rule: within NODE_TAIL of it, row by row."""
+    z, w = trimmed_hermite_rule(nodes)
+    logits = logits.to(torch.float64)
+    out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
+    step = max(1, theory._BLOCK_ELEMENTS // max(1, logits.shape[1] * len(z)))
+    for start in range(0, logits.shape[0], step):
+        block = logits[start : start + step]
+        cls = classes[start : start + step, None]
+        gaps = (block.gather(1, cls) - block) / sigma
+        gaps.scatter_(1, cls, math.inf)  # Phi(inf) = 1 drops the j == c term
+        # A plain product of Phi terms, not a sum of log Phi: ndtr costs a fraction of log_ndtr,
+        # every factor is <= 1 (so no partial product underflows before the result does) and
+        # n factors add only ~n ulps of rounding.
+        out[start : start + step] = torch.special.ndtr(gaps[:, :, None] + z).prod(dim=1) @ w
+    return out
 
 
 # A row whose win probability is provably within this of 0 or 1 is not integrated, and a class
@@ -48,12 +80,13 @@ CUTOFF = 8.5
 # A predicted curve that rises by less than this (e.g. near-tied wrong answers that noise turns
 # into coin flips) is not worth a warning; a real non-monotone stretch is.
 MONOTONE_TOLERANCE = 0.005
-# Beyond this many rows x classes (e.g. 250 images of a 1000-class model) the exact curve
-# costs more per sigma than a common-random-numbers estimate, whose cost at a fixed standard
-# error does not grow with the rows (~0.4 s per sigma at 1000 classes). Above it the curve is
-# estimated that way, to a standard error of COMMON_NOISE_SE (well inside the 0.01 a
-# calibration must hit; the Monte Carlo check at the chosen sigma confirms it).
-EXACT_BUDGET = 250_000
+# Beyond this many rows x classes (e.g. 500 images of a 1000-class model) the exact curve
+# (up to ~1 ms per row and sigma at 1000 classes, ~40 s per sigma for 50,000 rows, ~45 sigmas
+# per calibration) is replaced by a common-random-numbers estimate, whose one pass over the
+# noise costs ~1-3 s at a fixed standard error whatever the rows. It is estimated to a
+# standard error of COMMON_NOISE_SE (well inside the 0.01 a calibration must hit; the Monte
+# Carlo check at the chosen sigma confirms it). Below it the curve stays exact.
+EXACT_BUDGET = 500_000
 COMMON_NOISE_SE = 0.002
 MAX_COMMON_DRAWS = 64
 COMMON_NOISE_CHUNK = 4_000_000  # elements of noise held at once
@@ -145,7 +178,7 @@ def _contender_win_probability(logits: torch.Tensor, labels: torch.Tensor, sigma
         padded = torch.where(keep[rows], values[rows], own[rows] - 1e4 * sigma)
         top, order = padded.topk(int(size), dim=1)
         position = (order == labels[rows][:, None]).long().argmax(dim=1)
-        out[rows] = theory.win_probability(top, position, sigma, nodes=quadrature_nodes(int(size)))
+        out[rows] = rule_win_probability(top, position, sigma, quadrature_nodes(int(size)))
     return out
 
 
@@ -164,32 +197,66 @@ def common_noise_draws(rows: int) -> int:
     return max(1, min(MAX_COMMON_DRAWS, math.ceil(0.25 / (rows * COMMON_NOISE_SE**2))))
 
 
+def common_noise_seed(seed: int, draw: int, chunk_index: int) -> int:
+    """Seed of one chunk of one draw of the common noise (the Monte Carlo reference uses it too)."""
+    return seed + 1_000_003 * draw + chunk_index
+
+
+def winning_interval(logits: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sigmas [low, high] (sigma >= 0) where argmax(logits + sigma * noise) is the label.
+
+    Each class's noisy logit y_j + sigma * e_j is a line in sigma, and a line is the maximum of a
+    set of lines on one interval: the label beats class j where (y_c - y_j) + sigma (e_c - e_j)
+    >= 0, a half-line starting or ending at -(y_c - y_j) / (e_c - e_j). Empty intervals come
+    back with low > high.
+    """
+    own = logits.gather(1, labels[:, None])
+    lead = own - logits  # y_c - y_j
+    slope = noise.gather(1, labels[:, None]) - noise  # e_c - e_j
+    crossing = -lead / slope
+    low = torch.where(slope > 0, crossing, -math.inf).amax(dim=1).clamp(min=0.0)
+    high = torch.where(slope < 0, crossing, math.inf).amin(dim=1)
+    never = ((slope == 0) & (lead < 0)).any(dim=1)  # a class above the label with the same noise
+    low[never] = math.inf
+    return low, high
+
+
 def common_noise_accuracy_metric(
     logits: torch.Tensor, labels: torch.Tensor, draws: int, seed: int = 0
 ) -> Callable[[float], float]:
     """Accuracy as a function of sigma from common random numbers: unbiased, one randn per row and class.
 
-    Every sigma reuses the same standard-normal draws (regenerated chunk by chunk from fixed
-    seeds, so memory stays one chunk), so the curve is smooth and monotone in practice, costs
-    one add and argmax per element per sigma, and at each sigma is distributed exactly like
-    `draws` real noisy runs over the data: its standard error is sqrt(p(1-p) / (rows * draws)).
-    Used where the exact quadrature (64 Phi terms per row, class and sigma) would take hours.
+    Every sigma shares the same standard-normal draws, so at each sigma the value is distributed
+    exactly like `draws` real noisy runs over the data (standard error sqrt(p(1-p) / (rows *
+    draws))) and the curve is smooth. One pass over the noise (chunk by chunk from fixed seeds,
+    so memory stays one chunk) reduces every row and draw to the sigma interval where its label
+    wins (winning_interval); the curve at any sigma is then two binary searches, equal to adding
+    sigma * noise and taking the argmax (up to float rounding at the interval ends). Used where
+    the exact quadrature (36 Phi terms per row, class and sigma) would take too long.
     """
     chunk = max(1, COMMON_NOISE_CHUNK // max(1, logits.shape[1]))
-    starts = range(0, logits.shape[0], chunk)
+    lows, highs = [], []
+    for draw in range(draws):
+        for index, start in enumerate(range(0, logits.shape[0], chunk)):
+            block = logits[start : start + chunk]
+            generator = torch.Generator(device=block.device).manual_seed(common_noise_seed(seed, draw, index))
+            noise = torch.randn(block.shape, generator=generator, device=block.device, dtype=block.dtype)
+            low, high = winning_interval(block, labels[start : start + chunk], noise)
+            lows.append(low.double().cpu())
+            highs.append(high.double().cpu())
+    low, high = torch.cat(lows), torch.cat(highs)
+    kept = low <= high
+    low, high = low[kept].sort().values, high[kept].sort().values
+    total = logits.shape[0] * draws
+    clean = float((logits.argmax(dim=1) == labels).double().mean())
 
     def metric(sigma: float) -> float:
         if sigma <= 0:
-            return float((logits.argmax(dim=1) == labels).double().mean())
-        correct = 0
-        for draw in range(draws):
-            for index, start in enumerate(starts):
-                block = logits[start : start + chunk]
-                generator = torch.Generator(device=block.device).manual_seed(seed + 1_000_003 * draw + index)
-                noise = torch.randn(block.shape, generator=generator, device=block.device, dtype=block.dtype)
-                noise.mul_(sigma).add_(block)
-                correct += int((noise.argmax(dim=1) == labels[start : start + chunk]).sum())
-        return correct / (logits.shape[0] * draws)
+            return clean
+        at = torch.tensor([float(sigma)], dtype=torch.float64)
+        # intervals with low <= sigma, less those that already ended (high < sigma)
+        inside = torch.searchsorted(low, at, right=True) - torch.searchsorted(high, at, right=False)
+        return int(inside) / total
 
     return metric
 
@@ -298,7 +365,10 @@ def calibrate_logits(
     check = measure(value, draws, seed)
     rows = display_rows(curve, clean, limit)
     picks = [curve[rows[int(k * len(rows) / curve_checks)]][0] for k in range(min(curve_checks, len(rows)))]
-    points = [measure(s, draws, seed + 1 + k) for k, s in enumerate(picks) if s > 0]
+    # The extra points only draw the measured curve beside the predicted one: enough draws for a
+    # standard error of COMMON_NOISE_SE, not `draws` each (at 50,000 x 1000 a draw costs ~1 s).
+    point_draws = max(2, min(draws, common_noise_draws(int(logits.shape[0]))))
+    points = [measure(s, point_draws, seed + 1 + k) for k, s in enumerate(picks) if s > 0]
     mc_seconds = time.perf_counter() - start
 
     warnings = _warnings(target, grid, values, check, points, predicted)
