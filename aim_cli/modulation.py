@@ -161,4 +161,9 @@ def modulate(
         focus = modulation.focus_sigma * signs * draws.narrow(class_dim, utility_width, len(targets)).abs()
         index = torch.tensor([t.class_id for t in targets], device=logits.device)
         out = out.index_add(class_dim, index, focus)
+    if torch.finfo(out.dtype).max < 1e6:
+        # float16 tops out at 65504 and a rare draw past 6 sigma could reach it: saturate, never inf.
+        # Logits that were already infinite (tokens masked with -inf) stay so.
+        limit = torch.finfo(out.dtype).max
+        out = torch.where(logits.isinf(), out, out.clamp(-limit, limit))
     return out

@@ -37,13 +37,35 @@ def _line(mark: Any) -> int | None:
     return mark.line + 1 if mark is not None else None
 
 
+# Configuration needs a handful of levels; PyYAML composes nodes recursively, so a document
+# of many thousand nested brackets (well inside any size cap) would overflow Python's stack.
+MAX_DEPTH = 32
+
+
+def _implicit(event: Any) -> bool:
+    """True when the event's tag was resolved from its plain form, not written in the document."""
+    implicit = getattr(event, "implicit", True)
+    return any(implicit) if isinstance(implicit, tuple) else bool(implicit)
+
+
 def _refuse_references(text: str) -> None:
-    """Fail on the first anchor or alias, scanning events only (nothing is expanded)."""
+    """Fail on the first anchor, alias or too-deep nesting, scanning events only (nothing is expanded)."""
+    depth = 0
     for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                message = f"lists and mappings are nested deeper than {MAX_DEPTH} levels"
+                raise PlainYAMLError(message, _line(event.start_mark))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
         if isinstance(event, yaml.AliasEvent):
             raise PlainYAMLError(f"alias *{event.anchor} is not allowed", _line(event.start_mark))
         if getattr(event, "anchor", None):
             raise PlainYAMLError(f"anchor &{event.anchor} is not allowed", _line(event.start_mark))
+        # Explicit tags (!!timestamp x, !!binary ...) reach constructors that crash or build odd types.
+        if getattr(event, "tag", None) is not None and not _implicit(event):
+            raise PlainYAMLError(f"tag {event.tag} is not allowed: write the plain value", _line(event.start_mark))
 
 
 def _check_keys(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
@@ -54,6 +76,8 @@ def _check_keys(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
             name = str(key_node.value)
             line = key_node.start_mark.line + 1
             key = f"{path}.{name}" if path else name
+            if key_node.tag == "tag:yaml.org,2002:merge":  # copies keys in unseen, hiding duplicates
+                raise PlainYAMLError(f"merge key '{name}' is not allowed: write the keys out", line)
             if name in seen:
                 raise PlainYAMLError(f"key '{key}' is given twice (lines {seen[name]} and {line})", line)
             seen[name] = line
@@ -87,5 +111,7 @@ def load(text: str) -> tuple[Any, dict[str, int]]:
         if isinstance(exc, PlainYAMLError):
             raise
         # e.g. a date such as 2024-13-45 that matches the timestamp pattern but is no date
-        raise PlainYAMLError(f"a value cannot be read: {' '.join(str(exc).split())}") from None
+        # (keep the first clause: Python's advice about interpreter limits is no help to a user)
+        reason = " ".join(str(exc).split(";")[0].split())
+        raise PlainYAMLError(f"a value cannot be read: {reason}") from None
     return data, lines

@@ -177,7 +177,12 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
             if sub not in _TARGET_KEYS:
                 raise ProfileError(f"{where}: unknown key '{sub}'", "allowed: class, direction")
         class_where = _where(source, f"{path}.class", lines.get(f"{path}.class"))
-        targets.append(FocusRequest(str(item["class"]), parse_direction(item.get("direction", "up"), where), class_where))
+        name = item["class"]
+        # A name or a class id; null, lists or floats would otherwise become names like 'None'.
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or not str(name).strip():
+            raise ProfileError(f"{class_where}: expected a class name or id, got {name!r}")
+        direction = parse_direction(item.get("direction", "up"), where)
+        targets.append(FocusRequest(str(name).strip(), direction, class_where))
     seed = noise.get("seed")
     if seed is not None:
         seed = check_seed(seed, _where(source, "noise.seed", lines.get("noise.seed")))
@@ -235,8 +240,7 @@ def apply_overrides(
     if focus:
         changes["focus"] = tuple(parse_focus(item) for item in focus)
     if seed is not None:
-        changes["seed"] = check_seed(seed, "--seed")
-        changes["seed"], changes["key_env"] = seed, None
+        changes["seed"], changes["key_env"] = check_seed(seed, "--seed"), None
     return replace(profile, **changes)
 
 

@@ -81,3 +81,16 @@ def test_keyed_noise_depends_on_the_item_not_its_batch(classes, sigma, keys, dat
     assert torch.equal(alone[0], together[0])
     other_key = modulate(logits, Modulation(sigma), KeyedNoise(b"other"), item_keys=keys)
     assert not torch.equal(other_key, together)
+
+
+def test_half_precision_noise_saturates_instead_of_overflowing():
+    """float16 tops out at 65504: finite logits must stay finite, whatever the noise draws."""
+    from aim_cli.profile import MAX_SIGMA
+
+    logits = torch.full((8, 1000), 60000.0, dtype=torch.float16)
+    logits[:, ::2] = -60000.0
+    modulation = Modulation(MAX_SIGMA, MAX_SIGMA, (FocusTarget(1, BOOST), FocusTarget(2, SUPPRESS)))
+    logits[0, 0] = -torch.inf  # a masked token stays masked
+    out = modulate(logits, modulation, SeededNoise(0))
+    assert out.dtype == torch.float16 and bool(torch.isfinite(out.flatten()[1:]).all())
+    assert out[0, 0] == -torch.inf

@@ -225,3 +225,43 @@ def test_cli_refuses_alias_bomb_and_huge_seed(tmp_path):
     assert_user_error(run_aim("classify", "--seed", str(2**64)), 2, "--seed")
     assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--seed", str(2**64)), 2, "--seed")
     assert_user_error(run_aim("classify", "--sigma", "1e308"), 2, "above the maximum")
+
+
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}")])
+def test_deep_nesting_is_a_profile_error_not_a_recursion_crash(tmp_path, opening, closing):
+    """50,000 nested brackets fit in the size cap; PyYAML's recursive composer would overflow."""
+    text = "utility: " + opening * 50_000 + "1" + closing * 50_000 + "\n"
+    with pytest.raises(ProfileError, match=r"line 1: .*nested deeper than"):
+        load_profile(write(tmp_path, text))
+
+
+def test_merge_keys_are_refused(tmp_path):
+    """`<<` copies keys from elsewhere, hiding duplicates: plain profiles write each key out."""
+    with pytest.raises(ProfileError, match=r"line 2: merge key '<<' is not allowed"):
+        load_profile(write(tmp_path, "utility:\n  <<: {sigma: 1}\n"))
+
+
+@pytest.mark.parametrize("value", ["null", "[a, b]", "{x: 1}", "true", "1.5"])
+def test_focus_class_must_be_a_name_or_id(tmp_path, value):
+    text = f"utility: {{sigma: 1}}\nfocus:\n  targets:\n    - class: {value}\n"
+    where = r"line 4, key 'focus\.targets\[0\]\.class'"
+    with pytest.raises(ProfileError, match=where + ": expected a class name"):
+        load_profile(write(tmp_path, text))
+
+
+def test_integer_class_id_is_accepted(tmp_path):
+    profile = load_profile(write(tmp_path, "utility: {sigma: 1}\nfocus:\n  targets:\n    - class: 3\n"))
+    assert profile.focus[0].name == "3"
+
+
+def test_huge_integer_is_one_line_without_interpreter_advice(tmp_path):
+    with pytest.raises(ProfileError, match="a value cannot be read") as caught:
+        load_profile(write(tmp_path, "utility: {sigma: " + "9" * 5000 + "}\n"))
+    assert "set_int_max_str_digits" not in str(caught.value)
+
+
+@pytest.mark.parametrize("tagged", ["!!timestamp x", "!!int 0x", "!!python/int 1", "!!binary aGk=", "!local 1", "!!set {a}"])
+def test_explicit_tags_are_refused_with_their_line(tmp_path, tagged):
+    """`!!timestamp x` crashed PyYAML's constructor (AttributeError): profiles write plain values, untagged."""
+    with pytest.raises(ProfileError, match=r"line 2: tag .* is not allowed"):
+        load_profile(write(tmp_path, f"version: 1\nutility: {{sigma: {tagged}}}\n"))
