@@ -135,11 +135,37 @@ def _identity(path: Path) -> tuple[str, object]:
     return ("inode", (info.st_dev, info.st_ino))
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path` (resolved) lies inside `directory` (resolved)."""
+    return Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
+def _linked_into(path: Path, directory: Path) -> bool:
+    """Whether the existing file `path` is a hard link to a file under `directory`."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if info.st_nlink < 2 or not stat.S_ISREG(info.st_mode):
+        return False  # only a file with several names can be one under another name
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                other = os.stat(os.path.join(root, name))
+                if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                    return True
+    return False
+
+
 def refuse_clobbering(outputs: Iterable[tuple[str, Path]], inputs: Iterable[tuple[str, Path]]) -> None:
-    """Fail if any output would replace an input file (same path, symlink or hard link) or another output.
+    """Fail if any output would replace an input (same path, symlink or hard link) or another output.
 
     `outputs` and `inputs` are (how the user named it, path) pairs, e.g. ("-o", Path("q.jsonl")).
+    An input that is a directory (a --data folder, a local --model, --masks) owns everything
+    under it: no output may be written inside it.
     """
+    inputs = list(inputs)
+    folders = [(label, Path(path)) for label, path in inputs if Path(path).is_dir()]
     taken: dict[tuple[str, object], str] = {}
     for label, path in inputs:
         taken.setdefault(_identity(path), f"{label} {path}")
@@ -150,6 +176,11 @@ def refuse_clobbering(outputs: Iterable[tuple[str, Path]], inputs: Iterable[tupl
             if key in taken:
                 raise OutputError(
                     f"{label} {path} would overwrite {taken[key]}", "write the output somewhere else"
+                )
+        for folder_label, folder in folders:
+            if _inside(path, folder) or _linked_into(path, folder):
+                raise OutputError(
+                    f"{label} {path} would write inside {folder_label} {folder}", "write the output somewhere else"
                 )
         for key in keys:
             taken[key] = f"{label} {path}"
@@ -200,6 +231,7 @@ class RecordWriter:
         self._csv: csv.DictWriter | None = None
         self._closed = False
         self.count = 0
+        self.replaces = path.exists()  # an older file is there: an interruption must not lose it
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
@@ -231,13 +263,15 @@ class RecordWriter:
             self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
         return False
 
-    def abandon(self, exc: BaseException) -> bool:
+    def abandon(self, exc: BaseException, replace_existing: bool = True) -> bool:
         """Close after `exc` stopped the run: keep the records so far only when a signal stopped it.
 
         An interrupted night run keeps its finished records (whole lines, published atomically)
-        so that `--resume` can continue it; any other failure discards the partial file.
+        so that `--resume` can continue it; any other failure discards the partial file. With
+        `replace_existing` False, an older file at the path is kept as it was instead.
         """
-        return self.close(success=isinstance(exc, Interrupted))
+        keep = isinstance(exc, Interrupted) and (replace_existing or not self.replaces)
+        return self.close(success=keep)
 
     def __enter__(self) -> "RecordWriter":
         return self

@@ -18,7 +18,7 @@ from PIL import Image
 
 from aim_cli import demo
 from aim_cli.errors import AimError
-from aim_cli.io import RecordWriter, atomic_open, check_output_file
+from aim_cli.io import RecordWriter, atomic_open, check_output_file, refuse_clobbering
 from tests.conftest import REPO, aim_env, assert_user_error, run_aim
 
 CLASSIFY_SAMPLES = demo.samples_dir("classify")
@@ -118,6 +118,44 @@ def test_calibrate_outputs_over_its_data_are_refused(tmp_path):
     assert_user_error(result, 2, "would overwrite")
 
 
+def test_output_inside_an_input_folder_is_refused(tmp_path):
+    """A --data folder or local model owns what is under it: no output goes inside, even via a link."""
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    shutil.copy(CIRCLE, data / "cat" / "x.png")
+    with pytest.raises(AimError, match="would write inside --data"):
+        refuse_clobbering([("--plot", data / "cat" / "x.png")], [("--data", data)])
+    with pytest.raises(AimError, match="would write inside --data"):
+        refuse_clobbering([("--plot", data / "cat" / "new.png")], [("--data", data)])
+    elsewhere = tmp_path / "curve.png"
+    os.link(data / "cat" / "x.png", elsewhere)  # the same file under a second name, outside
+    with pytest.raises(AimError, match="would write inside --data"):
+        refuse_clobbering([("--plot", elsewhere)], [("--data", data)])
+    elsewhere.unlink()
+    refuse_clobbering([("--plot", elsewhere)], [("--data", data)])  # a new file outside is fine
+
+
+def test_output_inside_a_local_model_directory_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "notes.jsonl").write_text("{}\n")
+    result = run_aim("classify", str(CIRCLE), "-m", str(model), "-o", str(model / "notes.jsonl"))
+    assert_user_error(result, 2, "would write inside --model")
+    assert (model / "notes.jsonl").read_text() == "{}\n"
+
+
+def test_calibrate_plot_over_an_image_of_its_manifest_is_refused(tmp_path):
+    image = tmp_path / "pics" / "x.png"
+    image.parent.mkdir()
+    shutil.copy(CIRCLE, image)
+    manifest = tmp_path / "data.csv"
+    manifest.write_text("path,label\npics/x.png,circle\n")
+    before = image.read_bytes()
+    result = run_aim("calibrate", "--target-acc", "0.5", "-m", "torchvision:resnet18", "--data", str(manifest), "--plot", str(image))
+    assert_user_error(result, 2, "would overwrite --data image")
+    assert image.read_bytes() == before
+
+
 # --- nothing emptied when nothing succeeded --------------------------------------------------
 
 
@@ -203,6 +241,7 @@ def big_scenes(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_leaves_whole_outputs_and_no_temp_files(big_scenes, tmp_path, signum, code):
     out = tmp_path / "out"
@@ -231,6 +270,32 @@ def test_signal_leaves_whole_outputs_and_no_temp_files(big_scenes, tmp_path, sig
     assert sorted(r["mask"] for r in records) == sorted(f"s{i}.png" for i in range(10))
     for name, mtime in finished.items():
         assert (out / name).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_interrupted_classify_keeps_an_existing_output_unchanged(tmp_path):
+    """Without --resume, a signal mid-run leaves the older -o file exactly as it was."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3000):  # hard links: many inputs for free
+        os.link(CIRCLE, images / f"c{i}.png")
+    output = tmp_path / "o.jsonl"
+    output.write_text('{"precious": true}\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aim_cli", "classify", str(images), "-o", str(output), "-b", "1", "--seed", "0"],
+        cwd=REPO, env=aim_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not _parts(tmp_path) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 143, stderr
+    assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
+    assert output.read_text() == '{"precious": true}\n'
+    assert not _parts(tmp_path)
 
 
 # --- resume ----------------------------------------------------------------------------------
@@ -309,6 +374,7 @@ def test_markup_in_file_names_is_shown_literally(tmp_path):
     assert "[bold]a.png" in result.stdout
 
 
+@pytest.mark.slow
 def test_waiting_on_an_open_stdin_says_so():
     """A pipe that stays open and silent gets a notice; piped prompts that are there get none."""
     process = subprocess.Popen(

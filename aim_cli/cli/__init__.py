@@ -102,6 +102,16 @@ def show_warning(message: Warning | str, category: type[Warning], *_args: Any, *
     _say(f"aim: warning: {text}")
 
 
+def _bare(command: Any) -> None:
+    """A bare `aim`: the help, then exit 2, as click 8.2+ does (click 8.1 exits 0)."""
+    try:
+        command.main(args=["--help"], prog_name="aim", standalone_mode=False)
+    except Exception as exc:
+        if _exit_request(exc) is None:
+            raise
+    sys.exit(EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and an exit code."""
     command = typer.main.get_command(app)
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     install_handlers()
     if not debug:
         warnings.showwarning = show_warning
+    if not args:
+        _bare(command)
     try:
         code = command.main(args=args, prog_name="aim", standalone_mode=False)
     except Interrupted as exc:

@@ -127,9 +127,11 @@ def calibrate(
     for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
         if path is not None:
             check_output_file(path, suffixes)
+    outputs = [("--write-profile", write_profile_to), ("--json", json_out), ("--plot", plot)]
     guard_outputs(
-        [("--write-profile", write_profile_to), ("--json", json_out), ("--plot", plot)],
+        outputs,
         [("--data", data), ("--labels", labels), ("--weights", weights)],
+        model,
     )
     if plot is not None:
         from aim_cli.plotting import require_matplotlib
@@ -146,7 +148,7 @@ def calibrate(
         )
     torch_device = resolve_device(device)
     if task == Task.classify:
-        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet)
+        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet, outputs)
     elif task == Task.segment:
         calibration, failures = _segment(request, model, weights, labels, data, limit, torch_device, quiet)
     else:
@@ -175,7 +177,7 @@ def _limited(items: list[T], limit: int | None) -> list[T]:
 
 def _classify(
     request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, torch_device: torch.device, quiet: bool,
+    limit: int | None, torch_device: torch.device, quiet: bool, outputs: list[tuple[str, Path | None]],
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the classifier and its data, then calibrate."""
     from aim_cli.calibration.datasets import demo_classification_set, read_classification_data
@@ -184,6 +186,8 @@ def _classify(
 
     dataset = read_classification_data(data) if data is not None else demo_classification_set(limit or 1000)
     dataset.items = _limited(dataset.items, limit)
+    # A manifest may list images anywhere: none of them may be an output (e.g. --plot).
+    guard_outputs(outputs, [("--data image", item.path) for item in dataset.items if item.path is not None])
     classifier = load_classifier(model, torch_device, weights, labels)
     say(f"model: {classifier.name} ({len(classifier.labels)} classes) | data: {dataset.description}", quiet)
     with progress_bar("forward pass", len(dataset.items), quiet) as advance:

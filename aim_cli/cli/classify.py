@@ -90,6 +90,7 @@ def classify(
     guard_outputs(
         [("--output", output)],
         [("input", p) for p in paths] + [("--profile", profile), ("--labels", labels), ("--weights", weights)],
+        model,
     )
     kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
     recorded = {str(record.get("path")) for record in kept}
@@ -120,7 +121,7 @@ def classify(
                     results.append(item)
     except BaseException as exc:
         if writer:
-            writer.abandon(exc)
+            writer.abandon(exc, replace_existing=bool(kept))  # only a resumed file holds the old records too
         raise
     if writer:
         if writer.close():

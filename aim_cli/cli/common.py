@@ -45,7 +45,12 @@ BatchOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Inp
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
 ResumeOption = Annotated[
     bool,
-    typer.Option("--resume", help="Skip inputs whose outputs already exist from an earlier (e.g. interrupted) run; keep their records."),
+    typer.Option(
+        "--resume",
+        help="Continue an earlier (e.g. interrupted) run: inputs already recorded in the output (same path or prompt"
+        " in -o FILE; for segment, mask on disk and in summary.jsonl) are skipped and their records kept, the rest"
+        " are added. Use the same settings as that run.",
+    ),
 ]
 CompareOption = Annotated[bool, typer.Option("--compare", help="Also report the clean (unmodulated) result.")]
 
@@ -93,12 +98,16 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
 
 
 def guard_outputs(
-    outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[tuple[str, Path | None]]
+    outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[tuple[str, Path | None]], model: str | None = None
 ) -> None:
-    """Refuse, before any work, outputs that would replace an input or each other."""
+    """Refuse, before any work, outputs that would replace an input or each other.
+
+    A local `model` (a directory or file, not a hub id or torchvision:ARCH) counts as an input.
+    """
+    local_model = Path(model) if model is not None and Path(model).exists() else None
     refuse_clobbering(
         [(label, path) for label, path in outputs if path is not None],
-        [(label, path) for label, path in inputs if path is not None],
+        [(label, path) for label, path in [*inputs, ("--model", local_model)] if path is not None],
     )
 
 

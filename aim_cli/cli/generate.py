@@ -130,7 +130,7 @@ def generate(
     parse_dtype(dtype)  # fail on a bad --dtype before reading stdin or loading anything
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
-    guard_outputs([("--output", output)], [("--prompts", prompts_file), ("--profile", profile)])
+    guard_outputs([("--output", output)], [("--prompts", prompts_file), ("--profile", profile)], model)
     texts = gather_prompts(
         prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None,
         notice=lambda: say("reading prompts from standard input (end with Ctrl-D)", quiet),
@@ -223,7 +223,7 @@ def _write_records(
                     writer.write(_record(item, settings))
                     written += 1
     except BaseException as exc:
-        writer.abandon(exc)
+        writer.abandon(exc, replace_existing=bool(kept))  # only a resumed file holds the old records too
         raise
     if writer.close():
         say(f"wrote {written} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {written} record(s) to {output}", quiet)

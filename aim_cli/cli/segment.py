@@ -121,7 +121,8 @@ def segment(
     if resume and masks is not None:
         raise AimError("--resume cannot be combined with --masks", "the evaluation needs every image in one run")
     if masks is not None and not masks.is_dir():
-        raise InputError(f"masks directory {masks} does not exist", "pass the folder of ground-truth masks")
+        problem = "is not a directory" if masks.exists() else "does not exist"
+        raise InputError(f"masks directory {masks} {problem}", "pass the folder of ground-truth masks")
     paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
     segmenter = load_segmenter(model, resolve_device(device), weights, labels)
     plan = plan_modulation(settings_profile, segmenter.labels)
@@ -134,6 +135,7 @@ def segment(
     guard_outputs(
         [("--output-dir", output_dir), *planned],
         [("input", p) for p in paths] + truths + [("--masks", masks), ("--profile", profile), ("--labels", labels), ("--weights", weights)],
+        model,
     )
     check_output_dir(output_dir)
     done = _finished(paths, names, overlay_names if overlay else None, output_dir) if resume else {}
