@@ -214,7 +214,7 @@ def modulate(
     draws = noise.standard_normal(shape, logits, item_keys)
     out = logits
     if utility_width:
-        out = out + modulation.sigma * draws.narrow(class_dim, 0, utility_width)
+        out = torch.add(out, draws.narrow(class_dim, 0, utility_width), alpha=modulation.sigma)  # one fused pass
     if targets:
         view = [1] * logits.dim()
         view[class_dim] = len(targets)

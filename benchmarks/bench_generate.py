@@ -71,7 +71,7 @@ def _random_llama_case(device: torch.device, quick: bool) -> Case:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (8, 32), generator=generator).to(device)
     return Case(f"random llama ({layers}x{hidden}, vocab {vocab})", model, ids, torch.ones_like(ids),
-                8 if quick else 32, 0, 5 if quick else 10)
+                8 if quick else 32, 0, 5 if quick else 16)
 
 
 def _processors(case: Case) -> dict[str, ModulationProcessor]:
