@@ -9,26 +9,15 @@ the 1000 logits before the argmax. Interleaved repetitions; the ratio is median 
 from __future__ import annotations
 
 import statistics
-import time
-from typing import Callable
 
 import torch
 import torchvision
 
+from timing import interleaved
+
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
 
 GOAL = 1.02
-
-
-def _interleaved(runs: list[Callable[[], object]], reps: int) -> list[list[float]]:
-    """Seconds per call of each run, alternating runs so machine noise hits them alike."""
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(reps):
-        for index, fn in enumerate(runs):
-            start = time.perf_counter()
-            fn()
-            times[index].append(time.perf_counter() - start)
-    return times
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -54,7 +43,7 @@ def run(quick: bool = False) -> list[dict]:
         modulate(model(images), focus, noise).argmax(1)
 
     clean()  # warm-up
-    times = _interleaved([clean, with_utility, with_focus], 5 if quick else 7)
+    times = interleaved([clean, with_utility, with_focus], 5 if quick else 7)
     base = statistics.median(times[0])
     detail = (f"resnet50 random weights, 224px, batch {batch}, {len(times[0])} interleaved reps, "
               f"clean {base:.2f} s/batch")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-import time
-from typing import Callable
 
 import torch
+
+from timing import interleaved
 
 from aim_cli.modulation import KeyedNoise, SeededNoise
 
@@ -23,17 +23,6 @@ CASES = [
     ("batch 32 x 32000 vocab", (32, 32000)),
     ("batch 8 x 150 cls x 128x128 px", (8, 150, 128, 128)),
 ]
-
-
-def _interleaved(runs: list[Callable[[], object]], reps: int) -> list[list[float]]:
-    """Seconds per call of each run, alternating runs so machine noise hits them alike."""
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(reps):
-        for index, fn in enumerate(runs):
-            start = time.perf_counter()
-            fn()
-            times[index].append(time.perf_counter() - start)
-    return times
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -58,7 +47,7 @@ def run(quick: bool = False) -> list[dict]:
                 keyed.standard_normal(shape, like, keys)
 
         seeded_call(), keyed_call()  # warm-up
-        times = _interleaved([seeded_call, keyed_call], reps)
+        times = interleaved([seeded_call, keyed_call], reps)
         base, cost = statistics.median(times[0]) / inner, statistics.median(times[1]) / inner
         ratio = cost / base
         rows.append({

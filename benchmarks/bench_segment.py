@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 CLASSES = 150
 PEAK_SCALE = 100.0  # classifier-head scale for the "peaked" model: top-class leads of a few units
@@ -104,16 +105,7 @@ def _plain(segmenter, images: list[Image.Image]) -> np.ndarray:  # type: ignore[
 
 def _interleaved(runs: list[Callable[[], object]], reps: int, warm: bool = True) -> list[float]:
     """Median time of each callable over interleaved repetitions (A, B, C, A, B, C, ...)."""
-    if warm:
-        for run in runs:  # warm-up, outside the timings
-            run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(reps):
-        for run, spent in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [statistics.median(t) for t in interleaved(runs, reps, warm)]
 
 
 def _ratio(times: list[float], numerator: int, denominator: int) -> float:
