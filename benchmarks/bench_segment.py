@@ -37,7 +37,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
