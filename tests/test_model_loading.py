@@ -133,27 +133,28 @@ def test_segmenter_checkpoint_given_to_classify_is_refused(tiny_dirs):
         load_classifier(str(tiny_dirs["segformer"]), torch.device("cpu"))
 
 
-def test_truncated_safetensors_is_a_model_error(tiny_dirs, tmp_path):
-    broken = tmp_path / "vit"
-    shutil.copytree(tiny_dirs["vit"], broken)
-    data = (broken / "model.safetensors").read_bytes()
-    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelError, match="weights file is damaged") as caught:
-        load_classifier(str(broken), torch.device("cpu"))
-    assert_safe_one_line(str(caught.value))
+def _truncated(data: bytes) -> bytes:
+    """The first half of a safetensors file."""
+    return data[: len(data) // 2]
 
 
-def test_safetensors_header_lying_about_offsets_is_a_model_error(tiny_dirs, tmp_path):
-    broken = tmp_path / "vit"
-    shutil.copytree(tiny_dirs["vit"], broken)
-    data = (broken / "model.safetensors").read_bytes()
+def _lying_offsets(data: bytes) -> bytes:
+    """A header that claims ten times the bytes the file holds."""
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + size])
     for key, entry in header.items():
-        if key != "__metadata__":  # claim ten times the bytes the file holds
+        if key != "__metadata__":
             entry["data_offsets"] = [entry["data_offsets"][0] * 10, entry["data_offsets"][1] * 10]
     encoded = json.dumps(header).encode()
-    (broken / "model.safetensors").write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return struct.pack("<Q", len(encoded)) + encoded + data[8 + size :]
+
+
+@pytest.mark.parametrize("damage", [_truncated, _lying_offsets], ids=["truncated", "lying_offsets"])
+def test_damaged_safetensors_is_a_model_error(tiny_dirs, tmp_path, damage):
+    broken = tmp_path / "vit"
+    shutil.copytree(tiny_dirs["vit"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(ModelError, match="weights file is damaged") as caught:
         load_classifier(str(broken), torch.device("cpu"))
     assert_safe_one_line(str(caught.value))
