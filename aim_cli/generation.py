@@ -13,7 +13,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from aim_cli.errors import ProfileError
-from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, content_key, modulate
+from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, token_key
 from aim_cli.profile import FocusRequest
 
 
@@ -45,8 +45,7 @@ class ModulationProcessor(LogitsProcessor):
         starts = self.prompt_starts or [0] * rows.shape[0]
         if len(starts) != rows.shape[0]:
             raise ValueError(f"{len(starts)} prompt starts for a batch of {rows.shape[0]} rows")
-        # Little-endian int64 bytes make the key independent of the platform and of the batch.
-        return [content_key(row[start:].astype("<i8").tobytes()) for row, start in zip(rows, starts)]
+        return [token_key(row[start:]) for row, start in zip(rows, starts)]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Return the modulated (batch, vocab) scores; seeded mode draws once for the whole batch."""

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 import torch
 
 BOOST = 1
@@ -186,6 +188,15 @@ def counter_normal(seeds: torch.Tensor, item_shape: tuple[int, ...], like: torch
 def content_key(data: bytes) -> bytes:
     """Digest of an input's content, used to key its noise."""
     return hashlib.sha256(data).digest()
+
+
+def token_key(token_ids: Sequence[int] | np.ndarray) -> bytes:
+    """Content key of a token sequence (prompt plus generated ids, no padding).
+
+    Little-endian int64 bytes make the key independent of platform, batch and serving engine,
+    so `aim generate` and the vLLM plugin give a repeated request the same noise.
+    """
+    return content_key(np.asarray(token_ids, dtype="<i8").tobytes())
 
 
 def modulate(
