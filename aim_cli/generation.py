@@ -31,6 +31,7 @@ class ModulationProcessor(LogitsProcessor):
         noise: NoiseSource,
         keyed: bool = False,
         prompt_starts: Sequence[int] | None = None,
+        encoder_ids: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.modulation = modulation
         self.noise = noise
@@ -38,14 +39,26 @@ class ModulationProcessor(LogitsProcessor):
         self.keyed = keyed
         # Keyed noise hashes each row's real tokens, so the left padding must be skipped.
         self.prompt_starts = list(prompt_starts) if prompt_starts is not None else None
+        # An encoder-decoder's input_ids are the decoder's alone: the prompt must join the key from here.
+        self.encoder_ids = encoder_ids
 
     def item_keys(self, input_ids: torch.Tensor) -> list[bytes]:
-        """Per-row content keys: prompt token ids plus the tokens generated so far (no padding)."""
+        """Per-row content keys: prompt token ids plus the tokens generated so far (no padding).
+
+        With `encoder_ids` (an encoder-decoder), a row's key covers its encoder prompt and its
+        decoder tokens (see encoder_decoder_key), so it does not depend on the batch either.
+        """
         rows = input_ids.detach().to("cpu", torch.int64).numpy()
         starts = self.prompt_starts or [0] * rows.shape[0]
         if len(starts) != rows.shape[0]:
             raise ValueError(f"{len(starts)} prompt starts for a batch of {rows.shape[0]} rows")
-        return [token_key(row[start:]) for row, start in zip(rows, starts)]
+        if self.encoder_ids is None:
+            return [token_key(row[start:]) for row, start in zip(rows, starts)]
+        if len(self.encoder_ids) != rows.shape[0]:
+            raise ValueError(f"{len(self.encoder_ids)} encoder prompts for a batch of {rows.shape[0]} rows")
+        return [
+            encoder_decoder_key(prompt, row[start:]) for prompt, row, start in zip(self.encoder_ids, rows, starts)
+        ]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Return the modulated (batch, vocab) scores; seeded mode draws once for the whole batch."""
@@ -53,6 +66,17 @@ class ModulationProcessor(LogitsProcessor):
             return scores
         keys = self.item_keys(input_ids) if self.keyed else None
         return modulate(scores, self.modulation, self.noise, class_dim=-1, item_keys=keys)
+
+
+# Between the encoder prompt and the decoder tokens in a key; no token id is negative, so the
+# split is unambiguous ([1, 2] + [3] and [1] + [2, 3] get different keys).
+KEY_SEPARATOR = -1
+
+
+def encoder_decoder_key(prompt_ids: Sequence[int], decoder_ids: Sequence[int] | np.ndarray) -> bytes:
+    """Content key of an encoder-decoder row: token_key(prompt ids, -1, decoder ids so far)."""
+    prompt = np.asarray(prompt_ids, dtype=np.int64)
+    return token_key(np.concatenate([prompt, [KEY_SEPARATOR], np.asarray(decoder_ids, dtype=np.int64)]))
 
 
 # LogitsProcessorList calls inspect.signature(processor.__call__) at every step; a precomputed

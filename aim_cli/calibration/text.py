@@ -3,6 +3,8 @@
 A multiple-choice item is right when the greedy next token after the prompt is the right
 choice's token. That is top-1 accuracy over the whole vocabulary, so the classification
 machinery applies unchanged to the (N, V) next-token logits: one forward pass per batch.
+For an encoder-decoder (T5, BART) the choices are decoder continuations of the encoded prompt:
+the decisive logits are those of the decoder's first free token.
 Free-form answers need whole generations per sigma, so sigma is found by a bracketed,
 noisy bisection on seeded Monte Carlo generations and reported with its interval.
 """
@@ -44,7 +46,12 @@ class NextTokenLogits:
 
 
 def _continuation(lm: LanguageModel, prompt_ids: Sequence[int], prompt: str, text: str) -> list[int]:
-    """Token ids `text` adds after the prompt (tokenized together, so merges at the seam count)."""
+    """Token ids `text` adds after the prompt (tokenized together, so merges at the seam count).
+
+    An encoder-decoder's answer starts a fresh decoder sequence, so the choice is tokenized alone.
+    """
+    if lm.encoder_decoder:
+        return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
     joined = list(lm.tokenizer(prompt + text)["input_ids"])
     if joined[: len(prompt_ids)] == list(prompt_ids) and len(joined) > len(prompt_ids):
         tail = joined[len(prompt_ids) :]
@@ -88,7 +95,7 @@ def collect_next_token_logits(
         for offset in range(0, len(members), batch_size):
             chunk = members[offset : offset + batch_size]
             ids = torch.tensor([prompts[i].ids for i in chunk], device=lm.device)
-            last = lm.model(input_ids=ids).logits[:, -1, :].float()
+            last = lm.first_token_logits(ids)
             for i, row in zip(chunk, last):
                 rows[i] = row
             if progress:
@@ -107,8 +114,9 @@ def calibrate_multiple_choice(
     calibration.task = "generate"
     calibration.limit_label = f"chance (1/{cached.logits.shape[1]} tokens)"
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing}
+    token = "the decoder's first token" if lm.encoder_decoder else "the next token"
     calibration.notes.append(
-        f"1 forward pass over {len(items)} prompts; the answer counts as right when the next token "
+        f"1 forward pass over {len(items)} prompts; the answer counts as right when {token} "
         "(argmax over the whole vocabulary) is the right choice's"
     )
     return calibration
@@ -271,6 +279,6 @@ def _logit_scale(lm: LanguageModel, scorer: FreeFormScorer) -> float:
     with torch.inference_mode():
         prompt = scorer.prompts[0]
         ids = torch.tensor([prompt.ids], device=lm.device)
-        row = lm.model(input_ids=ids).logits[0, -1].float()
+        row = lm.first_token_logits(ids)[0]
     spread = float(row.max() - row.median())
     return spread if spread > 0 and np.isfinite(spread) else 1.0

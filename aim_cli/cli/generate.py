@@ -1,4 +1,4 @@
-"""`aim generate`: text generation from a causal LM with utility and focus modulation."""
+"""`aim generate`: text generation from a causal or encoder-decoder LM with utility and focus modulation."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 LanguageModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Local HF directory or cached hub id of a causal LM. Default: the demo arithmetic LM."),
+    typer.Option("--model", "-m", help="Local HF directory or cached hub id of a causal or encoder-decoder (T5, BART) LM. Default: the demo arithmetic LM."),
 ]
 WordFocusOption = Annotated[
     Optional[list[str]],
@@ -113,12 +113,13 @@ def generate(
     resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Generate text with a modulated causal language model (default: the demo arithmetic LM)."""
+    """Generate text with a modulated causal or encoder-decoder LM (default: the demo arithmetic LM)."""
     from aim_cli.tasks.generate import (
         GenerationSettings,
         encode_prompts,
         fitting_max_new_tokens,
         generate_completions,
+        length_note,
         plan_generation,
     )
 
@@ -148,7 +149,7 @@ def generate(
     decoding = GenerationSettings(fitted, temperature, top_k, top_p, tuple(stop or ()), batch_size)
     say(escape(f"model: {lm.name} | {_describe(plan, decoding)}"), quiet)
     if fitted < requested:
-        say(f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context", quiet)
+        say(length_note(lm, fitted), quiet)
     settings = plan.describe() | {"temperature": temperature}
 
     if not decoding.sampling and (top_k is not None or top_p is not None):

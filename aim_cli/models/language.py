@@ -1,4 +1,8 @@
-"""Causal language models behind one interface: tokenizer, network, context length, devices."""
+"""Language models behind one interface: tokenizer, network, context lengths, devices.
+
+Causal LMs (GPT-2, Llama, ...) and encoder-decoder ones (T5, BART, ...) both generate token by
+token; for an encoder-decoder the prompt goes to the encoder and the completion is the decoder's output.
+"""
 
 from __future__ import annotations
 
@@ -40,13 +44,20 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 @dataclass
 class LanguageModel:
-    """A loaded causal LM: tokenizer (left padding), network, where inputs go, and its context."""
+    """A loaded LM: tokenizer, network, where inputs go, and its context limits.
+
+    `context_length` bounds the prompt (with the completion, for a causal LM); an encoder-decoder
+    also has `decoder_context_length`, the bound on the completion alone (None when positions are
+    relative, as in T5).
+    """
 
     name: str
     model: Any  # a transformers PreTrainedModel with a generate() method
     tokenizer: Any  # a transformers PreTrainedTokenizerBase
     device: torch.device
     context_length: int | None
+    encoder_decoder: bool = False
+    decoder_context_length: int | None = None
 
     @property
     def default_max_new_tokens(self) -> int:
@@ -80,6 +91,26 @@ class LanguageModel:
             return list(self.tokenizer(self.chat_text(text), add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(text)["input_ids"])
 
+    def decoder_prefix(self) -> list[int]:
+        """Decoder tokens before the first free choice: the start token, and a forced BOS (BART).
+
+        Empty for a causal LM, whose first free choice follows the prompt directly.
+        """
+        if not self.encoder_decoder:
+            return []
+        generation = getattr(self.model, "generation_config", None)
+        prefix = [decoder_start_id(generation, self.model.config)]
+        forced = getattr(generation, "forced_bos_token_id", None)
+        return prefix + [int(forced)] if forced is not None else prefix
+
+    @torch.inference_mode()
+    def first_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(N, V) float32 logits of the first freely chosen token after each (unpadded) prompt."""
+        if not self.encoder_decoder:
+            return self.model(input_ids=input_ids).logits[:, -1, :].float()
+        prefix = torch.tensor([self.decoder_prefix()], device=input_ids.device).expand(input_ids.shape[0], -1)
+        return self.model(input_ids=input_ids, decoder_input_ids=prefix).logits[:, -1, :].float()
+
 
 def parse_dtype(name: str) -> torch.dtype | None:
     """Map auto/float32/bfloat16/float16 (and short aliases) to a torch dtype; None means auto."""
@@ -94,23 +125,19 @@ def load_language_model(
     spec: str | None, device: str = "auto", dtype: str = "auto", device_map: str | None = None
 ) -> LanguageModel:
     """Load the demo LM, a local Hugging Face directory or a cached hub id, offline."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers import AutoConfig, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
     target = _check_device_map(device_map) if device_map else resolve_device(device)
     source = spec or str(demo.model_dir("generate"))
     display = spec or "demo lm"
     config = load_pretrained(AutoConfig.from_pretrained, source, "model configuration")
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise ModelError(
-            f"{display} is not a causal language model (its config is {type(config).__name__})",
-            "aim generate needs a checkpoint AutoModelForCausalLM can load, e.g. Llama, GPT-2, Qwen",
-        )
+    factory, what, encoder_decoder = _model_class(config, display)
     _check_tokenizer_files(source)
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
-    # Left padding keeps every prompt's last token in the last column, where generate() reads the next token.
-    tokenizer.padding_side = "left"
+    # Left padding keeps every prompt's last token in the last column, where generate() reads the next token;
+    # an encoder is padded on the right, so learned absolute positions (BART) start at 0 in every row.
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ModelError(f"the tokenizer of {display} has neither a pad nor an end-of-sequence token")
@@ -118,9 +145,7 @@ def load_language_model(
     kwargs: dict[str, Any] = {"config": config, _dtype_keyword(): _load_dtype(torch_dtype, config, target)}
     if device_map:
         kwargs["device_map"] = device_map
-    model = load_pretrained(
-        AutoModelForCausalLM.from_pretrained, source, "causal language model", complete=True, **kwargs
-    )
+    model = load_pretrained(factory.from_pretrained, source, what, complete=True, **kwargs)
     if device_map:
         # With layers spread over devices, inputs go where the embedding lives.
         input_device = model.get_input_embeddings().weight.device
@@ -128,7 +153,55 @@ def load_language_model(
         model.to(target)
         input_device = target
     model.eval()
-    return LanguageModel(display, model, tokenizer, input_device, _context_length(config, tokenizer))
+    if not encoder_decoder:
+        return LanguageModel(display, model, tokenizer, input_device, _context_length(config, tokenizer))
+    decoder_start_id(model.generation_config, config, display)  # fail at load, not mid-generation
+    return LanguageModel(
+        display, model, tokenizer, input_device, _context_length(config, tokenizer), True, _decoder_length(config)
+    )
+
+
+def _model_class(config: Any, display: str) -> tuple[Any, str, bool]:
+    """The Auto class that loads this config for generation, what to call it, and whether it is seq2seq.
+
+    Encoder-decoder configs are checked first: BART's config is also in the causal mapping
+    (BartForCausalLM, its decoder alone), which would silently drop the encoder.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+    )
+
+    if getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
+        return AutoModelForSeq2SeqLM, "encoder-decoder language model", True
+    if not getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return AutoModelForCausalLM, "causal language model", False
+    raise ModelError(
+        f"{display} is not a causal language model nor an encoder-decoder one (its config is {type(config).__name__})",
+        "aim generate needs a checkpoint AutoModelForCausalLM or AutoModelForSeq2SeqLM can load, "
+        "e.g. Llama, GPT-2, Qwen, T5, BART",
+    )
+
+
+def decoder_start_id(generation_config: Any, config: Any, display: str = "the model") -> int:
+    """The token an encoder-decoder's output starts with, as generate() picks it (start token, else BOS)."""
+    for source in (generation_config, config):
+        for name in ("decoder_start_token_id", "bos_token_id"):
+            value = getattr(source, name, None)
+            if isinstance(value, int):
+                return value
+    raise ModelError(
+        f"{display} sets no decoder_start_token_id (nor a bos_token_id), so its decoder cannot start",
+        "set decoder_start_token_id in its config.json or generation_config.json",
+    )
+
+
+def _decoder_length(config: Any) -> int | None:
+    """The longest decoder sequence: its position table's size; None for relative positions (T5)."""
+    decoder = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    value = getattr(decoder, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _check_device_map(device_map: str) -> torch.device:
@@ -192,7 +265,18 @@ def _context_length(config: Any, tokenizer: Any) -> int | None:
 
 
 def check_prompt_fits(lm: LanguageModel, index: int, length: int) -> None:
-    """A prompt must leave room for at least one new token inside the model's context."""
+    """A prompt must leave room for at least one new token inside the model's context.
+
+    An encoder's prompt only has to fit the encoder: the completion lives in the decoder.
+    """
+    if lm.encoder_decoder:
+        if lm.context_length is not None and length > lm.context_length:
+            raise InputError(
+                f"prompt {index + 1} is {length} tokens long but the encoder of {lm.name} takes at most "
+                f"{lm.context_length} tokens",
+                "shorten the prompt",
+            )
+        return
     if lm.context_length is not None and length >= lm.context_length:
         raise InputError(
             f"prompt {index + 1} is {length} tokens long but {lm.name} has a context of "

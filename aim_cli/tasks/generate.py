@@ -1,4 +1,8 @@
-"""Text generation with modulated next-token logits."""
+"""Text generation with modulated next-token logits, from causal and encoder-decoder LMs.
+
+An encoder-decoder reads the prompt with its encoder; the completion is what its decoder
+generates after its start token, so the same processor, stop strings and records apply.
+"""
 
 from __future__ import annotations
 
@@ -81,23 +85,38 @@ def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool = False
 
 
 def fitting_max_new_tokens(lm: LanguageModel, prompts: Sequence[EncodedPrompt], requested: int) -> int:
-    """The largest max_new_tokens <= requested that keeps the longest prompt inside the context."""
+    """The largest max_new_tokens <= requested that keeps the longest prompt inside the context.
+
+    An encoder-decoder's completion only has to fit the decoder: the decoder reads its start token
+    and every new token but the last, max_new_tokens positions in all.
+    """
+    if lm.encoder_decoder:
+        return requested if lm.decoder_context_length is None else max(1, min(requested, lm.decoder_context_length))
     if lm.context_length is None or not prompts:
         return requested
     longest = max(len(p.ids) for p in prompts)
     return max(1, min(requested, lm.context_length - longest))
 
 
-def _left_padded(batch: Sequence[EncodedPrompt], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Input ids and attention mask with left padding, plus where each row's real tokens start."""
+def length_note(lm: LanguageModel, fitted: int) -> str:
+    """Why fewer tokens than asked are generated: which context limit the completion must fit."""
+    if lm.encoder_decoder:
+        return f"note: generating at most {fitted} tokens, as many as the decoder's {lm.decoder_context_length} positions allow"
+    return f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context"
+
+
+def _padded(
+    batch: Sequence[EncodedPrompt], pad_id: int, device: torch.device, left: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Input ids and attention mask, padded on the left (or right), plus where each row's real tokens start."""
     width = max(len(p.ids) for p in batch)
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     starts = []
     for row, prompt in enumerate(batch):
-        start = width - len(prompt.ids)
-        ids[row, start:] = prompt.ids
-        mask[row, start:] = 1
+        start = width - len(prompt.ids) if left else 0
+        ids[row, start : start + len(prompt.ids)] = prompt.ids
+        mask[row, start : start + len(prompt.ids)] = 1
         starts.append(start)
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), starts
 
@@ -134,22 +153,30 @@ def generate_ids(
     processor: ModulationProcessor | None,
     streamer: BaseStreamer | None = None,
 ) -> list[list[int]]:
-    """Run model.generate on one left-padded batch; return each row's generated token ids (raw)."""
+    """Run model.generate on one padded batch; return each row's generated token ids (raw)."""
     tokenizer = lm.tokenizer
-    input_ids, mask, starts = _left_padded(batch, tokenizer.pad_token_id, lm.device)
+    input_ids, mask, starts = _padded(batch, tokenizer.pad_token_id, lm.device, left=not lm.encoder_decoder)
+    # generate() returns the prompt (causal) or the decoder's start token (encoder-decoder) before the new tokens.
+    prefix = 1 if lm.encoder_decoder else input_ids.shape[1]
     if processor is not None:
-        processor.prompt_starts = starts
+        # Decoder rows are never padded; the key of an encoder-decoder row takes its prompt from encoder_ids.
+        processor.prompt_starts = [0] * len(batch) if lm.encoder_decoder else starts
+        processor.encoder_ids = [p.ids for p in batch] if lm.encoder_decoder else None
     kwargs: dict[str, object] = {
         "max_new_tokens": settings.max_new_tokens,
         "do_sample": settings.sampling,
         "pad_token_id": tokenizer.pad_token_id,
+        # aim decodes greedily or by sampling, one row per prompt: a checkpoint's beam-search default
+        # (summarisation models ship num_beams=4) would change that and multiply the rows keys are made for.
+        "num_beams": 1,
+        "num_return_sequences": 1,
     }
     if settings.sampling:
         # Explicit values: transformers would otherwise fill in top_k=50 when a flag is unset.
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k or 0, top_p=settings.top_p or 1.0)
     if getattr(lm.model.generation_config, "eos_token_id", None) is None and tokenizer.eos_token_id is not None:
         kwargs["eos_token_id"] = tokenizer.eos_token_id
-    stopping = StoppingCriteriaList([StopOnStrings(tokenizer, settings.stop, input_ids.shape[1])]) if settings.stop else None
+    stopping = StoppingCriteriaList([StopOnStrings(tokenizer, settings.stop, prefix)]) if settings.stop else None
     # Ours is the first (and only) custom processor; generate() appends its temperature/top-k/top-p warpers after it.
     processors = LogitsProcessorList([processor]) if processor is not None else None
     output = lm.model.generate(
@@ -160,7 +187,7 @@ def generate_ids(
         streamer=streamer,
         **kwargs,
     )
-    return output[:, input_ids.shape[1] :].tolist()
+    return output[:, prefix:].tolist()
 
 
 def _seed_sampling(plan: ModulationPlan, batch: Sequence[EncodedPrompt]) -> None:
