@@ -1,3 +1,77 @@
-"""aim: offline AI model modulation by logits redistribution."""
+"""aim: offline AI model modulation by logits redistribution.
+
+`import aim_cli as aim` gives the Python API (aim_cli.api): aim.Profile, aim.modulate,
+aim.plan, aim.logits_processor, aim.expected_accuracy, aim.win_probability,
+aim.expected_recall, aim.accuracy_curve, aim.calibrate_logits and the error classes.
+Its names load on first use, so `import aim_cli` (and the CLI's start-up) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Not typing.TYPE_CHECKING: importing typing would double the cost of `import aim_cli`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads the names
+    from typing import Any
+
+    from aim_cli.api import (  # noqa: F401
+        AimError,
+        Calibration,
+        FocusRequest,
+        InputError,
+        ModelError,
+        ModulationPlan,
+        MonteCarloCheck,
+        Profile,
+        ProfileError,
+        ProfileLike,
+        accuracy_curve,
+        calibrate_logits,
+        expected_accuracy,
+        expected_recall,
+        item_key,
+        logits_processor,
+        modulate,
+        plan,
+        win_probability,
+    )
+
+# The names of aim_cli.api.__all__ (a test keeps the two lists equal).
+__all__ = [
+    "AimError",
+    "Calibration",
+    "FocusRequest",
+    "InputError",
+    "ModelError",
+    "ModulationPlan",
+    "MonteCarloCheck",
+    "Profile",
+    "ProfileError",
+    "ProfileLike",
+    "accuracy_curve",
+    "calibrate_logits",
+    "expected_accuracy",
+    "expected_recall",
+    "item_key",
+    "logits_processor",
+    "modulate",
+    "plan",
+    "win_probability",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load API names lazily: torch and the rest are imported only when the API is used."""
+    if name in __all__:
+        value = getattr(importlib.import_module("aim_cli.api"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'aim_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Module attributes including the lazily loaded API names."""
+    return sorted({*globals(), *__all__})

@@ -7,7 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from aim_cli import plain_yaml
 from aim_cli.errors import ProfileError
@@ -63,6 +63,69 @@ class Profile:
     key_env: str | None = None
     source: str | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        # Direct construction (the Python API) gets the same range checks as files and flags;
+        # focus may be given as 'NAME[:up|down]' strings, like --focus.
+        object.__setattr__(self, "sigma", check_sigma(self.sigma, "sigma", "Profile(sigma=...)"))
+        if self.focus_sigma is not None:
+            object.__setattr__(self, "focus_sigma", check_sigma(self.focus_sigma, "focus sigma", "Profile(focus_sigma=...)"))
+        if self.seed is not None:
+            check_seed(self.seed, "Profile(seed=...)")
+        if self.seed is not None and self.key_env is not None:
+            raise ProfileError("Profile(seed=..., key_env=...): seed and key_env exclude each other", "keep one")
+        focus = (self.focus,) if isinstance(self.focus, (str, int, FocusRequest)) else self.focus
+        object.__setattr__(self, "focus", tuple(_focus_request(item) for item in focus))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        """Read and validate a YAML profile file (errors name the file, key and line)."""
+        path = Path(path)
+        source = str(path)
+        data_bytes = read_regular_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
+        try:
+            text = data_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProfileError(f"profile {source} is not UTF-8 text") from None
+        try:
+            data, lines = plain_yaml.load(text)
+        except plain_yaml.PlainYAMLError as exc:
+            where = f"{source}, line {exc.line}" if exc.line else source
+            raise ProfileError(f"{where}: {exc}", "profiles are plain YAML: write each value out") from None
+        return _from_mapping({} if data is None else data, lines, source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "profile dict") -> Profile:
+        """Validate a mapping with the YAML schema (same checks and messages as Profile.load)."""
+        return _from_mapping(data, {}, source)
+
+    def with_overrides(
+        self,
+        sigma: float | None = None,
+        focus: Iterable[str] | None = None,
+        focus_sigma: float | None = None,
+        seed: int | None = None,
+    ) -> Profile:
+        """This profile with the given values taking precedence (as command-line flags do)."""
+        return apply_overrides(self, sigma, list(focus) if focus is not None else None, focus_sigma, seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as a YAML-schema mapping: Profile.from_dict(p.to_dict()) == p."""
+        data: dict[str, Any] = {"version": PROFILE_VERSION}
+        data.update({key: value for key, value in (("name", self.name), ("description", self.description)) if value is not None})
+        data["utility"] = {"sigma": self.sigma}
+        if self.focus or self.focus_sigma is not None:
+            focus: dict[str, Any] = {} if self.focus_sigma is None else {"sigma": self.focus_sigma}
+            if self.focus:
+                focus["targets"] = [
+                    {"class": f.name, "direction": "up" if f.direction == BOOST else "down"} for f in self.focus
+                ]
+            data["focus"] = focus
+        if self.seed is not None:
+            data["noise"] = {"seed": self.seed}
+        elif self.key_env is not None:
+            data["noise"] = {"key_env": self.key_env}
+        return data
+
     @property
     def effective_focus_sigma(self) -> float:
         """The focus std in force: the given one, or the default when targets are named."""
@@ -107,6 +170,15 @@ def parse_direction(text: str, where: str) -> int:
     if direction is None:
         raise ProfileError(f"{where}: direction must be 'up' or 'down', got {text!r}")
     return direction
+
+
+def _focus_request(item: Any) -> FocusRequest:
+    """A focus target given to Profile(): a FocusRequest, 'NAME[:up|down]' or a class id."""
+    if isinstance(item, FocusRequest):
+        return item
+    if isinstance(item, bool) or not isinstance(item, (str, int)):
+        raise ProfileError(f"Profile(focus=...): expected 'NAME[:up|down]' or a class id, got {item!r}")
+    return replace(parse_focus(str(item)), origin="Profile(focus=...)")
 
 
 def parse_focus(text: str) -> FocusRequest:
@@ -203,25 +275,18 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
     )
 
 
-def load_profile(path: str | Path) -> Profile:
-    """Read and validate a YAML profile file."""
-    path = Path(path)
-    source = str(path)
-    data_bytes = read_regular_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
-    try:
-        text = data_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProfileError(f"profile {source} is not UTF-8 text") from None
-    try:
-        data, lines = plain_yaml.load(text)
-    except plain_yaml.PlainYAMLError as exc:
-        where = f"{source}, line {exc.line}" if exc.line else source
-        raise ProfileError(f"{where}: {exc}", "profiles are plain YAML: write each value out") from None
-    if data is None:
-        data = {}
+def _from_mapping(data: Any, lines: dict[str, int], source: str) -> Profile:
+    """Validate a loaded mapping (from YAML or from Python): the one validation path."""
+    if isinstance(data, Mapping) and not isinstance(data, dict):
+        data = dict(data)
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile must be a YAML mapping (key: value lines)")
+        raise ProfileError(f"{source}: a profile must be a mapping (YAML key: value lines, or a dict)")
     return _validate(data, lines, source)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a YAML profile file (Profile.load)."""
+    return Profile.load(path)
 
 
 def apply_overrides(
@@ -252,8 +317,8 @@ def resolve_profile(
     seed: int | None = None,
 ) -> Profile:
     """Load the profile file if given, then apply command-line overrides."""
-    base = load_profile(path) if path else Profile()
-    return apply_overrides(base, sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
+    base = Profile.load(path) if path else Profile()
+    return base.with_overrides(sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
 
 
 def noise_source(profile: Profile) -> tuple[NoiseSource, int | None]:

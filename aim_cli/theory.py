@@ -161,7 +161,11 @@ def win_probability_with_focus(
 
 
 def expected_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> float:
-    """Expected top-1 accuracy of an (N, C) logits set under utility noise sigma."""
+    """Expected top-1 accuracy of an (N, C) logits set under utility noise sigma (full 64-node rule).
+
+    The reference formula; calibration and aim.expected_accuracy use the faster
+    calibration.classify.expected_correct (contending classes only, within 1e-6 of this).
+    """
     return float(win_probability(logits, labels, sigma).mean())
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from aim_cli import theory
 from aim_cli.errors import AimError
+
+if TYPE_CHECKING:
+    from aim_cli.profile import Profile
 
 # Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
 _T975 = {
@@ -128,6 +131,23 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     analytic: bool = True  # False when the curve itself is measured (free-form text)
 
+    @property
+    def sigma(self) -> float:
+        """The utility sigma of the calibrated setting (the one held fixed for a recall target)."""
+        return self.utility_sigma if self.target.metric == "recall" else self.value
+
+    @property
+    def focus_sigma(self) -> float | None:
+        """The calibrated focus sigma for a recall target, else None."""
+        return self.value if self.target.metric == "recall" else None
+
+    def profile(self, name: str = "calibrated") -> Profile:
+        """The validated Profile that applies the calibrated value (what --write-profile writes)."""
+        from aim_cli.calibration.report import profile_document
+        from aim_cli.profile import Profile
+
+        return Profile.from_dict(profile_document(self, name), source=f"calibrated profile {name!r}")
+
     def to_dict(self) -> dict[str, object]:
         """The JSON report."""
         target = self.target
@@ -145,7 +165,7 @@ class Calibration:
                 if target.metric == "recall"
                 else None
             ),
-            "utility_sigma": self.utility_sigma if target.metric == "recall" else self.value,
+            "utility_sigma": self.sigma,
             "value": self.value,
             "predicted": self.predicted,
             "clean": self.clean,

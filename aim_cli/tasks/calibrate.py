@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from aim_cli.calibration.core import Calibration, Target
 from aim_cli.errors import AimError
 from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest
+from aim_cli.profile import FocusRequest, check_seed, check_sigma, parse_focus
 from aim_cli.tasks.common import FailedInput, ProgressCallback
 
 if TYPE_CHECKING:
@@ -41,6 +41,81 @@ class CalibrationRequest:
     batch_size: int = 64
 
 
+# How the calibration settings are spelled in messages: flags for the CLI, keywords for the API.
+CLI_NAMES = {
+    "target_acc": "--target-acc", "target_miou": "--target-miou", "target_recall": "--target-recall",
+    "focus": "--focus", "sigma": "--sigma", "seed": "--seed", "draws": "--draws",
+    "example": "e.g. aim calibrate --target-acc 0.6", "recall_example": "e.g. --focus person --target-recall 0.9",
+}
+API_NAMES = {
+    "target_acc": "target_acc", "target_miou": "", "target_recall": "target_recall",  # no mIoU from logits
+    "focus": "focus", "sigma": "sigma", "seed": "seed", "draws": "draws",
+    "example": "e.g. calibrate_logits(logits, labels, target_acc=0.6)",
+    "recall_example": "e.g. focus='person', target_recall=0.9",
+}
+
+
+def calibration_request(
+    task: str,
+    target_acc: float | None,
+    target_miou: float | None,
+    target_recall: float | None,
+    focus: str | None,
+    sigma: float | None,
+    draws: int,
+    seed: int,
+    batch_size: int = 64,
+    names: dict[str, str] = CLI_NAMES,
+) -> CalibrationRequest:
+    """Check that the targets fit together and the task (the one check for CLI and API), then build the request."""
+    given = {names[key]: v for key, v in (("target_acc", target_acc), ("target_miou", target_miou),
+                                           ("target_recall", target_recall)) if v is not None}
+    if len(given) != 1:
+        miou = f", {names['target_miou']} (segment)" if names["target_miou"] else ""
+        raise AimError(
+            f"give exactly one target: {names['target_acc']}{miou} or {names['target_recall']} (with {names['focus']})"
+            + (f" (got {', '.join(given)})" if given else ""),
+            names["example"],
+        )
+    (flag, value), = given.items()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AimError(f"{flag} {value!r}: expected a number", "metrics are fractions, e.g. 0.6 for 60%")
+    if not 0.0 < value <= 1.0:
+        raise AimError(f"{flag} {value:g} is not a fraction between 0 and 1", "metrics are fractions, e.g. 0.6 for 60%")
+    if flag == names["target_miou"] and task != "segment":
+        raise AimError(f"{flag} applies to --task segment", f"for classification use {names['target_acc']}")
+    if flag == names["target_recall"]:
+        if focus is None:
+            raise AimError(f"{flag} needs {names['focus']} NAME[:up|down]", names["recall_example"])
+        if task == "generate":
+            raise AimError(f"{flag} applies to --task classify or segment")
+    elif focus is not None:
+        raise AimError(f"{names['focus']} goes with {names['target_recall']}", names["recall_example"])
+    if sigma is not None and flag != names["target_recall"]:
+        raise AimError(
+            f"{names['sigma']} is what calibration finds",
+            f"drop {names['sigma']} (it only fixes the utility sigma for {names['target_recall']})",
+        )
+    if sigma is not None:
+        sigma = check_sigma(sigma, "sigma", names["sigma"])
+    check_seed(seed, names["seed"])
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise AimError(f"{names['draws']} {draws!r}: the Monte Carlo check needs at least 2 draws")
+    if task == "segment" and flag == names["target_acc"]:
+        metric = "pixel_accuracy"
+    else:
+        metric = {names["target_acc"]: "accuracy", names["target_miou"]: "miou", names["target_recall"]: "recall"}[flag]
+    return CalibrationRequest(
+        metric=metric,
+        value=float(value),
+        focus=parse_focus(focus) if focus else None,
+        utility_sigma=float(sigma or 0.0),
+        draws=draws,
+        seed=seed,
+        batch_size=batch_size,
+    )
+
+
 def resolve_target(request: CalibrationRequest, labels: Sequence[str]) -> tuple[Target, int | None]:
     """The Target with the focus class resolved to the model's own label (and its id)."""
     if request.metric != "recall":
@@ -51,6 +126,16 @@ def resolve_target(request: CalibrationRequest, labels: Sequence[str]) -> tuple[
     return Target("recall", request.value, labels[class_id], request.focus.direction), class_id
 
 
+def calibrate_classification_logits(
+    logits: torch.Tensor, labels: torch.Tensor, request: CalibrationRequest, class_names: Sequence[str]
+) -> Calibration:
+    """Calibrate on (N, C) logits and label ids a model already produced (CLI and Python API)."""
+    from aim_cli.calibration.classify import calibrate_logits
+
+    target, target_id = resolve_target(request, class_names)
+    return calibrate_logits(logits, labels, target, target_id, request.draws, request.seed, request.utility_sigma)
+
+
 def calibrate_classifier(
     classifier: ImageClassifier,
     dataset: ImageDataset,
@@ -58,15 +143,13 @@ def calibrate_classifier(
     progress: ProgressCallback | None = None,
 ) -> tuple[Calibration, list[FailedInput]]:
     """One forward pass caches the logits; the curve, root and Monte Carlo check follow from them."""
-    from aim_cli.calibration.classify import calibrate_logits, collect_logits, dataset_label_ids
+    from aim_cli.calibration.classify import collect_logits, dataset_label_ids
 
     start = time.perf_counter()
-    target, target_id = resolve_target(request, classifier.labels)
+    resolve_target(request, classifier.labels)  # a bad focus name fails before the forward pass
     label_ids = dataset_label_ids(dataset, classifier.labels)
     cached = collect_logits(classifier, dataset.items, label_ids, request.batch_size, progress)
-    calibration = calibrate_logits(
-        cached.logits, cached.labels, target, target_id, request.draws, request.seed, request.utility_sigma
-    )
+    calibration = calibrate_classification_logits(cached.logits, cached.labels, request, classifier.labels)
     calibration.model = classifier.name
     calibration.data = dataset.description
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing, "total_s": time.perf_counter() - start}

@@ -11,7 +11,6 @@ import torch
 from aim_cli.errors import InputError
 from aim_cli.images import LoadedImage, load_image
 from aim_cli.models.classifier import ImageClassifier
-from aim_cli.modulation import modulate
 from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
 
 
@@ -49,7 +48,7 @@ def modulated_logits(
     """Clean and modulated logits for a batch of decoded images."""
     clean = classifier.logits([item.image for item in images])
     keys = [item.key for item in images] if plan.keyed else None
-    return clean, modulate(clean, plan.modulation, plan.noise, class_dim=1, item_keys=keys)
+    return clean, plan.apply(clean, class_dim=1, keys=keys)
 
 
 def _decoded(paths: Sequence[Path], failures: list[FailedInput]) -> Iterator[LoadedImage]:

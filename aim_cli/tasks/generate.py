@@ -15,11 +15,11 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from aim_cli.errors import InputError
-from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop, focus_targets
+from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop
 from aim_cli.models.language import LanguageModel, check_prompt_fits
-from aim_cli.modulation import KeyedNoise, Modulation, content_key
-from aim_cli.profile import Profile, noise_source
-from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched
+from aim_cli.modulation import KeyedNoise, content_key
+from aim_cli.profile import Profile
+from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched, plan_tokens
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,7 @@ class Completion:
 
 def plan_generation(profile: Profile, lm: LanguageModel) -> ModulationPlan:
     """Resolve focus words to token sets and build the noise source for a language model."""
-    targets, names = focus_targets(lm.tokenizer, profile.focus)
-    modulation = Modulation(profile.sigma, profile.effective_focus_sigma, targets)
-    noise, seed = noise_source(profile)
-    return ModulationPlan(modulation, noise, seed, names)
+    return plan_tokens(profile, lm.tokenizer)
 
 
 def encode_prompts(lm: LanguageModel, prompts: Sequence[str], chat: bool = False) -> list[EncodedPrompt]:
@@ -218,7 +215,7 @@ def generate_completions(
         torch.manual_seed(plan.seed)
     processor = None
     if not plan.modulation.is_identity:
-        processor = ModulationProcessor(plan.modulation, plan.noise, keyed=plan.keyed)
+        processor = plan.logits_processor()
     eos_ids = _eos_ids(lm)
     pad_id = lm.tokenizer.pad_token_id
     for batch in batched(prompts, settings.batch_size):
