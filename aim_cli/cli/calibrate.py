@@ -26,8 +26,7 @@ from aim_cli.cli.common import (
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError
 from aim_cli.io import check_output_file
-from aim_cli.profile import check_seed, check_sigma, parse_focus
-from aim_cli.tasks.calibrate import CalibrationRequest
+from aim_cli.tasks.calibrate import CalibrationRequest, calibration_request
 from aim_cli.tasks.common import FailedInput
 
 if TYPE_CHECKING:
@@ -44,58 +43,6 @@ class Task(str, enum.Enum):
     generate = "generate"
 
 
-def _request(
-    task: Task,
-    target_acc: float | None,
-    target_miou: float | None,
-    target_recall: float | None,
-    focus: str | None,
-    sigma: float | None,
-    draws: int,
-    seed: int,
-    batch_size: int,
-) -> CalibrationRequest:
-    """Check the target flags fit together and the task, then build the request."""
-    given = {name: v for name, v in (("--target-acc", target_acc), ("--target-miou", target_miou),
-                                      ("--target-recall", target_recall)) if v is not None}
-    if len(given) != 1:
-        raise AimError(
-            "give exactly one target: --target-acc, --target-miou (segment) or --target-recall (with --focus)"
-            + (f" (got {', '.join(given)})" if given else ""),
-            "e.g. aim calibrate --target-acc 0.6",
-        )
-    (flag, value), = given.items()
-    if not 0.0 < value <= 1.0:
-        raise AimError(f"{flag} {value:g} is not a fraction between 0 and 1", "metrics are fractions, e.g. 0.6 for 60%")
-    if flag == "--target-miou" and task != Task.segment:
-        raise AimError("--target-miou applies to --task segment", "for classification use --target-acc")
-    if flag == "--target-recall":
-        if focus is None:
-            raise AimError("--target-recall needs --focus NAME[:up|down]", "e.g. --focus person --target-recall 0.9")
-        if task == Task.generate:
-            raise AimError("--target-recall applies to --task classify or segment")
-    elif focus is not None:
-        raise AimError("--focus goes with --target-recall", "e.g. --focus person --target-recall 0.9")
-    if sigma is not None and flag != "--target-recall":
-        raise AimError("--sigma is what calibration finds", "drop --sigma (it only fixes the utility sigma for --target-recall)")
-    if sigma is not None:
-        sigma = check_sigma(sigma, "sigma", "--sigma")
-    check_seed(seed, "--seed")
-    if task == Task.segment and flag == "--target-acc":
-        metric = "pixel_accuracy"
-    else:
-        metric = {"--target-acc": "accuracy", "--target-miou": "miou", "--target-recall": "recall"}[flag]
-    return CalibrationRequest(
-        metric=metric,
-        value=float(value),
-        focus=parse_focus(focus) if focus else None,
-        utility_sigma=float(sigma or 0.0),
-        draws=draws,
-        seed=seed,
-        batch_size=batch_size,
-    )
-
-
 @app.command()
 def calibrate(
     target_acc: Annotated[Optional[float], typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")] = None,
@@ -105,7 +52,7 @@ def calibrate(
     sigma: Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")] = None,
     task: Annotated[Task, typer.Option("--task", "-t", help="Kind of model.")] = Task.classify,
     model: ModelOption = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth).")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
@@ -123,7 +70,7 @@ def calibrate(
 
     The chosen value goes to stdout; the curve, the check and timing to stderr.
     """
-    request = _request(task, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
+    request = calibration_request(task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
     for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
         if path is not None:
             check_output_file(path, suffixes)

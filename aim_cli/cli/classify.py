@@ -67,7 +67,7 @@ def _ranked(predictions: list[Prediction]) -> str:
 def classify(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")] = None,
     model: ModelOption = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth).")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from aim_cli.errors import ModelError
 from aim_cli.models.hub import load_pretrained
+from aim_cli.models.timm_classifier import load_timm_classifier
 from aim_cli.models.torchvision_common import (
     checked_labels,
     default_labels,
@@ -47,13 +48,14 @@ class ImageClassifier:
 def load_classifier(
     spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
 ) -> ImageClassifier:
-    """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH with --weights."""
+    """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH / timm:ARCH with --weights."""
     return load_by_spec(
         spec,
         "classify",
         weights,
         lambda arch: _load_torchvision(arch, device, weights, labels_file),
         lambda source, display: _load_hf(source, device, labels_file, display=display),
+        lambda spec: load_timm_classifier(spec, device, weights, labels_file),
     )
 
 

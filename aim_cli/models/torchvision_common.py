@@ -1,4 +1,4 @@
-"""What torchvision classifiers and segmenters share: default labels, preprocessing, label checks."""
+"""Routing of --model (torchvision:, timm:, HF, demo) and what torchvision classifiers and segmenters share."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aim_cli import demo
 from aim_cli.errors import ModelError
 
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 M = TypeVar("M")
 
 
@@ -21,13 +22,35 @@ def load_by_spec(
     weights: Path | None,
     load_torchvision: Callable[[str], M],
     load_hf: Callable[[str, str], M],
+    load_timm: Callable[[str], M] | None = None,
 ) -> M:
-    """Route a --model value: torchvision:ARCH (with --weights), else an HF folder/hub id, else the demo."""
+    """Route a --model value: torchvision:/timm:ARCH (with --weights), a timm or other HF checkpoint, or the demo.
+
+    `load_timm` gets the whole --model value; tasks without timm models leave it None.
+    """
     if spec and spec.startswith(TORCHVISION_PREFIX):
         return load_torchvision(spec[len(TORCHVISION_PREFIX) :])
+    if spec and spec.startswith(TIMM_PREFIX):
+        return _timm_or_refuse(spec, task, load_timm)
     if weights is not None:
-        raise ModelError("--weights goes with --model torchvision:ARCH", "HF directories carry their own weights")
+        raise ModelError(
+            "--weights goes with --model torchvision:ARCH or timm:ARCH", "model directories carry their own weights"
+        )
+    from aim_cli.models.timm_classifier import timm_checkpoint  # here: that module imports this one
+
+    if spec and timm_checkpoint(spec) is not None:
+        return _timm_or_refuse(spec, task, load_timm)
     return load_hf(spec or str(demo.model_dir(task)), spec or f"demo {demo.model_dir(task).name}")
+
+
+def _timm_or_refuse(spec: str, task: str, load_timm: Callable[[str], M] | None) -> M:
+    """timm models are image classifiers: load one, or say which task it does not fit."""
+    if load_timm is None:
+        raise ModelError(
+            f"{spec} is a timm image classifier, which aim {task} cannot use",
+            "use it with aim classify / aim calibrate --task classify",
+        )
+    return load_timm(spec)
 
 
 def default_labels(arch: str, width: int | None) -> list[str]:
