@@ -33,6 +33,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
+VLLM_VENV ?= .venv-vllm
+.PHONY: test-vllm
+test-vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev,vllm]'
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_plugin.py tests/test_serving.py
+
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 

@@ -21,6 +21,7 @@ from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
 from aim_cli.cli import classify as _classify  # noqa: E402,F401
 from aim_cli.cli import generate as _generate  # noqa: E402,F401
 from aim_cli.cli import segment as _segment  # noqa: E402,F401
+from aim_cli.cli import serve as _serve  # noqa: E402,F401
 
 EXIT_INTERNAL = 3
 DEBUG_FLAG = "--debug"

@@ -29,7 +29,7 @@ out_console = Console()
 
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Local HF directory, cached hub id, or torchvision:ARCH. Default: the demo model."),
+    typer.Option("--model", "-m", help="Local HF directory, cached hub id, torchvision:ARCH or timm:ARCH (classifiers). Default: the demo model."),
 ]
 ProfileOption = Annotated[Optional[Path], typer.Option("--profile", "-p", help="YAML modulation profile.")]
 SigmaOption = Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")]

@@ -1,0 +1,271 @@
+"""Per-request modulation for serving engines: request args -> tier -> noisy logits rows.
+
+Engine-neutral (this module never imports vLLM): the vLLM adapter in aim_cli/integrations/vllm.py
+only maps vLLM's batch bookkeeping onto these functions, so everything here is tested without
+vLLM. Semantics are those of `aim generate`: noise on the raw next-token logits, focus words
+resolved to token sets with the model's tokenizer, keyed noise keyed on prompt + generated
+token ids with token_key (the same bytes, so the same draws, as `aim generate`).
+
+Seeded requests differ from `aim generate` on one point, on purpose: a server batches requests
+as they come, so a seeded request's noise at step t is drawn by the counter-based generator
+from (seed, t) alone (see step_key), and never depends on the other requests in the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from aim_cli.errors import ProfileError
+from aim_cli.modulation import KeyedNoise, Modulation, modulate, token_key
+from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, parse_direction
+from aim_cli.tasks.common import plan_tokens
+
+# Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
+PROFILES_ENV = "AIM_PROFILES_DIR"
+KEY_ENV = "AIM_NOISE_KEY"
+PROFILE_SUFFIXES = (".yaml", ".yml")
+# The per-request arguments (SamplingParams.extra_args, the OpenAI server's vllm_xargs).
+ARG_PREFIX = "aim_"
+REQUEST_ARGS = ("aim_profile", "aim_sigma", "aim_focus", "aim_focus_sigma", "aim_seed", "aim_keyed")
+# Domain separation: a seeded request's stream can never coincide with a keyed one.
+_SEEDED_DOMAIN = b"aim-seeded-request\x00"
+
+
+def load_profile_dir(directory: str | Path) -> dict[str, Profile]:
+    """Every *.yaml / *.yml profile of a directory, by file stem (e.g. free-tier.yaml -> 'free-tier')."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ProfileError(f"profiles directory {directory}: not a directory", "give a folder of tier profiles (*.yaml)")
+    profiles: dict[str, Profile] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in PROFILE_SUFFIXES and path.is_file():
+            if path.stem in profiles:
+                raise ProfileError(f"{path}: a second profile named '{path.stem}'", "keep one file per tier name")
+            profiles[path.stem] = Profile.load(path)
+    if not profiles:
+        raise ProfileError(f"profiles directory {directory}: no .yaml profiles found", "add one file per tier, e.g. free-tier.yaml")
+    return profiles
+
+
+_PROFILE_CACHE: dict[str, dict[str, Profile]] = {}
+
+
+def server_profiles(environ: Mapping[str, str] | None = None) -> dict[str, Profile]:
+    """The tiers of the directory named by AIM_PROFILES_DIR (read once per process); {} when unset."""
+    directory = (os.environ if environ is None else environ).get(PROFILES_ENV, "")
+    if not directory:
+        return {}
+    if directory not in _PROFILE_CACHE:
+        _PROFILE_CACHE[directory] = load_profile_dir(directory)
+    return _PROFILE_CACHE[directory]
+
+
+def has_aim_args(extra_args: Mapping[str, Any] | None) -> bool:
+    """True when a request carries any aim_* argument (the others are left untouched)."""
+    return bool(extra_args) and any(str(key).startswith(ARG_PREFIX) for key in extra_args)
+
+
+def _focus_requests(value: Any) -> tuple[FocusRequest, ...]:
+    """aim_focus: one 'WORD[:up|down]' string or a list of them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(item, str) for item in items):
+        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {value!r}")
+    requests = []
+    for item in items:
+        where = f"aim_focus {item!r}"
+        name, _, direction = item.partition(":")
+        if not name.strip():
+            raise ProfileError(f"{where}: expected WORD or WORD:up or WORD:down")
+        requests.append(FocusRequest(name.strip(), parse_direction(direction or "up", where), origin=where))
+    return tuple(requests)
+
+
+def request_profile(extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile]) -> Profile | None:
+    """The validated tier a request asks for, or None when it has no aim_* arguments.
+
+    aim_profile picks a server tier; aim_sigma, aim_focus, aim_focus_sigma and aim_seed override
+    it as the command-line flags override a profile file; aim_keyed: true keys the noise on the
+    server's AIM_NOISE_KEY. Raises ProfileError (one line) for anything invalid.
+    """
+    if not has_aim_args(extra_args):
+        return None
+    args = {key: value for key, value in extra_args.items() if str(key).startswith(ARG_PREFIX)}
+    unknown = sorted(set(args) - set(REQUEST_ARGS))
+    if unknown:
+        raise ProfileError(f"unknown request argument {unknown[0]!r}", f"allowed: {', '.join(REQUEST_ARGS)}")
+    base = Profile(source="request")
+    if "aim_profile" in args:
+        name = args["aim_profile"]
+        if not profiles:
+            raise ProfileError("aim_profile: this server has no tiers", f"start it with {PROFILES_ENV}=DIR (aim serve --profiles DIR)")
+        if not isinstance(name, str) or name not in profiles:
+            raise ProfileError(f"aim_profile: unknown tier {name!r}", f"available: {', '.join(sorted(profiles))}")
+        base = profiles[name]
+    elif not ({"aim_sigma", "aim_focus"} & set(args)):
+        raise ProfileError("the request sets no modulation", "give aim_profile, aim_sigma or aim_focus")
+    if "aim_seed" in args and args.get("aim_keyed") in (True, "true"):
+        raise ProfileError("aim_seed and aim_keyed exclude each other", "keep one")
+    # The flags' checks, with the request's own names in the messages.
+    changes: dict[str, Any] = {}
+    if "aim_sigma" in args:
+        changes["sigma"] = check_sigma(args["aim_sigma"], "sigma", "aim_sigma")
+    if "aim_focus_sigma" in args:
+        changes["focus_sigma"] = check_sigma(args["aim_focus_sigma"], "focus sigma", "aim_focus_sigma")
+    if "aim_focus" in args:
+        changes["focus"] = _focus_requests(args["aim_focus"])
+    if "aim_seed" in args:
+        changes["seed"], changes["key_env"] = check_seed(args["aim_seed"], "aim_seed"), None
+    profile = replace(base, **changes)
+    keyed = args.get("aim_keyed")
+    if keyed is not None:
+        # vLLM's OpenAI server turns JSON true/false in vllm_xargs into 1/0 (its values are str | int | float).
+        if keyed not in (True, False, "true", "false") or isinstance(keyed, float):
+            raise ProfileError(f"aim_keyed: expected true or false, got {keyed!r}")
+        if keyed in (True, "true"):
+            profile = replace(profile, seed=None, key_env=KEY_ENV)
+        elif profile.key_env is not None:
+            raise ProfileError(f"aim_keyed: false, but tier {base.name or base.source!r} uses keyed noise", "drop aim_keyed")
+    if profile.key_env is not None:
+        _check_key(profile)
+    return profile
+
+
+def _check_key(profile: Profile) -> None:
+    """Keyed noise needs its secret in the server's environment (checked at admission, not mid-batch)."""
+    if not os.environ.get(profile.key_env or ""):
+        raise ProfileError(
+            f"tier {profile.name or 'of the request'}: keyed noise needs the server's environment variable {profile.key_env}",
+            f"start the server with {profile.key_env}=<secret>",
+        )
+
+
+def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
+    """Give a request without seed or key its fresh seed at admission, written into its args.
+
+    Drawn once, in the server's front end, so every worker process that applies the request's
+    noise (tensor-parallel ranks each run the sampler) draws the same noise. Returns the seed.
+    """
+    if profile.seed is not None or profile.key_env is not None:
+        return None
+    seed = secrets.randbits(63)
+    extra_args["aim_seed"] = seed
+    return seed
+
+
+@dataclass(frozen=True, eq=False)
+class RowPlan:
+    """How one request's rows are modulated: the Modulation, its noise, and how items are keyed.
+
+    Compared by identity: rows share a plan (and so one modulate() call) exactly when they share
+    the tier object, which resolve_plan's cache guarantees for equal profiles and keys.
+    """
+
+    modulation: Modulation
+    noise: KeyedNoise
+    keyed: bool  # True: keyed on prompt + generated ids; False: on (seed, step)
+    seed: int | None = None
+
+    def item_key(self, token_ids: Sequence[int], prompt_len: int) -> bytes:
+        """The content key of the next decision: token_key(prompt + output) or step_key(step)."""
+        if self.keyed:
+            return token_key(token_ids)
+        return step_key(len(token_ids) - prompt_len)
+
+
+def step_key(step: int) -> bytes:
+    """Item key of a seeded request's step t (the number of tokens it has generated so far)."""
+    return int(step).to_bytes(8, "little", signed=False)
+
+
+def seeded_noise(seed: int) -> KeyedNoise:
+    """A request's seeded noise: the counter-based generator keyed on the seed, so draws depend on (seed, step) only."""
+    return KeyedNoise(_SEEDED_DOMAIN + int(seed).to_bytes(8, "little"))
+
+
+class PlanCache:
+    """Resolves tiers against one model's tokenizer, once per distinct profile (focus words cost a tokenizer call each)."""
+
+    # Requests bring their own seeds and sigmas: bound the cache (least recently used goes first).
+    MAX_ENTRIES = 1024
+
+    def __init__(self, tokenizer: Callable[[], Any]) -> None:
+        self._tokenizer = tokenizer  # loaded only when a focus word needs it
+        self._plans: OrderedDict[Profile, RowPlan] = OrderedDict()
+
+    def resolve(self, profile: Profile) -> RowPlan:
+        """The RowPlan of a validated profile; a profile without seed or key gets a fresh seed each time."""
+        fresh = profile.seed is None and profile.key_env is None
+        if fresh:
+            # Like `aim generate` without --seed: a new seed per request (not cached: each request its own stream).
+            profile = replace(profile, seed=secrets.randbits(63))
+        cached = self._plans.get(profile)
+        if cached is not None:
+            self._plans.move_to_end(profile)
+            return cached
+        # The same resolution as `aim generate` (focus words -> token sets, key from the environment).
+        base = plan_tokens(profile, self._tokenizer() if profile.focus else None)
+        if base.keyed:
+            plan = RowPlan(base.modulation, base.noise, keyed=True)
+        else:
+            plan = RowPlan(base.modulation, seeded_noise(int(profile.seed or 0)), keyed=False, seed=profile.seed)
+        if not fresh:
+            self._plans[profile] = plan
+            if len(self._plans) > self.MAX_ENTRIES:
+                self._plans.popitem(last=False)
+        return plan
+
+
+def modulate_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RowPlan, bytes]]) -> torch.Tensor:
+    """Modulate the listed rows of (batch, vocab) logits in place; other rows are untouched.
+
+    rows: (row index, plan, item key). Rows are grouped by plan (tier) and each group is one
+    modulate() call; every row's draws come from its own key, so a row's noise depends only on
+    its tier and key, never on which other rows share the batch or where it sits.
+    """
+    groups: dict[int, tuple[RowPlan, list[int], list[bytes]]] = {}
+    for index, plan, key in rows:
+        if plan.modulation.is_identity:
+            continue
+        group = groups.setdefault(id(plan), (plan, [], []))
+        group[1].append(index)
+        group[2].append(key)
+    for plan, indices, keys in groups.values():
+        index = torch.tensor(indices, device=logits.device, dtype=torch.long)
+        noisy = modulate(logits.index_select(0, index), plan.modulation, plan.noise, class_dim=-1, item_keys=keys)
+        logits.index_copy_(0, index, noisy)
+    return logits
+
+
+def profile_summary(profiles: Mapping[str, Profile]) -> list[str]:
+    """One line per tier for the server's start banner: name, sigma, focus, noise."""
+    lines = []
+    for name, profile in sorted(profiles.items()):
+        noise = f"keyed ({profile.key_env})" if profile.key_env else (f"seed {profile.seed}" if profile.seed is not None else "fresh seed")
+        focus = f", focus {', '.join(map(str, profile.focus))}" if profile.focus else ""
+        lines.append(f"{name}: sigma {profile.sigma:g}{focus}, {noise}")
+    return lines
+
+
+__all__ = [
+    "KEY_ENV",
+    "PROFILES_ENV",
+    "REQUEST_ARGS",
+    "PlanCache",
+    "RowPlan",
+    "has_aim_args",
+    "load_profile_dir",
+    "modulate_rows",
+    "pin_fresh_seed",
+    "profile_summary",
+    "request_profile",
+    "seeded_noise",
+    "server_profiles",
+    "step_key",
+]
