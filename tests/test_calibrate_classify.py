@@ -169,6 +169,18 @@ def test_target_equal_to_clean_needs_no_noise(demo_logits):
     assert calibration.value == 0.0
 
 
+def test_tied_top_logits_make_the_gap_at_zero_noise_a_user_error():
+    # Row 0's top two logits tie exactly (as float16/bfloat16 logits often do): argmax counts it right,
+    # but any noise at all makes it a coin flip, so accuracy jumps from 1 to 0.75 at sigma 0+.
+    from aim_cli.errors import AimError
+
+    logits, labels = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), torch.tensor([0, 0])
+    with pytest.raises(AimError, match=r"0\.75.*tie"):
+        calibrate_logits(logits, labels, Target("accuracy", 0.8), draws=4)
+    below = calibrate_logits(logits, labels, Target("accuracy", 0.6), draws=4)  # past the jump: reachable
+    assert below.predicted == pytest.approx(0.6, abs=1e-4) and below.value > 0
+
+
 def test_focus_recall_target_on_classifier(other_logits):
     # Boosting a class raises its recall; the closed form (theory.focus_win_probability) is exact.
     logits, labels = other_logits

@@ -276,9 +276,26 @@ def solve(
         low, known = high * 1e-6, None
         if exact is None:
             return float(high * (values[0] - target) / (values[0] - values[index + 1]))
+        _refuse_jump_at_zero(values[index], exact(low), low, target)
     if exact is not None:
         return float(theory.solve_increasing_parameter(exact, target, low, high, tolerance=1e-5, known=known))
     return float(inverse_interpolate(grid, values, target, index))
+
+
+def _refuse_jump_at_zero(clean: float, near_zero: float, at: float, target: float) -> None:
+    """Fail clearly when the target lies in a jump of the curve between zero noise and the least noise.
+
+    argmax settles a tie between top scores by index, but any noise at all makes it a coin
+    flip, so the metric jumps at sigma 0 and no sigma reaches a target inside the jump.
+    """
+    if (clean - target) * (near_zero - target) < 0:
+        raise AimError(
+            f"no sigma reaches {target:g}: the metric is {clean:.4f} without noise but {near_zero:.4f} with any "
+            f"noise (sigma {at:.1e}), because some inputs' top scores tie (or differ by less than that), "
+            "as float16/bfloat16 logits often do",
+            f"pick a target {'at or below' if near_zero < clean else 'at or above'} {near_zero:.4f}, "
+            "or run the model in float32",
+        )
 
 
 def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
