@@ -243,3 +243,13 @@ def test_debug_shows_traceback(tmp_path):
 def test_version_and_module_entry():
     result = run_aim("--version")
     assert result.returncode == 0 and result.stdout.startswith("aim ")
+
+
+def test_top_prediction_is_the_logits_argmax_even_when_softmax_rounds_them_equal():
+    # 1e-8 apart: softmax gives both 0.5 exactly, but the argmax (what calibration counts) is class 1.
+    from aim_cli.tasks.classify import top_predictions
+
+    logits = torch.tensor([[0.0, 1e-8, -5.0]])
+    first, second = top_predictions(logits, ["a", "b", "c"], 2)[0]
+    assert (first.class_id, second.class_id) == (1, 0)
+    assert first.probability == pytest.approx(second.probability)

@@ -176,11 +176,37 @@ def _model_class(config: Any, display: str) -> tuple[Any, str, bool]:
     if getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
         return AutoModelForSeq2SeqLM, "encoder-decoder language model", True
     if not getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        _refuse_masked_lm(config, display)
         return AutoModelForCausalLM, "causal language model", False
     raise ModelError(
         f"{display} is not a causal language model nor an encoder-decoder one (its config is {type(config).__name__})",
         "aim generate needs a checkpoint AutoModelForCausalLM or AutoModelForSeq2SeqLM can load, "
         "e.g. Llama, GPT-2, Qwen, T5, BART",
+    )
+
+
+def _refuse_masked_lm(config: Any, display: str) -> None:
+    """Refuse an encoder-only masked LM (BERT, RoBERTa, ...) that the causal mapping would accept.
+
+    transformers maps these configs to a *ForCausalLM / *LMHeadModel class too, whose weights a
+    *ForMaskedLM checkpoint fills completely, so it would load and generate garbage; only a
+    checkpoint saved as that causal class (or configured as a decoder) is a real generator.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    masked = MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(model_type)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if masked is None or masked == causal or getattr(config, "is_decoder", False) or causal in architectures:
+        return
+    raise ModelError(
+        f"{display} is a {architectures[0] if architectures else masked}, an encoder-only masked language model, "
+        "not a causal language model: it fills in blanks instead of predicting the next token",
+        "aim generate needs a next-token model such as Llama, GPT-2, Qwen, T5 or BART",
     )
 
 

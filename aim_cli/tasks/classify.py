@@ -33,9 +33,13 @@ class ClassifiedImage:
 
 
 def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int) -> list[list[Prediction]]:
-    """Top-k classes per row of an (N, C) logits tensor, with softmax probabilities."""
-    probs = logits.float().softmax(dim=1)
-    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    """Top-k classes per row of an (N, C) logits tensor, with softmax probabilities.
+
+    Ranked by the logits themselves: softmax can round logits closer than ~1e-7 to equal
+    probabilities, and the top class must be the argmax that calibration and evaluation count.
+    """
+    indices = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    values = logits.float().softmax(dim=1).gather(1, indices)
     return [
         [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(row_v, row_i)]
         for row_v, row_i in zip(values.tolist(), indices.tolist())
