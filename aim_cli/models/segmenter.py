@@ -17,8 +17,11 @@ from aim_cli.models.torchvision_common import (
     load_by_spec,
     standard_preprocess,
 )
+from aim_cli.models.universal_segmenter import is_universal, load_universal
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
+# How a Hugging Face segmenter yields per-pixel logits: its own `.logits`, or query-mask log-scores.
+SEMANTIC, UNIVERSAL = "semantic", "universal"
 
 
 @dataclass
@@ -70,39 +73,50 @@ def load_segmenter(
 
 
 def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display: str) -> Segmenter:
-    """Load AutoModelForSemanticSegmentation + AutoImageProcessor offline."""
+    """Load a semantic (AutoModelForSemanticSegmentation) or universal segmenter offline."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    _check_segmentation_config(load_pretrained(AutoConfig.from_pretrained, spec, "model configuration"), display)
-    model = load_pretrained(
-        AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model", complete=True
-    )
-    processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
-    id2label = getattr(model.config, "id2label", None) or {}
-    labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+    config = load_pretrained(AutoConfig.from_pretrained, spec, "model configuration")
+    if _check_segmentation_config(config, display) == UNIVERSAL:
+        model, preprocess, labels = load_universal(spec, config, device, display)
+    else:
+        model = load_pretrained(
+            AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model", complete=True
+        )
+        processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
+        id2label = getattr(model.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+
+        def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+            return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
     if labels_file is not None:
         labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
-
-    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
-        return processor(images=list(images), return_tensors="pt")["pixel_values"]
-
     model.eval().to(device)
     return Segmenter(display, labels, device, model, preprocess, hf=True)
 
 
-def _check_segmentation_config(config: object, display: str) -> None:
-    """Name what a non-segmentation checkpoint is, instead of transformers' long mapping error."""
+def _check_segmentation_config(config: object, display: str) -> str:
+    """SEMANTIC or UNIVERSAL; any other checkpoint is named, instead of transformers' long mapping error."""
+    if is_universal(config):
+        return UNIVERSAL
     try:
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES as known
     except ImportError:  # internal name moved: the loader's own error still applies
-        return
+        return SEMANTIC
     model_type = getattr(config, "model_type", None)
     if model_type in known:
-        return
+        return SEMANTIC
     architecture = (getattr(config, "architectures", None) or [model_type or "unknown"])[0]
+    # Instance/panoptic heads (DETR panoptic, RF-DETR, EoMT) have no semantic reading aim implements.
+    why = (
+        "instance/panoptic outputs, which aim does not read as per-pixel class scores"
+        if str(architecture).endswith(("InstanceSegmentation", "UniversalSegmentation", "ForSegmentation"))
+        else "no per-pixel class logits"
+    )
     raise ModelError(
-        f"{display} is a {architecture}, not a semantic segmentation model (no per-pixel class logits)",
-        "aim segment needs a checkpoint such as SegFormer, BEiT, DPT or UperNet; "
+        f"{display} is a {architecture}, not a semantic segmentation model ({why})",
+        "aim segment needs a checkpoint such as SegFormer, BEiT, DPT, UperNet, Mask2Former, MaskFormer or OneFormer; "
         "for image classifiers use aim classify",
     )
 
