@@ -199,6 +199,18 @@ def token_key(token_ids: Sequence[int] | np.ndarray) -> bytes:
     return content_key(np.asarray(token_ids, dtype="<i8").tobytes())
 
 
+def exclude_padding_(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:
+    """Set IN PLACE the columns at and past `num_tokens` of (..., V) modulated logits to -inf; returns them.
+
+    Many checkpoints pad their output layer past the tokenizer (T5 32128 vs 32100 ids, Qwen2.5
+    152064 vs 151665): those columns are no tokens, and noise must not let them win. The draws
+    still cover the full width, so keyed and seeded streams do not depend on this.
+    """
+    if num_tokens is not None and logits.shape[-1] > num_tokens:
+        logits[..., num_tokens:] = float("-inf")
+    return logits
+
+
 def modulate(
     logits: torch.Tensor,
     modulation: Modulation,

@@ -181,12 +181,12 @@ def _focus_request(item: Any) -> FocusRequest:
     return replace(parse_focus(str(item)), origin="Profile(focus=...)")
 
 
-def parse_focus(text: str) -> FocusRequest:
-    """Parse a `--focus NAME[:up|down]` value."""
+def parse_focus(text: str, option: str = "--focus") -> FocusRequest:
+    """Parse a `NAME[:up|down]` value of the --focus flag (or of `option`, e.g. a request argument)."""
     name, _, direction = text.partition(":")
+    where = f"{option} {text!r}"
     if not name.strip():
-        raise ProfileError(f"--focus {text!r}: expected NAME or NAME:up or NAME:down")
-    where = f"--focus {text!r}"
+        raise ProfileError(f"{where}: expected NAME or NAME:up or NAME:down")
     return FocusRequest(name.strip(), parse_direction(direction or "up", where), origin=where)
 
 

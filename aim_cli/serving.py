@@ -24,7 +24,7 @@ import torch
 
 from aim_cli.errors import ProfileError
 from aim_cli.modulation import KeyedNoise, Modulation, modulate, token_key
-from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, parse_direction
+from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, parse_focus
 from aim_cli.tasks.common import plan_tokens
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
@@ -77,14 +77,7 @@ def _focus_requests(value: Any) -> tuple[FocusRequest, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(item, str) for item in items):
         raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {value!r}")
-    requests = []
-    for item in items:
-        where = f"aim_focus {item!r}"
-        name, _, direction = item.partition(":")
-        if not name.strip():
-            raise ProfileError(f"{where}: expected WORD or WORD:up or WORD:down")
-        requests.append(FocusRequest(name.strip(), parse_direction(direction or "up", where), origin=where))
-    return tuple(requests)
+    return tuple(parse_focus(item, "aim_focus") for item in items)
 
 
 def request_profile(extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile]) -> Profile | None:

@@ -78,7 +78,7 @@ def test_explicit_args_override_the_tier_like_command_line_flags(tiers):
         ({"aim_sgima": 1}, "unknown request argument 'aim_sgima'"),
         ({"aim_profile": "gold"}, "unknown tier 'gold'"),
         ({"aim_focus": "cat:sideways"}, "aim_focus 'cat:sideways': direction must be 'up' or 'down'"),
-        ({"aim_focus": [":up"]}, "expected WORD or WORD:up"),
+        ({"aim_focus": [":up"]}, "aim_focus ':up': expected NAME or NAME:up"),
         ({"aim_focus": 3}, "aim_focus: expected"),
         ({"aim_sigma": 1, "aim_seed": -2}, "aim_seed: expected an integer"),
         ({"aim_sigma": 1, "aim_seed": 1, "aim_keyed": True}, "exclude each other"),
