@@ -321,18 +321,26 @@ def resolve_profile(
     return base.with_overrides(sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
 
 
+def noise_key(profile: Profile, what: str | None = None) -> bytes:
+    """The secret of a keyed profile, from its environment variable; one-line error when unset.
+
+    `what` names the profile in the message (default: its source file).
+    """
+    key = os.environ.get(profile.key_env or "")
+    if not key:
+        raise ProfileError(
+            f"{what or profile.source or 'profile'}: keyed noise needs the environment variable {profile.key_env}",
+            f"export {profile.key_env}=<secret>",
+        )
+    return key.encode("utf-8")
+
+
 def noise_source(profile: Profile) -> tuple[NoiseSource, int | None]:
     """Build the noise source a profile asks for; returns it with the seed actually used.
 
     Without a seed or key a fresh seed is drawn and reported, so any run can be repeated.
     """
     if profile.key_env:
-        key = os.environ.get(profile.key_env)
-        if not key:
-            raise ProfileError(
-                f"{profile.source or 'profile'}: keyed noise needs the environment variable {profile.key_env}",
-                f"export {profile.key_env}=<secret>",
-            )
-        return KeyedNoise(key.encode("utf-8")), None
+        return KeyedNoise(noise_key(profile)), None
     seed = profile.seed if profile.seed is not None else secrets.randbits(31)
     return SeededNoise(seed), seed
