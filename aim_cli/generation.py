@@ -13,7 +13,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from aim_cli.errors import ProfileError
-from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, token_key
+from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, exclude_padding_, modulate, token_key
 from aim_cli.profile import FocusRequest
 
 
@@ -32,6 +32,7 @@ class ModulationProcessor(LogitsProcessor):
         keyed: bool = False,
         prompt_starts: Sequence[int] | None = None,
         encoder_ids: Sequence[Sequence[int]] | None = None,
+        num_tokens: int | None = None,
     ) -> None:
         self.modulation = modulation
         self.noise = noise
@@ -41,6 +42,8 @@ class ModulationProcessor(LogitsProcessor):
         self.prompt_starts = list(prompt_starts) if prompt_starts is not None else None
         # An encoder-decoder's input_ids are the decoder's alone: the prompt must join the key from here.
         self.encoder_ids = encoder_ids
+        # Output columns past the tokenizer (padded embedding matrices) are no tokens: noise must not pick them.
+        self.num_tokens = num_tokens
 
     def item_keys(self, input_ids: torch.Tensor) -> list[bytes]:
         """Per-row content keys: prompt token ids plus the tokens generated so far (no padding).
@@ -65,7 +68,9 @@ class ModulationProcessor(LogitsProcessor):
         if self._identity:
             return scores
         keys = self.item_keys(input_ids) if self.keyed else None
-        return modulate(scores, self.modulation, self.noise, class_dim=-1, item_keys=keys)
+        return exclude_padding_(
+            modulate(scores, self.modulation, self.noise, class_dim=-1, item_keys=keys), self.num_tokens
+        )
 
 
 # Between the encoder prompt and the decoder tokens in a key; no token id is negative, so the

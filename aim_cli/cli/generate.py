@@ -150,6 +150,9 @@ def generate(
     say(escape(f"model: {lm.name} | {_describe(plan, decoding)}"), quiet)
     if fitted < requested:
         say(length_note(lm, fitted), quiet)
+    if lm.dropped_settings:
+        say(escape(f"note: not applying the checkpoint's {', '.join(lm.dropped_settings)} "
+                   "(aim's noise goes on the raw logits; decoding is greedy or --temperature/--top-k/--top-p)"), quiet)
     settings = plan.describe() | {"temperature": temperature}
 
     if not decoding.sampling and (top_k is not None or top_p is not None):

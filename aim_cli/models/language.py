@@ -40,6 +40,32 @@ _TOKENIZER_FILES = (
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
 DEFAULT_MAX_NEW_TOKENS = 64
+# Generation-config settings that build logits processors transformers runs BEFORE aim's (penalties,
+# n-gram blocking, minimum lengths, biases) or sampling warpers aim does not offer: aim drops them, so
+# noise lands on the raw logits that calibration scores, and decoding is only what the flags say.
+CHECKPOINT_DECODING_SETTINGS = (
+    "repetition_penalty",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "sequence_bias",
+    "min_length",
+    "min_new_tokens",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "guidance_scale",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_h",
+    "watermarking_config",
+    "renormalize_logits",
+)
+# The value at which a numeric setting builds no processor (the others: 0, unset, empty or False).
+_NEUTRAL_AT = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "guidance_scale": 1.0, "typical_p": 1.0}
 
 
 @dataclass
@@ -58,6 +84,7 @@ class LanguageModel:
     context_length: int | None
     encoder_decoder: bool = False
     decoder_context_length: int | None = None
+    dropped_settings: tuple[str, ...] = ()  # the checkpoint's decoding settings aim does not apply
 
     @property
     def default_max_new_tokens(self) -> int:
@@ -105,11 +132,17 @@ class LanguageModel:
 
     @torch.inference_mode()
     def first_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, V) float32 logits of the first freely chosen token after each (unpadded) prompt."""
+        """(N, V) float32 logits of the first freely chosen token after each (unpadded) prompt.
+
+        V is the tokenizer's size: columns of a padded output layer are no tokens, so they are
+        no classes either (they would raise chance level and could win under noise).
+        """
         if not self.encoder_decoder:
-            return self.model(input_ids=input_ids).logits[:, -1, :].float()
-        prefix = torch.tensor([self.decoder_prefix()], device=input_ids.device).expand(input_ids.shape[0], -1)
-        return self.model(input_ids=input_ids, decoder_input_ids=prefix).logits[:, -1, :].float()
+            logits = self.model(input_ids=input_ids).logits[:, -1, :]
+        else:
+            prefix = torch.tensor([self.decoder_prefix()], device=input_ids.device).expand(input_ids.shape[0], -1)
+            logits = self.model(input_ids=input_ids, decoder_input_ids=prefix).logits[:, -1, :]
+        return logits[:, : len(self.tokenizer)].float()
 
 
 def parse_dtype(name: str) -> torch.dtype | None:
@@ -153,12 +186,37 @@ def load_language_model(
         model.to(target)
         input_device = target
     model.eval()
-    if not encoder_decoder:
-        return LanguageModel(display, model, tokenizer, input_device, _context_length(config, tokenizer))
-    decoder_start_id(model.generation_config, config, display)  # fail at load, not mid-generation
+    dropped = drop_checkpoint_decoding(model.generation_config)
+    if encoder_decoder:
+        decoder_start_id(model.generation_config, config, display)  # fail at load, not mid-generation
     return LanguageModel(
-        display, model, tokenizer, input_device, _context_length(config, tokenizer), True, _decoder_length(config)
+        display,
+        model,
+        tokenizer,
+        input_device,
+        _context_length(config, tokenizer),
+        encoder_decoder,
+        _decoder_length(config) if encoder_decoder else None,
+        dropped,
     )
+
+
+def drop_checkpoint_decoding(generation_config: Any) -> tuple[str, ...]:
+    """Unset the checkpoint's own logits processors (CHECKPOINT_DECODING_SETTINGS); returns 'name=value' of each.
+
+    transformers runs them before any custom processor, so a repetition penalty or a minimum
+    length would change the logits aim's noise is added to, and they would differ from the raw
+    logits the multiple-choice calibration scores.
+    """
+    dropped = []
+    for name in CHECKPOINT_DECODING_SETTINGS:
+        value = getattr(generation_config, name, None)
+        if value is None:
+            continue
+        if value is not False and value != _NEUTRAL_AT.get(name, 0) and not (isinstance(value, (list, tuple, dict)) and not value):
+            dropped.append(f"{name}={value}")
+        setattr(generation_config, name, None)
+    return tuple(dropped)
 
 
 def _model_class(config: Any, display: str) -> tuple[Any, str, bool]:

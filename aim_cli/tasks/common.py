@@ -63,6 +63,8 @@ class ModulationPlan:
     noise: NoiseSource
     seed: int | None
     target_names: tuple[str, ...] = ()
+    # Language models: the tokenizer's size; output columns past it are padding, never decisions.
+    num_tokens: int | None = None
 
     @property
     def keyed(self) -> bool:
@@ -94,7 +96,12 @@ class ModulationPlan:
         from aim_cli.generation import ModulationProcessor
 
         return ModulationProcessor(
-            self.modulation, self.noise, keyed=self.keyed, prompt_starts=prompt_starts, encoder_ids=encoder_ids
+            self.modulation,
+            self.noise,
+            keyed=self.keyed,
+            prompt_starts=prompt_starts,
+            encoder_ids=encoder_ids,
+            num_tokens=self.num_tokens,
         )
 
     def describe(self) -> dict[str, object]:
@@ -139,7 +146,7 @@ def plan_tokens(profile: Profile, tokenizer: Any) -> ModulationPlan:
     targets, names = focus_targets(tokenizer, profile.focus)
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, targets)
     noise, seed = noise_source(profile)
-    return ModulationPlan(modulation, noise, seed, names)
+    return ModulationPlan(modulation, noise, seed, names, num_tokens=len(tokenizer))
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
