@@ -13,7 +13,7 @@ from aim_cli.tasks.generate import GenerationSettings, encode_prompts, generate_
 from tests.conftest import run_aim
 from tests.test_generate_cli import build_tiny_tokenizer
 
-PADDING = 12
+PADDING = 300  # as many padding columns as tokens
 PROMPTS = ["12+7=", "Hello", "Paris is"]
 
 
@@ -45,8 +45,8 @@ def generated_ids(lm, profile: Profile, max_new_tokens: int = 16) -> list[tuple[
 
 @pytest.mark.parametrize("noise", ["seeded", "keyed"])
 def test_noise_never_picks_padding_columns_past_the_tokenizer(tmp_path, monkeypatch, noise):
-    # 12 of 64 columns are padding: at sigma 50 (every column equally likely) about 19% of steps
-    # would pick one, i.e. 9 of 48 tokens; the chance that none does is 0.81^48 < 1e-4.
+    # Half of the 600 columns are padding: at sigma 50 (every column about equally likely) half the
+    # steps would pick one; the chance that none of 48 steps does is about 0.5^48 < 1e-14.
     size = build_llama(tmp_path, padding=PADDING)
     lm = load_language_model(str(tmp_path), "cpu")
     monkeypatch.setenv("AIM_TEST_KEY", "secret")
