@@ -16,7 +16,7 @@ import torch
 from aim_cli.calibration.core import Calibration, MonteCarloCheck
 from aim_cli.errors import AimError, InputError, ModelError, ProfileError
 from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest, Profile, check_sigma
+from aim_cli.profile import FocusRequest, Profile, check_sigma, is_real_number
 from aim_cli.tasks.common import ItemKey, ModulationPlan, item_key, plan_modulation, plan_tokens
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def as_profile(profile: ProfileLike, seed: int | None = None) -> Profile:
         result = profile
     elif isinstance(profile, Mapping):
         result = Profile.from_dict(profile)
-    elif isinstance(profile, (int, float)) and not isinstance(profile, bool):
+    elif is_real_number(profile):
         result = Profile(sigma=float(profile))
     else:
         raise ProfileError(
@@ -163,6 +163,9 @@ def _logits_and_labels(logits: Any, labels: Any, class_names: Sequence[str] | No
     if logits.dim() != 2:
         raise InputError(f"logits must be (items, classes), got shape {tuple(logits.shape)}",
                          "flatten other axes into items, e.g. logits.movedim(1, -1).reshape(-1, C)")
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+        raise InputError(f"labels must be one class id (or name) per row of logits, got {type(labels).__name__}",
+                         "e.g. a list, an array or a 1-d tensor of ids")
     if len(labels) and isinstance(labels[0], str):
         if class_names is None:
             raise InputError("labels are names, but no class_names were given", "pass class_names=[...] or label ids")

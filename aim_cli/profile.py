@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from aim_cli import plain_yaml
 from aim_cli.errors import ProfileError
@@ -139,9 +142,19 @@ def _where(source: str, key: str, line: int | None) -> str:
     return f"{source}, line {line}, key '{key}'" if line else f"{source}, key '{key}'"
 
 
+def is_real_number(value: Any) -> bool:
+    """A real number other than a bool: Python int/float and numpy scalars alike (numbers.Real)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer_number(value: Any) -> bool:
+    """An integer other than a bool: Python int and numpy integer scalars alike (numbers.Integral)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_sigma(value: Any, key: str, where: str) -> float:
     """A sigma must be a number in [0, MAX_SIGMA] (the one range check for flags and YAML)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_number(value):
         raise ProfileError(f"{where}: expected a number, got {value!r}")
     try:
         number = float(value)
@@ -159,9 +172,9 @@ def check_sigma(value: Any, key: str, where: str) -> float:
 
 def check_seed(value: Any, where: str) -> int:
     """A seed must be a non-negative integer (the one range check for flags and YAML)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+    if not is_integer_number(value) or not 0 <= value <= MAX_SEED:
         raise ProfileError(f"{where}: expected an integer from 0 to {MAX_SEED} (2^63 - 1), got {value!r}")
-    return value
+    return int(value)
 
 
 def parse_direction(text: str, where: str) -> int:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +278,32 @@ def test_cli_calibrate_equals_the_api(tmp_path, classifier):
     mine = aim.calibrate_logits(logits, labels, target_acc=0.6)
     assert mine.sigma == pytest.approx(cli["value"], rel=1e-9)
     assert mine.check.values == pytest.approx(cli["monte_carlo"]["values"], abs=1e-12)
+
+
+@pytest.mark.parametrize("scalar", [np.float32, np.float64, np.int64, np.int32, float, int])
+def test_numpy_scalars_are_numbers_everywhere(scalar):
+    # Values computed with numpy (a sweep, a config) are numbers too: the one number check accepts them.
+    logits = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    labels = logits.argmax(dim=1)
+    assert aim.Profile(sigma=scalar(2), seed=np.int64(3)).sigma == 2.0
+    assert aim.Profile.from_dict({"utility": {"sigma": scalar(2)}, "noise": {"seed": np.int64(3)}}).seed == 3
+    assert torch.equal(aim.modulate(logits, scalar(1), seed=np.int64(3)), aim.modulate(logits, 1.0, seed=3))
+    target = scalar(0.5) if issubclass(scalar, (float, np.floating)) else 0.5
+    result = aim.calibrate_logits(logits, labels, target_acc=target, draws=4 if issubclass(scalar, (float, np.floating)) else scalar(4))
+    assert result.predicted == pytest.approx(0.5, abs=1e-3)
+
+
+def test_bools_are_not_numbers():
+    with pytest.raises(aim.ProfileError, match="expected a number"):
+        aim.Profile(sigma=np.bool_(True))
+    with pytest.raises(aim.ProfileError, match="expected an integer"):
+        aim.Profile(sigma=1.0, seed=True)
+
+
+@pytest.mark.parametrize("labels", [3, "cat", None])
+def test_labels_that_are_not_one_per_row_are_a_one_line_error(labels):
+    logits = torch.randn(4, 3)
+    with pytest.raises(InputError, match="one class id .* per row"):
+        aim.expected_accuracy(logits, labels, 1.0)
+    with pytest.raises(InputError, match="one class id .* per row"):
+        aim.calibrate_logits(logits, labels, target_acc=0.5)

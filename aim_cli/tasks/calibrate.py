@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from aim_cli.calibration.core import Calibration, Target
 from aim_cli.errors import AimError
 from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest, check_seed, check_sigma, parse_focus
+from aim_cli.profile import FocusRequest, check_seed, check_sigma, is_integer_number, is_real_number, parse_focus
 from aim_cli.tasks.common import FailedInput, ProgressCallback
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def calibration_request(
             names["example"],
         )
     (flag, value), = given.items()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_number(value):
         raise AimError(f"{flag} {value!r}: expected a number", "metrics are fractions, e.g. 0.6 for 60%")
     if not 0.0 < value <= 1.0:
         raise AimError(f"{flag} {value:g} is not a fraction between 0 and 1", "metrics are fractions, e.g. 0.6 for 60%")
@@ -99,8 +99,9 @@ def calibration_request(
     if sigma is not None:
         sigma = check_sigma(sigma, "sigma", names["sigma"])
     check_seed(seed, names["seed"])
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
-        raise AimError(f"{names['draws']} {draws!r}: the Monte Carlo check needs at least 2 draws")
+    if not is_integer_number(draws) or draws < 2:
+        raise AimError(f"{names['draws']} {draws}: the Monte Carlo check needs an integer of at least 2 draws")
+    draws = int(draws)
     if task == "segment" and flag == names["target_acc"]:
         metric = "pixel_accuracy"
     else:
