@@ -101,12 +101,14 @@ def _chosen_sigma(stdout: str) -> float:
 def _check_classifier(cli: Cli, model: list[str], images: Path, work: Path) -> None:
     """Noise, focus and the clean comparison on two images; calibration on the clean predictions."""
     predictions = work / "predictions.jsonl"
-    cli.ok("classify", str(images), *model, "--sigma", "1", "--focus", "cat", "--seed", "0", "--compare",
-           "--topk", "2", "-o", str(predictions))
+    # A focus sigma far above any logit gap: the modulated prediction must be the focus class,
+    # so a processor that did nothing could not pass.
+    cli.ok("classify", str(images), *model, "--sigma", "1", "--focus", "bird", "--focus-sigma", "10000",
+           "--seed", "0", "--compare", "--topk", "2", "-o", str(predictions))
     records = _records(predictions)
     assert len(records) == 2
     for record in records:
-        assert record["prediction"] in LABELS and record["clean_prediction"] in LABELS, record
+        assert record["prediction"] == "bird" and record["clean_prediction"] in LABELS, record
         assert len(record["topk"]) == 2
     manifest = work / "labels.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
@@ -123,8 +125,10 @@ def _check_segmenter(cli: Cli, model: list[str], images: Path, work: Path) -> No
     for image in images.iterdir():
         mask = np.asarray(Image.open(clean / image.name))
         assert mask.shape == IMAGE_SIZE[::-1] and mask.max() < len(LABELS), (image.name, mask.shape)
-    cli.ok("segment", str(images), *model, "--sigma", "1", "--focus", "cat", "--seed", "0", "--compare",
-           "--masks", str(clean), "-o", str(noisy))
+    cli.ok("segment", str(images), *model, "--sigma", "1", "--focus", "bird", "--focus-sigma", "10000",
+           "--seed", "0", "--compare", "--masks", str(clean), "-o", str(noisy))
+    for image in images.iterdir():  # the focus class wins every pixel: the noise reached the decisions
+        assert (np.asarray(Image.open(noisy / image.name)) == LABELS.index("bird")).all(), image.name
     evaluation = json.loads((noisy / "evaluation.json").read_text(encoding="utf-8"))
     # The clean pass of a noisy run reproduces the clean run's masks exactly.
     assert evaluation["clean"]["pixel_accuracy"] == 1.0, evaluation["clean"]
@@ -137,10 +141,14 @@ def _check_generator(cli: Cli, model: list[str], work: Path) -> None:
     """Noise, focus and the clean comparison on two prompts; multiple-choice calibration."""
     completions = work / "completions.jsonl"
     prompts = [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
-    cli.ok("generate", *model, *prompts, "-n", "3", "--sigma", "0.5", "--focus", "3", "--seed", "0", "--compare",
-           "-o", str(completions))
+    cli.ok("generate", *model, *prompts, "-n", "3", "--sigma", "0.5", "--focus", "3", "--focus-sigma", "10000",
+           "--seed", "0", "--compare", "-o", str(completions))
     records = _records(completions)
     assert [record["prompt"] for record in records] == list(PROMPTS)
+    # The focus word wins most steps (all, unless a random model's logits span more than 1e4 |z|):
+    # the processor reached the decisions.
+    for record in records:
+        assert record["completion"].count("3") > max(len(record["completion"]) // 2, record["clean_completion"].count("3")), record
     # The character tokenizer makes the clean completion's first character the model's top next token,
     # so it is the right choice of a question whose clean accuracy is 1.
     questions = work / "questions.jsonl"
