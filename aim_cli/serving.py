@@ -13,6 +13,7 @@ from (seed, t) alone (see step_key), and never depends on the other requests in 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections import OrderedDict
@@ -20,16 +21,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from aim_cli.errors import ProfileError
-from aim_cli.modulation import KeyedNoise, Modulation, modulate, token_key
-from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, parse_focus
+from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, token_key
+from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, noise_key, parse_focus
 from aim_cli.tasks.common import plan_tokens
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
 PROFILES_ENV = "AIM_PROFILES_DIR"
 KEY_ENV = "AIM_NOISE_KEY"
+# Optional: the tier of requests that carry no aim_* argument (unset: those get the clean model).
+DEFAULT_ENV = "AIM_DEFAULT_PROFILE"
 PROFILE_SUFFIXES = (".yaml", ".yml")
 # The per-request arguments (SamplingParams.extra_args, the OpenAI server's vllm_xargs).
 ARG_PREFIX = "aim_"
@@ -67,6 +71,17 @@ def server_profiles(environ: Mapping[str, str] | None = None) -> dict[str, Profi
     return _PROFILE_CACHE[directory]
 
 
+def default_tier(profiles: Mapping[str, Profile], environ: Mapping[str, str] | None = None) -> str | None:
+    """The tier named by AIM_DEFAULT_PROFILE (applied to requests without aim_* arguments), checked; None when unset."""
+    name = (os.environ if environ is None else environ).get(DEFAULT_ENV, "")
+    if not name:
+        return None
+    if name not in profiles:
+        where = f"available: {', '.join(sorted(profiles))}" if profiles else f"set {PROFILES_ENV}=DIR (aim serve --profiles DIR)"
+        raise ProfileError(f"{DEFAULT_ENV}={name}: no such tier", where)
+    return name
+
+
 def has_aim_args(extra_args: Mapping[str, Any] | None) -> bool:
     """True when a request carries any aim_* argument (the others are left untouched)."""
     return bool(extra_args) and any(str(key).startswith(ARG_PREFIX) for key in extra_args)
@@ -80,15 +95,38 @@ def _focus_requests(value: Any) -> tuple[FocusRequest, ...]:
     return tuple(parse_focus(item, "aim_focus") for item in items)
 
 
-def request_profile(extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile]) -> Profile | None:
-    """The validated tier a request asks for, or None when it has no aim_* arguments.
+def _fixed_by_tier(args: Mapping[str, Any], name: str, tier: Profile) -> None:
+    """Refuse request arguments that would weaken a tier: its sigma, its noise mode, and its focus if it has one.
 
-    aim_profile picks a server tier; aim_sigma, aim_focus, aim_focus_sigma and aim_seed override
-    it as the command-line flags override a profile file; aim_keyed: true keys the noise on the
-    server's AIM_NOISE_KEY. Raises ProfileError (one line) for anything invalid.
+    Tiers are what a gateway sells; a client that could lower sigma, or swap keyed noise for seeds
+    it can vary and average over, would escape its tier. A fresh-seed tier (no seed, no key) may
+    take aim_seed: it draws an arbitrary seed per request anyway (and admission pins one there).
+    """
+    fixed = {"aim_sigma": "sigma", "aim_keyed": "noise"}
+    if tier.seed is not None or tier.key_env is not None:
+        fixed["aim_seed"] = "noise"
+    if tier.focus:
+        fixed.update(aim_focus="focus", aim_focus_sigma="focus")
+    for arg, what in fixed.items():
+        if arg in args:
+            raise ProfileError(f"{arg}: tier '{name}' fixes its own {what}", f"drop {arg}, or ask for another tier")
+
+
+def request_profile(
+    extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None
+) -> Profile | None:
+    """The validated tier a request asks for, or None when it has no aim_* arguments (and no default tier).
+
+    aim_profile picks a server tier, whose sigma and noise (seed or key) the request cannot change;
+    a tier without focus words takes the request's aim_focus / aim_focus_sigma. Without
+    aim_profile, aim_sigma, aim_focus, aim_focus_sigma and aim_seed set the modulation directly and
+    aim_keyed: true keys it on the server's AIM_NOISE_KEY. `default` (AIM_DEFAULT_PROFILE) is the
+    tier of requests with no aim_* argument. Raises ProfileError (one line) for anything invalid.
     """
     if not has_aim_args(extra_args):
-        return None
+        if default is None:
+            return None
+        extra_args = {"aim_profile": default}
     args = {key: value for key, value in extra_args.items() if str(key).startswith(ARG_PREFIX)}
     unknown = sorted(set(args) - set(REQUEST_ARGS))
     if unknown:
@@ -101,6 +139,7 @@ def request_profile(extra_args: Mapping[str, Any] | None, profiles: Mapping[str,
         if not isinstance(name, str) or name not in profiles:
             raise ProfileError(f"aim_profile: unknown tier {name!r}", f"available: {', '.join(sorted(profiles))}")
         base = profiles[name]
+        _fixed_by_tier(args, name, base)
     elif not ({"aim_sigma", "aim_focus"} & set(args)):
         raise ProfileError("the request sets no modulation", "give aim_profile, aim_sigma or aim_focus")
     if "aim_seed" in args and args.get("aim_keyed") in (True, "true"):
@@ -123,20 +162,10 @@ def request_profile(extra_args: Mapping[str, Any] | None, profiles: Mapping[str,
             raise ProfileError(f"aim_keyed: expected true or false, got {keyed!r}")
         if keyed in (True, "true"):
             profile = replace(profile, seed=None, key_env=KEY_ENV)
-        elif profile.key_env is not None:
-            raise ProfileError(f"aim_keyed: false, but tier {base.name or base.source!r} uses keyed noise", "drop aim_keyed")
     if profile.key_env is not None:
-        _check_key(profile)
+        # Checked at admission, not mid-batch; noise_key is the one reader of a keyed profile's secret.
+        noise_key(profile, f"tier '{args['aim_profile']}'" if "aim_profile" in args else "aim_keyed")
     return profile
-
-
-def _check_key(profile: Profile) -> None:
-    """Keyed noise needs its secret in the server's environment (checked at admission, not mid-batch)."""
-    if not os.environ.get(profile.key_env or ""):
-        raise ProfileError(
-            f"tier {profile.name or 'of the request'}: keyed noise needs the server's environment variable {profile.key_env}",
-            f"start the server with {profile.key_env}=<secret>",
-        )
 
 
 def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
@@ -152,18 +181,83 @@ def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
     return seed
 
 
+def admit(extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None) -> dict[str, Any] | None:
+    """Validate a request at admission; its args to keep: the default tier written in when it applies, a fresh seed pinned.
+
+    None for a request aim leaves alone (its args stay as they are).
+    """
+    profile = request_profile(extra_args, profiles, default)
+    if profile is None:
+        return None
+    args = dict(extra_args or {})
+    if not has_aim_args(args):
+        args["aim_profile"] = default  # explicit, so the workers read the same tier
+    pin_fresh_seed(args, profile)
+    return args
+
+
+class TokenHasher:
+    """token_key of a request's growing token history, hashing each token once.
+
+    A sha256 state covers every token but the newest (token_key is sha256 of the little-endian
+    int64 bytes, so extending the state gives the same digest as hashing it all); each step feeds
+    only the new tokens. The last hashed token is re-read and checked each step: a history that
+    no longer extends what was hashed (preemption, a recycled slot, a placeholder replaced by its
+    real token) is rehashed from the start.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything hashed (the next key hashes the full history)."""
+        self._state = hashlib.sha256()
+        self._length = 0  # tokens in the state
+        self._last: int | None = None  # the last of them, checked against the next window
+
+    @property
+    def resume_at(self) -> int:
+        """The first position a caller must pass next time (the last hashed token, to check it)."""
+        return max(self._length - 1, 0)
+
+    def key(self, window: Sequence[int], offset: int, full: Callable[[], Sequence[int]]) -> bytes:
+        """token_key(history), given history[offset:] as `window` (offset <= resume_at); `full()` gives all of it."""
+        total = offset + len(window)
+        extends = (
+            offset <= self.resume_at
+            and self._length <= total - 1
+            and (self._length == 0 or int(window[self._length - 1 - offset]) == self._last)
+        )
+        if not extends:
+            self._reset()
+            window, offset = full(), 0
+            total = len(window)
+        if total == 0:
+            return token_key([])
+        new = window[self._length - offset : total - 1 - offset]
+        if len(new):
+            self._state.update(np.asarray(new, dtype="<i8").tobytes())
+            self._length = total - 1
+            self._last = int(window[total - 2 - offset])
+        digest = self._state.copy()
+        digest.update(np.asarray([window[-1]], dtype="<i8").tobytes())
+        return digest.digest()
+
+
 @dataclass(frozen=True, eq=False)
 class RowPlan:
     """How one request's rows are modulated: the Modulation, its noise, and how items are keyed.
 
     Compared by identity: rows share a plan (and so one modulate() call) exactly when they share
-    the tier object, which resolve_plan's cache guarantees for equal profiles and keys.
+    the tier object, which PlanCache guarantees for equal profiles and keys.
     """
 
     modulation: Modulation
     noise: KeyedNoise
     keyed: bool  # True: keyed on prompt + generated ids; False: on (seed, step)
     seed: int | None = None
+    # The tokenizer's size: output columns at and past it are padding (no token) and never win.
+    num_tokens: int | None = None
 
     def item_key(self, token_ids: Sequence[int], prompt_len: int) -> bytes:
         """The content key of the next decision: token_key(prompt + output) or step_key(step)."""
@@ -173,8 +267,12 @@ class RowPlan:
 
 
 def step_key(step: int) -> bytes:
-    """Item key of a seeded request's step t (the number of tokens it has generated so far)."""
-    return int(step).to_bytes(8, "little", signed=False)
+    """Item key of a seeded request's step t (the number of tokens it has generated so far).
+
+    Negative steps are rows still in (chunked) prefill, whose samples the engine discards: any key
+    will do there, so they share step 0's.
+    """
+    return max(int(step), 0).to_bytes(8, "little", signed=False)
 
 
 def seeded_noise(seed: int) -> KeyedNoise:
@@ -183,13 +281,14 @@ def seeded_noise(seed: int) -> KeyedNoise:
 
 
 class PlanCache:
-    """Resolves tiers against one model's tokenizer, once per distinct profile (focus words cost a tokenizer call each)."""
+    """Resolves tiers against one model's tokenizer and output width, once per distinct profile."""
 
     # Requests bring their own seeds and sigmas: bound the cache (least recently used goes first).
     MAX_ENTRIES = 1024
 
-    def __init__(self, tokenizer: Callable[[], Any]) -> None:
-        self._tokenizer = tokenizer  # loaded only when a focus word needs it
+    def __init__(self, tokenizer: Callable[[], Any], vocab_size: int | None = None) -> None:
+        self._tokenizer = tokenizer  # loaded on first use
+        self._vocab_size = vocab_size  # the logits' width; focus tokens must be columns of it
         self._plans: OrderedDict[Profile, RowPlan] = OrderedDict()
 
     def resolve(self, profile: Profile) -> RowPlan:
@@ -203,16 +302,27 @@ class PlanCache:
             self._plans.move_to_end(profile)
             return cached
         # The same resolution as `aim generate` (focus words -> token sets, key from the environment).
-        base = plan_tokens(profile, self._tokenizer() if profile.focus else None)
-        if base.keyed:
-            plan = RowPlan(base.modulation, base.noise, keyed=True)
-        else:
-            plan = RowPlan(base.modulation, seeded_noise(int(profile.seed or 0)), keyed=False, seed=profile.seed)
+        base = plan_tokens(profile, self._tokenizer())
+        self._check_columns(profile, base.modulation)
+        noise = base.noise if base.keyed else seeded_noise(int(profile.seed or 0))
+        plan = RowPlan(base.modulation, noise, keyed=base.keyed, seed=base.seed, num_tokens=base.num_tokens)
         if not fresh:
             self._plans[profile] = plan
             if len(self._plans) > self.MAX_ENTRIES:
                 self._plans.popitem(last=False)
         return plan
+
+    def _check_columns(self, profile: Profile, modulation: Modulation) -> None:
+        """A focus token the output layer has no column for (tokenizer larger than the model) is a one-line error."""
+        if self._vocab_size is None:
+            return
+        outside = sorted({t.class_id for t in modulation.targets if t.class_id >= self._vocab_size})
+        if outside:
+            words = ", ".join(str(f) for f in profile.focus)
+            raise ProfileError(
+                f"focus {words}: token id {outside[0]} is past the model's {self._vocab_size} output columns",
+                "choose words the model can produce",
+            )
 
 
 def modulate_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RowPlan, bytes]]) -> torch.Tensor:
@@ -220,7 +330,8 @@ def modulate_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RowPlan, bytes
 
     rows: (row index, plan, item key). Rows are grouped by plan (tier) and each group is one
     modulate() call; every row's draws come from its own key, so a row's noise depends only on
-    its tier and key, never on which other rows share the batch or where it sits.
+    its tier and key, never on which other rows share the batch or where it sits. Columns past
+    the tokenizer are set to -inf in modulated rows: noise must not pick a padding column.
     """
     groups: dict[int, tuple[RowPlan, list[int], list[bytes]]] = {}
     for index, plan, key in rows:
@@ -232,7 +343,7 @@ def modulate_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RowPlan, bytes
     for plan, indices, keys in groups.values():
         index = torch.tensor(indices, device=logits.device, dtype=torch.long)
         noisy = modulate(logits.index_select(0, index), plan.modulation, plan.noise, class_dim=-1, item_keys=keys)
-        logits.index_copy_(0, index, noisy)
+        logits.index_copy_(0, index, exclude_padding_(noisy, plan.num_tokens))
     return logits
 
 
@@ -247,11 +358,15 @@ def profile_summary(profiles: Mapping[str, Profile]) -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_ENV",
     "KEY_ENV",
     "PROFILES_ENV",
     "REQUEST_ARGS",
     "PlanCache",
     "RowPlan",
+    "TokenHasher",
+    "admit",
+    "default_tier",
     "has_aim_args",
     "load_profile_dir",
     "modulate_rows",

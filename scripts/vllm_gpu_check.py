@@ -9,7 +9,12 @@ and V1), it starts `vllm serve` with a tiers directory it writes, then checks:
 3. keyed repeat: the same keyed request, sent again in a different batch layout, gets the same answer;
 4. one tier per request in one batch: plain, sigma-0, seeded and keyed requests in flight together
    each get their own tier (plain rows are untouched, seeded rows reproduce);
-5. an invalid aim argument is answered with HTTP 400.
+5. an invalid aim argument is answered with HTTP 400, and so is a request that would weaken its
+   tier (aim_sigma beside aim_profile).
+
+The server runs with a 32-token step budget, so prompts are prefilled in chunks while other
+requests decode: under V2 the processor then sees rows still in chunked prefill (their samples
+are discarded), which must neither stop the engine nor change any answer.
 
 Usage: python scripts/vllm_gpu_check.py [--model DIR] [--runners v2,v1] [--port 8765]
 The default model is aim's demo arithmetic Llama (4 layers, vocab 52): no download.
@@ -114,7 +119,8 @@ def check_runner(runner: str, model: str, port: int, tiers_dir: Path, log: Path)
                VLLM_USE_V2_MODEL_RUNNER="1" if runner == "v2" else "0")
     command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--port", str(port),
                "--max-model-len", "64", "--dtype", "float16", "--gpu-memory-utilization", "0.3",
-               "--max-num-seqs", "256", "--served-model-name", "demo"]
+               "--max-num-seqs", "32", "--max-num-batched-tokens", "32", "--enable-chunked-prefill",
+               "--served-model-name", "demo"]
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     results: dict[str, object] = {"runner": runner}
@@ -154,6 +160,9 @@ def check_runner(runner: str, model: str, port: int, tiers_dir: Path, log: Path)
         results["mixed_batch_seeded_reproduces"] = shares["mixed_seeded"] >= 0.98
         status, body = post(port, {"model": "demo", "prompt": "1+1=", "max_tokens": 2, "vllm_xargs": {"aim_sigma": -1}})
         results["invalid_args_http_400"] = status == 400 and "aim_sigma" in json.dumps(body)
+        status, body = post(port, {"model": "demo", "prompt": "1+1=", "max_tokens": 2,
+                                   "vllm_xargs": {"aim_profile": "noisy", "aim_sigma": 0}})
+        results["weakening_a_tier_http_400"] = status == 400 and "fixes its own sigma" in json.dumps(body)
     finally:
         server.terminate()
         try:

@@ -31,6 +31,18 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(DEMO_LM)
 
 
+class Vocabulary:
+    """A tokenizer as far as tiers without focus words need one: its size (no padding columns)."""
+
+    def __len__(self) -> int:
+        return VOCAB
+
+
+def plan_cache(tokenizer=None, vocab_size=None) -> serving.PlanCache:
+    """A PlanCache over a tokenizer (default: VOCAB tokens, no focus words needed)."""
+    return serving.PlanCache(lambda: tokenizer if tokenizer is not None else Vocabulary(), vocab_size)
+
+
 @pytest.fixture
 def tiers() -> dict[str, Profile]:
     """The repository's example profiles, as a server reads them from AIM_PROFILES_DIR."""
@@ -62,11 +74,62 @@ def test_requests_without_aim_args_are_untouched(tiers):
     assert serving.request_profile({"other_plugin": 1}, tiers) is None
 
 
-def test_explicit_args_override_the_tier_like_command_line_flags(tiers):
-    profile = serving.request_profile({"aim_profile": "free-tier", "aim_sigma": 1.5, "aim_focus": "cat:down"}, tiers)
-    assert profile.sigma == 1.5 and profile.seed == 1234
-    assert [str(f) for f in profile.focus] == ["cat:down"]
-    assert serving.request_profile({"aim_sigma": 2, "aim_seed": 7}, {}).seed == 7
+def test_explicit_args_set_the_modulation_without_a_tier(tiers):
+    profile = serving.request_profile({"aim_sigma": 2, "aim_seed": 7, "aim_focus": "cat:down"}, {})
+    assert profile.sigma == 2 and profile.seed == 7 and [str(f) for f in profile.focus] == ["cat:down"]
+
+
+def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
+    profile = serving.request_profile({"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, tiers)
+    assert profile.sigma == 4.0 and profile.seed == 1234
+    assert [str(f) for f in profile.focus] == ["cat:down"] and profile.focus_sigma == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"aim_profile": "free-tier", "aim_sigma": 0}, "aim_sigma: tier 'free-tier' fixes its own sigma"),
+        ({"aim_profile": "keyed-tier", "aim_seed": 1}, "aim_seed: tier 'keyed-tier' fixes its own noise"),
+        ({"aim_profile": "free-tier", "aim_seed": 1}, "aim_seed: tier 'free-tier' fixes its own noise"),
+        ({"aim_profile": "keyed-tier", "aim_keyed": 0}, "aim_keyed: tier 'keyed-tier' fixes its own noise"),
+        ({"aim_profile": "free-tier", "aim_keyed": True}, "aim_keyed: tier 'free-tier' fixes its own noise"),
+        ({"aim_profile": "focus-pedestrian", "aim_focus_sigma": 0}, "aim_focus_sigma: tier 'focus-pedestrian' fixes its own focus"),
+        ({"aim_profile": "focus-pedestrian", "aim_focus": "car"}, "aim_focus: tier 'focus-pedestrian' fixes its own focus"),
+    ],
+)
+def test_a_request_cannot_weaken_its_tier(tiers, key, args, message):
+    """A tier's sigma, noise mode and focus are what a gateway sells: no request argument lowers them."""
+    assert_one_line_profile_error(lambda: serving.request_profile(args, tiers), message)
+
+
+def test_a_fresh_seed_tier_takes_the_pinned_seed(tmp_path):
+    """No seed, no key: the tier draws any seed per request, so the seed admission pins is allowed."""
+    (tmp_path / "fresh.yaml").write_text("version: 1\nutility: {sigma: 2}\n")
+    fresh = serving.load_profile_dir(tmp_path)
+    args = serving.admit({"aim_profile": "fresh"}, fresh)
+    assert isinstance(args["aim_seed"], int) and serving.request_profile(args, fresh).seed == args["aim_seed"]
+    assert_one_line_profile_error(
+        lambda: serving.request_profile({"aim_profile": "fresh", "aim_sigma": 1}, fresh), "fixes its own sigma")
+
+
+def test_default_tier_applies_to_requests_without_aim_args(tiers):
+    default = serving.default_tier(tiers, {serving.DEFAULT_ENV: "free-tier"})
+    assert default == "free-tier" and serving.default_tier(tiers, {}) is None
+    assert serving.request_profile(None, tiers, default) == tiers["free-tier"]
+    assert serving.request_profile({"other_plugin": 1}, tiers, default).sigma == 4.0
+    assert serving.admit(None, tiers, default) == {"aim_profile": "free-tier"}  # written in for the workers
+    assert serving.admit(None, tiers) is None  # no default: untouched
+    # The default is a tier like any other: a request cannot weaken it by naming a setting.
+    # A default, not a guard: a request naming its own settings does not get it (gateways filter aim_* args).
+    assert serving.request_profile({"aim_sigma": 0}, tiers, default).sigma == 0
+    assert_one_line_profile_error(lambda: serving.default_tier(tiers, {serving.DEFAULT_ENV: "gold"}), "AIM_DEFAULT_PROFILE=gold: no such tier")
+
+
+def assert_one_line_profile_error(call, fragment: str) -> None:
+    """call() raises a one-line ProfileError containing fragment."""
+    with pytest.raises(ProfileError) as caught:
+        call()
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +176,7 @@ def _prompts() -> list[list[int]]:
 
 def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer):
     """The plugin's keyed noise is aim generate's: same token_key bytes, so the same draws."""
-    plans = serving.PlanCache(lambda: tokenizer)
+    plans = plan_cache(tokenizer)
     plan = plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, tiers))
     assert plan.keyed and plan is plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, tiers))
     prompts = _prompts()
@@ -123,7 +186,7 @@ def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer)
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     processor = ModulationProcessor(Modulation(2.0), KeyedNoise(key.encode()), keyed=True,
-                                    prompt_starts=[width - len(p) for p in prompts])
+                                    prompt_starts=[width - len(p) for p in prompts], num_tokens=len(tokenizer))
     expected = processor(ids, clean.clone())
     # The server: another order, with an untouched row between.
     order = [2, 0, 1]
@@ -138,7 +201,7 @@ def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer)
 
 
 def test_seeded_rows_depend_on_seed_and_step_only(tiers):
-    plans = serving.PlanCache(lambda: None)
+    plans = plan_cache()
     plan = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 7}, tiers))
     assert not plan.keyed
     clean = torch.zeros(3, VOCAB)
@@ -157,11 +220,11 @@ def test_seeded_rows_depend_on_seed_and_step_only(tiers):
 def test_keyed_flag_accepts_what_the_openai_server_sends(tiers, key, flag):
     """vllm_xargs carries JSON true as 1 (its values are str | int | float)."""
     assert serving.request_profile({"aim_sigma": 1, "aim_keyed": flag}, tiers).key_env == serving.KEY_ENV
-    assert serving.request_profile({"aim_profile": "free-tier", "aim_keyed": 0}, tiers).seed == 1234
+    assert serving.request_profile({"aim_sigma": 1, "aim_seed": 3, "aim_keyed": 0}, tiers).seed == 3
 
 
 def test_requests_without_seed_get_fresh_streams(tiers):
-    plans = serving.PlanCache(lambda: None)
+    plans = plan_cache()
     profile = serving.request_profile({"aim_sigma": 1.0}, tiers)
     first, second = plans.resolve(profile), plans.resolve(profile)
     assert first.seed != second.seed
@@ -169,7 +232,7 @@ def test_requests_without_seed_get_fresh_streams(tiers):
 
 def test_tiers_in_one_batch_get_their_own_sigma(tiers):
     """Rows of two tiers in one batch: utility noise has each tier's std (200 rows x 64: 1% tolerance ~ 4 SE)."""
-    plans = serving.PlanCache(lambda: None)
+    plans = plan_cache()
     low = plans.resolve(serving.request_profile({"aim_sigma": 0.5, "aim_seed": 1}, tiers))
     high = plans.resolve(serving.request_profile({"aim_sigma": 3.0, "aim_seed": 1}, tiers))
     rows = [(i, low if i % 2 else high, serving.step_key(i)) for i in range(400)]
@@ -180,16 +243,17 @@ def test_tiers_in_one_batch_get_their_own_sigma(tiers):
 
 
 def test_focus_words_resolve_to_token_sets_as_in_aim_generate(tiers, tokenizer):
-    plans = serving.PlanCache(lambda: tokenizer)
+    plans = plan_cache(tokenizer)
     plan = plans.resolve(serving.request_profile({"aim_focus": ["7"], "aim_focus_sigma": 2.0, "aim_seed": 3}, tiers))
     assert [(t.class_id, t.direction) for t in plan.modulation.targets] == [(11, BOOST)]
-    out = serving.modulate_rows(torch.zeros(50, VOCAB), [(i, plan, serving.step_key(i)) for i in range(50)])
+    width = len(tokenizer)
+    out = serving.modulate_rows(torch.zeros(50, width), [(i, plan, serving.step_key(i)) for i in range(50)])
     assert (out[:, 11] > 0).all()
-    assert torch.count_nonzero(out[:, torch.arange(VOCAB) != 11]) == 0
+    assert torch.count_nonzero(out[:, torch.arange(width) != 11]) == 0
 
 
 def test_unencodable_focus_word_is_a_profile_error(tiers, tokenizer):
-    plans = serving.PlanCache(lambda: tokenizer)
+    plans = plan_cache(tokenizer)
     with pytest.raises(ProfileError, match="cannot encode"):
         plans.resolve(serving.request_profile({"aim_focus": "☃"}, tiers))
 
@@ -238,9 +302,74 @@ def test_readme_documents_every_request_argument():
 
 def test_plan_cache_stays_bounded_under_per_request_seeds(tiers, monkeypatch):
     monkeypatch.setattr(serving.PlanCache, "MAX_ENTRIES", 4)
-    plans = serving.PlanCache(lambda: None)
+    plans = plan_cache()
     first = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, tiers))
     for seed in range(1, 10):
         plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": seed}, tiers))
     assert len(plans._plans) == 4
     assert plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, tiers)) is not first
+
+
+def test_token_hasher_keys_equal_token_key_step_by_step_and_after_a_reset():
+    """Incremental hashing (new tokens only) gives token_key(full history) whatever the history does."""
+    rng = torch.Generator().manual_seed(0)
+    history = torch.randint(0, 50_000, (40,), generator=rng).tolist()
+    hasher = serving.TokenHasher()
+    calls = []
+
+    def full(tokens):
+        return lambda: calls.append(len(tokens)) or tokens
+
+    def key(tokens):  # as the adapters call it: the history from the hasher's resume point
+        start = hasher.resume_at
+        return hasher.key(tokens[start:], start, full(tokens))
+
+    for n in range(1, 300):
+        history.append(n * 7919 % 50_000)
+        assert key(history) == token_key(history)
+    assert calls == []  # each step fed only its new token; the history was never read in full
+    # Preemption / a recycled slot: the history no longer extends what was hashed (it shrank, then changed).
+    shorter = history[:100]
+    assert key(shorter) == token_key(shorter)
+    changed = shorter[:-2] + [1, 2, 3]
+    assert key(changed) == token_key(changed)
+    assert calls == [100, 101]
+    # A placeholder (vLLM's async scheduling) hashed at the last position, then replaced, is noticed too.
+    key(changed + [-1, 5])
+    fixed = changed + [9, 5, 6]
+    assert key(fixed) == token_key(fixed) and calls[-1] == len(fixed)
+    assert hasher.key([], 0, full([])) == token_key([])
+
+
+def test_seeded_rows_in_chunked_prefill_get_a_valid_key():
+    """A row still in prefill has step pos + 1 - prompt_len < 0; its sample is discarded, but it must not crash."""
+    assert serving.step_key(-12) == serving.step_key(0)
+    plan = plan_cache().resolve(Profile(sigma=1.0, seed=3))
+    serving.modulate_rows(torch.zeros(1, VOCAB), [(0, plan, serving.step_key(-12))])
+
+
+def test_noise_never_picks_a_padding_column():
+    """Logits wider than the tokenizer (T5, Qwen2.5): columns past it are -inf in modulated rows, even at sigma 50."""
+    tokens = VOCAB // 2  # half the columns padding: noise alone would pick one about half the time
+    plan = plan_cache(tokenizer=type("Tokenizer", (), {"__len__": lambda self: tokens})()).resolve(Profile(sigma=50.0, seed=1))
+    out = serving.modulate_rows(torch.zeros(200, VOCAB), [(i, plan, serving.step_key(i)) for i in range(200)])
+    assert (out.argmax(dim=1) < tokens).all()
+    assert torch.isneginf(out[:, tokens:]).all() and torch.isfinite(out[:, :tokens]).all()
+
+
+def test_focus_word_past_the_output_layer_is_a_one_line_error(tiers, tokenizer):
+    """A tokenizer larger than the model's logits: a focus token without a column is refused at plan time."""
+    plans = plan_cache(tokenizer, vocab_size=11)  # '7' is token 11 of the demo tokenizer
+    assert_one_line_profile_error(lambda: plans.resolve(Profile(focus=("7",), seed=1)), "token id 11 is past the model's 11 output columns")
+    assert plan_cache(tokenizer, vocab_size=12).resolve(Profile(focus=("7",), seed=1)).modulation.targets
+
+
+@pytest.mark.parametrize("option", ["--speculative-config", "--speculative_config={\"method\": \"ngram\"}", "-sc", "--spec-method=ngram"])
+def test_serve_refuses_speculative_decoding_options(option):
+    """Under speculative decoding vLLM's V1 runner skips the plugin silently: `aim serve` refuses the options."""
+    from aim_cli.cli.serve import refuse_speculative
+    from aim_cli.errors import AimError
+
+    with pytest.raises(AimError, match="do not support speculative decoding"):
+        refuse_speculative(["--port", "9000", option, "x"])
+    refuse_speculative(["--port", "9000", "--max-model-len", "64"])  # other options pass

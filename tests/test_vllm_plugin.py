@@ -31,6 +31,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import (  # noqa: E402
 )
 
 from aim_cli import serving  # noqa: E402
+from aim_cli.errors import AimError  # noqa: E402
 from aim_cli.generation import ModulationProcessor  # noqa: E402
 from aim_cli.integrations.vllm import AimLogitsProcessor  # noqa: E402
 from aim_cli.modulation import KeyedNoise, Modulation  # noqa: E402
@@ -39,7 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 VOCAB = 64
 SLOTS = 8
 FQCN = "aim_cli.integrations.vllm:AimLogitsProcessor"
-CONFIG = SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(REPO / "aim_cli" / "demo" / "lm")))
+DEMO_LM = REPO / "aim_cli" / "demo" / "lm"
+TOKENS = 52  # the demo tokenizer's size: logits columns 52..63 are padding (no token), as in T5 or Qwen2.5
+
+
+def config(vocab: int = VOCAB, speculative: object = None) -> SimpleNamespace:
+    """The parts of vLLM's VllmConfig the processor reads."""
+    model = SimpleNamespace(tokenizer=str(DEMO_LM), get_vocab_size=lambda: vocab)
+    return SimpleNamespace(model_config=model, speculative_config=speculative)
+
+
+CONFIG = config()
 PROMPTS = [[4, 5, 14, 6, 18], [7, 18], [8, 9, 10, 15, 11, 12, 18, 13]]
 
 
@@ -107,9 +118,9 @@ def test_openai_vllm_xargs_reach_the_processor_as_extra_args():
     """JSON true arrives as 1 through vllm_xargs; the processor accepts it."""
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-    request = CompletionRequest(model="m", prompt="hi", vllm_xargs={"aim_profile": "free-tier", "aim_keyed": True})
+    request = CompletionRequest(model="m", prompt="hi", vllm_xargs={"aim_sigma": 2.0, "aim_keyed": True})
     sampling = request.to_sampling_params(max_tokens=4)
-    assert sampling.extra_args["aim_profile"] == "free-tier"
+    assert sampling.extra_args["aim_keyed"] == 1
     AimLogitsProcessor.validate_params(sampling)
 
 
@@ -150,7 +161,7 @@ def test_keyed_repeat_is_identical_across_batch_layouts_and_equals_aim_generate(
     added = [(i, params(aim_profile="keyed-tier") if i else params(aim_sigma=3.0), PROMPTS[i], []) for i in range(3)]
     many = v1_step(crowd, clean, BatchUpdate(3, [], added, []))
     assert torch.equal(one[0], many[2])
-    generate = ModulationProcessor(Modulation(2.0), KeyedNoise(b"test-secret"), keyed=True)
+    generate = ModulationProcessor(Modulation(2.0), KeyedNoise(b"test-secret"), keyed=True, num_tokens=TOKENS)
     assert torch.equal(generate(torch.tensor([PROMPTS[2]]), clean[2:].clone())[0], one[0])
 
 
@@ -170,7 +181,7 @@ def test_focus_tier_boosts_only_the_words_tokens():
     proc = v1_processor()
     out = v1_step(proc, torch.zeros(1, VOCAB), BatchUpdate(1, [], [(0, params(aim_profile="sevens"), PROMPTS[0], [])], []))
     assert out[0, 11] > 0  # '7' is token 11 of the demo tokenizer
-    assert torch.count_nonzero(out[0]) == 1
+    assert torch.count_nonzero(out[0, :TOKENS]) == 1
 
 
 class _Buffer(SimpleNamespace):
@@ -244,7 +255,7 @@ def test_aim_serve_refuses_keyed_tiers_without_their_key(aim, monkeypatch):
     monkeypatch.delenv(serving.KEY_ENV)
     result = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--dry-run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "tier 'keyed-tier' uses keyed noise, but AIM_NOISE_KEY is not set" in result.stderr
+    assert "tier 'keyed-tier': keyed noise needs the environment variable AIM_NOISE_KEY" in result.stderr
 
 
 def test_validation_pins_a_fresh_seed_so_every_worker_draws_alike():
@@ -255,3 +266,141 @@ def test_validation_pins_a_fresh_seed_so_every_worker_draws_alike():
     clean = torch.randn(1, VOCAB)
     ranks = [v1_step(v1_processor(), clean, BatchUpdate(1, [], [(0, request, PROMPTS[0], [])], [])) for _ in range(2)]
     assert isinstance(seed, int) and torch.equal(ranks[0], ranks[1])
+
+
+def test_v2_seeded_row_in_chunked_prefill_does_not_stop_the_engine():
+    """V2 computes logits for rows still in chunked prefill (their samples are discarded): pos + 1 < prompt_len."""
+    proc, state = v2_setup()
+    prompt = list(range(1, 21))
+    state.all_token_ids.gpu[0, :20] = torch.tensor(prompt)
+    state.prompt_len.np[0] = 20
+    proc.add_request(0, params(aim_sigma=1.0, aim_seed=3))
+    ctx = LogitsContext(
+        expanded_idx_mapping=torch.tensor([0]), idx_mapping=torch.tensor([0]), idx_mapping_np=np.array([0]),
+        expanded_local_pos=torch.zeros(1, dtype=torch.int32), input_ids=torch.tensor([prompt[7]]), pos=torch.tensor([7]),
+        seq_lens_upper_bound_np=np.array([8]),
+    )
+    out = proc.apply(torch.zeros(1, VOCAB), ctx)  # the first chunk covers 8 of the 20 prompt tokens
+    assert torch.isfinite(out[0, :TOKENS]).all() and out[0, :TOKENS].std() > 0
+
+
+def test_v2_keyed_rows_hash_only_new_tokens_and_equal_token_key_over_many_steps():
+    """Each step's key equals token_key(prompt + generated) while only new tokens are read and hashed."""
+    proc, state = v2_setup()
+    tokens = state.all_token_ids.gpu
+    tokens[3, :5] = torch.tensor(PROMPTS[0])
+    state.prompt_len.np[3] = 5
+    proc.add_request(3, params(aim_profile="keyed-tier"))
+    torch.manual_seed(5)
+    clean = torch.randn(1, VOCAB)
+    noise = KeyedNoise(b"test-secret")
+    for length in range(5, 30):  # the token fed at pos = length - 1 is the last sampled one
+        tokens[3, length - 1] = (7 * length) % TOKENS if length > 5 else tokens[3, 4]
+        out = proc.apply(clean.clone(), v2_context(state, [3], [length]))
+        history = tokens[3, :length].tolist()
+        expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(torch.tensor([history]), clean.clone())
+        assert torch.equal(out, expected), length
+    assert proc._slots[3].hasher.resume_at == 27  # all but the newest token hashed, once each
+    # A recycled slot: another keyed request with another history starts from scratch.
+    tokens[3, :8] = torch.tensor(PROMPTS[2])
+    state.prompt_len.np[3] = 8
+    proc.add_request(3, params(aim_profile="keyed-tier"))
+    out = proc.apply(clean.clone(), v2_context(state, [3], [8]))
+    expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(torch.tensor([PROMPTS[2]]), clean.clone())
+    assert torch.equal(out, expected)
+
+
+def test_padding_columns_never_win_under_either_runner():
+    """Logits wider than the tokenizer: columns past it are -inf in modulated rows (sigma 50 would pick them)."""
+    proc = v1_processor()
+    added = [(i, params(aim_sigma=50.0, aim_seed=i), PROMPTS[0], []) for i in range(8)]
+    out = v1_step(proc, torch.zeros(8, VOCAB), BatchUpdate(8, [], added, []))
+    assert torch.isneginf(out[:, TOKENS:]).all() and (out.argmax(dim=1) < TOKENS).all()
+    proc2, state = v2_setup()
+    proc2.add_request(0, params(aim_sigma=50.0, aim_seed=1))
+    state.prompt_len.np[0] = 2
+    out2 = proc2.apply(torch.zeros(1, VOCAB), v2_context(state, [0], [2]))
+    assert torch.isneginf(out2[0, TOKENS:]).all()
+
+
+@pytest.mark.parametrize(
+    ("aim", "fragment"),
+    [
+        ({"aim_profile": "free-tier", "aim_sigma": 0}, "aim_sigma: tier 'free-tier' fixes its own sigma"),
+        ({"aim_profile": "keyed-tier", "aim_seed": 1}, "aim_seed: tier 'keyed-tier' fixes its own noise"),
+        ({"aim_profile": "keyed-tier", "aim_keyed": 0}, "aim_keyed: tier 'keyed-tier' fixes its own noise"),
+    ],
+)
+def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match=fragment):
+        build_custom_logits_processors_params_validator([AimLogitsProcessor])(params(**aim))
+
+
+def test_default_profile_reaches_requests_without_aim_args(monkeypatch):
+    monkeypatch.setenv(serving.DEFAULT_ENV, "free-tier")
+    request = params()
+    AimLogitsProcessor.validate_params(request)
+    assert request.extra_args == {"aim_profile": "free-tier"}
+    proc = v1_processor()
+    clean = torch.zeros(1, VOCAB)
+    out = v1_step(proc, clean, BatchUpdate(1, [], [(0, params(), PROMPTS[0], [])], []))  # the workers apply it too
+    assert out[0, :TOKENS].std() > 1.0
+
+
+def test_speculative_decoding_is_refused_at_start():
+    """V1 silently skips entry-point plugins under speculative decoding; V2 would build it with unkeyable draft rows."""
+    with pytest.raises(AimError, match="does not support speculative decoding"):
+        AimLogitsProcessor(config(speculative=SimpleNamespace(num_speculative_tokens=2)), v2_setup()[1])
+
+
+def test_aim_serve_refuses_speculative_decoding(aim):
+    result = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--dry-run", "--", "--speculative_config={}",
+                 env={serving.KEY_ENV: "s"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "--speculative-config: aim's tiers do not support speculative decoding" in result.stderr
+
+
+def test_focus_word_past_the_output_layer_stops_the_server_at_start(tmp_path, monkeypatch):
+    """A tokenizer larger than the logits: a tier's focus token with no column is refused when the server starts."""
+    for name in ("focus-pedestrian", "full-example"):  # tiers whose focus words need wider logits
+        (tmp_path / f"{name}.yaml").unlink()
+    with pytest.raises(AimError, match="focus 7:up: token id 11 is past the model's 11 output columns"):
+        AimLogitsProcessor(config(vocab=11), torch.device("cpu"), False)  # the 'sevens' tier focuses token 11
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    (narrow / "free-tier.yaml").write_bytes((tmp_path / "free-tier.yaml").read_bytes())
+    monkeypatch.setenv(serving.PROFILES_ENV, str(narrow))
+    proc = AimLogitsProcessor(config(vocab=11), torch.device("cpu"), False)
+    # A request's own focus word can only be checked in the worker: dropped there (never an engine crash).
+    out = v1_step(proc, torch.zeros(1, 11), BatchUpdate(1, [], [(0, params(aim_focus="7", aim_sigma=1.0, aim_seed=1), PROMPTS[0], [])], []))
+    assert torch.isfinite(out).all() and out.std() > 0
+
+
+def test_aim_serve_default_profile_is_checked_and_passed_to_vllm(aim):
+    ok = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--default-profile", "free-tier", "--dry-run",
+             env={serving.KEY_ENV: "s"})
+    assert ok.returncode == 0, ok.stderr
+    assert f"{serving.DEFAULT_ENV}=free-tier" in ok.stdout and "without aim_* arguments get tier 'free-tier'" in ok.stderr
+    bad = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--default-profile", "gold", "--dry-run",
+              env={serving.KEY_ENV: "s"})
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "AIM_DEFAULT_PROFILE=gold: no such tier" in bad.stderr
+
+
+def test_v2_keys_of_requests_at_different_lengths_equal_token_key_each_step():
+    """Per-row windows: a long and a short request in one batch, each keyed on its own full history."""
+    from aim_cli.modulation import token_key
+
+    proc, state = v2_setup()
+    tokens = state.all_token_ids.gpu
+    tokens[1] = torch.arange(32) % TOKENS
+    tokens[4] = (torch.arange(32) * 5) % TOKENS
+    for slot in (1, 4):
+        state.prompt_len.np[slot] = 3
+        proc.add_request(slot, params(aim_profile="keyed-tier"))
+    for step in range(12):
+        lengths = [20 + step, 4 + step]
+        rows = proc._rows_v2(torch.zeros(2, VOCAB), v2_context(state, [1, 4], lengths))
+        assert [key for _, _, key in rows] == [token_key(tokens[s, :n].tolist()) for s, n in zip((1, 4), lengths)], step

@@ -14,9 +14,13 @@ import typer
 
 from aim_cli import serving
 from aim_cli.cli.common import app, say
-from aim_cli.errors import AimError, ProfileError
+from aim_cli.errors import AimError
+from aim_cli.profile import noise_key
 
 VLLM_HINT = "pip install 'aim-cli[vllm]'"
+# vLLM's speculative-decoding options: under it the V1 runner silently skips plugins, and aim
+# cannot key V2's draft rows; refused here, before vLLM starts.
+SPECULATIVE_OPTIONS = ("--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens")
 
 
 def _option(args: Sequence[str], name: str, default: str) -> str:
@@ -47,11 +51,14 @@ def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
     return f"curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
 
 
-def _check_keys(profiles: dict[str, serving.Profile]) -> None:
-    """Keyed tiers need their secret in the server's environment before it starts."""
-    for name, profile in profiles.items():
-        if profile.key_env and not os.environ.get(profile.key_env):
-            raise ProfileError(f"tier '{name}' uses keyed noise, but {profile.key_env} is not set", f"export {profile.key_env}=<secret>")
+def refuse_speculative(vllm_args: Sequence[str]) -> None:
+    """Speculative decoding is not supported with aim's tiers: a one-line error naming the option."""
+    for arg in vllm_args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--"):
+            name = "--" + name[2:].replace("_", "-")  # vLLM accepts --speculative_config too
+        if name in SPECULATIVE_OPTIONS:
+            raise AimError(f"{name}: aim's tiers do not support speculative decoding", "serve without it")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -59,24 +66,39 @@ def serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model for vLLM: a local HF folder or a cached hub id.")],
     profiles: Annotated[Path, typer.Option("--profiles", "-p", help="Folder of tier profiles (*.yaml); clients pick one by file name.")],
+    default_profile: Annotated[
+        str | None,
+        typer.Option("--default-profile", help="Tier of requests without aim_* arguments (default: they get the clean model)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the vLLM command and exit.")] = False,
 ) -> None:
     """Serve tiers with vLLM's OpenAI server; other options (after --) go to `vllm serve`."""
     if importlib.util.find_spec("vllm") is None:
         raise AimError("aim serve needs vLLM, which is not installed here", VLLM_HINT)
-    tiers = serving.load_profile_dir(profiles)
-    _check_keys(tiers)
     vllm_args = list(ctx.args)
+    refuse_speculative(vllm_args)
+    tiers = serving.load_profile_dir(profiles)
+    for name, tier in tiers.items():  # keyed tiers need their secret before the server starts
+        if tier.key_env:
+            noise_key(tier, f"tier '{name}'")
+    overrides = {serving.PROFILES_ENV: str(profiles.resolve())}
+    if default_profile is not None:
+        overrides[serving.DEFAULT_ENV] = default_profile
+    env = dict(os.environ, **overrides)
+    default = serving.default_tier(tiers, env)
     command = vllm_command(model, vllm_args)
-    env = dict(os.environ, **{serving.PROFILES_ENV: str(profiles.resolve())})
     say(f"aim: serving {model} with vLLM; tiers from {profiles}:")
     for line in serving.profile_summary(tiers):
         say(f"  {line}")
     say("aim: clients choose a tier per request with vllm_xargs (or SamplingParams.extra_args), e.g.")
     say("  " + client_example(model, vllm_args, sorted(tiers)[0]))
-    say("aim: or set it explicitly: {\"aim_sigma\": 2.0, \"aim_seed\": 7}, {\"aim_focus\": [\"word:up\"]}, {\"aim_keyed\": true}")
+    if default is None:
+        say("aim: requests without aim_* arguments get the clean model: let only your gateway set vllm_xargs")
+    else:
+        say(f"aim: requests without aim_* arguments get tier '{default}'")
     if dry_run:
-        typer.echo(f"{serving.PROFILES_ENV}={shlex.quote(env[serving.PROFILES_ENV])} " + shlex.join(command))
+        shown = " ".join(f"{name}={shlex.quote(value)}" for name, value in overrides.items())
+        typer.echo(f"{shown} " + shlex.join(command))
         return
     sys.stdout.flush()
     sys.stderr.flush()

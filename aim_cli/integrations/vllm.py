@@ -5,8 +5,11 @@ vLLM server in an environment with aim-cli[vllm] loads it; requests without aim_
 untouched. A request selects a tier with `extra_args` (the OpenAI server's `vllm_xargs`):
 
     {"aim_profile": "free-tier"}                   a profile of the directory in AIM_PROFILES_DIR
-    {"aim_sigma": 2.0, "aim_seed": 7}              explicit settings (they override aim_profile)
+    {"aim_sigma": 2.0, "aim_seed": 7}              explicit settings (no tier)
     {"aim_focus": ["cat:up"], "aim_focus_sigma": 2, "aim_keyed": true}
+
+A tier fixes its sigma and noise (a request cannot weaken it); requests without aim_* arguments
+get the clean model unless AIM_DEFAULT_PROFILE names a tier for them.
 
 This module only adapts vLLM's batch bookkeeping; what a request means and how its rows are
 modulated lives in aim_cli/serving.py (tested without vLLM).
@@ -20,7 +23,7 @@ feature). AimLogitsProcessor implements both, so the one registered class loads 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -65,13 +68,21 @@ def _tokenizer_loader(vllm_config: Any) -> Callable[[], Any]:
     return load
 
 
+def _vocab_size(vllm_config: Any) -> int | None:
+    """The width of the served model's logits (its output layer), when vLLM says."""
+    model_config = getattr(vllm_config, "model_config", None)
+    size = getattr(model_config, "get_vocab_size", None)
+    return int(size()) if callable(size) else None
+
+
 @dataclass
 class _Slot:
-    """A request occupying a batch slot: its tier plan and (V1 runner) its token lists."""
+    """A request occupying a batch slot: its tier plan, its key hasher and (V1 runner) its token lists."""
 
     plan: serving.RowPlan
     prompt_ids: list[int] | None = None
     output_ids: list[int] | None = None  # V1: a live reference, vLLM appends each new token
+    hasher: serving.TokenHasher = field(default_factory=serving.TokenHasher)
 
 
 class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
@@ -81,28 +92,45 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
     def validate_params(cls, sampling_params: Any) -> None:
         """Reject invalid aim_* arguments at admission (HTTP 400 with the message); pin a fresh seed if none."""
         try:
-            profile = serving.request_profile(sampling_params.extra_args, serving.server_profiles())
+            profiles = serving.server_profiles()
+            args = serving.admit(sampling_params.extra_args, profiles, serving.default_tier(profiles))
         except AimError as exc:
             raise ValueError(f"aim: {exc}") from None
-        if profile is not None:
-            serving.pin_fresh_seed(sampling_params.extra_args, profile)
+        if args is not None:
+            sampling_params.extra_args = args
 
     def __init__(self, vllm_config: Any, state: Any, is_pin_memory: bool | None = None) -> None:
         # V1 runner: (vllm_config, device, is_pin_memory); V2 runner: (vllm_config, req_states).
+        # The V1 runner never builds entry-point processors under speculative decoding; V2 would,
+        # with draft rows aim cannot key yet: refuse, rather than serve tiers it cannot honour.
+        if getattr(vllm_config, "speculative_config", None):
+            raise AimError(
+                "aim's vLLM plugin does not support speculative decoding",
+                "serve without --speculative-config, or from an environment without aim-cli",
+            )
         self._req_states = None if is_pin_memory is not None else state
-        self._plans = serving.PlanCache(_tokenizer_loader(vllm_config))
+        self._plans = serving.PlanCache(_tokenizer_loader(vllm_config), _vocab_size(vllm_config))
         self._profiles = serving.server_profiles()
-        # Tiers with focus words resolve now, so an unencodable word stops the server at start.
+        self._default = serving.default_tier(self._profiles)
+        # Every tier resolves now: an unencodable focus word, or one past the output layer, stops the server at start.
         for profile in self._profiles.values():
-            if profile.focus:
-                self._plans.resolve(profile)
+            self._plans.resolve(profile)
         self._slots: dict[int, _Slot] = {}
         self._warned = False
 
     def _plan(self, sampling_params: Any) -> serving.RowPlan | None:
         """The plan of a request's aim_* arguments (None: untouched); validate_params already checked them."""
-        profile = serving.request_profile(getattr(sampling_params, "extra_args", None), self._profiles)
-        return None if profile is None else self._plans.resolve(profile)
+        profile = serving.request_profile(getattr(sampling_params, "extra_args", None), self._profiles, self._default)
+        if profile is None:
+            return None
+        try:
+            return self._plans.resolve(profile)
+        except AimError as exc:
+            # Only the model knows its output width, and admission runs without it: a request's own
+            # focus word past the output layer is dropped here (raising would stop the engine); the
+            # tier's sigma and noise still apply.
+            logger.warning("aim: %s; the request runs without its focus words", exc)
+            return self._plans.resolve(replace(profile, focus=()))
 
     # ---- V1 runner interface -------------------------------------------------------------
 
@@ -157,11 +185,14 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         rows = []
         for index, slot in self._slots.items():
             if index < logits.shape[0]:
-                prompt = slot.prompt_ids or []
-                tokens = prompt + list(slot.output_ids or ())
-                if slot.plan.keyed and tokens and tokens[-1] == _PLACEHOLDER:
-                    self._warn_placeholder()
-                rows.append((index, slot.plan, slot.plan.item_key(tokens, len(prompt))))
+                prompt, output = slot.prompt_ids or [], slot.output_ids or []
+                if slot.plan.keyed:
+                    if output and output[-1] == _PLACEHOLDER:
+                        self._warn_placeholder()
+                    key = slot.hasher.key(*_window(prompt, output, slot.hasher.resume_at), lambda: prompt + list(output))
+                else:
+                    key = serving.step_key(len(output))
+                rows.append((index, slot.plan, key))
         return rows
 
     def _warn_placeholder(self) -> None:
@@ -176,7 +207,7 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
     def _rows_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> list[tuple[int, serving.RowPlan, bytes]]:
         """V2: rows map to request slots through ctx; token history is read from req_states."""
         slots_np = ctx.idx_mapping_np
-        if logits.shape[0] != len(slots_np):  # speculative decoding: several rows per request
+        if logits.shape[0] != len(slots_np):  # several rows per request (speculative decoding, refused in __init__)
             slots = [int(s) for s in ctx.expanded_idx_mapping.tolist()]
         else:
             slots = [int(s) for s in slots_np]
@@ -190,24 +221,63 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         states = self._req_states
         prompt_lens = states.prompt_len.np
         keyed = [i for i, (_, slot) in enumerate(wanted) if self._slots[slot].plan.keyed]
-        history: dict[int, list[int]] = {}
-        if keyed:
-            width = max(positions[i] for i in keyed)
-            tokens = states.all_token_ids.gpu  # [max_num_reqs, max_model_len]; sampled ids are written here each step
-            index = torch.tensor([wanted[i][1] for i in keyed], device=tokens.device)
-            block = tokens[:, :width].index_select(0, index).tolist()
-            history = {i: block[k][: positions[i]] for k, i in enumerate(keyed)}
+        keys = self._keys_v2(wanted, keyed, positions, current) if keyed else {}
         rows = []
         for i, (row, slot) in enumerate(wanted):
             plan = self._slots[slot].plan
-            prompt_len = int(prompt_lens[slot])
             if plan.keyed:
-                # Tokens 0..pos: committed history before this row's position, then the token fed at it.
-                key = plan.item_key(history[i] + [int(current[i])], prompt_len)
+                key = keys[i]
             else:
-                key = serving.step_key(int(positions[i]) + 1 - prompt_len)
+                # Negative in chunked prefill (the row's sample is discarded): step_key clamps it.
+                key = serving.step_key(int(positions[i]) + 1 - int(prompt_lens[slot]))
             rows.append((row, plan, key))
         return rows
+
+    def _keys_v2(self, wanted: list[tuple[int, int]], keyed: list[int], positions: list[int], current: list[int]) -> dict[int, bytes]:
+        """Keys of keyed V2 rows: tokens 0..pos-1 from the slot's committed history, then the token fed at pos.
+
+        Each row copies from the device only history[resume_at:pos], the tokens its hasher has
+        not seen (plus the last one it has, to check), gathered per row, so a step costs O(new
+        tokens) whatever the context lengths. Requests new to their hasher are gathered apart:
+        their whole history would otherwise widen every other row's window.
+        """
+        tokens = self._req_states.all_token_ids.gpu  # [max_num_reqs, max_model_len]; sampled ids are written here each step
+        keys: dict[int, bytes] = {}
+        fresh = {i for i in keyed if self._slots[wanted[i][1]].hasher.resume_at == 0}
+        for group in ([i for i in keyed if i in fresh], [i for i in keyed if i not in fresh]):
+            if not group:
+                continue
+            hashers = [self._slots[wanted[i][1]].hasher for i in group]
+            starts = [min(h.resume_at, positions[i]) for h, i in zip(hashers, group)]
+            windows = _gather_windows(tokens, [wanted[i][1] for i in group], starts, [positions[i] for i in group])
+            for k, i in enumerate(group):
+                slot, pos, fed = wanted[i][1], positions[i], current[i]
+
+                def full(slot: int = slot, pos: int = pos, fed: int = fed) -> list[int]:
+                    return tokens[slot, :pos].tolist() + [fed]
+
+                # A history shorter than what was hashed (pos < resume_at) does not extend it: the hasher rehashes in full.
+                keys[i] = hashers[k].key(windows[k] + [fed], starts[k], full)
+        return keys
+
+
+def _gather_windows(tokens: torch.Tensor, slots: list[int], starts: list[int], stops: list[int]) -> list[list[int]]:
+    """tokens[slot, start:stop] for each row, in one gather and one device-to-host copy."""
+    width = max(stop - start for start, stop in zip(starts, stops))
+    if width <= 0:
+        return [[] for _ in slots]
+    device = tokens.device
+    columns = torch.tensor(starts, device=device)[:, None] + torch.arange(width, device=device)[None, :]
+    rows = torch.tensor(slots, device=device)[:, None]
+    block = tokens[rows, columns.clamp_(max=tokens.shape[1] - 1)].tolist()
+    return [row[: stop - start] for row, start, stop in zip(block, starts, stops)]
+
+
+def _window(prompt: list[int], output: list[int], start: int) -> tuple[list[int], int]:
+    """V1: history[start:] of prompt + output without building the whole list; (window, start)."""
+    if start >= len(prompt):
+        return output[start - len(prompt) :], start
+    return prompt[start:] + list(output), start
 
 
 __all__ = ["AimLogitsProcessor"]
