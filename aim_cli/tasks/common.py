@@ -146,7 +146,8 @@ def plan_tokens(profile: Profile, tokenizer: Any) -> ModulationPlan:
     targets, names = focus_targets(tokenizer, profile.focus)
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, targets)
     noise, seed = noise_source(profile)
-    return ModulationPlan(modulation, noise, seed, names, num_tokens=len(tokenizer))
+    # Without a tokenizer (a profile with no focus words) nothing marks padding columns.
+    return ModulationPlan(modulation, noise, seed, names, num_tokens=len(tokenizer) if tokenizer is not None else None)
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
