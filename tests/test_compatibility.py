@@ -127,8 +127,12 @@ def _check_segmenter(cli: Cli, model: list[str], images: Path, work: Path) -> No
         assert mask.shape == IMAGE_SIZE[::-1] and mask.max() < len(LABELS), (image.name, mask.shape)
     cli.ok("segment", str(images), *model, "--sigma", "1", "--focus", "bird", "--focus-sigma", "10000",
            "--seed", "0", "--compare", "--masks", str(clean), "-o", str(noisy))
-    for image in images.iterdir():  # the focus class wins every pixel: the noise reached the decisions
-        assert (np.asarray(Image.open(noisy / image.name)) == LABELS.index("bird")).all(), image.name
+    # The focus class wins most pixels (all, unless a random model's logits span more than 1e4 |z|,
+    # as torchvision FCN's can), far more than in the clean masks: the noise reached the decisions.
+    for image in images.iterdir():
+        bird = LABELS.index("bird")
+        share = (np.asarray(Image.open(noisy / image.name)) == bird).mean()
+        assert share > max(0.5, (np.asarray(Image.open(clean / image.name)) == bird).mean()), (image.name, share)
     evaluation = json.loads((noisy / "evaluation.json").read_text(encoding="utf-8"))
     # The clean pass of a noisy run reproduces the clean run's masks exactly.
     assert evaluation["clean"]["pixel_accuracy"] == 1.0, evaluation["clean"]
