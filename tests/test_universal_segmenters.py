@@ -2,8 +2,9 @@
 
 Decision logits are log semantic scores (docs/design.md, "Universal segmenters: decision
 logits"). The statistical checks mirror tests/test_segment_statistics.py and
-tests/test_calibrate_segment.py for the demo SegFormer, on a tiny Mask2Former TRAINED on the
-same street scenes (tests/data/mask2former_streets, built by tests/data/build_universal.py).
+tests/test_calibrate_segment.py for the demo SegFormer, on a tiny model of each family TRAINED on
+the same street scenes (tests/data/<family>_streets, built by tests/data/build_universal.py
+--family <family>).
 Tiny random checkpoints of all three families exercise loading, OneFormer's task prompt
 included (a character-level CLIP tokenizer written to the test's folder).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import string
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -44,7 +46,9 @@ from aim_cli.tasks.segment import (  # noqa: E402
 from aim_cli.theory import focus_win_probability, win_probability  # noqa: E402
 from tests.conftest import assert_user_error, run_aim  # noqa: E402
 
-TRAINED = Path(__file__).resolve().parent / "data" / "mask2former_streets"
+DATA = Path(__file__).resolve().parent / "data"
+TRAINED_FAMILIES = ("mask2former", "maskformer", "oneformer")
+TRAINED = DATA / "mask2former_streets"  # the one the CLI and scipy checks use
 N_IMAGES = 32
 SEED = 7
 K_SE = 4.0
@@ -168,19 +172,31 @@ def test_missing_scipy_is_a_one_line_model_error(monkeypatch):
         load_segmenter(str(TRAINED), torch.device("cpu"))
 
 
-# --- the trained Mask2Former: the same checks as the demo SegFormer -------------------------------
+# --- the trained models: the same checks as the demo SegFormer ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """The tiny trained Mask2Former, the evaluation scenes as task inputs, per-pixel logits and truth."""
-    segmenter = load_segmenter(str(TRAINED), torch.device("cpu"))
+class Trained(NamedTuple):
+    """A trained checkpoint loaded by aim, the evaluation scenes as task inputs, per-pixel logits and truth."""
+
+    family: str
+    directory: Path
+    segmenter: Any
+    items: list
+    pixels: torch.Tensor
+    truth: torch.Tensor
+
+
+@pytest.fixture(scope="module", params=TRAINED_FAMILIES)
+def trained(request) -> Trained:
+    """The tiny trained model of one family, loaded once per module."""
+    directory = DATA / f"{request.param}_streets"
+    segmenter = load_segmenter(str(directory), torch.device("cpu"))
     scenes = streets.evaluation_set(N_IMAGES)
     items = [input_from_image(f"eval_{i}.png", image, mask) for i, (image, mask) in enumerate(scenes)]
     logits = decision_logits(segmenter, [image for image, _ in scenes])
     pixels = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
     truth = torch.from_numpy(np.stack([mask for _, mask in scenes]).reshape(-1)).long()
-    return segmenter, items, pixels, truth
+    return Trained(request.param, directory, segmenter, items, pixels, truth)
 
 
 def _evaluate(segmenter, items, plan) -> SegmentationEvaluation:
@@ -192,7 +208,7 @@ def _evaluate(segmenter, items, plan) -> SegmentationEvaluation:
 
 
 def test_trained_model_is_a_real_segmenter_that_under_segments_persons(trained):
-    segmenter, _, pixels, truth = trained
+    segmenter, pixels, truth = trained.segmenter, trained.pixels, trained.truth
     prediction = pixels.argmax(1)
     assert segmenter.labels == streets.LABELS
     assert float((prediction == truth).float().mean()) > 0.85
@@ -200,25 +216,38 @@ def test_trained_model_is_a_real_segmenter_that_under_segments_persons(trained):
     assert 0.05 < person_recall < 0.8, person_recall  # learnt, yet with room for a focus boost
 
 
+# aim's masks vs the model's own post_process_semantic_segmentation(target_sizes=64x64) on the
+# N_IMAGES scenes. Mask2Former upsamples masks before combining as aim does (to 384 and back):
+# only near-ties at class boundaries differ. MaskFormer and OneFormer combine at mask resolution
+# (16x16) and resize the scores, so boundary pixels differ more: measured 94.9% (MaskFormer) and
+# 95.1% (OneFormer) on these checkpoints (docs/design.md, "Universal segmenters"). The checkpoints
+# are fixed files, so these are deterministic numbers, not samples; the floors leave rounding room.
+FULL_RESOLUTION_AGREEMENT = {"mask2former": 0.999, "maskformer": 0.94, "oneformer": 0.94}
+
+
 def test_clean_masks_agree_with_the_models_own_semantic_post_processing(trained):
-    """Both upsample mask logits before combining (aim to the processed size, 64; Mask2Former to 384
-    and back): only near-ties at class boundaries can differ, and >= 99.9% of pixels agree.
-    """
+    """Same order (Mask2Former): >= 99.9% of pixels agree. MaskFormer/OneFormer: identical argmax at
+    mask resolution, where both combine, and the measured floor at full resolution."""
     from transformers import AutoImageProcessor
 
-    segmenter, items, pixels, _ = trained
-    images = [item.image for item in items]
-    processor = AutoImageProcessor.from_pretrained(TRAINED)
-    outputs = _raw_outputs(segmenter, images)
+    images = [item.image for item in trained.items]
+    processor = AutoImageProcessor.from_pretrained(trained.directory)
+    outputs = _raw_outputs(trained.segmenter, images)
     own = processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 64)] * len(images))
-    ours = pixels.argmax(1).reshape(len(images), 64, 64)
+    ours = trained.pixels.argmax(1).reshape(len(images), 64, 64)
     agreement = float((torch.stack(own) == ours).float().mean())
-    assert agreement >= 0.999, agreement
+    print(f"{trained.family}: {agreement:.5f} of {ours.numel()} pixels agree at 64x64")
+    assert agreement >= FULL_RESOLUTION_AGREEMENT[trained.family], agreement
+    if trained.family != "mask2former":
+        own_low = torch.stack(processor.post_process_semantic_segmentation(outputs))
+        ours_low = log_semantic_scores(outputs.class_queries_logits, outputs.masks_queries_logits).argmax(1)
+        assert own_low.shape[-2:] == (16, 16)
+        assert torch.equal(own_low, ours_low)
 
 
 def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(trained):
     """Measured person recall under `--focus pedestrian` = mean 2*Phi(-g/sigma_f) within K_SE SDs."""
-    segmenter, items, pixels, truth = trained
+    segmenter, items, pixels, truth = trained.segmenter, trained.items, trained.pixels, trained.truth
     person_pixels = pixels[truth == PERSON]
     n = person_pixels.shape[0]
     measured, predicted = [], []
@@ -236,7 +265,7 @@ def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(trained):
 
 
 def test_utility_noise_accuracy_matches_the_theory(trained):
-    segmenter, items, pixels, truth = trained
+    segmenter, items, pixels, truth = trained.segmenter, trained.items, trained.pixels, trained.truth
     for sigma in (1.0, 4.0):
         plan = plan_modulation(resolve_profile(None, sigma=sigma, seed=SEED), segmenter.labels)
         evaluation = _evaluate(segmenter, items, plan)
@@ -246,7 +275,7 @@ def test_utility_noise_accuracy_matches_the_theory(trained):
 
 
 def test_focus_recall_calibration_is_hit(trained):
-    segmenter = trained[0]
+    segmenter = trained.segmenter
     calibration, failures = calibrate_segmenter(
         segmenter, demo_segmentation_set(12), CalibrationRequest("recall", 0.9, FocusRequest("person"), seed=1)
     )
@@ -258,7 +287,7 @@ def test_focus_recall_calibration_is_hit(trained):
 @pytest.mark.parametrize(("metric", "value"), [("miou", 0.5), ("pixel_accuracy", 0.7)])
 def test_monte_carlo_confirms_the_utility_target_within_001(trained, metric, value):
     request = CalibrationRequest(metric, value, seed=5)
-    calibration, _ = calibrate_segmenter(trained[0], demo_segmentation_set(12), request)
+    calibration, _ = calibrate_segmenter(trained.segmenter, demo_segmentation_set(12), request)
     assert abs(calibration.check.mean - value) <= 0.01, (calibration.check.mean, calibration.check.values)
     assert abs(calibration.predicted - value) <= 0.002
     assert not calibration.warnings
