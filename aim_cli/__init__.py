@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         win_probability,
     )
 
-# The names of aim_cli.api.__all__ (a test keeps the two lists equal).
+# The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
     "AimError",
     "Calibration",

@@ -13,36 +13,18 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import torch
 
-from aim_cli.calibration.core import Calibration, MonteCarloCheck
-from aim_cli.errors import AimError, InputError, ModelError, ProfileError
+import aim_cli
+from aim_cli.calibration.core import Calibration, MonteCarloCheck  # noqa: F401 (re-exported via __all__)
+from aim_cli.errors import AimError, InputError, ModelError, ProfileError  # noqa: F401 (re-exported)
 from aim_cli.labels import resolve_class
 from aim_cli.profile import FocusRequest, Profile, check_sigma, is_real_number
-from aim_cli.tasks.common import ItemKey, ModulationPlan, item_key, plan_modulation, plan_tokens
+from aim_cli.tasks.common import ItemKey, ModulationPlan, item_key, plan_modulation, plan_tokens  # noqa: F401 (item_key re-exported)
 
 if TYPE_CHECKING:
     from aim_cli.generation import ModulationProcessor
 
-__all__ = [
-    "AimError",
-    "Calibration",
-    "FocusRequest",
-    "InputError",
-    "ModelError",
-    "ModulationPlan",
-    "MonteCarloCheck",
-    "Profile",
-    "ProfileError",
-    "ProfileLike",
-    "accuracy_curve",
-    "calibrate_logits",
-    "expected_accuracy",
-    "expected_recall",
-    "item_key",
-    "logits_processor",
-    "modulate",
-    "plan",
-    "win_probability",
-]
+# The public names are listed once, in aim_cli/__init__.py, which must stay cheap to import.
+__all__ = list(aim_cli.__all__)
 
 # A Profile, a mapping in the YAML schema, or a bare utility sigma.
 ProfileLike = Union[Profile, Mapping[str, Any], float, int]
@@ -198,15 +180,15 @@ def _check_direction(direction: int) -> None:
 
 def expected_accuracy(logits: torch.Tensor, labels: Any, sigma: float) -> float:
     """Exact expected top-1 accuracy under utility noise sigma (calibration.classify.expected_correct)."""
-    logits, ids = _logits_and_labels(logits, labels, None)
-    from aim_cli.calibration.classify import expected_correct
-
-    return float(expected_correct(logits, ids, check_sigma(sigma, "sigma", "sigma")).mean())
+    return accuracy_curve(logits, labels, [sigma])[0]
 
 
 def accuracy_curve(logits: torch.Tensor, labels: Any, sigmas: Sequence[float]) -> list[float]:
-    """Exact expected accuracy at each sigma, all from the same clean logits."""
-    return [expected_accuracy(logits, labels, s) for s in sigmas]
+    """Exact expected accuracy at each sigma, all from the same clean logits (checked once)."""
+    logits, ids = _logits_and_labels(logits, labels, None)
+    from aim_cli.calibration.classify import expected_correct
+
+    return [float(expected_correct(logits, ids, check_sigma(s, "sigma", "sigma")).mean()) for s in sigmas]
 
 
 def win_probability(

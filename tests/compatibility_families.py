@@ -96,17 +96,13 @@ def _oneformer_processor() -> Any:
 
     A character-level CLIP vocabulary covers the prompt ('the task is semantic') offline.
     """
-    import string
-
     import transformers
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
+    from tests.data.build_universal import char_clip_tokenizer
+
     return transformers.OneFormerProcessor(
         image_processor=_processor("OneFormerImageProcessor", **_square()),
-        tokenizer=transformers.CLIPTokenizer(vocab=vocab, merges=[]), task_seq_length=8, max_seq_length=8,
+        tokenizer=char_clip_tokenizer(), task_seq_length=8, max_seq_length=8,
     )
 
 

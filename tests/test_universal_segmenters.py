@@ -17,7 +17,6 @@ implementation with probability < 1e-4, and seeds are fixed.
 from __future__ import annotations
 
 import math
-import string
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +44,7 @@ from aim_cli.tasks.segment import (  # noqa: E402
 )
 from aim_cli.theory import focus_win_probability, win_probability  # noqa: E402
 from tests.conftest import assert_user_error, run_aim  # noqa: E402
+from tests.data.build_universal import char_clip_tokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TRAINED_FAMILIES = ("mask2former", "maskformer", "oneformer")
@@ -59,17 +59,6 @@ SWIN = {"model_type": "swin", "image_size": 32, "embed_dim": 8, "depths": [1, 1,
 
 
 # --- tiny random checkpoints of the three families ------------------------------------------------
-
-
-def _clip_tokenizer():
-    """A character-level CLIP tokenizer: enough to tokenise 'the task is semantic' offline."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
 
 
 def _save_random(family: str, directory: Path, tokenizer: bool = True) -> Path:
@@ -100,7 +89,7 @@ def _save_random(family: str, directory: Path, tokenizer: bool = True) -> Path:
         model = tf.OneFormerForUniversalSegmentation(config)
         processor = tf.OneFormerImageProcessor(size={"height": 32, "width": 32})
         if tokenizer:
-            processor = tf.OneFormerProcessor(image_processor=processor, tokenizer=_clip_tokenizer(),
+            processor = tf.OneFormerProcessor(image_processor=processor, tokenizer=char_clip_tokenizer(),
                                               task_seq_length=8, max_seq_length=8)
     model.eval().save_pretrained(directory)
     processor.save_pretrained(directory)

@@ -52,8 +52,8 @@ def default_out_dir(family: str) -> Path:
     return DATA_DIR / f"{family}_streets"
 
 
-def _clip_tokenizer():
-    """A character-level CLIP tokenizer: tokenises OneFormer's task prompt offline, no download."""
+def char_clip_tokenizer():
+    """A character-level CLIP tokenizer: tokenises OneFormer's task prompt offline, no download (tests use it too)."""
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -76,7 +76,7 @@ def build_processor(family: str, mean: list[float], std: list[float]):
         return tf.Mask2FormerImageProcessor(**kwargs)
     if family == "maskformer":
         return tf.MaskFormerImageProcessor(**kwargs)
-    return tf.OneFormerProcessor(image_processor=tf.OneFormerImageProcessor(**kwargs), tokenizer=_clip_tokenizer(),
+    return tf.OneFormerProcessor(image_processor=tf.OneFormerImageProcessor(**kwargs), tokenizer=char_clip_tokenizer(),
                                  task_seq_length=TASK_SEQ_LEN, max_seq_length=TASK_SEQ_LEN)
 
 
