@@ -1,5 +1,5 @@
 """Allow `python -m aim_cli`."""
 
-from aim_cli.cli import main
+from aim_cli.entry import main
 
 main()

@@ -25,6 +25,16 @@ class FocusTarget:
     direction: int = BOOST  # +1 boosts the class, -1 suppresses it
 
 
+def _distinct_targets(targets: tuple[FocusTarget, ...]) -> tuple[FocusTarget, ...]:
+    """Each (class, direction) once: a class named twice (synonyms, a token two words share) gets one draw.
+
+    The theory, and the user, expect one half-normal term per class and direction. Opposite
+    directions on one class are refused where names are known (profile.py, plan_modulation); a
+    token two focus words share with opposite directions keeps both terms.
+    """
+    return tuple(dict.fromkeys(targets))
+
+
 @dataclass(frozen=True)
 class Modulation:
     """How to redistribute logits: utility std, focus std and focus targets."""
@@ -41,6 +51,7 @@ class Modulation:
         for target in self.targets:
             if target.direction not in (BOOST, SUPPRESS):
                 raise ValueError(f"focus direction must be +1 or -1, got {target.direction}")
+        object.__setattr__(self, "targets", _distinct_targets(self.targets))
 
     @property
     def has_focus(self) -> bool:

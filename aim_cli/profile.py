@@ -8,11 +8,11 @@ import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from aim_cli import plain_yaml
+from aim_cli import limits, plain_yaml
 from aim_cli.errors import ProfileError
 from aim_cli.io import read_regular_file
 from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, NoiseSource, SeededNoise
@@ -33,6 +33,7 @@ _TARGET_KEYS = {"class": str, "direction": str}
 # A profile must say something about modulation; an empty one would silently serve the clean model.
 MODULATION_KEYS = ("utility", "focus")
 MAX_PROFILE_BYTES = 1024 * 1024
+MAX_FOCUS_CHARS = 256
 # Noise reaches ~6 sigma over many draws; 6 * 1e4 stays below float16's 65504, and at sigma 1e4
 # every model's ranking is random (logit spreads are tens, not thousands).
 MAX_SIGMA = 1e4
@@ -77,7 +78,9 @@ class Profile:
         if self.seed is not None and self.key_env is not None:
             raise ProfileError("Profile(seed=..., key_env=...): seed and key_env exclude each other", "keep one")
         focus = (self.focus,) if isinstance(self.focus, (str, int, FocusRequest)) else self.focus
+        check_focus_count(len(focus), "Profile(focus=...)")
         object.__setattr__(self, "focus", tuple(_focus_request(item) for item in focus))
+        _refuse_opposite_directions(self.focus)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -194,8 +197,27 @@ def _focus_request(item: Any) -> FocusRequest:
     return replace(parse_focus(str(item)), origin="Profile(focus=...)")
 
 
+def check_focus_count(count: int, where: str) -> None:
+    """At most limits.FOCUS_TARGETS focus targets: each costs a draw per decision (and a lookup per word)."""
+    bound = limits.FOCUS_TARGETS
+    if count > bound.value():
+        raise ProfileError(f"{where}: {count:,} focus targets", bound.hint())
+
+
+def _refuse_opposite_directions(requests: Sequence[FocusRequest]) -> None:
+    """One name both up and down (`ring:up` with `ring:down`) is refused before any model loads."""
+    seen: dict[str, FocusRequest] = {}
+    for request in requests:
+        first = seen.setdefault(request.name.strip().lower(), request)
+        if first.direction != request.direction:
+            where = " and ".join(r.origin or str(r) for r in (first, request))
+            raise ProfileError(f"{where}: focus class '{request.name}' is both up and down", "give it one direction")
+
+
 def parse_focus(text: str, option: str = "--focus") -> FocusRequest:
     """Parse a `NAME[:up|down]` value of the --focus flag (or of `option`, e.g. a request argument)."""
+    if len(text) > MAX_FOCUS_CHARS:  # a class name or a word, never a document
+        raise ProfileError(f"{option}: a focus target of {len(text):,} characters", f"name a class or word (at most {MAX_FOCUS_CHARS})")
     name, _, direction = text.partition(":")
     where = f"{option} {text!r}"
     if not name.strip():
@@ -331,7 +353,10 @@ def resolve_profile(
 ) -> Profile:
     """Load the profile file if given, then apply command-line overrides."""
     base = Profile.load(path) if path else Profile()
-    return base.with_overrides(sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
+    profile = base.with_overrides(sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
+    if focus_sigma is not None and not profile.focus:
+        raise ProfileError("--focus-sigma has no effect without focus targets", "add --focus NAME (or targets in the profile)")
+    return profile
 
 
 def noise_key(profile: Profile, what: str | None = None) -> bytes:

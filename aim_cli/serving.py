@@ -26,7 +26,7 @@ import torch
 
 from aim_cli.errors import ProfileError
 from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, token_key
-from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, noise_key, parse_focus
+from aim_cli.profile import FocusRequest, Profile, check_focus_count, check_seed, check_sigma, noise_key, parse_focus
 from aim_cli.tasks.common import plan_tokens
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
@@ -87,11 +87,20 @@ def has_aim_args(extra_args: Mapping[str, Any] | None) -> bool:
     return bool(extra_args) and any(str(key).startswith(ARG_PREFIX) for key in extra_args)
 
 
+def _preview(value: Any, limit: int = 80) -> str:
+    """A request value for an error message, cut short: a client may send megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _focus_requests(value: Any) -> tuple[FocusRequest, ...]:
     """aim_focus: one 'WORD[:up|down]' string or a list of them."""
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(item, str) for item in items):
-        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {value!r}")
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
+    check_focus_count(len(items), "aim_focus")
+    if not all(isinstance(item, str) for item in items):
+        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
     return tuple(parse_focus(item, "aim_focus") for item in items)
 
 

@@ -364,7 +364,11 @@ def test_focus_word_past_the_output_layer_is_a_one_line_error(tiers, tokenizer):
     assert plan_cache(tokenizer, vocab_size=12).resolve(Profile(focus=("7",), seed=1)).modulation.targets
 
 
-@pytest.mark.parametrize("option", ["--speculative-config", "--speculative_config={\"method\": \"ngram\"}", "-sc", "--spec-method=ngram"])
+@pytest.mark.parametrize(
+    "option",
+    ["--speculative-config", "--speculative_config={\"method\": \"ngram\"}", "-sc", "--spec-method=ngram",
+     "--speculative-config.method", "--speculative_config.method=ngram"],
+)
 def test_serve_refuses_speculative_decoding_options(option):
     """Under speculative decoding vLLM's V1 runner skips the plugin silently: `aim serve` refuses the options."""
     from aim_cli.cli.serve import refuse_speculative

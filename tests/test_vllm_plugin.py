@@ -351,7 +351,7 @@ def test_default_profile_reaches_requests_without_aim_args(monkeypatch):
 
 def test_speculative_decoding_is_refused_at_start():
     """V1 silently skips entry-point plugins under speculative decoding; V2 would build it with unkeyable draft rows."""
-    with pytest.raises(AimError, match="does not support speculative decoding"):
+    with pytest.raises(AimError, match="do not support speculative decoding"):
         AimLogitsProcessor(config(speculative=SimpleNamespace(num_speculative_tokens=2)), v2_setup()[1])
 
 
@@ -404,3 +404,53 @@ def test_v2_keys_of_requests_at_different_lengths_equal_token_key_each_step():
         lengths = [20 + step, 4 + step]
         rows = proc._rows_v2(torch.zeros(2, VOCAB), v2_context(state, [1, 4], lengths))
         assert [key for _, _, key in rows] == [token_key(tokens[s, :n].tolist()) for s, n in zip((1, 4), lengths)], step
+
+
+# ---- the speculative-decoding guard on the final engine config (both runners) ---------------------
+
+
+@pytest.fixture
+def no_speculative_state(monkeypatch):
+    """A fresh process's view: no engine config has turned speculative decoding on yet."""
+    from aim_cli.integrations import vllm as plugin
+
+    monkeypatch.setattr(plugin, "_speculative_engine", [])
+    monkeypatch.delenv(serving.PROFILES_ENV, raising=False)
+    monkeypatch.delenv(serving.DEFAULT_ENV, raising=False)
+    return plugin
+
+
+def test_general_plugin_is_registered_and_guards_every_vllm_config(no_speculative_state):
+    """vLLM runs `vllm.general_plugins` in every process before it builds its config."""
+    from vllm.config import DeviceConfig, VllmConfig
+
+    names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert names.get("aim") == "aim_cli.integrations.vllm:register"
+    no_speculative_state.register()
+    no_speculative_state.register()  # vLLM may load plugins twice: one wrapper, not two
+    assert getattr(VllmConfig.__post_init__, "_aim_guard", False)
+    seen = []
+    original = no_speculative_state.check_engine_config
+    no_speculative_state.check_engine_config = lambda config: seen.append(config) or original(config)
+    try:
+        VllmConfig(device_config=DeviceConfig(device="cpu"))  # a real config: the guard runs on it, once
+    finally:
+        no_speculative_state.check_engine_config = original
+    assert len(seen) == 1 and not no_speculative_state._speculative_engine
+
+
+@pytest.mark.parametrize("env", ["AIM_PROFILES_DIR", "AIM_DEFAULT_PROFILE"])
+def test_speculative_engine_with_aim_tiers_refuses_to_start(no_speculative_state, monkeypatch, env):
+    """Whatever form set it (--speculative-config.method, --speculative_config=..., --config FILE), the final config decides."""
+    monkeypatch.setenv(env, "x")
+    with pytest.raises(ValueError, match="do not support speculative decoding"):
+        no_speculative_state.check_engine_config(config(speculative=SimpleNamespace(method="ngram")))
+
+
+def test_speculative_engine_without_tiers_serves_but_refuses_aim_requests(no_speculative_state):
+    """The V1 runner never builds the processor under speculative decoding: aim requests get 400, not the clean model."""
+    no_speculative_state.check_engine_config(config(speculative=SimpleNamespace(method="ngram")))
+    with pytest.raises(ValueError, match="this server runs speculative decoding"):
+        AimLogitsProcessor.validate_params(SamplingParams(extra_args={"aim_sigma": 1.0}))
+    AimLogitsProcessor.validate_params(SamplingParams(extra_args={"other": 1}))  # other requests are untouched
+    AimLogitsProcessor.validate_params(SamplingParams())

@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from aim_cli import __version__
 from aim_cli.cli.common import app, err_console
-from aim_cli.cli.interrupts import Interrupted, install_handlers
-from aim_cli.errors import EXIT_USAGE, AimError
+from aim_cli.errors import EXIT_USAGE, AimError, Interrupted
+from aim_cli.interrupts import as_interrupt, install_handlers, raise_if_received
 
 # Subcommands register themselves on `app` when imported.
 from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
@@ -124,7 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args:
         _bare(command)
     try:
-        code = command.main(args=args, prog_name="aim", standalone_mode=False)
+        try:
+            raise_if_received()
+            code = command.main(args=args, prog_name="aim", standalone_mode=False)
+        except BaseException as exc:
+            # A signal is reported as one, whatever a library turned it into on the way up.
+            interrupt = as_interrupt(exc)
+            if interrupt is None or interrupt is exc:
+                raise
+            raise interrupt from None
     except Interrupted as exc:
         _say(
             f"aim: interrupted ({exc.name}); finished outputs are whole and no temporary files were left"

@@ -19,7 +19,8 @@ from aim_cli.profile import noise_key
 
 VLLM_HINT = "pip install 'aim-cli[vllm]'"
 # vLLM's speculative-decoding options: under it the V1 runner silently skips plugins, and aim
-# cannot key V2's draft rows; refused here, before vLLM starts.
+# cannot key V2's draft rows. Refused here, before vLLM starts, as a courtesy; the guard that
+# holds for every form (a --config file included) is on the final engine config (integrations.vllm).
 SPECULATIVE_OPTIONS = ("--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens")
 
 
@@ -54,7 +55,7 @@ def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
 def refuse_speculative(vllm_args: Sequence[str]) -> None:
     """Speculative decoding is not supported with aim's tiers: a one-line error naming the option."""
     for arg in vllm_args:
-        name = arg.split("=", 1)[0]
+        name = arg.split("=", 1)[0].split(".", 1)[0]  # vLLM's dotted form: --speculative-config.method
         if name.startswith("--"):
             name = "--" + name[2:].replace("_", "-")  # vLLM accepts --speculative_config too
         if name in SPECULATIVE_OPTIONS:

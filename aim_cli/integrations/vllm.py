@@ -23,6 +23,7 @@ feature). AimLogitsProcessor implements both, so the one registered class loads 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -85,12 +86,55 @@ class _Slot:
     hasher: serving.TokenHasher = field(default_factory=serving.TokenHasher)
 
 
+SPECULATIVE_REFUSED = "aim's tiers do not support speculative decoding"
+# Set in a process whose final engine config turned speculative decoding on: the V1 runner then
+# never builds this processor, so admission must refuse aim requests rather than serve them clean.
+_speculative_engine: list[bool] = []
+
+
+def check_engine_config(vllm_config: Any) -> None:
+    """The speculative-decoding guard, on the final engine config (after every CLI form and --config file).
+
+    With aim tiers configured for this server (AIM_PROFILES_DIR or AIM_DEFAULT_PROFILE), the engine
+    refuses to start; otherwise vLLM serves as usual and requests that ask for aim are refused.
+    """
+    if not getattr(vllm_config, "speculative_config", None):
+        return
+    if os.environ.get(serving.PROFILES_ENV) or os.environ.get(serving.DEFAULT_ENV):
+        raise ValueError(f"aim: {SPECULATIVE_REFUSED}: serve without a speculative config, or without aim tiers")
+    if not _speculative_engine:
+        logger.warning("aim: speculative decoding is on, so requests with aim_* arguments will be refused")
+    _speculative_engine.append(True)
+
+
+def register() -> None:
+    """vLLM general plugin (entry point `vllm.general_plugins`): run check_engine_config on every VllmConfig built.
+
+    vLLM loads general plugins in every process before it builds its config, and a VllmConfig is
+    final once its own __post_init__ has run; idempotent, as vLLM may load plugins more than once.
+    """
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.__post_init__
+    if getattr(original, "_aim_guard", False):
+        return
+
+    def post_init(self: Any) -> None:
+        original(self)
+        check_engine_config(self)
+
+    post_init._aim_guard = True  # type: ignore[attr-defined]
+    VllmConfig.__post_init__ = post_init  # type: ignore[method-assign]
+
+
 class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
     """aim's utility/focus noise on the raw logits of the requests that ask for it."""
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
         """Reject invalid aim_* arguments at admission (HTTP 400 with the message); pin a fresh seed if none."""
+        if _speculative_engine and serving.has_aim_args(getattr(sampling_params, "extra_args", None)):
+            raise ValueError(f"aim: {SPECULATIVE_REFUSED}: this server runs speculative decoding")
         try:
             profiles = serving.server_profiles()
             args = serving.admit(sampling_params.extra_args, profiles, serving.default_tier(profiles))
@@ -104,10 +148,7 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         # The V1 runner never builds entry-point processors under speculative decoding; V2 would,
         # with draft rows aim cannot key yet: refuse, rather than serve tiers it cannot honour.
         if getattr(vllm_config, "speculative_config", None):
-            raise AimError(
-                "aim's vLLM plugin does not support speculative decoding",
-                "serve without --speculative-config, or from an environment without aim-cli",
-            )
+            raise AimError(SPECULATIVE_REFUSED, "serve without a speculative config, or from an environment without aim-cli")
         self._req_states = None if is_pin_memory is not None else state
         self._plans = serving.PlanCache(_tokenizer_loader(vllm_config), _vocab_size(vllm_config))
         self._profiles = serving.server_profiles()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from aim_cli import limits
 from aim_cli.calibration.core import Calibration, Target
 from aim_cli.errors import AimError
 from aim_cli.labels import resolve_class
@@ -101,6 +102,8 @@ def calibration_request(
     check_seed(seed, names["seed"])
     if not is_integer_number(draws) or draws < 2:
         raise AimError(f"{names['draws']} {draws}: the Monte Carlo check needs an integer of at least 2 draws")
+    if draws > limits.DRAWS.value():  # each draw is a pass over the data (a generation run for text)
+        raise AimError(f"{names['draws']} {draws}: too many Monte Carlo draws", limits.DRAWS.hint())
     draws = int(draws)
     if task == "segment" and flag == names["target_acc"]:
         metric = "pixel_accuracy"

@@ -132,8 +132,15 @@ def plan_modulation(profile: Profile, labels: Sequence[str]) -> ModulationPlan:
             class_id = resolve_class(request.name, labels)
         except AimError as exc:  # name where the bad class came from, like every profile error
             raise ProfileError(f"{request.origin}: {exc.message}" if request.origin else exc.message, exc.hint) from None
-        targets.append(FocusTarget(class_id, request.direction))
-        names.append(f"{labels[class_id]}:{'up' if request.direction > 0 else 'down'}")
+        target = FocusTarget(class_id, request.direction)
+        if FocusTarget(class_id, -request.direction) in targets:  # e.g. person:up with pedestrian:down
+            raise ProfileError(
+                f"{request.origin or request}: class '{labels[class_id]}' is already focused the other way",
+                "give each class one direction",
+            )
+        if target not in targets:
+            targets.append(target)
+            names.append(f"{labels[class_id]}:{'up' if request.direction > 0 else 'down'}")
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, tuple(targets))
     noise, seed = noise_source(profile)
     return ModulationPlan(modulation, noise, seed, tuple(names))
