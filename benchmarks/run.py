@@ -3,7 +3,7 @@
 Ratios within one run, not absolute times: machines here are noisy. Each bench file's
 `run(quick)` returns rows {"name", "measured", "goal", "met", "detail"}. `--quick` is a smoke
 run (under ~2 minutes in all); results go to a JSON file (default benchmarks/results.json,
-not committed), and `--markdown` prints the table the README carries.
+not committed), and `--markdown` prints the table docs/performance.md carries.
 
     python benchmarks/run.py [--quick] [--json FILE] [--markdown] [NAME ...]
     python benchmarks/run.py --render FILE    # markdown table of a saved run, nothing re-run
@@ -58,7 +58,7 @@ def _shown(measured: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any] | None = None, quick: bool = False) -> str:
-    """The results as the markdown table the README carries, with the machine it ran on."""
+    """The results as the markdown table docs/performance.md carries, with the machine it ran on."""
     lines = []
     if info:
         lines += [

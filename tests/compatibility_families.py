@@ -1,11 +1,11 @@
-"""The model families of the README compatibility table: one tiny random checkpoint builder each.
+"""The model families of docs/compatibility.md: one tiny random checkpoint builder each.
 
 Every family declares its task, how to build a tiny random checkpoint offline (1-4 layers,
 widths of 8-32, 32-64 px inputs, the demo LM's 52-token character tokenizer for text) and what
 aim does with it: "works", or not supported for a stated reason, refused with a line that
 contains `refusal`.
 `tests/test_compatibility.py` runs the real CLI on each and `tests/render_compatibility.py`
-renders the README table from the same list, so the two cannot drift apart.
+renders the docs table from the same list, so the two cannot drift apart.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Render the README compatibility table from tests/compatibility_families.py.
+"""Render the compatibility table of docs/compatibility.md from tests/compatibility_families.py.
 
     python -m tests.render_compatibility           # print the table
-    python -m tests.render_compatibility --write   # replace it in README.md, between the markers
+    python -m tests.render_compatibility --write   # replace it in docs/compatibility.md, between the markers
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.compatibility_families import FAMILIES, GENERATE, TASK_TITLES, Family
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
 START, END = "<!-- compatibility:start -->", "<!-- compatibility:end -->"
 REGENERATE = "python -m tests.render_compatibility --write"
 # What the test runs for a family that works, per task.
@@ -47,25 +47,25 @@ def render() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def readme_table(text: str) -> str:
-    """What the README holds between the markers (without them)."""
+def page_table(text: str) -> str:
+    """What the page holds between the markers (without them)."""
     if START not in text or END not in text:
-        raise ValueError(f"README.md lacks the {START} ... {END} markers")
+        raise ValueError(f"{PAGE.name} lacks the {START} ... {END} markers")
     return text.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
 
 
 def with_table(text: str, table: str) -> str:
-    """The README text with the table between the markers replaced."""
+    """The page text with the table between the markers replaced."""
     head, rest = text.split(START, 1)
     return f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}"
 
 
 def main(argv: list[str]) -> int:
-    """Print the table, or write it into README.md with --write."""
+    """Print the table, or write it into docs/compatibility.md with --write."""
     table = render()
     if argv == ["--write"]:
-        README.write_text(with_table(README.read_text(encoding="utf-8"), table), encoding="utf-8")
-        print(f"updated {README.name}")
+        PAGE.write_text(with_table(PAGE.read_text(encoding="utf-8"), table), encoding="utf-8")
+        print(f"updated docs/{PAGE.name}")
     elif argv:
         print(__doc__, file=sys.stderr)
         return 2
