@@ -30,8 +30,14 @@ demo: $(STAMP)
 	$(AIM) calibrate --target-acc 0.6 --write-profile $(DEMO_OUT)/tier-60.yaml
 	$(AIM) classify --profile $(DEMO_OUT)/tier-60.yaml --compare
 
+# Two workers (pytest-xdist): most tests start the real CLI in a subprocess and wait on torch's import.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
+
+# Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+.PHONY: lint
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
 VLLM_VENV ?= .venv-vllm
@@ -43,6 +49,11 @@ test-vllm:
 
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
+
+# The documentation site (mkdocs.yml, pages in docs/), built into site/; any warning fails it.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -16,9 +16,17 @@ import torch
 import aim_cli
 from aim_cli.calibration.core import Calibration, MonteCarloCheck  # noqa: F401 (re-exported via __all__)
 from aim_cli.errors import AimError, InputError, ModelError, ProfileError  # noqa: F401 (re-exported)
-from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest, Profile, check_sigma, is_real_number
-from aim_cli.tasks.common import ItemKey, ModulationPlan, item_key, plan_modulation, plan_tokens  # noqa: F401 (item_key re-exported)
+from aim_cli.profile import FocusRequest, Profile, check_sigma, is_integer_number, is_real_number, one_or_many
+from aim_cli.tasks.common import (  # noqa: F401 (item_key re-exported)
+    ItemKey,
+    ModulationPlan,
+    check_logits,
+    item_key,
+    logits_axis,
+    plan_modulation,
+    plan_tokens,
+    resolve_focus,
+)
 
 if TYPE_CHECKING:
     from aim_cli.generation import ModulationProcessor
@@ -46,41 +54,24 @@ def as_profile(profile: ProfileLike, seed: int | None = None) -> Profile:
     return result if seed is None else replace(result, seed=seed, key_env=None)
 
 
-def _check_logits(logits: Any, class_dim: int = 1) -> int:
-    """The class axis of a logits tensor, normalised; a clear error for anything else."""
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise InputError(f"logits must be a floating-point torch tensor, got {type(logits).__name__}"
-                         + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
-                         "e.g. model(x).logits or torch.as_tensor(array, dtype=torch.float32)")
-    if logits.dim() < 2:
-        raise InputError(f"logits must have an item axis and a class axis, got shape {tuple(logits.shape)}",
-                         "give a batch, e.g. logits[None] for one item")
-    if not -logits.dim() <= class_dim < logits.dim():
-        raise InputError(f"class_dim {class_dim} is outside a {logits.dim()}-d tensor")
-    axis = class_dim % logits.dim()
-    if axis == 0:
-        raise InputError("class_dim 0 is the item axis", "put items on dim 0 and classes on another axis")
-    return axis
+def _class_names(
+    class_names: Any, num_classes: Any, focus: Sequence[FocusRequest]
+) -> tuple[Sequence[str] | None, int | None]:
+    """The class names focus targets resolve against, and the class count.
 
-
-def _names(class_names: Sequence[str] | None, num_classes: int | None, focus: Sequence[FocusRequest]) -> list[str]:
-    """The class names focus targets resolve against; class ids stand in when none are given."""
-    if class_names is not None:
-        names = [str(name) for name in class_names]
-        if num_classes is not None and len(names) != num_classes:
-            raise InputError(f"{len(names)} class_names for {num_classes} classes", "give one name per class")
-        return names
-    for request in focus:
-        if not request.name.isdigit():
-            raise ProfileError(
-                f"{request.origin or 'focus'}: '{request.name}' is a class name, but no class_names were given",
-                "pass class_names=[...] (the model's labels) or give the class id",
-            )
-    if num_classes is None:
-        if focus:
-            raise ProfileError("focus targets by id need the number of classes", "pass num_classes= or class_names=")
-        return []
-    return [str(i) for i in range(num_classes)]
+    The names are read (as text) only when a focus target must be resolved: a plan without
+    focus, or over 10^9 classes by id, builds no per-class list.
+    """
+    if num_classes is not None and (not is_integer_number(num_classes) or num_classes < 0):
+        raise InputError(f"num_classes must be a class count (an integer >= 0), got {num_classes!r}")
+    if class_names is None:
+        return None, num_classes
+    names = one_or_many(class_names, "class_names", InputError)
+    if num_classes is not None and len(names) != num_classes:
+        raise InputError(f"{len(names)} class_names for {num_classes} classes", "give one name per class")
+    if focus:
+        names = [str(name) for name in names]
+    return names, len(names)
 
 
 def plan(
@@ -96,7 +87,8 @@ def plan(
     CLI run); .seed is the seed in force (drawn and reported when the profile sets none).
     """
     resolved = as_profile(profile, seed)
-    return plan_modulation(resolved, _names(class_names, num_classes, resolved.focus))
+    names, count = _class_names(class_names, num_classes, resolved.focus)
+    return plan_modulation(resolved, names, count)
 
 
 def modulate(
@@ -112,9 +104,10 @@ def modulate(
 
     Focus classes resolve against `class_names` (or are class ids). Seeded noise starts a fresh
     stream from the seed at every call; keyed noise (noise.key_env) needs `keys`, one per item:
-    bytes, text, a tensor or array (token ids give `aim generate`'s key) or a PIL image.
+    bytes, text, a tensor or array (token ids give `aim generate`'s key) or a PIL image; a
+    single str, bytes or image is the one key of a one-item batch.
     """
-    axis = _check_logits(logits, class_dim)
+    axis = logits_axis(logits, class_dim)
     modulation_plan = plan(profile, class_names, num_classes=logits.shape[axis], seed=seed)
     if keys is not None and not modulation_plan.keyed:
         raise InputError("keys= given, but the profile's noise is seeded", "use a profile with noise: {key_env: VAR}")
@@ -139,42 +132,57 @@ def logits_processor(
     return plan_tokens(as_profile(profile, seed), tokenizer).logits_processor(prompt_starts, encoder_ids)
 
 
-def _logits_and_labels(logits: Any, labels: Any, class_names: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C) float logits and (N,) label ids in range; labels may be names with class_names."""
-    _check_logits(logits, 1)
+def _logits_and_labels(logits: Any, labels: Any, class_names: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) finite float logits with N, C >= 1 and (N,) label ids in range; labels may be names with class_names."""
+    check_logits(logits, 1)
     if logits.dim() != 2:
         raise InputError(f"logits must be (items, classes), got shape {tuple(logits.shape)}",
                          "flatten other axes into items, e.g. logits.movedim(1, -1).reshape(-1, C)")
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
-        raise InputError(f"labels must be one class id (or name) per row of logits, got {type(labels).__name__}",
-                         "e.g. a list, an array or a 1-d tensor of ids")
+    if 0 in logits.shape:
+        raise InputError(f"logits of shape {tuple(logits.shape)} hold no items or no classes",
+                         "give at least one row and one class")
+    return logits, _label_ids(labels, class_names, logits.shape[0], logits.shape[1]).to(logits.device)
+
+
+def _label_ids(labels: Any, class_names: Any, rows: int, classes: int) -> torch.Tensor:
+    """One class id per row: ids (list, array or tensor) or names with class_names; a str or an int is one label."""
+    labels = one_or_many(labels, "labels", InputError)
+    if len(labels) != rows:
+        raise InputError(f"labels must be {rows} integer class ids, one class id (or name) per row of logits; "
+                         f"got {len(labels)} label(s)", "e.g. a list, an array or a 1-d tensor of ids")
     if len(labels) and isinstance(labels[0], str):
         if class_names is None:
             raise InputError("labels are names, but no class_names were given", "pass class_names=[...] or label ids")
+        if not all(isinstance(label, str) for label in labels):
+            raise InputError("labels mix names and ids", "give all names or all ids")
+        names, _ = _class_names(class_names, classes, [FocusRequest("labels")])
         from aim_cli.calibration.datasets import resolve_labels
 
-        labels = resolve_labels(list(labels), list(class_names), "labels")
-    ids = torch.as_tensor(labels, device=logits.device)
-    if ids.shape != (logits.shape[0],) or ids.is_floating_point():
-        raise InputError(f"labels must be {logits.shape[0]} integer class ids, got shape {tuple(ids.shape)} of {ids.dtype}",
-                         "one label per row of logits")
-    if len(ids) and not bool(((ids >= 0) & (ids < logits.shape[1])).all()):
-        raise InputError(f"labels must be class ids from 0 to {logits.shape[1] - 1}")
-    return logits, ids.long()
-
-
-def _class_id(focus: int | str, class_names: Sequence[str] | None, num_classes: int) -> int:
-    """A focus class given as an id or a name (resolved like profile targets)."""
-    names = _names(class_names, num_classes, [FocusRequest(str(focus), origin="focus")])
+        labels = resolve_labels(list(labels), names, "labels")
     try:
-        return resolve_class(str(focus), names)
-    except AimError as exc:
-        raise ProfileError(f"focus: {exc.message}", exc.hint) from None
+        ids = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):  # None, ragged lists, objects
+        raise InputError("labels must be one class id (or name) per row of logits", "e.g. a list of ints") from None
+    if ids.shape != (rows,) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise InputError(f"labels must be {rows} integer class ids, one class id per row of logits; "
+                         f"got shape {tuple(ids.shape)} of {ids.dtype}")
+    if not bool(((ids >= 0) & (ids < classes)).all()):
+        raise InputError(f"labels must be class ids from 0 to {classes - 1}")
+    return ids.long()
+
+
+def _class_id(focus: Any, class_names: Any, num_classes: int) -> int:
+    """A focus class given as an id or a name (resolved like profile targets; names read only here)."""
+    if not (isinstance(focus, str) or is_integer_number(focus)):
+        raise ProfileError(f"focus: expected a class name or id, got {focus!r}")
+    request = FocusRequest(str(focus).strip(), origin="focus")
+    names, _ = _class_names(class_names, num_classes, [request])
+    return resolve_focus(request, names, num_classes)
 
 
 def _check_direction(direction: int) -> None:
     """A focus direction is +1 (boost) or -1 (suppress)."""
-    if isinstance(direction, bool) or direction not in (1, -1):
+    if not is_integer_number(direction) or direction not in (1, -1):
         raise ProfileError(f"direction must be 1 (boost) or -1 (suppress), got {direction!r}")
 
 
@@ -186,9 +194,10 @@ def expected_accuracy(logits: torch.Tensor, labels: Any, sigma: float) -> float:
 def accuracy_curve(logits: torch.Tensor, labels: Any, sigmas: Sequence[float]) -> list[float]:
     """Exact expected accuracy at each sigma, all from the same clean logits (checked once)."""
     logits, ids = _logits_and_labels(logits, labels, None)
+    checked = [check_sigma(s, "sigma", "sigma") for s in one_or_many(sigmas, "sigmas")]
     from aim_cli.calibration.classify import expected_correct
 
-    return [float(expected_correct(logits, ids, check_sigma(s, "sigma", "sigma")).mean()) for s in sigmas]
+    return [float(expected_correct(logits, ids, s).mean()) for s in checked]
 
 
 def win_probability(
@@ -211,11 +220,13 @@ def win_probability(
     from aim_cli import theory
     from aim_cli.calibration.classify import expected_correct
 
-    if focus is None or focus_sigma == 0:
+    if focus is None:
         return expected_correct(logits, ids, sigma)
     focus_sigma = check_sigma(focus_sigma, "focus_sigma", "focus_sigma")
     _check_direction(direction)
     target = _class_id(focus, class_names, logits.shape[1])
+    if focus_sigma == 0:
+        return expected_correct(logits, ids, sigma)
     if sigma > 0:
         return theory.win_probability_with_focus(logits, ids, sigma, target, focus_sigma, direction)
     probabilities = theory.focus_class_probabilities(logits, target, focus_sigma, direction)
@@ -270,6 +281,9 @@ def calibrate_logits(
     request = calibration_request(
         "classify", target_acc, None, target_recall, focus_text, sigma, draws, seed, names=API_NAMES
     )
-    focus_requests = [FocusRequest(request.focus.name, origin="focus")] if request.focus else []
-    names = _names(class_names, logits.shape[1], focus_requests)
-    return calibrate_classification_logits(logits, ids, request, names)
+    if request.focus is None:  # nothing to resolve: the names are never read
+        return calibrate_classification_logits(logits, ids, request, ())
+    _class_id(request.focus.name, class_names, logits.shape[1])  # a bad focus fails before any work
+    names, _ = _class_names(class_names, logits.shape[1], [request.focus])
+    # Without class_names the focus is a class id, and ids name the classes in the report.
+    return calibrate_classification_logits(logits, ids, request, names or [str(i) for i in range(logits.shape[1])])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # some inputs failed, the rest were written
@@ -57,3 +59,11 @@ class Interrupted(BaseException):
     def name(self) -> str:
         """'SIGINT' or 'SIGTERM'."""
         return signal.Signals(self.signum).name
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """An input that could not be processed, and a one-line reason that names it."""
+
+    path: Path
+    reason: str

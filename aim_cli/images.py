@@ -13,11 +13,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aim_cli.errors import InputError
 from aim_cli.io import read_regular_file
+from aim_cli.limits import IMAGE_BYTES
 
-# Larger files are refused rather than read: no sane input image is this big.
-MAX_IMAGE_BYTES = 512 * 1024 * 1024
+# Larger files are refused rather than read (AIM_MAX_IMAGE_BYTES raises the bound).
+MAX_IMAGE_BYTES = IMAGE_BYTES
 # Modes whose samples exceed 8 bits: convert("RGB") would clip them (16-bit grey turns white).
 _DEEP_GREY_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+# The EXIF tag that says how to rotate the stored pixels for display.
+_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,20 @@ class LoadedImage:
 
 
 def pixel_key(image: Image.Image) -> bytes:
-    """Digest of decoded pixels and size: equal for any two files the model sees identically."""
-    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
-    digest.update(image.tobytes())
+    """The keyed-noise key of an image, for the CLI and the API alike: digest of its decoded RGB pixels and size.
+
+    Any image is first decoded as the CLI decodes files (to_rgb: EXIF orientation, deep grey
+    scaled, alpha dropped), so equal pixels as the model sees them give equal keys.
+    """
+    rgb = image if _is_decoded(image) else to_rgb(image)
+    digest = hashlib.sha256(f"{rgb.mode}:{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
     return digest.digest()
+
+
+def _is_decoded(image: Image.Image) -> bool:
+    """True for RGB pixels with no EXIF rotation left to apply (what to_rgb returns): no copy needed."""
+    return image.mode == "RGB" and image.getexif().get(_ORIENTATION, 1) == 1
 
 
 def _deep_to_8bit(image: Image.Image) -> Image.Image:
@@ -87,9 +100,12 @@ def decode_image(data: bytes, path: Path) -> Image.Image:
     return rgb
 
 
-def load_image(path: Path) -> LoadedImage:
-    """Read and decode an image file as RGB, or raise InputError with the reason."""
-    data = read_regular_file(path, MAX_IMAGE_BYTES, InputError, "image")
+def load_image(path: Path, within: Path | None = None) -> LoadedImage:
+    """Read and decode an image file as RGB, or raise InputError with the reason.
+
+    With `within`, an image whose real path lies outside that folder is refused (a data set's).
+    """
+    data = read_regular_file(path, MAX_IMAGE_BYTES, InputError, "image", within)
     image = decode_image(data, path)
     return LoadedImage(path, image, pixel_key(image))
 

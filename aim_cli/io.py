@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
 import io
 import json
+import math
 import os
 import stat
 import tempfile
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from aim_cli.errors import AimError, Interrupted
+from aim_cli.limits import TEXT_BYTES, Limit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -53,35 +56,155 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     return unique, unmatched
 
 
-def read_regular_file(path: Path, max_bytes: int, error: type[AimError], what: str) -> bytes:
-    """Read a regular file of at most `max_bytes`; devices, FIFOs and oversize files are refused.
+# The opt-in that lets a data set name files outside its own folder (README "Security model").
+ALLOW_OUTSIDE_FLAG = "--allow-outside-paths"
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; O_NOCTTY: a
+# terminal given as input never becomes the controlling terminal. Absent flags (Windows) are 0.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
-    A device such as /dev/zero would otherwise be read without end, and a FIFO would block.
+
+def read_regular_file(
+    path: Path, limit: int | Limit, error: type[AimError], what: str, within: Path | None = None
+) -> bytes:
+    """The one gate for every file aim reads: a regular file of at most `limit` bytes, read without blocking.
+
+    Directories, devices (/dev/zero would be read without end), FIFOs and sockets (which would
+    block) are refused, as is a file over `limit`. With `within`, a file whose real path (after
+    symlinks) lies outside that folder is refused too. The kind, size and place are judged on
+    the opened descriptor, so a FIFO or symlink swapped in after a check is still caught.
+    Errors are one line of `error` naming `what` and `path`, with the fix.
     """
+    max_bytes = limit.value() if isinstance(limit, Limit) else limit
+    _check_kind(_stat(path, error, what), path, error, what)  # before opening: opening a device can act
+    fd = _open_nonblocking(path, error, what)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _check_kind(info, path, error, what)
+        if within is not None:
+            check_inside(_opened_path(fd, path), path, within, error, what)
+        if info.st_size > max_bytes:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit", _limit_hint(limit))
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:  # it grew while we read it
+        raise error(f"{what} {path} is over the {max_bytes:,}-byte limit", _limit_hint(limit))
+    return data
+
+
+def read_text_file(
+    path: Path, limit: int | Limit, error: type[AimError], what: str, within: Path | None = None
+) -> str:
+    """`read_regular_file`, decoded as UTF-8 (a byte-order mark is dropped)."""
+    data = read_regular_file(path, limit, error, what, within)
     try:
-        info = os.stat(path)
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start:,})", "save it as UTF-8") from None
+
+
+def printable_path(path: object) -> str:
+    """A path for an error message, NUL and other control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
+def _stat(path: Path, error: type[AimError], what: str) -> os.stat_result:
+    """os.stat, with a missing or unreachable file (or an impossible name) as one line of `error`."""
+    if "\x00" in str(path):  # no file system allows it; os.stat would raise ValueError
+        raise error(f"{what} {printable_path(path)}: a file name cannot hold a NUL byte", "check where the name came from")
+    try:
+        return os.stat(path)
     except FileNotFoundError:
         raise error(f"{what} {path} not found", "check the path") from None
     except OSError as exc:
         raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _open_nonblocking(path: Path, error: type[AimError], what: str) -> int:
+    """A read-only descriptor for `path`, opened so that a FIFO cannot block."""
+    try:
+        return os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found", "check the path") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _check_kind(info: os.stat_result, path: Path, error: type[AimError], what: str) -> None:
+    """Refuse anything but a regular file."""
     if stat.S_ISDIR(info.st_mode):
         raise error(f"{what} {path} is a directory", "give a file")
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{what} {path} is not a regular file (a device, pipe or socket)", "give a file")
-    if info.st_size > max_bytes:
-        raise error(f"{what} {path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit")
+        raise error(
+            f"{what} {path} is not a regular file (a device, pipe or socket)",
+            "save the content to a regular file and give that",
+        )
+
+
+def _opened_path(fd: int, path: Path) -> str:
+    """The real path of the file behind `fd` (Linux /proc), else `path` with its symlinks resolved."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
-    if len(data) > max_bytes:  # grew while we read it
-        raise error(f"{what} {path} is over the {max_bytes:,}-byte limit")
-    return data
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def check_inside(real: str | Path, path: Path, within: Path, error: type[AimError], what: str) -> None:
+    """Refuse `path` when its real location `real` is not inside the folder `within`."""
+    if not Path(real).is_relative_to(Path(within).resolve()):
+        raise error(
+            f"{what} {path} lies outside {within}",
+            f"a data set's files must stay inside its folder; pass {ALLOW_OUTSIDE_FLAG} to read them anyway",
+        )
+
+
+def _limit_hint(limit: int | Limit) -> str:
+    """How to get past a size bound: its environment variable, when it has one."""
+    return limit.hint() if isinstance(limit, Limit) else "give a smaller file"
 
 
 class OutputError(AimError):
     """An output cannot be written where the user asked (permissions, full disk, a clash)."""
+
+
+class NonFiniteError(OutputError):
+    """A result holds NaN or infinity, which JSON cannot carry: refused rather than written."""
+
+
+NAME_MAX_FALLBACK = 255
+_MKSTEMP_CHARS = 8  # the random part tempfile.mkstemp adds
+
+
+def name_max(directory: Path) -> int:
+    """The longest file name, in bytes, the file system at `directory` (or its nearest existing parent) takes."""
+    probe = Path(directory)
+    while not os.path.isdir(probe) and probe != probe.parent:  # an output folder may not exist yet
+        probe = probe.parent
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX_FALLBACK
+    return limit if limit and limit > 0 else NAME_MAX_FALLBACK
+
+
+def name_bytes(name: str) -> int:
+    """A file name's length as the file system counts it."""
+    return len(os.fsencode(name))
+
+
+def name_problem(path: Path) -> str | None:
+    """Why `path`'s own name cannot exist on its file system (too many bytes), or None."""
+    limit = name_max(path.parent)
+    size = name_bytes(path.name)
+    return f"its name is {size} bytes, over the file system's {limit}-byte limit" if size > limit else None
+
+
+def _refuse_long_name(path: Path, what: str) -> None:
+    """Fail before any work when an output's name cannot exist."""
+    problem = name_problem(path)
+    if problem is not None:
+        raise OutputError(f"{what} {path}: {problem}", "choose a shorter name")
 
 
 def _probe_writable(directory: Path, shown: Path) -> None:
@@ -96,6 +219,7 @@ def _probe_writable(directory: Path, shown: Path) -> None:
 
 def check_output_file(path: Path, suffixes: Sequence[str]) -> Path:
     """Validate an output file path before any work is done, so no run is wasted."""
+    _refuse_long_name(path, "output")
     if path.suffix.lower() not in suffixes:
         raise OutputError(f"output {path}: unsupported file type", f"use one of {', '.join(suffixes)}")
     if not path.parent.is_dir():
@@ -110,6 +234,7 @@ def check_output_file(path: Path, suffixes: Sequence[str]) -> Path:
 
 def check_output_dir(path: Path, create: bool = True) -> Path:
     """Check (and create, if its parent exists) an output directory; fail clearly otherwise."""
+    _refuse_long_name(path, "output directory")
     if path.exists() and not path.is_dir():
         raise OutputError(f"output directory {path} is a file", "give a directory path")
     if not path.parent.is_dir():
@@ -124,6 +249,23 @@ def check_output_dir(path: Path, create: bool = True) -> Path:
             except FileExistsError:
                 pass
     return path
+
+
+def check_output_paths(outputs: Iterable[tuple[str, Path]], root: Path) -> None:
+    """Refuse, before any work, a planned output under `root` that something else stands in the way of.
+
+    A folder where a file will go (e.g. a directory named summary.jsonl), a device, or a file
+    where a sub-folder must be created would otherwise stop the run after work was done.
+    """
+    for label, path in outputs:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            kind = "a directory" if os.path.isdir(path) else "not a regular file"
+            raise OutputError(f"{label} {path} is {kind}", "move it away or choose another output directory")
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                raise OutputError(f"{label} {path}: {parent} is not a directory", "move it away or choose another output directory")
+            parent = parent.parent
 
 
 def _identity(path: Path) -> tuple[str, object]:
@@ -194,6 +336,18 @@ def _existing_mode(path: Path) -> int:
         return _FILE_MODE
 
 
+def temp_prefix(path: Path) -> str:
+    """The temp-file prefix for `path`: '.NAME.' when the temp name fits the file system, else a hash.
+
+    Any name the file system accepts must also be writable atomically, so a long NAME is
+    replaced by a short digest of it rather than overflowing the name limit.
+    """
+    readable = f".{path.name}."
+    if name_bytes(readable) + _MKSTEMP_CHARS + len(".part") <= name_max(path.parent):
+        return readable
+    return f".aim-{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}."
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; rename it over `path` only if the block succeeds.
@@ -202,7 +356,7 @@ def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iter
     """
     binary = "b" in mode
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".part")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -236,13 +390,18 @@ class RecordWriter:
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
         try:
+            line = json_text(record, self.path)  # refuses NaN/inf for both formats
+        except NonFiniteError:
+            self.close(success=False)
+            raise
+        try:
             if self.path.suffix.lower() == ".csv":
                 if self._csv is None:
                     self._csv = csv.DictWriter(self._handle, fieldnames=self.fieldnames or list(record))
                     self._csv.writeheader()
                 self._csv.writerow({k: _csv_value(v) for k, v in record.items()})
             else:
-                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self._handle.write(line + "\n")
         except OSError as exc:  # e.g. a full disk: name the user's file, not the hidden temp file
             self.close(success=False)
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
@@ -283,25 +442,32 @@ class RecordWriter:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Records of an earlier .jsonl/.csv output, for --resume; a missing file has none.
 
-    Unreadable lines (e.g. a file cut short by a crash outside aim) are dropped: their inputs
-    are simply processed again.
+    --resume rewrites the file, so a line that is not a record would be lost: it is refused,
+    except a last line cut short (a copy or a disk that filled up outside aim), whose input is
+    simply processed again.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AimError(f"--resume: cannot read {path} ({exc})", "remove it, or run without --resume") from None
+    text = read_text_file(path, TEXT_BYTES, AimError, "--resume: output")
     if path.suffix.lower() == ".csv":
         return list(csv.DictReader(io.StringIO(text)))
     records = []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
+            record = None
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # cut short: its input runs again
+        if not isinstance(record, dict):
+            raise AimError(
+                f"--resume: line {number} of {path} is not a record aim wrote, and resuming rewrites the file",
+                "remove that line, or write to a new file",
+            )
+        records.append(record)
     return records
 
 
@@ -316,8 +482,32 @@ def save_png_atomic(image: Image.Image, path: Path) -> None:
         image.save(handle, format="PNG")
 
 
+def _non_finite_at(data: Any, where: str = "") -> str | None:
+    """The dotted key path of the first NaN or infinity in `data`, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "the value"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite_at(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def json_text(data: Any, path: Path, indent: int | None = None) -> str:
+    """`data` as JSON for `path`; NaN and infinity are refused, since strict JSON readers reject them."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, indent=indent)
+    except ValueError:
+        where = _non_finite_at(data) or "a value"
+        raise NonFiniteError(
+            f"cannot write {path}: {where} is not a finite number (NaN or infinity)",
+            "the model produced non-finite output; nothing was written to this file",
+        ) from None
+
+
 def write_json_atomic(data: Any, path: Path) -> None:
-    """Write a JSON document atomically."""
+    """Write a JSON document atomically (serialised first, so a refused document creates no temp file)."""
+    text = json_text(data, path, indent=2)
     with atomic_open(path, "w") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+        handle.write(text + "\n")

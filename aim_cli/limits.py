@@ -3,7 +3,7 @@
 Everything a user hands aim (checkpoint folders, images, text inputs) is untrusted: a value in a
 JSON file must not be able to make aim allocate the machine's memory or read without end. Each
 bound is generous for real inputs and is checked before anything is allocated; a user with a
-real input over a bound raises it with the named environment variable (README "Security model").
+real input over a bound raises it with the named environment variable (docs/security.md, "Security model").
 """
 
 from __future__ import annotations

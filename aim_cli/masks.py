@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aim_cli.errors import InputError
-from aim_cli.images import MAX_IMAGE_BYTES
 from aim_cli.io import read_regular_file, save_png_atomic
 from aim_cli.labels import normalize
+from aim_cli.limits import IMAGE_BYTES
 
 # Cityscapes colours, so familiar classes look the way people expect in any model.
 KNOWN_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -97,7 +97,7 @@ def save_overlay(image: Image.Image, prediction: np.ndarray, colours: np.ndarray
 
 def read_mask(path: Path) -> np.ndarray:
     """Read a single-channel class-id mask (palette, grey or 16-bit) as an (H, W) int64 array."""
-    data = read_regular_file(path, MAX_IMAGE_BYTES, InputError, "mask")
+    data = read_regular_file(path, IMAGE_BYTES, InputError, "mask")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

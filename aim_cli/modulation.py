@@ -13,8 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-BOOST = 1
-SUPPRESS = -1
+from aim_cli.directions import BOOST, SUPPRESS  # noqa: F401 - re-exported, the names modulation users know
 
 
 @dataclass(frozen=True)
@@ -207,6 +206,27 @@ def token_key(token_ids: Sequence[int] | np.ndarray) -> bytes:
     so `aim generate` and the vLLM plugin give a repeated request the same noise.
     """
     return content_key(np.asarray(token_ids, dtype="<i8").tobytes())
+
+
+def nonfinite_items(logits: torch.Tensor, masked: bool = False) -> list[int]:
+    """The items (dim 0) whose logits are not all finite: aim's one finite-logits rule.
+
+    NaN and inf mean damaged weights or an overflowing dtype, and they decide the argmax (or
+    crash sampling) whatever the noise. One reduction checks a healthy batch. With `masked`
+    (next-token scores after transformers' processors, which mask tokens with -inf on purpose)
+    -inf is allowed as long as a row keeps some finite score: its max must be finite, and
+    NaN propagates through max, so that is still one reduction.
+    """
+    if logits.dim() == 0 or logits.numel() == 0:
+        return []
+    rows = logits.reshape(logits.shape[0], -1)
+    if masked:
+        bad = ~torch.isfinite(rows.amax(dim=1))
+    else:
+        if bool(torch.isfinite(rows).all()):
+            return []
+        bad = ~torch.isfinite(rows).all(dim=1)
+    return bad.nonzero().flatten().tolist()
 
 
 def exclude_padding_(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:

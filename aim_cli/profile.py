@@ -8,14 +8,17 @@ import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from aim_cli import limits, plain_yaml
-from aim_cli.errors import ProfileError
-from aim_cli.io import read_regular_file
-from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, NoiseSource, SeededNoise
+from aim_cli.directions import BOOST, SUPPRESS
+from aim_cli.errors import AimError, ProfileError
+from aim_cli.io import read_text_file
+
+if TYPE_CHECKING:  # modulation imports torch: loaded only when noise is made, so `aim --help` stays fast
+    from aim_cli.modulation import NoiseSource
 
 PROFILE_VERSION = 1
 # Used when targets are named but no focus sigma is given: a moderate boost (DESIGN.md example).
@@ -77,7 +80,7 @@ class Profile:
             check_seed(self.seed, "Profile(seed=...)")
         if self.seed is not None and self.key_env is not None:
             raise ProfileError("Profile(seed=..., key_env=...): seed and key_env exclude each other", "keep one")
-        focus = (self.focus,) if isinstance(self.focus, (str, int, FocusRequest)) else self.focus
+        focus = one_or_many(self.focus, "Profile(focus=...)")
         check_focus_count(len(focus), "Profile(focus=...)")
         object.__setattr__(self, "focus", tuple(_focus_request(item) for item in focus))
         _refuse_opposite_directions(self.focus)
@@ -87,11 +90,7 @@ class Profile:
         """Read and validate a YAML profile file (errors name the file, key and line)."""
         path = Path(path)
         source = str(path)
-        data_bytes = read_regular_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
-        try:
-            text = data_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProfileError(f"profile {source} is not UTF-8 text") from None
+        text = read_text_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
         try:
             data, lines = plain_yaml.load(text)
         except plain_yaml.PlainYAMLError as exc:
@@ -107,12 +106,13 @@ class Profile:
     def with_overrides(
         self,
         sigma: float | None = None,
-        focus: Iterable[str] | None = None,
+        focus: str | Iterable[str] | None = None,
         focus_sigma: float | None = None,
         seed: int | None = None,
     ) -> Profile:
-        """This profile with the given values taking precedence (as command-line flags do)."""
-        return apply_overrides(self, sigma, list(focus) if focus is not None else None, focus_sigma, seed)
+        """This profile with the given values taking precedence (as command-line flags do); a str focus is one target."""
+        targets = None if focus is None else [_focus_text(item) for item in one_or_many(focus, "focus")]
+        return apply_overrides(self, sigma, targets, focus_sigma, seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as a YAML-schema mapping: Profile.from_dict(p.to_dict()) == p."""
@@ -153,6 +153,29 @@ def is_real_number(value: Any) -> bool:
 def is_integer_number(value: Any) -> bool:
     """An integer other than a bool: Python int and numpy integer scalars alike (numbers.Integral)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def one_or_many(value: Any, what: str, error: type[AimError] = ProfileError) -> Sequence[Any]:
+    """An argument that takes one item or many, as a sequence: the one normalisation of the API.
+
+    Text, bytes, numbers, mappings, images and 0-d arrays are ONE item (a str is never split
+    into characters); lists, tuples, arrays and tensors (along dim 0) and other ordered
+    iterables are many. Sets are refused: their order, which fixes each item's noise, varies.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, (set, frozenset)):
+        raise error(f"{what}: a set has no order", "give a list or tuple (the order fixes each item's noise)")
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or getattr(value, "ndim", None) == 0:
+        return (value,)  # (a 0-d tensor or array is one value, and cannot be iterated)
+    if isinstance(value, Sequence) or hasattr(value, "ndim") or _indexable(value):
+        return value  # indexable with a length already: no copy of a long list
+    return tuple(value) if isinstance(value, Iterable) else (value,)
+
+
+def _indexable(value: Any) -> bool:
+    """A sequence by protocol (length and indexing) that does not register as collections.abc.Sequence."""
+    return hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
 def check_sigma(value: Any, key: str, where: str) -> float:
@@ -212,6 +235,15 @@ def _refuse_opposite_directions(requests: Sequence[FocusRequest]) -> None:
         if first.direction != request.direction:
             where = " and ".join(r.origin or str(r) for r in (first, request))
             raise ProfileError(f"{where}: focus class '{request.name}' is both up and down", "give it one direction")
+
+
+def _focus_text(item: Any) -> str:
+    """A focus override as --focus text: 'NAME[:up|down]', a class id or a FocusRequest."""
+    if isinstance(item, FocusRequest):
+        return str(item)
+    if isinstance(item, bool) or not isinstance(item, (str, int)):
+        raise ProfileError(f"focus: expected 'NAME[:up|down]' or a class id, got {item!r}")
+    return str(item)
 
 
 def parse_focus(text: str, option: str = "--focus") -> FocusRequest:
@@ -378,6 +410,8 @@ def noise_source(profile: Profile) -> tuple[NoiseSource, int | None]:
 
     Without a seed or key a fresh seed is drawn and reported, so any run can be repeated.
     """
+    from aim_cli.modulation import KeyedNoise, SeededNoise
+
     if profile.key_env:
         return KeyedNoise(noise_key(profile)), None
     seed = profile.seed if profile.seed is not None else secrets.randbits(31)

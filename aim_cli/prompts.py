@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from aim_cli.errors import InputError
+from aim_cli.io import read_text_file
+from aim_cli.limits import TEXT_BYTES
 
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
 # How long stdin may stay silent before aim says it is waiting for prompts there.
@@ -20,16 +22,7 @@ def read_prompt_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix not in PROMPT_FILE_SUFFIXES:
         raise InputError(f"prompts file {path}: unsupported file type", "use .txt (one prompt per line) or .jsonl")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"prompts file {path} not found", "check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"prompts file {path} is a directory", "give a .txt or .jsonl file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"prompts file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"prompts file {path} cannot be read: {exc.strerror or exc}") from None
+    text = read_text_file(path, TEXT_BYTES, InputError, "prompts file")
     prompts = _jsonl_prompts(text, path) if suffix == ".jsonl" else split_lines(text)
     if not prompts:
         raise InputError(f"prompts file {path} holds no prompts")
@@ -84,12 +77,21 @@ def gather_prompts(
     if stdin is not None and not _is_terminal(stdin):
         if notice is not None and not _ready(stdin, STDIN_GRACE_S):
             notice()  # a pipe left open would otherwise wait silently
-        prompts = split_lines(stdin.read())
+        prompts = split_lines(_read_bounded(stdin))
         if prompts:
             return prompts
     if default is not None:
         return [default]
     raise InputError("no prompt given", "pass --prompt TEXT, --prompts FILE (.txt/.jsonl), or pipe prompts on stdin")
+
+
+def _read_bounded(stream: TextIO) -> str:
+    """All of `stream`, refused past the text bound (a character is at least a byte, so none is lost)."""
+    bound = TEXT_BYTES.value()
+    text = stream.read(bound + 1)
+    if len(text) > bound:
+        raise InputError(f"standard input holds more than {bound:,} characters of prompts", TEXT_BYTES.hint())
+    return text
 
 
 def _ready(stream: TextIO, timeout: float) -> bool:

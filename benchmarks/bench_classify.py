@@ -12,7 +12,6 @@ import statistics
 
 import torch
 import torchvision
-
 from timing import interleaved
 
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate

@@ -10,7 +10,6 @@ import hashlib
 import statistics
 
 import torch
-
 from timing import interleaved
 
 from aim_cli.modulation import KeyedNoise, SeededNoise
@@ -38,11 +37,11 @@ def run(quick: bool = False) -> list[dict]:
         reps = (3 if big else 15) if quick else (7 if big else 51)
         inner = 1 if big else 20  # small calls are microseconds: time several per repetition
 
-        def seeded_call() -> None:
+        def seeded_call(inner: int = inner, shape: tuple[int, ...] = shape) -> None:
             for _ in range(inner):
                 seeded.standard_normal(shape, like)
 
-        def keyed_call() -> None:
+        def keyed_call(inner: int = inner, shape: tuple[int, ...] = shape, keys: list[bytes] = keys) -> None:
             for _ in range(inner):
                 keyed.standard_normal(shape, like, keys)
 

@@ -22,7 +22,6 @@ import os
 import statistics
 
 import torch
-
 from timing import interleaved
 
 from aim_cli import serving

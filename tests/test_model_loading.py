@@ -56,9 +56,18 @@ def without_tensors(source: Path, target: Path, prefix: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny random checkpoints saved normally: ViT, SegFormer, GPT-2 (tied), Llama tied and untied."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, SegformerConfig,
-                              SegformerForSemanticSegmentation, SegformerImageProcessor, ViTConfig,
-                              ViTForImageClassification, ViTImageProcessor)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)

@@ -72,8 +72,10 @@ valid_profiles = st.fixed_dictionaries(
         "name": st.text(alphabet=string.ascii_letters, min_size=1, max_size=10),
         "focus": st.fixed_dictionaries(
             {"sigma": st.floats(min_value=0, max_value=100),
+             # One direction per class (a class both up and down is refused; tested in test_argument_bounds.py).
              "targets": st.lists(st.fixed_dictionaries({"class": st.sampled_from(["person", "car", "3"]),
-                                                        "direction": st.sampled_from(["up", "down"])}), max_size=3)}),
+                                                        "direction": st.sampled_from(["up", "down"])}), max_size=3,
+                                 unique_by=lambda target: target["class"])}),
         "noise": st.fixed_dictionaries({"seed": st.integers(min_value=0, max_value=MAX_SEED)}),
     },
 )

@@ -27,7 +27,7 @@ from aim_cli.calibration.datasets import ImageDataset, LabelledImage
 from aim_cli.errors import InputError
 from aim_cli.models.classifier import ImageClassifier
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
-from aim_cli.tasks.common import FailedInput, ProgressCallback, batched
+from aim_cli.tasks.common import FailedInput, ProgressCallback, batched, check_model_logits
 
 # Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
 # sharper function of the shared draw, so more classes need more nodes. Up to 16 classes 32
@@ -118,18 +118,22 @@ def collect_logits(
     failures: list[FailedInput] = []
     for batch in batched(zip(items, label_ids), batch_size):
         images = []
+        names = []
         for item, label in batch:
             try:
                 images.append(item.load().image)
                 kept.append(label)
+                names.append(item.path or item.name)
             except InputError as exc:
                 failures.append(FailedInput(item.path or Path(item.name), exc.message))
         if images:
             chunks.append(classifier.logits(images))
+            check_model_logits(chunks[-1], names)  # NaN/inf: damaged weights, no sigma can be found
         if progress:
             progress(len(batch))
     if not chunks:
-        raise InputError("none of the images could be read", "see the failures listed above")
+        first = f" (first: {failures[0].reason})" if failures else ""
+        raise InputError(f"none of the {len(failures)} images could be read{first}", "fix or remove them and run again")
     logits = torch.cat(chunks)
     labels = torch.tensor(kept, device=logits.device)
     return LogitSet(logits, labels, failures, time.perf_counter() - start)
@@ -167,9 +171,13 @@ def _contender_win_probability(logits: torch.Tensor, labels: torch.Tensor, sigma
     count rounded up to a power of two; padding columns sit 1e4 sigma below the label, where
     their factor Phi(gap / sigma + z) is exactly 1.
     """
-    own = logits.gather(1, labels[:, None]).double()
+    # The formula depends on gaps only: shifting each row to a maximum of 0 (in float64) keeps gaps
+    # exact for logits so large (1e30) that `own - CUTOFF * sigma` would round back to `own`.
     values = logits.double()
-    keep = values > own - CUTOFF * sigma  # includes the label itself
+    values = values - values.amax(dim=1, keepdim=True)
+    own = values.gather(1, labels[:, None])
+    keep = values > own - CUTOFF * sigma
+    keep.scatter_(1, labels[:, None], True)  # the label itself, whatever rounding did
     counts = keep.sum(dim=1)
     width = torch.pow(2, torch.ceil(torch.log2(counts.double())).long()).clamp(max=logits.shape[1])
     out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
@@ -320,6 +328,7 @@ def calibrate_logits(
     """Analytic curve over a sigma grid, bracketed root, then a seeded Monte Carlo check."""
     if logits.shape[0] == 0:
         raise InputError("the data set is empty", "calibration needs labelled examples")
+    check_model_logits(logits, [f"item {i + 1}" for i in range(logits.shape[0])])
     start = time.perf_counter()
     num_classes = logits.shape[1]
     notes: list[str] = []

@@ -371,6 +371,11 @@ def extend_to_bracket(
         new = [grid[-1] * 10 ** (k / 10) for k in range(1, 11)]
         grid.extend(new)
         values.extend(metric(s) for s in new)
+    if crossing(grid, values, target) is None:  # e.g. logits so far apart (1e30) that no noise moves them
+        raise AimError(
+            f"the target {target:g} is not reached for any value up to {grid[-1]:.3g} (the metric stays at {values[-1]:.4g})",
+            "check the model's logits: gaps this large make the decisions immune to noise",
+        )
 
 
 def display_rows(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,8 +18,9 @@ from PIL import Image
 
 from aim_cli.errors import AimError, InputError
 from aim_cli.images import LoadedImage, load_image, loaded_from_image
-from aim_cli.io import IMAGE_SUFFIXES
+from aim_cli.io import IMAGE_SUFFIXES, check_inside, read_text_file
 from aim_cli.labels import resolve_class
+from aim_cli.limits import TEXT_BYTES
 from aim_cli.tasks.common import FailedInput
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -26,19 +28,23 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """One labelled image: a file decoded on demand, or an image already in memory (demo)."""
+    """One labelled image: a file decoded on demand, or an image already in memory (demo).
+
+    `within` is the folder the file must really lie in (None when the user allowed outside paths).
+    """
 
     name: str
     label: str
     path: Path | None = None
     image: Image.Image | None = None
+    within: Path | None = None
 
     def load(self) -> LoadedImage:
         """Decode the image (or wrap the in-memory one); raises InputError for a bad file."""
         if self.image is not None:
             return loaded_from_image(self.name, self.image)
         assert self.path is not None
-        return load_image(self.path)
+        return load_image(self.path, self.within)
 
 
 @dataclass
@@ -67,26 +73,33 @@ def demo_classification_set(n: int = 1000) -> ImageDataset:
     return ImageDataset(items, f"demo evaluation set ({n} shape images)", source="the demo evaluation set")
 
 
-def read_classification_data(path: Path) -> ImageDataset:
-    """An ImageFolder tree (one sub-folder per label) or a CSV/JSONL manifest of path,label."""
+def read_classification_data(path: Path, allow_outside: bool = False) -> ImageDataset:
+    """An ImageFolder tree (one sub-folder per label) or a CSV/JSONL manifest of path,label.
+
+    Every image must really lie inside the tree, or the manifest's folder, unless `allow_outside`.
+    """
     if path.is_dir():
-        return image_folder(path)
+        return image_folder(path, allow_outside)
     if not path.exists():
         raise InputError(f"data {path} does not exist", "pass an ImageFolder directory or a .csv/.jsonl manifest")
     if path.suffix.lower() in MANIFEST_SUFFIXES:
-        return manifest(path)
+        return manifest(path, allow_outside)
     raise InputError(
         f"data {path}: expected a directory (ImageFolder) or a .csv/.jsonl manifest, got a {path.suffix or 'plain'} file",
         "an ImageFolder has one sub-folder per class, named by its label",
     )
 
 
-def image_folder(root: Path) -> ImageDataset:
-    """Images under root/<label>/..., labelled by their class folder's name."""
+def image_folder(root: Path, allow_outside: bool = False) -> ImageDataset:
+    """Images under root/<label>/..., labelled by their class folder's name.
+
+    A symlink out of the tree fails alone when it is read, unless `allow_outside`.
+    """
     items: list[LabelledImage] = []
+    within = None if allow_outside else root
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for image_path in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
-            items.append(LabelledImage(str(image_path.relative_to(root)), class_dir.name, path=image_path))
+            items.append(LabelledImage(str(image_path.relative_to(root)), class_dir.name, path=image_path, within=within))
     if not items:
         loose = [p for p in root.iterdir() if _is_image(p)]
         if loose:
@@ -104,10 +117,7 @@ def image_folder(root: Path) -> ImageDataset:
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     """(line number, row) pairs of a CSV (with a header) or JSONL manifest."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"manifest {path} cannot be read: {exc}") from None
+    text = read_text_file(path, TEXT_BYTES, InputError, "manifest")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
@@ -132,22 +142,31 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
         yield number, row
 
 
-def manifest(path: Path) -> ImageDataset:
-    """Rows of path,label; relative paths are relative to the manifest's folder."""
+def manifest(path: Path, allow_outside: bool = False) -> ImageDataset:
+    """Rows of path,label; relative paths are relative to the manifest's folder.
+
+    A row naming a file outside that folder (`..`, an absolute path, a symlink out) is refused
+    unless `allow_outside`: a manifest from elsewhere must not make aim read arbitrary files.
+    """
     items: list[LabelledImage] = []
     failures: list[FailedInput] = []
+    within = None if allow_outside else path.parent
     for number, row in _manifest_rows(path):
         image_ref, label = row.get("path"), row.get("label")
         if image_ref in (None, "") or label in (None, ""):
             missing = "path" if image_ref in (None, "") else "label"
             raise InputError(f"manifest {path}, line {number}: no '{missing}' value", "every row needs a path and a label")
+        if "\x00" in str(image_ref):  # no file name holds one; the path functions would raise ValueError
+            raise InputError(f"manifest {path}, line {number}: the path holds a NUL byte", "fix that row")
         image_path = Path(str(image_ref)).expanduser()
         if not image_path.is_absolute():
             image_path = path.parent / image_path
-        if not image_path.is_file():
+        if within is not None:
+            check_inside(os.path.realpath(image_path), image_path, within, InputError, f"manifest {path}, line {number}: image")
+        if not image_path.exists():  # a pipe or device is listed and refused when read, naming what it is
             failures.append(FailedInput(image_path, f"{path}, line {number}: {image_ref}: no such file"))
             continue
-        items.append(LabelledImage(str(image_ref), str(label), path=image_path))
+        items.append(LabelledImage(str(image_ref), str(label), path=image_path, within=within))
     if not items:
         if failures:
             raise InputError(f"manifest {path}: none of its {len(failures)} image(s) exist", f"paths are relative to {path.parent}")
@@ -189,6 +208,7 @@ class SegmentationDataset:
     paths: list[Path] = field(default_factory=list)
     masks_dir: Path | None = None
     scenes: list[tuple[str, Image.Image, np.ndarray]] = field(default_factory=list)
+    within: Path | None = None  # the folder images and masks must really lie in (None: anywhere)
 
     def __len__(self) -> int:
         return len(self.scenes) if self.scenes else len(self.paths)
@@ -206,7 +226,27 @@ class SegmentationDataset:
             for name, image, mask in self.scenes:
                 yield input_from_image(name, image, mask)
             return
-        yield from read_inputs(self.paths, self.masks_dir)
+        if self.within is None:
+            yield from read_inputs(self.paths, self.masks_dir)
+            return
+        for path in self.paths:
+            escape = self._outside(path)
+            yield from [escape] if escape is not None else read_inputs([path], self.masks_dir)
+
+    def _outside(self, path: Path) -> FailedInput | None:
+        """A failure when the image, or the mask it would be scored against, lies outside `within`."""
+        from aim_cli.tasks.segment import find_mask
+
+        assert self.within is not None and self.masks_dir is not None
+        mask = find_mask(path, self.masks_dir)
+        for what, candidate in (("image", path), ("mask", mask)):
+            if candidate is None:
+                continue
+            try:
+                check_inside(os.path.realpath(candidate), candidate, self.within, InputError, what)
+            except InputError as exc:
+                return FailedInput(path, f"{path}: {exc}")
+        return None
 
 
 def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
@@ -217,8 +257,8 @@ def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
     return SegmentationDataset(f"demo evaluation set ({n} street scenes)", scenes=scenes)
 
 
-def read_segmentation_data(root: Path) -> SegmentationDataset:
-    """DIR/images/* with DIR/masks/* of the same basename."""
+def read_segmentation_data(root: Path, allow_outside: bool = False) -> SegmentationDataset:
+    """DIR/images/* with DIR/masks/* of the same basename; a file linked from outside DIR fails alone unless `allow_outside`."""
     from aim_cli.tasks.segment import find_mask
 
     if not root.is_dir():
@@ -238,7 +278,8 @@ def read_segmentation_data(root: Path) -> SegmentationDataset:
             f"data {root}: no image in images/ has a mask of the same basename in masks/",
             "e.g. images/0001.png with masks/0001.png (single-channel class ids)",
         )
-    return SegmentationDataset(f"{root} ({len(paths)} images)", paths=paths, masks_dir=masks_dir)
+    within = None if allow_outside else root
+    return SegmentationDataset(f"{root} ({len(paths)} images)", paths=paths, masks_dir=masks_dir, within=within)
 
 
 # --- text ----------------------------------------------------------------------------------
@@ -264,10 +305,7 @@ def read_text_data(path: Path) -> TextDataset:
     """A JSONL file of {prompt, answer} or {prompt, choices, answer} objects."""
     if path.is_dir() or path.suffix.lower() != ".jsonl":
         raise InputError(f"data {path}: text calibration reads a .jsonl file", 'one object per line: {"prompt": "2+2=", "answer": "4"}')
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"data {path} cannot be read: {exc}") from None
+    lines = read_text_file(path, TEXT_BYTES, InputError, "data").splitlines()
     items: list[dict[str, object]] = []
     kinds: set[bool] = set()
     for number, line in enumerate(lines, start=1):

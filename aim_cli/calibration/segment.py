@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -43,8 +43,8 @@ from aim_cli.errors import InputError
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, iou, pixel_accuracy, recall
 from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
-from aim_cli.tasks.common import FailedInput, ProgressCallback, batched
 from aim_cli.tasks import segment as segment_task
+from aim_cli.tasks.common import FailedInput, ProgressCallback, batched, check_model_logits
 from aim_cli.tasks.segment import SegmentInput, add_noise_, upsample_at, upsampled_pixels
 
 # The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and
@@ -230,6 +230,7 @@ class _Stream:
                     start = time.perf_counter()
                     low = self.segmenter.logits([m.image for m in members])
                     self.clock.forward += time.perf_counter() - start
+                    check_model_logits(low, [m.path for m in members])  # NaN/inf: no sigma can be found
                     truth = torch.from_numpy(np.stack([m.truth for m in members]).astype(np.int64)).to(low.device)
                     group = _Group(low, truth, size)
                     size_bytes = low.numel() * low.element_size() + truth.numel() * truth.element_size()
@@ -423,7 +424,8 @@ class SegmentationCalibrator:
         self.clock.passes += 1
         yield from self._stream.groups(collect)
         if self._stream.images == 0:
-            raise InputError("no image of the data could be scored", "see the failures listed")
+            first = f" (first: {self.failures[0].reason})" if self.failures else ""
+            raise InputError(f"no image of the data could be scored{first}", "fix or remove the failing images and run again")
 
     def _pilot(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Up to PILOT_PIXELS scored pixels of the first image, at random: their logits (P, C) and truth.

@@ -12,9 +12,6 @@ import typer
 from rich.markup import escape
 
 from aim_cli import __version__
-from aim_cli.cli.common import app, err_console
-from aim_cli.errors import EXIT_USAGE, AimError, Interrupted
-from aim_cli.interrupts import as_interrupt, install_handlers, raise_if_received
 
 # Subcommands register themselves on `app` when imported.
 from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
@@ -22,6 +19,9 @@ from aim_cli.cli import classify as _classify  # noqa: E402,F401
 from aim_cli.cli import generate as _generate  # noqa: E402,F401
 from aim_cli.cli import segment as _segment  # noqa: E402,F401
 from aim_cli.cli import serve as _serve  # noqa: E402,F401
+from aim_cli.cli.common import app, err_console, printable
+from aim_cli.errors import EXIT_USAGE, AimError, Interrupted
+from aim_cli.interrupts import as_interrupt, install_handlers, raise_if_received
 
 EXIT_INTERNAL = 3
 DEBUG_FLAG = "--debug"
@@ -93,8 +93,8 @@ def _exit_request(exc: BaseException) -> int | None:
 
 
 def _say(text: str) -> None:
-    """One literal line on stderr."""
-    err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+    """One literal line on stderr, control characters (e.g. from a file name) escaped."""
+    err_console.print(printable(text), highlight=False, markup=False, soft_wrap=True)
 
 
 def show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     except AimError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]aim: error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]aim: error:[/] {escape(printable(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
     except OSError as exc:  # the environment (disk full, permissions), not a bug in aim
         if debug:

@@ -7,30 +7,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from aim_cli.calibration.core import Calibration, display_rows
-from aim_cli.calibration.report import PLOT_SUFFIXES, PROFILE_SUFFIXES, REPORT_SUFFIXES, write_profile, write_report
 from aim_cli.cli.common import (
     BatchOption,
     DeviceOption,
     ModelOption,
     QuietOption,
+    RunOutputs,
     app,
     err_console,
     guard_outputs,
+    printable,
     progress_bar,
     report_failures,
+    require_stdout,
     say,
+    writing_stdout,
 )
-from aim_cli.devices import resolve_device
-from aim_cli.errors import AimError
+from aim_cli.errors import AimError, FailedInput
 from aim_cli.io import check_output_file
-from aim_cli.tasks.calibrate import CalibrationRequest, calibration_request
-from aim_cli.tasks.common import FailedInput
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
     import torch
+
+    from aim_cli.calibration.core import Calibration
+    from aim_cli.tasks.calibrate import CalibrationRequest
 
 T = TypeVar("T")
 
@@ -55,6 +58,7 @@ def calibrate(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth).")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")] = None,
+    allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Let --data name images outside its folder (absolute paths, .., symlinks out).")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
     draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
@@ -70,11 +74,17 @@ def calibrate(
 
     The chosen value goes to stdout; the curve, the check and timing to stderr.
     """
+    from aim_cli.calibration.report import PLOT_SUFFIXES, PROFILE_SUFFIXES, REPORT_SUFFIXES, write_profile, write_report
+    from aim_cli.devices import resolve_device
+    from aim_cli.tasks.calibrate import calibration_request
+
     request = calibration_request(task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
     for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
         if path is not None:
             check_output_file(path, suffixes)
     outputs = [("--write-profile", write_profile_to), ("--json", json_out), ("--plot", plot)]
+    if write_profile_to is None and json_out is None:
+        require_stdout("calibrated value")  # its only other home is a file
     guard_outputs(
         outputs,
         [("--data", data), ("--labels", labels), ("--weights", weights)],
@@ -95,25 +105,31 @@ def calibrate(
         )
     torch_device = resolve_device(device)
     if task == Task.classify:
-        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet, outputs)
+        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet, outputs, allow_outside_paths)
     elif task == Task.segment:
-        calibration, failures = _segment(request, model, weights, labels, data, limit, torch_device, quiet)
+        calibration, failures = _segment(request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths)
     else:
         calibration, failures = _generate(request, model, data, limit, device, quiet)
-    if write_profile_to is not None:
-        write_profile(calibration, write_profile_to, name)
-    if json_out is not None:
-        write_report(calibration, json_out)
-    if plot is not None:
-        from aim_cli.plotting import plot_calibration
+    with RunOutputs() as run:
+        run.success(calibration.items)  # a calibration exists only if some items were scored
+        if write_profile_to is not None:
+            run.document(lambda: write_profile(calibration, write_profile_to, name))
+        if json_out is not None:
+            run.document(lambda: write_report(calibration, json_out))
+        if plot is not None:
+            from aim_cli.plotting import plot_calibration
 
-        plot_calibration(calibration, plot)
+            run.document(lambda: plot_calibration(calibration, plot))
+    if not run.publish():
+        report_failures(failures, published=False)
+        return
     if not quiet:
         render(calibration)
         for path, what in ((write_profile_to, "profile"), (json_out, "report"), (plot, "plot")):
             if path is not None:
                 say(f"wrote {what} to {path}")
-    typer.echo(f"{calibration.value:.6g}")
+    with writing_stdout():
+        typer.echo(f"{calibration.value:.6g}")
     report_failures(failures)
 
 
@@ -125,13 +141,14 @@ def _limited(items: list[T], limit: int | None) -> list[T]:
 def _classify(
     request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
     limit: int | None, torch_device: torch.device, quiet: bool, outputs: list[tuple[str, Path | None]],
+    allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the classifier and its data, then calibrate."""
     from aim_cli.calibration.datasets import demo_classification_set, read_classification_data
     from aim_cli.models.classifier import load_classifier
     from aim_cli.tasks.calibrate import calibrate_classifier
 
-    dataset = read_classification_data(data) if data is not None else demo_classification_set(limit or 1000)
+    dataset = read_classification_data(data, allow_outside) if data is not None else demo_classification_set(limit or 1000)
     dataset.items = _limited(dataset.items, limit)
     # A manifest may list images anywhere: none of them may be an output (e.g. --plot).
     guard_outputs(outputs, [("--data image", item.path) for item in dataset.items if item.path is not None])
@@ -143,13 +160,13 @@ def _classify(
 
 def _segment(
     request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, torch_device: torch.device, quiet: bool,
+    limit: int | None, torch_device: torch.device, quiet: bool, allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the segmenter and its data, then calibrate in streaming passes."""
     from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
     from aim_cli.tasks.calibrate import calibrate_segmenter, load_segmenter_for_calibration
 
-    dataset = read_segmentation_data(data) if data is not None else demo_segmentation_set(limit or 50)
+    dataset = read_segmentation_data(data, allow_outside) if data is not None else demo_segmentation_set(limit or 50)
     dataset.limit(limit)
     segmenter = load_segmenter_for_calibration(model, torch_device, weights, labels)
     say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | data: {dataset.description}", quiet)
@@ -175,6 +192,8 @@ def _generate(
 
 def render(calibration: Calibration) -> None:
     """The curve as a table, then the chosen value, the check and timing, on stderr."""
+    from aim_cli.calibration.core import display_rows
+
     target = calibration.target
     parameter = target.parameter.replace("_", " ")
     measured = {round(p.parameter, 12): p for p in calibration.points}
@@ -207,6 +226,6 @@ def render(calibration: Calibration) -> None:
     for line in lines:
         err_console.print(line, highlight=False)
     for note in calibration.notes:
-        err_console.print(f"[dim]{note}[/]", highlight=False)
+        err_console.print(f"[dim]{escape(printable(note))}[/]", highlight=False)
     for warning in calibration.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(printable(warning))}", highlight=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -19,24 +19,28 @@ from aim_cli.cli.common import (
     ProfileOption,
     QuietOption,
     ResumeOption,
+    RunOutputs,
     SeedOption,
     SigmaOption,
     app,
     guard_outputs,
     image_paths,
     out_console,
+    printable,
     profile_from_options,
     progress_bar,
     report_failures,
+    require_stdout,
     resolve_inputs,
     resumed_records,
     say,
+    writing_stdout,
 )
-from aim_cli.devices import resolve_device
-from aim_cli.io import RecordWriter, check_output_file
-from aim_cli.models.classifier import load_classifier
-from aim_cli.tasks.classify import ClassifiedImage, Prediction, classify_images
-from aim_cli.tasks.common import FailedInput, plan_modulation
+from aim_cli.errors import FailedInput
+from aim_cli.io import check_output_file
+
+if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
+    from aim_cli.tasks.classify import ClassifiedImage, Prediction
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
@@ -60,7 +64,7 @@ def _record(item: ClassifiedImage, settings: dict[str, object]) -> dict[str, obj
 
 def _ranked(predictions: list[Prediction]) -> str:
     """'label (0.93), other (0.04)' for a table cell."""
-    return escape(", ".join(f"{p.label} ({p.probability:.2f})" for p in predictions))
+    return escape(printable(", ".join(f"{p.label} ({p.probability:.2f})" for p in predictions)))
 
 
 @app.command()
@@ -83,9 +87,16 @@ def classify(
     quiet: QuietOption = False,
 ) -> None:
     """Classify images with a modulated classifier."""
+    from aim_cli.devices import resolve_device
+    from aim_cli.models.classifier import load_classifier
+    from aim_cli.tasks.classify import classify_images
+    from aim_cli.tasks.common import plan_modulation
+
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
+    else:
+        require_stdout("results table")
     paths, failures = image_paths(resolve_inputs(inputs, model, "classify"))
     guard_outputs(
         [("--output", output)],
@@ -105,30 +116,32 @@ def classify(
         quiet,
     )
     results: list[ClassifiedImage] = []
-    written = 0
-    writer = RecordWriter(output, fieldnames=None) if output else None
-    try:
-        for record in kept:
+    with RunOutputs() as run:
+        # Only a resumed file holds the old records too: otherwise Ctrl-C keeps an older -o as it was.
+        writer = run.records(output, keep_on_interrupt=bool(kept)) if output else None
+        for record in kept if writer else ():
             writer.write(record)
         with progress_bar("classifying", len(paths), quiet) as advance:
             for item in classify_images(paths, classifier, plan, batch_size, topk, compare, advance):
                 if isinstance(item, FailedInput):
                     failures.append(item)
-                elif writer:
+                    continue
+                if writer:
                     writer.write(_record(item, settings))
-                    written += 1
                 else:
                     results.append(item)
-    except BaseException as exc:
-        if writer:
-            writer.abandon(exc, replace_existing=bool(kept))  # only a resumed file holds the old records too
-        raise
+                run.success()
+    if not run.publish():
+        if not failures:
+            say(f"nothing to do: every image is already recorded in {output}", quiet)
+        report_failures(failures, published=False)
+        return
     if writer:
-        if writer.close():
-            say(f"wrote {written} record(s) to {output}", quiet)
+        say(f"wrote {run.succeeded} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {run.succeeded} record(s) to {output}", quiet)
     else:
-        _print_table(results, compare)
-    report_failures(failures, written + len(kept) if writer else len(results))
+        with writing_stdout():
+            _print_table(results, compare)
+    report_failures(failures)
 
 
 def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
@@ -139,7 +152,7 @@ def _print_table(results: list[ClassifiedImage], compare: bool) -> None:
     if compare:
         table.add_column("clean")
     for item in results:
-        row = [escape(item.path.name), _ranked(item.top)]
+        row = [escape(printable(item.path.name)), _ranked(item.top)]
         if compare and item.clean_top is not None:
             changed = item.clean_top[0].class_id != item.top[0].class_id
             row.append(("[yellow]" if changed else "") + _ranked(item.clean_top))

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -20,28 +19,34 @@ from aim_cli.cli.common import (
     ProfileOption,
     QuietOption,
     ResumeOption,
+    RunOutputs,
     SeedOption,
     SigmaOption,
     app,
     guard_outputs,
     out_console,
+    printable,
     profile_from_options,
     progress_bar,
+    report_failures,
+    require_stdout,
     resumed_records,
     say,
+    writing_stdout,
 )
 from aim_cli.demo import arithmetic
-from aim_cli.errors import AimError
-from aim_cli.io import RecordWriter, check_output_file
-from aim_cli.models.language import DTYPES, load_language_model, parse_dtype
+from aim_cli.errors import AimError, FailedInput
+from aim_cli.io import check_output_file
 from aim_cli.prompts import gather_prompts
-from aim_cli.tasks.common import ModulationPlan
 
-if TYPE_CHECKING:  # transformers' generation stack is imported only when `aim generate` runs
+if TYPE_CHECKING:  # torch and transformers' generation stack are imported only when `aim generate` runs
     from aim_cli.models.language import LanguageModel
+    from aim_cli.tasks.common import ModulationPlan
     from aim_cli.tasks.generate import Completion, EncodedPrompt, GenerationSettings
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
+# The names models.language.DTYPES maps (a test keeps them equal), spelled here so --help needs no torch.
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 LanguageModelOption = Annotated[
     Optional[str],
@@ -104,7 +109,7 @@ def generate(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Cut the completion at this string; repeatable.")] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPE_NAMES)}.")] = "auto",
     device_map: Annotated[
         Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs/CPU (pip install 'aim-cli\\[accelerate]').")
     ] = None,
@@ -114,6 +119,9 @@ def generate(
     quiet: QuietOption = False,
 ) -> None:
     """Generate text with a modulated causal or encoder-decoder LM (default: the demo arithmetic LM)."""
+    import torch
+
+    from aim_cli.models.language import load_language_model, parse_dtype
     from aim_cli.tasks.generate import (
         GenerationSettings,
         encode_prompts,
@@ -131,6 +139,8 @@ def generate(
     parse_dtype(dtype)  # fail on a bad --dtype before reading stdin or loading anything
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
+    else:
+        require_stdout("completions")
     guard_outputs([("--output", output)], [("--prompts", prompts_file), ("--profile", profile)], model)
     texts = gather_prompts(
         prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None,
@@ -138,8 +148,8 @@ def generate(
     )
     kept = resumed_records(output, resume, "prompt", texts, quiet)
     texts = _remaining(texts, kept)
-    if not texts:
-        _write_records(None, [], None, None, compare, output, {}, quiet, kept)
+    if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
+        say(f"nothing to do: every prompt is already answered in {output}", quiet)
         return
     lm = load_language_model(model, device=device, dtype=dtype, device_map=device_map)
     plan = plan_generation(settings_profile, lm)
@@ -147,34 +157,47 @@ def generate(
     requested = max_new_tokens or lm.default_max_new_tokens
     fitted = fitting_max_new_tokens(lm, encoded, requested)
     decoding = GenerationSettings(fitted, temperature, top_k, top_p, tuple(stop or ()), batch_size)
-    say(escape(f"model: {lm.name} | {_describe(plan, decoding)}"), quiet)
+    say(f"model: {lm.name} | {_describe(plan, decoding)}", quiet)
     if fitted < requested:
         say(length_note(lm, fitted), quiet)
     if lm.dropped_settings:
-        say(escape(f"note: not applying the checkpoint's {', '.join(lm.dropped_settings)} "
-                   "(aim's noise goes on the raw logits; decoding is greedy or --temperature/--top-k/--top-p)"), quiet)
+        say(f"note: not applying the checkpoint's {', '.join(lm.dropped_settings)} "
+            "(aim's noise goes on the raw logits; decoding is greedy or --temperature/--top-k/--top-p)", quiet)
     settings = plan.describe() | {"temperature": temperature}
 
     if not decoding.sampling and (top_k is not None or top_p is not None):
         say("note: --top-k/--top-p only apply when sampling (--temperature > 0); decoding greedily", quiet)
+    # A prompt the model computes NaN/inf logits for fails alone; the others are written.
+    failures: list[FailedInput] = []
+    published = True
     try:
         if output is not None:
-            _write_records(lm, encoded, plan, decoding, compare, output, settings, quiet, kept)
+            published = _write_records(lm, encoded, plan, decoding, compare, output, settings, quiet, kept, failures)
         elif len(encoded) == 1 and not compare:
-            _stream_one(lm, encoded, plan, decoding)
+            with writing_stdout():
+                _stream_one(lm, encoded, plan, decoding, failures)
+            published = not failures
         else:
             with progress_bar("generating", len(encoded), quiet) as advance:
-                results = list(generate_completions(lm, encoded, plan, decoding, compare, advance))
-            _print_results(results, compare)
+                results = list(generate_completions(lm, encoded, plan, decoding, compare, advance, failures=failures))
+            with writing_stdout():
+                if results:
+                    _print_results(results, compare)
+            published = bool(results)
     except torch.cuda.OutOfMemoryError:
         raise AimError(
             f"out of GPU memory generating with batch size {batch_size}",
             "lower --batch-size or --max-new-tokens, use --dtype bfloat16, or --device-map auto",
         ) from None
+    report_failures(failures, published)
 
 
 def _stream_one(
-    lm: LanguageModel, encoded: list[EncodedPrompt], plan: ModulationPlan, decoding: GenerationSettings
+    lm: LanguageModel,
+    encoded: list[EncodedPrompt],
+    plan: ModulationPlan,
+    decoding: GenerationSettings,
+    failures: list[FailedInput],
 ) -> None:
     """Print a single prompt's completion to stdout as it is generated."""
     from aim_cli.generation import CompletionStreamer
@@ -185,9 +208,8 @@ def _stream_one(
         sys.stdout.flush()
 
     streamer = CompletionStreamer(lm.tokenizer, write, decoding.stop)
-    for _ in generate_completions(lm, encoded, plan, decoding, streamer=streamer):
-        pass
-    write("\n")
+    for _ in generate_completions(lm, encoded, plan, decoding, streamer=streamer, failures=failures):
+        write("\n")  # the completion is whole: end its line (a failed prompt yields nothing)
 
 
 def _remaining(texts: list[str], kept: list[dict[str, object]]) -> list[str]:
@@ -203,42 +225,41 @@ def _remaining(texts: list[str], kept: list[dict[str, object]]) -> list[str]:
 
 
 def _write_records(
-    lm: LanguageModel | None,
+    lm: LanguageModel,
     encoded: list[EncodedPrompt],
-    plan: ModulationPlan | None,
-    decoding: GenerationSettings | None,
+    plan: ModulationPlan,
+    decoding: GenerationSettings,
     compare: bool,
     output: Path,
     settings: dict[str, object],
     quiet: bool,
     kept: list[dict[str, object]],
-) -> None:
-    """Stream kept and new records to the output file, published atomically only when all are written."""
+    failures: list[FailedInput],
+) -> bool:
+    """Stream kept and new records to the output file, published atomically only when all are written; returns whether it was."""
     from aim_cli.tasks.generate import generate_completions
 
-    writer = RecordWriter(output)
-    written = 0
-    try:
+    with RunOutputs() as run:
+        writer = run.records(output, keep_on_interrupt=bool(kept))  # only a resumed file holds the old records too
         for record in kept:
             writer.write(record)
         with progress_bar("generating", len(encoded), quiet) as advance:
-            if encoded:
-                for item in generate_completions(lm, encoded, plan, decoding, compare, advance):
-                    writer.write(_record(item, settings))
-                    written += 1
-    except BaseException as exc:
-        writer.abandon(exc, replace_existing=bool(kept))  # only a resumed file holds the old records too
-        raise
-    if writer.close():
-        say(f"wrote {written} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {written} record(s) to {output}", quiet)
+            for item in generate_completions(lm, encoded, plan, decoding, compare, advance, failures=failures):
+                writer.write(_record(item, settings))
+                run.success()
+    if not run.publish():
+        return False
+    written = run.succeeded
+    say(f"wrote {written} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {written} record(s) to {output}", quiet)
+    return True
 
 
 def _print_results(results: list[Completion], compare: bool) -> None:
     """Two labelled lines for one prompt; a table for several."""
     if len(results) == 1 and compare:
         item = results[0]
-        out_console.print(f"modulated: {item.completion}", highlight=False, markup=False, soft_wrap=True)
-        out_console.print(f"clean:     {item.clean_completion}", highlight=False, markup=False, soft_wrap=True)
+        out_console.print(f"modulated: {printable(item.completion)}", highlight=False, markup=False, soft_wrap=True)
+        out_console.print(f"clean:     {printable(item.clean_completion)}", highlight=False, markup=False, soft_wrap=True)
         return
     table = Table(show_header=True, header_style="bold")
     table.add_column("prompt", overflow="fold")
@@ -246,10 +267,10 @@ def _print_results(results: list[Completion], compare: bool) -> None:
     if compare:
         table.add_column("clean", overflow="fold")
     for item in results:
-        row = [escape(item.prompt), escape(item.completion)]
+        row = [escape(printable(item.prompt)), escape(printable(item.completion))]
         if compare:
             changed = item.clean_completion != item.completion
-            row.append(("[yellow]" if changed else "") + escape(item.clean_completion or ""))
+            row.append(("[yellow]" if changed else "") + escape(printable(item.clean_completion or "")))
         table.add_row(*row)
     out_console.print(table)
 

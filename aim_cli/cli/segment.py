@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
 import typer
@@ -22,26 +22,29 @@ from aim_cli.cli.common import (
     ProfileOption,
     QuietOption,
     ResumeOption,
+    RunOutputs,
     SeedOption,
     SigmaOption,
     app,
     guard_outputs,
     image_paths,
     out_console,
+    printable,
     profile_from_options,
     progress_bar,
     report_failures,
     resolve_inputs,
     say,
+    writing_stdout,
 )
-from aim_cli.devices import resolve_device
-from aim_cli.errors import AimError, InputError
-from aim_cli.io import RecordWriter, check_output_dir, read_records, write_json_atomic
+from aim_cli.errors import AimError, FailedInput, InputError
+from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
 from aim_cli.masks import colour_table, save_mask, save_overlay
-from aim_cli.metrics import iou, mean_iou, pixel_accuracy, recall, summarize
-from aim_cli.models.segmenter import Segmenter, load_segmenter
-from aim_cli.tasks.common import FailedInput, ModulationPlan, plan_modulation
-from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage, find_mask, segment_files
+
+if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
+    from aim_cli.models.segmenter import Segmenter
+    from aim_cli.tasks.common import ModulationPlan
+    from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage
 
 DEFAULT_OUTPUT_DIR = Path("aim-segment-output")
 SUMMARY_FILE = "summary.jsonl"
@@ -67,6 +70,28 @@ def output_names(paths: list[Path]) -> dict[Path, Path]:
         name = rel.name if stems[rel.with_suffix("")] > 1 else rel.stem
         names[path] = rel.parent / f"{name}.png"
     return names
+
+
+def _unwritable_names(
+    names: dict[Path, Path], overlays: dict[Path, Path] | None, output_dir: Path
+) -> dict[Path, FailedInput]:
+    """Images whose mask (or overlay) name is over the file system's name limit: each fails alone.
+
+    A shortened name would break the image -> mask mapping that --masks, --resume and users
+    rely on (same base name), so the image is reported, to be renamed, and the batch goes on.
+    """
+    limit = name_max(output_dir)
+    failed: dict[Path, FailedInput] = {}
+    for path, name in names.items():
+        longest = max(name_bytes(part) for part in name.parts)
+        if overlays is not None:
+            longest = max(longest, *(name_bytes(part) for part in overlays[path].parts))
+        if longest > limit:
+            failed[path] = FailedInput(
+                path, f"{path}: its output name would be {longest} bytes, over the file system's {limit}-byte limit"
+                " (rename the image)"
+            )
+    return failed
 
 
 def _fractions(counts: np.ndarray, labels: list[str], keep: np.ndarray) -> dict[str, float]:
@@ -116,6 +141,11 @@ def segment(
     quiet: QuietOption = False,
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
+    from aim_cli.devices import resolve_device
+    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.tasks.common import plan_modulation
+    from aim_cli.tasks.segment import SegmentationEvaluation, find_mask, segment_files
+
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     check_output_dir(output_dir, create=False)
     if resume and masks is not None:
@@ -124,21 +154,28 @@ def segment(
         problem = "is not a directory" if masks.exists() else "does not exist"
         raise InputError(f"masks directory {masks} {problem}", "pass the folder of ground-truth masks")
     paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
-    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
-    plan = plan_modulation(settings_profile, segmenter.labels)
     names = output_names(paths)
     overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
+    too_long = _unwritable_names(names, overlay_names if overlay else None, output_dir)
+    failures += too_long.values()
+    paths = [path for path in paths if path not in too_long]
     truths = [("ground-truth mask", find_mask(path, masks)) for path in paths] if masks is not None else []
-    planned = [("mask", output_dir / name) for name in names.values()]
-    planned += [("overlay", output_dir / name) for name in overlay_names.values()] if overlay else []
+    planned = [("mask", output_dir / names[path]) for path in paths]
+    planned += [("overlay", output_dir / overlay_names[path]) for path in paths] if overlay else []
     planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]
     guard_outputs(
         [("--output-dir", output_dir), *planned],
         [("input", p) for p in paths] + truths + [("--masks", masks), ("--profile", profile), ("--labels", labels), ("--weights", weights)],
         model,
     )
+    check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
+    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
+    plan = plan_modulation(settings_profile, segmenter.labels)
+    run = RunOutputs()
+    if not output_dir.is_dir():
+        run.created(output_dir)
     check_output_dir(output_dir)
-    done = _finished(paths, names, overlay_names if overlay else None, output_dir) if resume else {}
+    done, others = _finished(paths, names, overlay_names if overlay else None, output_dir) if resume else ({}, [])
     if done:
         say(f"resuming: {len(done)} image(s) already have their outputs in {output_dir} and are skipped", quiet)
         paths = [path for path in paths if path not in done]
@@ -155,11 +192,13 @@ def segment(
     evaluation = SegmentationEvaluation(num_classes) if masks is not None else None
     totals = np.zeros(num_classes, dtype=np.int64)
     clean_totals = np.zeros(num_classes, dtype=np.int64)
-    written = 0
-    writer = RecordWriter(output_dir / SUMMARY_FILE)
-    try:
-        for record in done.values():
+    with run:
+        writer = run.records(output_dir / SUMMARY_FILE)
+        for record in [*others, *done.values()]:  # a resumed summary keeps every record it held
             writer.write(record)
+        if evaluation is not None:
+            report = output_dir / EVALUATION_FILE
+            run.document(lambda: write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), report))
         with progress_bar("segmenting", len(paths), quiet) as advance:
             results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
             for item in results:
@@ -174,28 +213,27 @@ def segment(
                     _make_parent(output_dir / overlay_names[item.path])
                     save_overlay(item.image, item.prediction, colours, output_dir / overlay_names[item.path])
                 writer.write(_record(item, files, segmenter.labels, compare, settings))
+                run.success()
                 totals += item.counts
                 if item.clean_counts is not None:
                     clean_totals += item.clean_counts
-                written += 1
-    except BaseException as exc:
-        writer.abandon(exc)
-        raise
-    writer.close()
-    if evaluation is not None:
-        write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), output_dir / EVALUATION_FILE)
-    if written:
-        say(f"wrote {written} mask(s){' and overlays' if overlay else ''} and {SUMMARY_FILE} to {output_dir}", quiet)
-    if written:
+    if not run.publish():
+        if not failures:
+            say(f"nothing to do: every image already has its outputs in {output_dir}", quiet)
+        report_failures(failures, published=False)
+        return
+    say(f"wrote {run.succeeded} mask(s){' and overlays' if overlay else ''} and {SUMMARY_FILE} to {output_dir}", quiet)
+    with writing_stdout():
         has_clean = plan.modulation.has_focus or compare or evaluation is not None
         if plan.modulation.has_focus:
             _print_focus_table(totals, clean_totals, segmenter.labels, plan)
         else:
             _print_share_table(totals, clean_totals if has_clean else None, segmenter.labels)
+        if evaluation is not None and evaluation.images:
+            _print_evaluation_table(evaluation, segmenter.labels, plan)
     if evaluation is not None and evaluation.images:
-        _print_evaluation_table(evaluation, segmenter.labels, plan)
         say(f"evaluation written to {output_dir / EVALUATION_FILE}", quiet)
-    report_failures(failures, written + len(done))
+    report_failures(failures)
 
 
 def _make_parent(path: Path) -> None:
@@ -205,22 +243,28 @@ def _make_parent(path: Path) -> None:
 
 def _finished(
     paths: list[Path], names: dict[Path, Path], overlays: dict[Path, Path] | None, output_dir: Path
-) -> dict[Path, dict[str, object]]:
-    """Images whose mask (and overlay) exist and whose summary record survives, with that record."""
-    records = {str(r.get("image")): r for r in read_records(output_dir / SUMMARY_FILE)}
+) -> tuple[dict[Path, dict[str, object]], list[dict[str, object]]]:
+    """Images whose mask (and overlay) exist and whose summary record survives, with that record;
+    and the summary's records of images this run was not given (kept: resuming must lose none)."""
+    every = read_records(output_dir / SUMMARY_FILE)
+    given = {str(path) for path in paths}
+    others = [r for r in every if str(r.get("image")) not in given]
+    records = {str(r.get("image")): r for r in every}
     done: dict[Path, dict[str, object]] = {}
     for path in paths:
         record = records.get(str(path))
         files = [names[path]] + ([overlays[path]] if overlays is not None else [])
         if record is not None and all((output_dir / name).is_file() for name in files):
             done[path] = record
-    return done
+    return done, others
 
 
 def _evaluation_report(
     evaluation: SegmentationEvaluation, segmenter: Segmenter, plan: ModulationPlan, masks: Path | None
 ) -> dict[str, object]:
     """The evaluation.json document: both models' metrics, settings and confusion matrices."""
+    from aim_cli.metrics import summarize
+
     return {
         "images": evaluation.images,
         "masks": str(masks),
@@ -259,7 +303,7 @@ def _print_focus_table(totals: np.ndarray, clean_totals: np.ndarray, labels: lis
     for target in plan.modulation.targets:
         k = target.class_id
         table.add_row(
-            escape(labels[k]),
+            escape(printable(labels[k])),
             "up" if target.direction > 0 else "down",
             _share(int(clean_totals[k]), total),
             _share(int(totals[k]), total),
@@ -278,7 +322,7 @@ def _print_share_table(totals: np.ndarray, clean_totals: np.ndarray | None, labe
     table.add_column("modulated" if clean_totals is not None else "share", justify="right")
     present = totals > 0 if clean_totals is None else (totals > 0) | (clean_totals > 0)
     for k in np.flatnonzero(present):
-        row = [escape(labels[k])]
+        row = [escape(printable(labels[k]))]
         if clean_totals is not None:
             row.append(_share(int(clean_totals[k]), total))
         row.append(_share(int(totals[k]), total))
@@ -298,6 +342,8 @@ def _delta(clean: float, modulated: float) -> str:
 
 def _print_evaluation_table(evaluation: SegmentationEvaluation, labels: list[str], plan: ModulationPlan) -> None:
     """Pixel accuracy, mIoU and per-class IoU / recall of the clean and the modulated model."""
+    from aim_cli.metrics import iou, mean_iou, pixel_accuracy, recall
+
     clean, modulated = evaluation.clean.matrix, evaluation.modulated.matrix
     targets = {t.class_id for t in plan.modulation.targets} if plan.modulation.has_focus else set()
     table = Table(
@@ -312,7 +358,7 @@ def _print_evaluation_table(evaluation: SegmentationEvaluation, labels: list[str
         if float(support[k]) == 0:
             continue
         values = [float(v[k]) for v in (iou_c, iou_m, rec_c, rec_m)]
-        name = escape(f"{label} *" if k in targets else label)
+        name = escape(printable(f"{label} *" if k in targets else label))
         table.add_row(
             name,
             _metric(values[0]), _metric(values[1]), _delta(values[0], values[1]),

@@ -12,7 +12,6 @@ from typing import Annotated, Sequence
 
 import typer
 
-from aim_cli import serving
 from aim_cli.cli.common import app, say
 from aim_cli.errors import AimError
 from aim_cli.profile import noise_key
@@ -74,6 +73,8 @@ def serve(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the vLLM command and exit.")] = False,
 ) -> None:
     """Serve tiers with vLLM's OpenAI server; other options (after --) go to `vllm serve`."""
+    from aim_cli import serving  # torch-backed: loaded when the command runs, so `aim --help` stays fast
+
     if importlib.util.find_spec("vllm") is None:
         raise AimError("aim serve needs vLLM, which is not installed here", VLLM_HINT)
     vllm_args = list(ctx.args)

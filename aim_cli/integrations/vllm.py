@@ -230,7 +230,7 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
                 if slot.plan.keyed:
                     if output and output[-1] == _PLACEHOLDER:
                         self._warn_placeholder()
-                    key = slot.hasher.key(*_window(prompt, output, slot.hasher.resume_at), lambda: prompt + list(output))
+                    key = slot.hasher.key(*_window(prompt, output, slot.hasher.resume_at), lambda: prompt + list(output))  # noqa: B023 - called at once
                 else:
                     key = serving.step_key(len(output))
                 rows.append((index, slot.plan, key))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
+from aim_cli.models.checkpoint_files import Resize, check_processed_size, hf_resize, mismatched_settings
 from aim_cli.models.hub import load_pretrained
 from aim_cli.models.timm_classifier import load_timm_classifier
 from aim_cli.models.torchvision_common import (
@@ -17,9 +18,9 @@ from aim_cli.models.torchvision_common import (
     default_labels,
     load_by_spec,
     standard_preprocess,
+    standard_resize,
 )
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
-
 
 
 @dataclass
@@ -32,16 +33,21 @@ class ImageClassifier:
     network: torch.nn.Module
     preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
     hf: bool
+    resize: Resize | None = None  # how preprocess sizes an image; None: not known, not checked
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Clean logits (N, C) for a batch of RGB images, as float32 on the model's device."""
-        pixels = self.preprocess(images).to(self.device)
-        if self.hf:
-            pixels = pixels.to(self.network.dtype)
-            out = self.network(pixel_values=pixels).logits
-        else:
-            out = self.network(pixels)
+        if self.resize is not None:  # tasks check each image first; this guards every other caller
+            for index, image in enumerate(images):
+                check_processed_size(self.resize, image, f"image {index + 1} of the batch")
+        with mismatched_settings(self.name):
+            pixels = self.preprocess(images).to(self.device)
+            if self.hf:
+                pixels = pixels.to(self.network.dtype)
+                out = self.network(pixel_values=pixels).logits
+            else:
+                out = self.network(pixels)
         return out.float()
 
 
@@ -76,7 +82,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
         return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     model.eval().to(device)
-    return ImageClassifier(display, labels, device, model, preprocess, hf=True)
+    return ImageClassifier(display, labels, device, model, preprocess, hf=True, resize=hf_resize(processor))
 
 
 def _load_torchvision(
@@ -105,4 +111,7 @@ def _load_torchvision(
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
-    return ImageClassifier(f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False)
+    return ImageClassifier(
+        f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False,
+        resize=standard_resize(arch),
+    )

@@ -83,6 +83,10 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
     and results would change from run to run whatever the seed.
     """
     source, local = locate(spec)
+    from aim_cli.models.checkpoint_files import check_checkpoint
+
+    # The root check: every settings file of the folder is checked before transformers parses one.
+    check_checkpoint(source)
     _quiet_transformers()
     if complete:
         kwargs["output_loading_info"] = True

@@ -16,6 +16,7 @@ import torch
 from aim_cli import demo
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, InputError, ModelError
+from aim_cli.models.chat_template import render_chat
 from aim_cli.models.hub import load_pretrained, locate
 
 DTYPES: dict[str, torch.dtype | None] = {
@@ -104,19 +105,27 @@ class LanguageModel:
                 f"--chat: the tokenizer of {self.name} has no chat template",
                 "drop --chat to use the prompt as plain text, or use a chat/instruct checkpoint",
             )
-        try:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # jinja errors of a broken template come in many types
-            raise ModelError(f"--chat: the chat template of {self.name} failed: {exc}") from None
-        return str(text)
+        # Rendered as transformers would, but bounded in length, work and memory (the template is checkpoint code).
+        return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], self.name)
 
     def encode(self, text: str, chat: bool) -> list[int]:
         """Token ids of one prompt; the chat template brings its own special tokens."""
         if chat:
-            return list(self.tokenizer(self.chat_text(text), add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text)["input_ids"])
+            ids = list(self.tokenizer(self.chat_text(text), add_special_tokens=False)["input_ids"])
+        else:
+            ids = list(self.tokenizer(text)["input_ids"])
+        self._check_ids_fit(ids)
+        return ids
+
+    def _check_ids_fit(self, ids: list[int]) -> None:
+        """Token ids must index the model's embedding table: a tokenizer from another model would crash it."""
+        rows = self.model.get_input_embeddings().num_embeddings
+        largest = max(ids, default=0)
+        if largest >= rows:
+            raise ModelError(
+                f"the tokenizer of {self.name} gives token id {largest}, past the model's {rows}-row embedding table",
+                "use the tokenizer saved with this model",
+            )
 
     def decoder_prefix(self) -> list[int]:
         """Decoder tokens before the first free choice: the start token, and a forced BOS (BART).
@@ -270,10 +279,17 @@ def _refuse_masked_lm(config: Any, display: str) -> None:
 
 def decoder_start_id(generation_config: Any, config: Any, display: str = "the model") -> int:
     """The token an encoder-decoder's output starts with, as generate() picks it (start token, else BOS)."""
-    for source in (generation_config, config):
+    decoder = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    vocab = getattr(decoder, "vocab_size", None)
+    for source, file in ((generation_config, "generation_config.json"), (config, "config.json")):
         for name in ("decoder_start_token_id", "bos_token_id"):
             value = getattr(source, name, None)
-            if isinstance(value, int):
+            if isinstance(value, int) and not isinstance(value, bool):
+                if value < 0 or (isinstance(vocab, int) and value >= vocab):
+                    raise ModelError(
+                        f"{display}: {file}: '{name}' is {value}, not a token of its {vocab}-token vocabulary",
+                        f"set {name} to the token its decoder starts with",
+                    )
                 return value
     raise ModelError(
         f"{display} sets no decoder_start_token_id (nor a bos_token_id), so its decoder cannot start",

@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
+from aim_cli.models.checkpoint_files import Resize, check_processed_size, hf_resize, mismatched_settings
 from aim_cli.models.hub import load_pretrained
 from aim_cli.models.torchvision_common import (
     checked_labels,
     default_labels,
     load_by_spec,
     standard_preprocess,
+    standard_resize,
 )
 from aim_cli.models.universal_segmenter import is_universal, load_universal
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
@@ -34,6 +36,7 @@ class Segmenter:
     network: torch.nn.Module
     preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
     hf: bool
+    resize: Resize | None = None  # how preprocess sizes an image; None: not known, not checked
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -41,14 +44,18 @@ class Segmenter:
 
         The images must share one size (the task groups them), so any processor stacks them.
         """
-        pixels = self.preprocess(images).to(self.device)
-        if self.hf:
-            out = self.network(pixel_values=pixels.to(self.network.dtype))
-            logits = getattr(out, "logits", None)
-        else:
-            out = self.network(pixels)
-            # torchvision segmentation models return {'out': ..., 'aux': ...}.
-            logits = out.get("out") if isinstance(out, dict) else out
+        if self.resize is not None:  # tasks check each image first; this guards every other caller
+            for index, image in enumerate(images):
+                check_processed_size(self.resize, image, f"image {index + 1} of the batch")
+        with mismatched_settings(self.name):
+            pixels = self.preprocess(images).to(self.device)
+            if self.hf:
+                out = self.network(pixel_values=pixels.to(self.network.dtype))
+                logits = getattr(out, "logits", None)
+            else:
+                out = self.network(pixels)
+                # torchvision segmentation models return {'out': ..., 'aux': ...}.
+                logits = out.get("out") if isinstance(out, dict) else out
         if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != len(self.labels):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ModelError(
@@ -78,7 +85,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
 
     config = load_pretrained(AutoConfig.from_pretrained, spec, "model configuration")
     if _check_segmentation_config(config, display) == UNIVERSAL:
-        model, preprocess, labels = load_universal(spec, config, device, display)
+        model, preprocess, labels, resize = load_universal(spec, config, device, display)
     else:
         model = load_pretrained(
             AutoModelForSemanticSegmentation.from_pretrained, spec, "semantic segmentation model", complete=True
@@ -86,6 +93,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
         processor = load_pretrained(AutoImageProcessor.from_pretrained, spec, "image processor")
         id2label = getattr(model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+        resize = hf_resize(processor)
 
         def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
             return processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -93,7 +101,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     if labels_file is not None:
         labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
     model.eval().to(device)
-    return Segmenter(display, labels, device, model, preprocess, hf=True)
+    return Segmenter(display, labels, device, model, preprocess, hf=True, resize=resize)
 
 
 def _check_segmentation_config(config: object, display: str) -> str:
@@ -162,4 +170,7 @@ def _load_torchvision(
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
-    return Segmenter(f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False)
+    return Segmenter(
+        f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False,
+        resize=standard_resize(arch),
+    )

@@ -11,7 +11,6 @@ layout; going through timm also keeps one set of checks and messages for both wa
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
+from aim_cli.models.checkpoint_files import Resize, check_checkpoint, read_json, timm_resize
 from aim_cli.models.hub import _looks_like_path, force_offline
 from aim_cli.models.torchvision_common import TIMM_PREFIX, checked_labels
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
@@ -55,10 +55,7 @@ def timm_checkpoint(spec: str) -> Path | None:
     config = _config_file(spec)
     if config is None:
         return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # the transformers path reports an unreadable config
+    data = read_json(config, spec)  # bounded in size; an unreadable one is named here
     if isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data:
         return config.parent
     return None
@@ -107,7 +104,8 @@ def _load_arch(arch: str, device: torch.device, weights: Path | None, labels_fil
 
 def _load_folder(folder: Path, display: str, device: torch.device, labels_file: Path | None) -> ImageClassifier:
     """A timm checkpoint saved in Hugging Face layout: config.json plus model.safetensors."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    check_checkpoint(str(folder), display)  # every value below is checked before it sizes anything
+    config = read_json(folder / "config.json", display)
     arch = config["architecture"]
     timm = require_timm(f"{display} (a timm checkpoint)")
     _check_arch(
@@ -179,8 +177,8 @@ def _build(
     except ModelError as exc:  # same message, but the fix names the timm spelling
         raise ModelError(exc.message, "check that the weights were trained with this timm architecture") from None
     network.eval().to(device)
-    preprocess = _preprocess(timm, network, pretrained_cfg)
-    return ImageClassifier(display, labels, device, network, preprocess, hf=False)
+    preprocess, resize = _preprocess(timm, network, pretrained_cfg)
+    return ImageClassifier(display, labels, device, network, preprocess, hf=False, resize=resize)
 
 
 def _check_arch(timm: ModuleType, arch: str, problem: str, upgrade: bool = False) -> None:
@@ -248,8 +246,8 @@ def imagenet_labels(timm: ModuleType, width: int) -> list[str]:
 
 def _preprocess(
     timm: ModuleType, network: torch.nn.Module, pretrained_cfg: dict[str, Any] | None
-) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
-    """The eval transform timm derives from the pretrained config (resize, centre crop, normalise)."""
+) -> tuple[Callable[[Sequence[Image.Image]], torch.Tensor], Resize]:
+    """The eval transform timm derives from the pretrained config (resize, centre crop, normalise), and its resize."""
     if pretrained_cfg is None:
         data_config = timm.data.resolve_model_data_config(network)
     else:
@@ -261,4 +259,4 @@ def _preprocess(
     def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([transform(image.convert("RGB")) for image in images])
 
-    return preprocess
+    return preprocess, timm_resize(data_config)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from aim_cli import demo
 from aim_cli.errors import ModelError
+from aim_cli.models.checkpoint_files import Resize, torchvision_resize
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
@@ -78,6 +79,13 @@ def standard_preprocess(arch: str) -> Callable[[Sequence[Image.Image]], torch.Te
         return torch.stack([transform(to_tensor(image)) for image in images])
 
     return preprocess
+
+
+def standard_resize(arch: str) -> Resize | None:
+    """How the architecture's standard inference transform sizes an image."""
+    import torchvision
+
+    return torchvision_resize(next(iter(torchvision.models.get_model_weights(arch))).transforms())
 
 
 def checked_labels(labels: list[str], width: int, source: Path) -> list[str]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from aim_cli.errors import ModelError
+from aim_cli.models.checkpoint_files import Resize, hf_resize
 from aim_cli.models.hub import load_pretrained
 
 # model_type -> architecture: the families whose semantic post-processing is the query sum above.
@@ -110,8 +111,8 @@ def _require_scipy(architecture: str) -> None:
 
 def load_universal(
     spec: str, config: object, device: torch.device, display: str
-) -> tuple[torch.nn.Module, Callable[[Sequence[Image.Image]], torch.Tensor], list[str]]:
-    """Load a universal segmenter offline: (network returning log-scores, preprocess, labels)."""
+) -> tuple[torch.nn.Module, Callable[[Sequence[Image.Image]], torch.Tensor], list[str], Resize | None]:
+    """Load a universal segmenter offline: (network returning log-scores, preprocess, labels, its resize)."""
     from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
     model_type = getattr(config, "model_type", "")
@@ -131,7 +132,7 @@ def load_universal(
     id2label = getattr(model.config, "id2label", None) or {}
     labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
     network = SemanticScores(model.eval(), task_inputs).to(device)
-    return network, preprocess, labels
+    return network, preprocess, labels, hf_resize(processor)
 
 
 def _oneformer_processor(spec: str, config: object, display: str) -> tuple[Any, torch.Tensor]:

@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 import torch
 
-from aim_cli.errors import ModelError
+from aim_cli.errors import InputError, ModelError
+from aim_cli.io import read_text_file
+from aim_cli.limits import TEXT_BYTES
 from aim_cli.models.hub import scrub_advice
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
@@ -105,10 +107,7 @@ def _labels_from_value(value: Any, source: str) -> list[str]:
 
 def read_labels_file(path: Path) -> list[str]:
     """Read class names from a .txt (one per line), .json (list or mapping) or config.json."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"labels file {path} cannot be read ({exc.strerror or exc})") from None
+    text = read_text_file(path, TEXT_BYTES, InputError, "labels file")
     if path.suffix.lower() == ".json":
         try:
             value = json.loads(text)
@@ -147,7 +146,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str,
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        first = next((l.strip() for l in str(exc).splitlines() if "size mismatch" in l), str(exc).splitlines()[0])
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
         raise ModelError(f"weights {path} do not fit {arch}: {first}") from None
     # strict=False so the error can name tensors; a BatchNorm step counter is not a weight.
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

@@ -10,8 +10,9 @@ import torch
 
 from aim_cli.errors import InputError
 from aim_cli.images import LoadedImage, load_image
+from aim_cli.models.checkpoint_files import check_model_input
 from aim_cli.models.classifier import ImageClassifier
-from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
+from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, drop_nonfinite
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,28 @@ def top_predictions(logits: torch.Tensor, labels: Sequence[str], k: int) -> list
 
 def modulated_logits(
     classifier: ImageClassifier, images: Sequence[LoadedImage], plan: ModulationPlan
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean and modulated logits for a batch of decoded images."""
+) -> tuple[list[LoadedImage], torch.Tensor, torch.Tensor, list[FailedInput]]:
+    """The images with finite logits, their clean and modulated logits, and a failure per other image."""
     clean = classifier.logits([item.image for item in images])
+    images, clean, broken = drop_nonfinite(images, clean, lambda item: item.path)
     keys = [item.key for item in images] if plan.keyed else None
-    return clean, plan.apply(clean, class_dim=1, keys=keys)
+    return images, clean, plan.apply(clean, class_dim=1, keys=keys), [failure for _, failure in broken]
 
 
-def _decoded(paths: Sequence[Path], failures: list[FailedInput]) -> Iterator[LoadedImage]:
-    """Decode images lazily; unreadable ones are recorded and skipped."""
+def _decoded(paths: Sequence[Path], failures: list[FailedInput], classifier: ImageClassifier) -> Iterator[LoadedImage]:
+    """Decode images lazily; unreadable ones, and ones the model would resize past the pixel bound, fail alone."""
     for path in paths:
         try:
-            yield load_image(path)
+            loaded = load_image(path)
         except InputError as exc:
             failures.append(FailedInput(path, exc.message))
+            continue
+        try:
+            check_model_input(classifier, loaded.image, path)
+        except InputError as exc:  # the hint names the bound's environment variable
+            failures.append(FailedInput(path, str(exc)))
+            continue
+        yield loaded
 
 
 def classify_images(
@@ -75,12 +84,15 @@ def classify_images(
 ) -> Iterator[ClassifiedImage | FailedInput]:
     """Classify images batch by batch; bad files are reported in order and the rest go on."""
     failures: list[FailedInput] = []
-    for batch in batched(_decoded(paths, failures), batch_size):
+    for batch in batched(_decoded(paths, failures, classifier), batch_size):
         yield from failures
         if progress:
             progress(len(failures))
         failures.clear()
-        clean, noisy = modulated_logits(classifier, batch, plan)
+        batch, clean, noisy, broken = modulated_logits(classifier, batch, plan)
+        yield from broken  # the model computed NaN/inf for these: one line each, the rest go on
+        if progress and broken:
+            progress(len(broken))
         modulated_top = top_predictions(noisy, classifier.labels, topk)
         clean_top = top_predictions(clean, classifier.labels, topk) if compare else [None] * len(batch)
         for item, top, reference in zip(batch, modulated_top, clean_top):

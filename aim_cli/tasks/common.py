@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 import numpy as np
 import torch
 
-from aim_cli.errors import AimError, InputError, ProfileError
+from aim_cli.errors import AimError, FailedInput, InputError, ModelError, ProfileError
 from aim_cli.labels import resolve_class
-from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, token_key
-from aim_cli.profile import Profile, noise_source
+from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, nonfinite_items, token_key
+from aim_cli.profile import FocusRequest, Profile, is_integer_number, noise_source, one_or_many
 
 if TYPE_CHECKING:
     from aim_cli.generation import ModulationProcessor
@@ -33,18 +33,16 @@ def item_key(item: ItemKey) -> bytes:
     integer tensor, array or list gives the token key of `aim generate` and the vLLM plugin;
     any other tensor or array the digest of its dtype, shape and values.
     """
-    if isinstance(item, bytes):
-        return item
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
     if isinstance(item, str):
         return item.encode("utf-8")
     pil = sys.modules.get("PIL.Image")  # an image can only exist if PIL is loaded
     if pil is not None and isinstance(item, pil.Image):
         from aim_cli.images import pixel_key
 
-        return pixel_key(item)
-    if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
-    array = np.asarray(item)
+        return pixel_key(item)  # the decoded pixels, as `aim classify` keys the file
+    array = _key_array(item)
     if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
         return token_key(array)
     if array.dtype == object:
@@ -53,6 +51,94 @@ def item_key(item: ItemKey) -> bytes:
     digest = hashlib.sha256(f"{array.dtype.str}:{array.shape}:".encode())
     digest.update(array.tobytes())
     return digest.digest()
+
+
+def _key_array(item: Any) -> np.ndarray:
+    """A key given as a tensor, array or (nested) list as a numpy array; one-line error otherwise."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        # numpy has no bfloat16: its values, exactly, as float32.
+        item = (item.float() if item.dtype == torch.bfloat16 else item).numpy()
+    try:
+        return np.asarray(item)
+    except (ValueError, TypeError):  # ragged lists, objects numpy cannot hold
+        raise InputError(f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image") from None
+
+
+def nonfinite_error(what: object) -> ModelError:
+    """The one-line error for an input whose logits the model computed as NaN or inf."""
+    return ModelError(
+        f"the model computed non-finite logits (NaN/inf) for {what}: its weights are damaged or the dtype overflows",
+        "check the checkpoint's weights, or run it in float32",
+    )
+
+
+def check_model_logits(logits: torch.Tensor, names: Sequence[object]) -> None:
+    """Raise nonfinite_error for the first input (named by `names`, per row) whose logits are not finite."""
+    bad = nonfinite_items(logits)
+    if bad:
+        raise nonfinite_error(names[bad[0]])
+
+
+def drop_nonfinite(
+    items: Sequence[T], logits: torch.Tensor, path: Callable[[T], Path]
+) -> tuple[list[T], torch.Tensor, list[tuple[T, FailedInput]]]:
+    """Split a batch at the model-output boundary: inputs with finite logits go on, the others fail.
+
+    Returns the kept items, their logits, and (item, failure) for each input whose logits hold
+    NaN/inf. One check when the batch is healthy; only a broken batch pays for indexing.
+    """
+    bad = set(nonfinite_items(logits))
+    if not bad:
+        return list(items), logits, []
+    keep = [i for i in range(len(items)) if i not in bad]
+    failures = [(items[i], FailedInput(path(items[i]), str(nonfinite_error(path(items[i]))))) for i in sorted(bad)]
+    index = torch.tensor(keep, dtype=torch.long, device=logits.device)
+    return [items[i] for i in keep], logits.index_select(0, index), failures
+
+
+def check_logits(logits: Any, class_dim: Any = 1, num_classes: int | None = None, masked: bool = False) -> int:
+    """The class axis of a logits tensor an API caller gave, normalised; one-line InputError for anything else.
+
+    Floating point, an item axis (dim 0) and a separate class axis, `num_classes` classes when
+    known, and finite values: NaN/inf would decide every argmax whatever the noise. With
+    `masked` (modulating, not predicting), -inf stays allowed as a mask: noise keeps it -inf.
+    """
+    axis = logits_axis(logits, class_dim)
+    if num_classes is not None and logits.shape[axis] != num_classes:
+        raise InputError(f"logits have {logits.shape[axis]} classes on dim {axis}, but the plan is for {num_classes} classes",
+                         "plan with the model's class names (or num_classes=) for these logits")
+    bad = nonfinite_items(logits, masked=masked)
+    if bad:
+        raise InputError(
+            f"logits hold non-finite values (NaN/inf) in item {bad[0]} ({len(bad)} of {logits.shape[0]} items): "
+            "aim needs finite logits",
+            "the model that computed them has damaged weights or overflowed its dtype",
+        )
+    return axis
+
+
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def logits_axis(logits: Any, class_dim: Any = 1) -> int:
+    """The class axis of a floating-point logits tensor with an item axis (dim 0) and a separate class axis."""
+    # float8 and other exotic floats lack the kernels noise and quadrature need: say so, don't crash in torch.
+    if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
+        raise InputError(f"logits must be a float16, bfloat16, float32 or float64 torch tensor, got {type(logits).__name__}"
+                         + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
+                         "e.g. model(x).logits or torch.as_tensor(array, dtype=torch.float32)")
+    if logits.dim() < 2:
+        raise InputError(f"logits must have an item axis and a class axis, got shape {tuple(logits.shape)}",
+                         "give a batch, e.g. logits[None] for one item")
+    if not is_integer_number(class_dim):
+        raise InputError(f"class_dim must be an integer axis, got {class_dim!r}")
+    if not -logits.dim() <= class_dim < logits.dim():
+        raise InputError(f"class_dim {class_dim} is outside a {logits.dim()}-d tensor")
+    axis = int(class_dim) % logits.dim()
+    if axis == 0:
+        raise InputError("class_dim 0 is the item axis", "put items on dim 0 and classes on another axis")
+    return axis
 
 
 @dataclass(frozen=True)
@@ -65,6 +151,8 @@ class ModulationPlan:
     target_names: tuple[str, ...] = ()
     # Language models: the tokenizer's size; output columns past it are padding, never decisions.
     num_tokens: int | None = None
+    # Classifiers and segmenters: the class count the plan was resolved for (None: any).
+    num_classes: int | None = None
 
     @property
     def keyed(self) -> bool:
@@ -74,16 +162,28 @@ class ModulationPlan:
     def apply(self, logits: torch.Tensor, class_dim: int = 1, keys: Sequence[ItemKey] | None = None) -> torch.Tensor:
         """Modulate a batch of logits (dim 0 indexes items); keyed plans need one key per item.
 
-        Successive calls of a seeded plan continue one stream, as batches of a CLI run do.
+        Successive calls of a seeded plan continue one stream, as batches of a CLI run do. The
+        logits are checked first (check_logits); a str, bytes or image is one key.
         """
+        axis = check_logits(logits, class_dim, self.num_classes, masked=True)
+        self._check_targets_fit(logits.shape[axis])
         if not self.keyed or self.modulation.is_identity:
-            return modulate(logits, self.modulation, self.noise, class_dim=class_dim)
+            return modulate(logits, self.modulation, self.noise, class_dim=axis)
         if keys is None:
             raise InputError("keyed noise needs one key per item", "pass keys=[...] (bytes, text, tensors or images)")
+        keys = one_or_many(keys, "keys", InputError)
         if len(keys) != logits.shape[0]:
             raise InputError(f"{len(keys)} keys for a batch of {logits.shape[0]} items", "give one key per item (dim 0)")
         item_keys = [item_key(k) for k in keys]
-        return modulate(logits, self.modulation, self.noise, class_dim=class_dim, item_keys=item_keys)
+        return modulate(logits, self.modulation, self.noise, class_dim=axis, item_keys=item_keys)
+
+    def _check_targets_fit(self, width: int) -> None:
+        """Focus targets must be columns of the logits (a plan of unknown class count checks here)."""
+        if self.modulation.has_focus:
+            largest = max(target.class_id for target in self.modulation.targets)
+            if largest >= width:
+                raise InputError(f"focus class id {largest} is outside logits of {width} classes",
+                                 "plan with the model's class names (or num_classes=)")
 
     def logits_processor(
         self, prompt_starts: Sequence[int] | None = None, encoder_ids: Sequence[Sequence[int]] | None = None
@@ -115,35 +215,52 @@ class ModulationPlan:
         }
 
 
-@dataclass(frozen=True)
-class FailedInput:
-    """An input that could not be processed, and a one-line reason that names it."""
+def plan_modulation(
+    profile: Profile, labels: Sequence[str] | None = None, num_classes: int | None = None
+) -> ModulationPlan:
+    """Resolve focus class names against the model's labels and build the noise source.
 
-    path: Path
-    reason: str
-
-
-def plan_modulation(profile: Profile, labels: Sequence[str]) -> ModulationPlan:
-    """Resolve focus class names against the model's labels and build the noise source."""
+    Without labels, focus targets must be class ids below `num_classes`. The labels are only
+    read to resolve a focus target: a plan without focus costs nothing per class.
+    """
+    count = len(labels) if labels is not None else num_classes
     targets = []
     names = []
     for request in profile.focus:
-        try:
-            class_id = resolve_class(request.name, labels)
-        except AimError as exc:  # name where the bad class came from, like every profile error
-            raise ProfileError(f"{request.origin}: {exc.message}" if request.origin else exc.message, exc.hint) from None
+        class_id = resolve_focus(request, labels, count)
+        label = labels[class_id] if labels is not None else str(class_id)
         target = FocusTarget(class_id, request.direction)
         if FocusTarget(class_id, -request.direction) in targets:  # e.g. person:up with pedestrian:down
             raise ProfileError(
-                f"{request.origin or request}: class '{labels[class_id]}' is already focused the other way",
+                f"{request.origin or request}: class '{label}' is already focused the other way",
                 "give each class one direction",
             )
         if target not in targets:
             targets.append(target)
-            names.append(f"{labels[class_id]}:{'up' if request.direction > 0 else 'down'}")
+            names.append(f"{label}:{'up' if request.direction > 0 else 'down'}")
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, tuple(targets))
     noise, seed = noise_source(profile)
-    return ModulationPlan(modulation, noise, seed, tuple(names))
+    return ModulationPlan(modulation, noise, seed, tuple(names), num_classes=count)
+
+
+def resolve_focus(request: FocusRequest, labels: Sequence[str] | None, num_classes: int | None) -> int:
+    """The class id a focus request names: resolved against the labels like --focus, or a class id without them."""
+    try:
+        return resolve_class(request.name, labels) if labels is not None else _class_id(request.name, num_classes)
+    except AimError as exc:  # name where the bad class came from, like every profile error
+        raise ProfileError(f"{request.origin}: {exc.message}" if request.origin else exc.message, exc.hint) from None
+
+
+def _class_id(name: str, num_classes: int | None) -> int:
+    """A focus target given as a class id, checked against the class count."""
+    if not (name.isascii() and name.isdigit()):
+        raise AimError(f"'{name}' is a class name, but no class_names were given",
+                       "pass class_names=[...] (the model's labels) or give the class id")
+    if num_classes is None:
+        raise AimError("focus targets by id need the number of classes", "pass num_classes= or class_names=")
+    if int(name) >= num_classes:
+        raise AimError(f"class id {int(name)} is outside 0..{num_classes - 1}")
+    return int(name)
 
 
 def plan_tokens(profile: Profile, tokenizer: Any) -> ModulationPlan:

@@ -6,20 +6,22 @@ generates after its start token, so the same processor, stop strings and records
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from aim_cli.errors import InputError
 from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop
 from aim_cli.models.language import LanguageModel, check_prompt_fits
-from aim_cli.modulation import KeyedNoise, content_key
+from aim_cli.modulation import KeyedNoise, content_key, nonfinite_items
 from aim_cli.profile import Profile
-from aim_cli.tasks.common import ModulationPlan, ProgressCallback, batched, plan_tokens
+from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, nonfinite_error, plan_tokens
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,37 @@ class Completion:
     token_ids: tuple[int, ...]
     clean_completion: str | None = None
     clean_token_ids: tuple[int, ...] | None = None
+
+
+class FiniteScores(LogitsProcessor):
+    """Finds the rows whose next-token scores the model computed as NaN/inf: the model-output boundary of generation.
+
+    It runs first among aim's processors: after transformers' own masks (whose -inf is
+    intended, so the masked form of modulation.nonfinite_items: a row must keep a finite
+    score and hold no NaN or +inf) and before any noise or padding exclusion. A broken row is
+    recorded and ended (its end-of-sequence token forced), so sampling never sees NaN and the
+    other rows of the batch go on. One reduction per step.
+    """
+
+    def __init__(self, eos_id: int | None = None) -> None:
+        self.eos_id = eos_id
+        self.failed: set[int] = set()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """The scores unchanged, or with broken rows replaced by a forced end of sequence."""
+        bad = nonfinite_items(scores, masked=True)
+        if not bad:
+            return scores
+        self.failed.update(bad)
+        rows = torch.tensor(bad, device=scores.device)
+        scores = scores.index_fill(0, rows, 0.0 if self.eos_id is None else float("-inf"))
+        if self.eos_id is not None:
+            scores[rows, self.eos_id] = 0.0
+        return scores
+
+
+# As for ModulationProcessor: LogitsProcessorList inspects the signature at every step.
+FiniteScores.__call__.__signature__ = inspect.signature(FiniteScores.__call__)  # type: ignore[attr-defined]
 
 
 def plan_generation(profile: Profile, lm: LanguageModel) -> ModulationPlan:
@@ -149,8 +182,12 @@ def generate_ids(
     settings: GenerationSettings,
     processor: ModulationProcessor | None,
     streamer: BaseStreamer | None = None,
+    guard: FiniteScores | None = None,
 ) -> list[list[int]]:
-    """Run model.generate on one padded batch; return each row's generated token ids (raw)."""
+    """Run model.generate on one padded batch; return each row's generated token ids (raw).
+
+    `guard` (first among the processors) records the rows whose logits are not finite.
+    """
     tokenizer = lm.tokenizer
     input_ids, mask, starts = _padded(batch, tokenizer.pad_token_id, lm.device, left=not lm.encoder_decoder)
     # generate() returns the prompt (causal) or the decoder's start token (encoder-decoder) before the new tokens.
@@ -174,8 +211,10 @@ def generate_ids(
     if getattr(lm.model.generation_config, "eos_token_id", None) is None and tokenizer.eos_token_id is not None:
         kwargs["eos_token_id"] = tokenizer.eos_token_id
     stopping = StoppingCriteriaList([StopOnStrings(tokenizer, settings.stop, prefix)]) if settings.stop else None
-    # Ours is the first (and only) custom processor; generate() appends its temperature/top-k/top-p warpers after it.
-    processors = LogitsProcessorList([processor]) if processor is not None else None
+    # Ours are the only custom processors (the finite check first); generate() appends its
+    # temperature/top-k/top-p warpers after them.
+    ours = [p for p in (guard, processor) if p is not None]
+    processors = LogitsProcessorList(ours) if ours else None
     output = lm.model.generate(
         input_ids=input_ids,
         attention_mask=mask,
@@ -208,8 +247,13 @@ def generate_completions(
     compare: bool = False,
     progress: ProgressCallback | None = None,
     streamer: BaseStreamer | None = None,
+    failures: list[FailedInput] | None = None,
 ) -> Iterator[Completion]:
-    """Generate modulated (and, with compare, clean) completions batch by batch, in prompt order."""
+    """Generate modulated (and, with compare, clean) completions batch by batch, in prompt order.
+
+    A prompt the model computes non-finite logits for raises nonfinite_error; with a
+    `failures` list it is recorded there instead and the other prompts go on.
+    """
     if plan.seed is not None:
         # HF sampling uses the global RNG; our noise has its own SeededNoise generator.
         torch.manual_seed(plan.seed)
@@ -218,16 +262,21 @@ def generate_completions(
         processor = plan.logits_processor()
     eos_ids = _eos_ids(lm)
     pad_id = lm.tokenizer.pad_token_id
+    stop_id = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else min(eos_ids, default=None)
     for batch in batched(prompts, settings.batch_size):
+        guard = FiniteScores(stop_id)
         if settings.sampling:
             _seed_sampling(plan, batch)
-        rows = generate_ids(lm, batch, settings, processor, streamer)
+        rows = generate_ids(lm, batch, settings, processor, streamer, guard)
         clean_rows: list[list[int]] | list[None] = [None] * len(batch)
         if compare:
             if settings.sampling:
                 _seed_sampling(plan, batch)
-            clean_rows = generate_ids(lm, batch, settings, None)
+            clean_rows = generate_ids(lm, batch, settings, None, guard=guard)
+        broken = _broken_prompts(batch, guard, failures)
         for prompt, row, clean_row in zip(batch, rows, clean_rows):
+            if prompt.index in broken:
+                continue
             text, ids = _finish(lm, row, eos_ids, pad_id, settings.stop)
             clean_text, clean_ids = (None, None)
             if clean_row is not None:
@@ -238,6 +287,19 @@ def generate_completions(
             )
         if progress:
             progress(len(batch))
+
+
+def _broken_prompts(batch: Sequence[EncodedPrompt], guard: FiniteScores, failures: list[FailedInput] | None) -> set[int]:
+    """The indices of the batch's prompts the model computed non-finite logits for; raises when no failures list is kept."""
+    broken = set()
+    for row in sorted(guard.failed):
+        prompt = batch[row]
+        what = f"prompt {prompt.index + 1} ({prompt.text[:40]!r}{'...' if len(prompt.text) > 40 else ''})"
+        if failures is None:
+            raise nonfinite_error(what)
+        failures.append(FailedInput(Path(f"prompt {prompt.index + 1}"), str(nonfinite_error(what))))
+        broken.add(prompt.index)
+    return broken
 
 
 def _finish(

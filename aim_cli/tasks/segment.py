@@ -25,9 +25,10 @@ from aim_cli.images import load_image, loaded_from_image
 from aim_cli.io import IMAGE_SUFFIXES
 from aim_cli.masks import read_mask
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix
+from aim_cli.models.checkpoint_files import check_model_input
 from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import Modulation, NoiseSource
-from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched
+from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, drop_nonfinite
 
 # Upsampled-logit elements (classes x rows x width) of one image held at once: 256 MiB of
 # float32, so a 512x512 image with 150 classes is interpolated whole (one call, as fast as the
@@ -305,6 +306,15 @@ def _truth_problem(item: SegmentInput, num_classes: int) -> str | None:
     )
 
 
+def _input_problem(segmenter: Segmenter, item: SegmentInput, num_classes: int) -> str | None:
+    """Why this input cannot be segmented (a processed size over the pixel bound, a bad mask), or None."""
+    try:
+        check_model_input(segmenter, item.image, item.path)
+    except InputError as exc:  # the hint names the bound's environment variable
+        return str(exc)
+    return _truth_problem(item, num_classes)
+
+
 def _accuracy(prediction: np.ndarray, truth: np.ndarray) -> float | None:
     """Pixel accuracy of one image (ignored pixels left out), None when nothing is scored."""
     valid = truth != IGNORE_INDEX
@@ -354,7 +364,7 @@ def segment_inputs(
     for batch in batched(items, batch_size):
         good: list[SegmentInput] = []
         for item in batch:
-            problem = _truth_problem(item, num_classes) if isinstance(item, SegmentInput) else None
+            problem = _input_problem(segmenter, item, num_classes) if isinstance(item, SegmentInput) else None
             if isinstance(item, FailedInput) or problem is not None:
                 yield item if isinstance(item, FailedInput) else FailedInput(item.path, problem or "")
                 if progress:
@@ -365,9 +375,12 @@ def segment_inputs(
         groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(good):
             groups.setdefault((item.image.height, item.image.width), []).append(index)
-        results: dict[int, SegmentedImage] = {}
+        results: dict[int, SegmentedImage | FailedInput] = {}
         for size, members in groups.items():
             low = segmenter.logits([good[i].image for i in members])
+            # One finite check per group (on the low-resolution logits, before any upsampling).
+            members, low, broken = drop_nonfinite(members, low, lambda i: good[i].path)  # noqa: B023 - called at once
+            results.update(broken)
             keys = [good[i].key for i in members] if plan.keyed else None
             predictions, cleans = decide(low, size, plan.modulation, plan.noise, keys, need_clean)
             for j, index in enumerate(members):

@@ -1,0 +1,4 @@
+"""Focus directions, without torch: profiles and the command line use them before any model loads."""
+
+BOOST = 1  # the class's logit gets +|eps|: looked for harder
+SUPPRESS = -1  # the class's logit gets -|eps|: ignored more
