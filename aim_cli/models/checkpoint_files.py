@@ -16,7 +16,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from aim_cli.errors import InputError, ModelError
 from aim_cli.limits import CONFIG_BYTES, INPUT_PIXELS, LABEL_COUNT, SEQUENCE_TOKENS
@@ -548,6 +548,14 @@ def check_processed_size(resize: Resize, image: Any, name: object) -> None:
             f"{name}: the model's preprocessing resizes this {width} x {height} image to under one pixel across",
             "crop the image to a less extreme aspect ratio",
         )
+
+
+def check_batch_sizes(resize: Resize | None, images: Sequence[Any]) -> None:
+    """Every image of a batch against the processed-size bound; a model whose resize is unknown (None) passes."""
+    if resize is None:
+        return
+    for index, image in enumerate(images):
+        check_processed_size(resize, image, f"image {index + 1} of the batch")
 
 
 def check_model_input(model: Any, image: Any, name: object) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
-from aim_cli.models.checkpoint_files import Resize, check_processed_size, hf_resize, mismatched_settings
+from aim_cli.models.checkpoint_files import Resize, check_batch_sizes, hf_resize, mismatched_settings
 from aim_cli.models.hub import load_pretrained
 from aim_cli.models.timm_classifier import load_timm_classifier
 from aim_cli.models.torchvision_common import (
@@ -38,9 +38,7 @@ class ImageClassifier:
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Clean logits (N, C) for a batch of RGB images, as float32 on the model's device."""
-        if self.resize is not None:  # tasks check each image first; this guards every other caller
-            for index, image in enumerate(images):
-                check_processed_size(self.resize, image, f"image {index + 1} of the batch")
+        check_batch_sizes(self.resize, images)  # tasks check each image first; this guards every other caller
         with mismatched_settings(self.name):
             pixels = self.preprocess(images).to(self.device)
             if self.hf:
