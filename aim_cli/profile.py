@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from aim_cli import limits, plain_yaml
-from aim_cli.directions import BOOST, SUPPRESS
+from aim_cli.directions import BOOST, SUPPRESS, direction_name
 from aim_cli.errors import AimError, ProfileError
 from aim_cli.io import read_text_file
 
@@ -54,7 +54,7 @@ class FocusRequest:
     origin: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        return f"{self.name}:{'up' if self.direction == BOOST else 'down'}"
+        return f"{self.name}:{direction_name(self.direction)}"
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Profile:
             focus: dict[str, Any] = {} if self.focus_sigma is None else {"sigma": self.focus_sigma}
             if self.focus:
                 focus["targets"] = [
-                    {"class": f.name, "direction": "up" if f.direction == BOOST else "down"} for f in self.focus
+                    {"class": f.name, "direction": direction_name(f.direction)} for f in self.focus
                 ]
             data["focus"] = focus
         if self.seed is not None:

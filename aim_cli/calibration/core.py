@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from aim_cli import theory
+from aim_cli.directions import direction_name
 from aim_cli.errors import AimError
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class Calibration:
             "parameter": target.parameter,
             "target": target.value,
             "focus": (
-                {"class": target.focus_class, "direction": "up" if target.focus_direction > 0 else "down"}
+                {"class": target.focus_class, "direction": direction_name(target.focus_direction)}
                 if target.metric == "recall"
                 else None
             ),

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from aim_cli.calibration.core import Calibration
+from aim_cli.directions import direction_name
 from aim_cli.io import atomic_open, write_json_atomic
 from aim_cli.profile import PROFILE_VERSION
 
@@ -36,7 +37,7 @@ def profile_document(calibration: Calibration, name: str) -> dict[str, Any]:
             document["utility"] = {"sigma": _round(calibration.utility_sigma)}
         document["focus"] = {
             "sigma": _round(calibration.value),
-            "targets": [{"class": target.focus_class, "direction": "up" if target.focus_direction > 0 else "down"}],
+            "targets": [{"class": target.focus_class, "direction": direction_name(target.focus_direction)}],
         }
     else:
         document["utility"] = {"sigma": _round(calibration.value)}

@@ -37,6 +37,7 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
 from aim_cli.masks import colour_table, save_mask, save_overlay
@@ -304,7 +305,7 @@ def _print_focus_table(totals: np.ndarray, clean_totals: np.ndarray, labels: lis
         k = target.class_id
         table.add_row(
             escape(printable(labels[k])),
-            "up" if target.direction > 0 else "down",
+            direction_name(target.direction),
             _share(int(clean_totals[k]), total),
             _share(int(totals[k]), total),
             _change(int(clean_totals[k]), int(totals[k]), total),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 import numpy as np
 import torch
 
+from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError, ModelError, ProfileError
 from aim_cli.labels import resolve_class
 from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, nonfinite_items, token_key
@@ -237,7 +238,7 @@ def plan_modulation(
             )
         if target not in targets:
             targets.append(target)
-            names.append(f"{label}:{'up' if request.direction > 0 else 'down'}")
+            names.append(f"{label}:{direction_name(request.direction)}")
     modulation = Modulation(profile.sigma, profile.effective_focus_sigma, tuple(targets))
     noise, seed = noise_source(profile)
     return ModulationPlan(modulation, noise, seed, tuple(names), num_classes=count)
