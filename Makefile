@@ -34,10 +34,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
 
-# Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+# Lint and format check (ruff, configured in pyproject.toml); CI runs it before the tests.
 .PHONY: lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
 VLLM_VENV ?= .venv-vllm

@@ -136,11 +136,14 @@ def _logits_and_labels(logits: Any, labels: Any, class_names: Any) -> tuple[torc
     """(N, C) finite float logits with N, C >= 1 and (N,) label ids in range; labels may be names with class_names."""
     check_logits(logits, 1)
     if logits.dim() != 2:
-        raise InputError(f"logits must be (items, classes), got shape {tuple(logits.shape)}",
-                         "flatten other axes into items, e.g. logits.movedim(1, -1).reshape(-1, C)")
+        raise InputError(
+            f"logits must be (items, classes), got shape {tuple(logits.shape)}",
+            "flatten other axes into items, e.g. logits.movedim(1, -1).reshape(-1, C)",
+        )
     if 0 in logits.shape:
-        raise InputError(f"logits of shape {tuple(logits.shape)} hold no items or no classes",
-                         "give at least one row and one class")
+        raise InputError(
+            f"logits of shape {tuple(logits.shape)} hold no items or no classes", "give at least one row and one class"
+        )
     return logits, _label_ids(labels, class_names, logits.shape[0], logits.shape[1]).to(logits.device)
 
 
@@ -148,8 +151,11 @@ def _label_ids(labels: Any, class_names: Any, rows: int, classes: int) -> torch.
     """One class id per row: ids (list, array or tensor) or names with class_names; a str or an int is one label."""
     labels = one_or_many(labels, "labels", InputError)
     if len(labels) != rows:
-        raise InputError(f"labels must be {rows} integer class ids, one class id (or name) per row of logits; "
-                         f"got {len(labels)} label(s)", "e.g. a list, an array or a 1-d tensor of ids")
+        raise InputError(
+            f"labels must be {rows} integer class ids, one class id (or name) per row of logits; "
+            f"got {len(labels)} label(s)",
+            "e.g. a list, an array or a 1-d tensor of ids",
+        )
     if len(labels) and isinstance(labels[0], str):
         if class_names is None:
             raise InputError("labels are names, but no class_names were given", "pass class_names=[...] or label ids")
@@ -164,8 +170,10 @@ def _label_ids(labels: Any, class_names: Any, rows: int, classes: int) -> torch.
     except (TypeError, ValueError, RuntimeError):  # None, ragged lists, objects
         raise InputError("labels must be one class id (or name) per row of logits", "e.g. a list of ints") from None
     if ids.shape != (rows,) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise InputError(f"labels must be {rows} integer class ids, one class id per row of logits; "
-                         f"got shape {tuple(ids.shape)} of {ids.dtype}")
+        raise InputError(
+            f"labels must be {rows} integer class ids, one class id per row of logits; "
+            f"got shape {tuple(ids.shape)} of {ids.dtype}"
+        )
     if not bool(((ids >= 0) & (ids < classes)).all()):
         raise InputError(f"labels must be class ids from 0 to {classes - 1}")
     return ids.long()
@@ -248,8 +256,10 @@ def expected_recall(
     target = _class_id(focus, class_names, logits.shape[1])
     _check_direction(direction)
     if not bool((ids == target).any()):
-        raise InputError(f"the labels have no examples of class {focus!r}, so its recall is undefined",
-                         "add labelled examples of that class")
+        raise InputError(
+            f"the labels have no examples of class {focus!r}, so its recall is undefined",
+            "add labelled examples of that class",
+        )
     from aim_cli.calibration.classify import recall_metric
 
     metric = recall_metric(logits, ids, target, direction, check_sigma(sigma, "sigma", "sigma"))

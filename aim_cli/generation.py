@@ -59,9 +59,7 @@ class ModulationProcessor(LogitsProcessor):
             return [token_key(row[start:]) for row, start in zip(rows, starts)]
         if len(self.encoder_ids) != rows.shape[0]:
             raise ValueError(f"{len(self.encoder_ids)} encoder prompts for a batch of {rows.shape[0]} rows")
-        return [
-            encoder_decoder_key(prompt, row[start:]) for prompt, row, start in zip(self.encoder_ids, rows, starts)
-        ]
+        return [encoder_decoder_key(prompt, row[start:]) for prompt, row, start in zip(self.encoder_ids, rows, starts)]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Return the modulated (batch, vocab) scores; seeded mode draws once for the whole batch."""
@@ -166,9 +164,7 @@ class StopOnStrings(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         """One flag per row: True where a stop string has appeared."""
         rows = input_ids[:, self.prompt_width :].tolist()
-        done = [
-            cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), self.stops)[1] for row in rows
-        ]
+        done = [cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), self.stops)[1] for row in rows]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

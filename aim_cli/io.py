@@ -83,7 +83,9 @@ def read_regular_file(
         if within is not None:
             check_inside(_opened_path(fd, path), path, within, error, what)
         if info.st_size > max_bytes:
-            raise error(f"{what} {path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit", _limit_hint(limit))
+            raise error(
+                f"{what} {path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit", _limit_hint(limit)
+            )
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
@@ -93,9 +95,7 @@ def read_regular_file(
     return data
 
 
-def read_text_file(
-    path: Path, limit: int | Limit, error: type[AimError], what: str, within: Path | None = None
-) -> str:
+def read_text_file(path: Path, limit: int | Limit, error: type[AimError], what: str, within: Path | None = None) -> str:
     """`read_regular_file`, decoded as UTF-8 (a byte-order mark is dropped)."""
     data = read_regular_file(path, limit, error, what, within)
     try:
@@ -112,7 +112,9 @@ def printable_path(path: object) -> str:
 def _stat(path: Path, error: type[AimError], what: str) -> os.stat_result:
     """os.stat, with a missing or unreachable file (or an impossible name) as one line of `error`."""
     if "\x00" in str(path):  # no file system allows it; os.stat would raise ValueError
-        raise error(f"{what} {printable_path(path)}: a file name cannot hold a NUL byte", "check where the name came from")
+        raise error(
+            f"{what} {printable_path(path)}: a file name cannot hold a NUL byte", "check where the name came from"
+        )
     try:
         return os.stat(path)
     except FileNotFoundError:
@@ -264,7 +266,9 @@ def check_output_paths(outputs: Iterable[tuple[str, Path]], root: Path) -> None:
         parent = path.parent
         while parent != root and root in parent.parents:
             if os.path.lexists(parent) and not os.path.isdir(parent):
-                raise OutputError(f"{label} {path}: {parent} is not a directory", "move it away or choose another output directory")
+                raise OutputError(
+                    f"{label} {path}: {parent} is not a directory", "move it away or choose another output directory"
+                )
             parent = parent.parent
 
 
@@ -316,9 +320,7 @@ def refuse_clobbering(outputs: Iterable[tuple[str, Path]], inputs: Iterable[tupl
         keys = {_identity(path), ("path", str(Path(path).resolve()))}
         for key in keys:
             if key in taken:
-                raise OutputError(
-                    f"{label} {path} would overwrite {taken[key]}", "write the output somewhere else"
-                )
+                raise OutputError(f"{label} {path} would overwrite {taken[key]}", "write the output somewhere else")
         for folder_label, folder in folders:
             if _inside(path, folder) or _linked_into(path, folder):
                 raise OutputError(

@@ -50,7 +50,9 @@ CONFIG_BYTES = Limit("AIM_MAX_CONFIG_BYTES", 64 * _MiB, "the size of one checkpo
 INPUT_PIXELS = Limit(
     "AIM_MAX_INPUT_PIXELS", 4096 * 4096, "the height x width a checkpoint's preprocessing may resize an image to"
 )
-PROMPT_CHARS = Limit("AIM_MAX_PROMPT_CHARS", 4 * _MiB, "the length of one prompt after its chat template, in characters")
+PROMPT_CHARS = Limit(
+    "AIM_MAX_PROMPT_CHARS", 4 * _MiB, "the length of one prompt after its chat template, in characters"
+)
 FOCUS_TARGETS = Limit("AIM_MAX_FOCUS_TARGETS", 256, "the number of focus targets of one profile or request")
 DRAWS = Limit("AIM_MAX_DRAWS", 1000, "the number of Monte Carlo draws of a calibration check")
 LABEL_COUNT = Limit("AIM_MAX_LABELS", 1_000_000, "the number of classes a checkpoint's config may declare")

@@ -39,8 +39,14 @@ KNOWN_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 for _name in ("background", "unlabeled", "unlabelled", "void", "ignore"):
     KNOWN_COLOURS[_name] = (0, 0, 0)
-KNOWN_COLOURS.update({"tree": KNOWN_COLOURS["vegetation"], "people": KNOWN_COLOURS["person"],
-                     "pedestrian": KNOWN_COLOURS["person"], "grass": KNOWN_COLOURS["terrain"]})
+KNOWN_COLOURS.update(
+    {
+        "tree": KNOWN_COLOURS["vegetation"],
+        "people": KNOWN_COLOURS["person"],
+        "pedestrian": KNOWN_COLOURS["person"],
+        "grass": KNOWN_COLOURS["terrain"],
+    }
+)
 
 # A palette PNG holds 256 entries, so masks of bigger label sets are stored as 16-bit grey.
 PALETTE_SIZE = 256

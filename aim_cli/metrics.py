@@ -30,7 +30,9 @@ class ConfusionMatrix:
     def _valid_truth(self, truth: torch.Tensor) -> torch.Tensor:
         """Flattened mask of counted pixels; truth values outside the classes are an error."""
         truth = truth.reshape(-1).long()
-        valid = truth != self.ignore_index if self.ignore_index is not None else torch.ones_like(truth, dtype=torch.bool)
+        valid = (
+            truth != self.ignore_index if self.ignore_index is not None else torch.ones_like(truth, dtype=torch.bool)
+        )
         bad = valid & ((truth < 0) | (truth >= self.num_classes))
         if bool(bad.any()):
             raise ValueError(

@@ -93,9 +93,7 @@ class SeededNoise(NoiseSource):
         self, shape: Sequence[int], like: torch.Tensor, item_keys: Sequence[bytes] | None = None
     ) -> torch.Tensor:
         """Draw the whole batch in one call from the run's stream."""
-        return torch.randn(
-            tuple(shape), generator=self._generator(like.device), device=like.device, dtype=like.dtype
-        )
+        return torch.randn(tuple(shape), generator=self._generator(like.device), device=like.device, dtype=like.dtype)
 
 
 class KeyedNoise(NoiseSource):
@@ -271,9 +269,7 @@ def modulate(
     if targets:
         view = [1] * logits.dim()
         view[class_dim] = len(targets)
-        signs = torch.tensor(
-            [t.direction for t in targets], device=logits.device, dtype=logits.dtype
-        ).view(view)
+        signs = torch.tensor([t.direction for t in targets], device=logits.device, dtype=logits.dtype).view(view)
         focus = modulation.focus_sigma * signs * draws.narrow(class_dim, utility_width, len(targets)).abs()
         index = torch.tensor([t.class_id for t in targets], device=logits.device)
         out = out.index_add(class_dim, index, focus)

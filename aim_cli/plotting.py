@@ -32,7 +32,9 @@ def plot_calibration(calibration: Calibration, path: Path) -> None:
     axes = figure.add_subplot(1, 1, 1)
     curve = [(s, v) for s, v in calibration.curve if s > 0]
     if calibration.analytic:
-        axes.plot([s for s, _ in curve], [v for _, v in curve], color="tab:blue", label=f"predicted {target.label} (analytic)")
+        axes.plot(
+            [s for s, _ in curve], [v for _, v in curve], color="tab:blue", label=f"predicted {target.label} (analytic)"
+        )
     points = sorted([*calibration.points], key=lambda p: p.parameter)
     if points:
         axes.errorbar(
@@ -43,13 +45,20 @@ def plot_calibration(calibration: Calibration, path: Path) -> None:
             color="tab:orange",
             markersize=4,
             capsize=3,
-            label=f"Monte Carlo ({points[0].draws} draws, 95% CI)" if calibration.analytic else "Monte Carlo search points (95% CI)",
+            label=f"Monte Carlo ({points[0].draws} draws, 95% CI)"
+            if calibration.analytic
+            else "Monte Carlo search points (95% CI)",
         )
     check = calibration.check
     if calibration.value > 0:
         axes.errorbar(
-            [check.parameter], [check.mean], yerr=[check.half_width if check.half_width == check.half_width else 0.0],
-            fmt="D", color="tab:red", markersize=6, capsize=4,
+            [check.parameter],
+            [check.mean],
+            yerr=[check.half_width if check.half_width == check.half_width else 0.0],
+            fmt="D",
+            color="tab:red",
+            markersize=6,
+            capsize=4,
             label=f"chosen {target.parameter} = {calibration.value:.4g}: measured {check.mean:.3f}",
         )
         axes.axvline(calibration.value, color="tab:red", linestyle=":", linewidth=1)

@@ -75,7 +75,9 @@ class Profile:
         # focus may be given as 'NAME[:up|down]' strings, like --focus.
         object.__setattr__(self, "sigma", check_sigma(self.sigma, "sigma", "Profile(sigma=...)"))
         if self.focus_sigma is not None:
-            object.__setattr__(self, "focus_sigma", check_sigma(self.focus_sigma, "focus sigma", "Profile(focus_sigma=...)"))
+            object.__setattr__(
+                self, "focus_sigma", check_sigma(self.focus_sigma, "focus sigma", "Profile(focus_sigma=...)")
+            )
         if self.seed is not None:
             check_seed(self.seed, "Profile(seed=...)")
         if self.seed is not None and self.key_env is not None:
@@ -117,14 +119,14 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         """The profile as a YAML-schema mapping: Profile.from_dict(p.to_dict()) == p."""
         data: dict[str, Any] = {"version": PROFILE_VERSION}
-        data.update({key: value for key, value in (("name", self.name), ("description", self.description)) if value is not None})
+        data.update(
+            {key: value for key, value in (("name", self.name), ("description", self.description)) if value is not None}
+        )
         data["utility"] = {"sigma": self.sigma}
         if self.focus or self.focus_sigma is not None:
             focus: dict[str, Any] = {} if self.focus_sigma is None else {"sigma": self.focus_sigma}
             if self.focus:
-                focus["targets"] = [
-                    {"class": f.name, "direction": direction_name(f.direction)} for f in self.focus
-                ]
+                focus["targets"] = [{"class": f.name, "direction": direction_name(f.direction)} for f in self.focus]
             data["focus"] = focus
         if self.seed is not None:
             data["noise"] = {"seed": self.seed}
@@ -249,7 +251,9 @@ def _focus_text(item: Any) -> str:
 def parse_focus(text: str, option: str = "--focus") -> FocusRequest:
     """Parse a `NAME[:up|down]` value of the --focus flag (or of `option`, e.g. a request argument)."""
     if len(text) > MAX_FOCUS_CHARS:  # a class name or a word, never a document
-        raise ProfileError(f"{option}: a focus target of {len(text):,} characters", f"name a class or word (at most {MAX_FOCUS_CHARS})")
+        raise ProfileError(
+            f"{option}: a focus target of {len(text):,} characters", f"name a class or word (at most {MAX_FOCUS_CHARS})"
+        )
     name, _, direction = text.partition(":")
     where = f"{option} {text!r}"
     if not name.strip():
@@ -387,7 +391,9 @@ def resolve_profile(
     base = Profile.load(path) if path else Profile()
     profile = base.with_overrides(sigma=sigma, focus=focus, focus_sigma=focus_sigma, seed=seed)
     if focus_sigma is not None and not profile.focus:
-        raise ProfileError("--focus-sigma has no effect without focus targets", "add --focus NAME (or targets in the profile)")
+        raise ProfileError(
+            "--focus-sigma has no effect without focus targets", "add --focus NAME (or targets in the profile)"
+        )
     return profile
 
 

@@ -46,12 +46,12 @@ def _jsonl_prompts(text: str, path: Path) -> list[str]:
             raise InputError(f"prompts file {path}, line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or "prompt" not in record:
             raise InputError(
-                f"prompts file {path}, line {number}: expected an object with a \"prompt\" field",
+                f'prompts file {path}, line {number}: expected an object with a "prompt" field',
                 'e.g. {"prompt": "12+7="}',
             )
         prompt = record["prompt"]
         if not isinstance(prompt, str):
-            raise InputError(f"prompts file {path}, line {number}: \"prompt\" must be text, got {type(prompt).__name__}")
+            raise InputError(f'prompts file {path}, line {number}: "prompt" must be text, got {type(prompt).__name__}')
         if not prompt.strip():
             raise InputError(f"prompts file {path}, line {number}: the prompt is empty")
         prompts.append(prompt)

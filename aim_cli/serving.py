@@ -46,7 +46,9 @@ def load_profile_dir(directory: str | Path) -> dict[str, Profile]:
     """Every *.yaml / *.yml profile of a directory, by file stem (e.g. free-tier.yaml -> 'free-tier')."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise ProfileError(f"profiles directory {directory}: not a directory", "give a folder of tier profiles (*.yaml)")
+        raise ProfileError(
+            f"profiles directory {directory}: not a directory", "give a folder of tier profiles (*.yaml)"
+        )
     profiles: dict[str, Profile] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() in PROFILE_SUFFIXES and path.is_file():
@@ -54,7 +56,9 @@ def load_profile_dir(directory: str | Path) -> dict[str, Profile]:
                 raise ProfileError(f"{path}: a second profile named '{path.stem}'", "keep one file per tier name")
             profiles[path.stem] = Profile.load(path)
     if not profiles:
-        raise ProfileError(f"profiles directory {directory}: no .yaml profiles found", "add one file per tier, e.g. free-tier.yaml")
+        raise ProfileError(
+            f"profiles directory {directory}: no .yaml profiles found", "add one file per tier, e.g. free-tier.yaml"
+        )
     return profiles
 
 
@@ -77,7 +81,11 @@ def default_tier(profiles: Mapping[str, Profile], environ: Mapping[str, str] | N
     if not name:
         return None
     if name not in profiles:
-        where = f"available: {', '.join(sorted(profiles))}" if profiles else f"set {PROFILES_ENV}=DIR (aim serve --profiles DIR)"
+        where = (
+            f"available: {', '.join(sorted(profiles))}"
+            if profiles
+            else f"set {PROFILES_ENV}=DIR (aim serve --profiles DIR)"
+        )
         raise ProfileError(f"{DEFAULT_ENV}={name}: no such tier", where)
     return name
 
@@ -144,7 +152,9 @@ def request_profile(
     if "aim_profile" in args:
         name = args["aim_profile"]
         if not profiles:
-            raise ProfileError("aim_profile: this server has no tiers", f"start it with {PROFILES_ENV}=DIR (aim serve --profiles DIR)")
+            raise ProfileError(
+                "aim_profile: this server has no tiers", f"start it with {PROFILES_ENV}=DIR (aim serve --profiles DIR)"
+            )
         if not isinstance(name, str) or name not in profiles:
             raise ProfileError(f"aim_profile: unknown tier {name!r}", f"available: {', '.join(sorted(profiles))}")
         base = profiles[name]
@@ -190,7 +200,9 @@ def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
     return seed
 
 
-def admit(extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None) -> dict[str, Any] | None:
+def admit(
+    extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None
+) -> dict[str, Any] | None:
     """Validate a request at admission; its args to keep: the default tier written in when it applies, a fresh seed pinned.
 
     None for a request aim leaves alone (its args stay as they are).
@@ -360,7 +372,11 @@ def profile_summary(profiles: Mapping[str, Profile]) -> list[str]:
     """One line per tier for the server's start banner: name, sigma, focus, noise."""
     lines = []
     for name, profile in sorted(profiles.items()):
-        noise = f"keyed ({profile.key_env})" if profile.key_env else (f"seed {profile.seed}" if profile.seed is not None else "fresh seed")
+        noise = (
+            f"keyed ({profile.key_env})"
+            if profile.key_env
+            else (f"seed {profile.seed}" if profile.seed is not None else "fresh seed")
+        )
         focus = f", focus {', '.join(map(str, profile.focus))}" if profile.focus else ""
         lines.append(f"{name}: sigma {profile.sigma:g}{focus}, {noise}")
     return lines

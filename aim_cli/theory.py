@@ -72,9 +72,7 @@ def win_probability(
     return out
 
 
-def class_probabilities(
-    logits: torch.Tensor, sigma: float, nodes: int = QUADRATURE_NODES
-) -> torch.Tensor:
+def class_probabilities(logits: torch.Tensor, sigma: float, nodes: int = QUADRATURE_NODES) -> torch.Tensor:
     """P(argmax == k) for every row and every class k of an (N, C) tensor."""
     logits = logits.detach().to(torch.float64)
     n, c = logits.shape
@@ -94,9 +92,7 @@ def class_probabilities(
     return out
 
 
-def focus_win_probability(
-    logits: torch.Tensor, target: int, focus_sigma: float, direction: int = 1
-) -> torch.Tensor:
+def focus_win_probability(logits: torch.Tensor, target: int, focus_sigma: float, direction: int = 1) -> torch.Tensor:
     """P(target wins) per row under focus noise alone on one target class.
 
     Boost: the target wins when |eps| exceeds the gap g to the best other class,
@@ -169,9 +165,7 @@ def expected_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float) 
     return float(win_probability(logits, labels, sigma).mean())
 
 
-def accuracy_curve(
-    logits: torch.Tensor, labels: torch.Tensor, sigmas: Sequence[float]
-) -> list[float]:
+def accuracy_curve(logits: torch.Tensor, labels: torch.Tensor, sigmas: Sequence[float]) -> list[float]:
     """Expected accuracy at each sigma, all from the same cached clean logits."""
     return [expected_accuracy(logits, labels, s) for s in sigmas]
 

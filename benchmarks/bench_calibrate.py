@@ -69,20 +69,30 @@ def bench_classify(quick: bool, batch_size: int = 100) -> dict[str, object]:
     calibrate_times, reference_times = [], []
     for _ in range(3):
         start = time.perf_counter()
-        calibration, _ = calibrate_classifier(classifier, dataset, CalibrationRequest("accuracy", 0.6, batch_size=batch_size))
+        calibration, _ = calibrate_classifier(
+            classifier, dataset, CalibrationRequest("accuracy", 0.6, batch_size=batch_size)
+        )
         calibrate_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         measured = _reference_classify(classifier, images, labels, timed, batch_size)
         reference_times.append((time.perf_counter() - start) * len(SIGMAS) / len(timed))
     step = max(1, len(timed) // 6)
     return {
-        **_result("classify", count, len(timed), statistics.median(reference_times),
-                  statistics.median(calibrate_times), calibration),
+        **_result(
+            "classify",
+            count,
+            len(timed),
+            statistics.median(reference_times),
+            statistics.median(calibrate_times),
+            calibration,
+        ),
         "reference_curve_sample": list(zip(timed[::step], measured[::step])),
     }
 
 
-def _result(task: str, images: int, timed: int, reference_s: float, calibrate_s: float, calibration) -> dict[str, object]:
+def _result(
+    task: str, images: int, timed: int, reference_s: float, calibrate_s: float, calibration
+) -> dict[str, object]:
     """The fields every benchmark case reports: both timings, their ratio and the chosen value."""
     return {
         "task": task,
@@ -134,17 +144,19 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
         calibration = calibrate_logits(logits, labels, Target("accuracy", round(clean / 2, 3)), **options)
         seconds = time.perf_counter() - start
         timing = calibration.timing
-        rows.append({
-            "name": f"calibrate {count:,} x 1000 classes ({kind} logits), seconds on one core",
-            "measured": seconds,
-            "goal": "<= 300",
-            "met": seconds <= 300 and abs(calibration.check.mean - calibration.target.value) <= 0.01,
-            "detail": f"clean top-1 {clean:.3f}, target {calibration.target.value:.3f} -> sigma {calibration.value:.3f}, "
-                      f"Monte Carlo {calibration.check.mean:.4f} ({calibration.check.draws} draws"
-                      f"{', no extra curve points' if quick else f', {len(calibration.points)} curve points'}); "
-                      f"curve + root {timing['analytic_s']:.1f} s, Monte Carlo {timing['monte_carlo_s']:.1f} s; "
-                      + "; ".join(calibration.notes),
-        })
+        rows.append(
+            {
+                "name": f"calibrate {count:,} x 1000 classes ({kind} logits), seconds on one core",
+                "measured": seconds,
+                "goal": "<= 300",
+                "met": seconds <= 300 and abs(calibration.check.mean - calibration.target.value) <= 0.01,
+                "detail": f"clean top-1 {clean:.3f}, target {calibration.target.value:.3f} -> sigma {calibration.value:.3f}, "
+                f"Monte Carlo {calibration.check.mean:.4f} ({calibration.check.draws} draws"
+                f"{', no extra curve points' if quick else f', {len(calibration.points)} curve points'}); "
+                f"curve + root {timing['analytic_s']:.1f} s, Monte Carlo {timing['monte_carlo_s']:.1f} s; "
+                + "; ".join(calibration.notes),
+            }
+        )
 
     # The exact formula at this size (used below EXACT_BUDGET rows x classes): seconds per sigma,
     # timed on a slice of rows at the middle of each curve and scaled to 50,000 rows.
@@ -154,15 +166,17 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
         start = time.perf_counter()
         accuracy = float(expected_correct(part, part_labels, sigma).mean())
         per_sigma = (time.perf_counter() - start) * 50_000 / sample
-        rows.append({
-            "name": f"exact curve 50,000 x 1000 classes ({kind} logits), seconds per sigma on one core",
-            "measured": per_sigma,
-            "goal": "",
-            "met": True,
-            "detail": f"timed on {sample} rows at sigma {sigma} (expected accuracy {accuracy:.3f}) and scaled; a "
-                      "calibration evaluates ~45 sigmas, so at this size the curve is estimated with common random "
-                      "numbers instead" + (" (flat: every class contends, the worst case)" if kind == "flat" else ""),
-        })
+        rows.append(
+            {
+                "name": f"exact curve 50,000 x 1000 classes ({kind} logits), seconds per sigma on one core",
+                "measured": per_sigma,
+                "goal": "",
+                "met": True,
+                "detail": f"timed on {sample} rows at sigma {sigma} (expected accuracy {accuracy:.3f}) and scaled; a "
+                "calibration evaluates ~45 sigmas, so at this size the curve is estimated with common random "
+                "numbers instead" + (" (flat: every class contends, the worst case)" if kind == "flat" else ""),
+            }
+        )
 
     # ResNet-50-size model: the sweep re-runs the forward pass 101 times, aim runs it once.
     import torchvision
@@ -183,42 +197,50 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
     forward_s = per_image * images
     sweep_s = forward_s * len(SIGMAS)  # noise and argmax per sigma are negligible beside the forward pass
     ratio = sweep_s / (forward_s + analytic_s)
-    rows.append({
-        "name": "calibrate ResNet-50 (1000 classes, 1000 images) vs 101-sigma sweep",
-        "measured": ratio,
-        "goal": ">= 50",
-        "met": ratio >= 50,
-        "detail": f"forward {per_image * 1000:.0f} ms/image measured on {batch.shape[0]} images and scaled to "
-                  f"{images}: sweep {sweep_s:.0f} s vs one pass {forward_s:.0f} s + calibration {analytic_s:.1f} s "
-                  "(random weights; sweep = 101 forward passes, its noise and argmax left out; calibration "
-                  "timed on flat synthetic logits, its worst case)",
-    })
+    rows.append(
+        {
+            "name": "calibrate ResNet-50 (1000 classes, 1000 images) vs 101-sigma sweep",
+            "measured": ratio,
+            "goal": ">= 50",
+            "met": ratio >= 50,
+            "detail": f"forward {per_image * 1000:.0f} ms/image measured on {batch.shape[0]} images and scaled to "
+            f"{images}: sweep {sweep_s:.0f} s vs one pass {forward_s:.0f} s + calibration {analytic_s:.1f} s "
+            "(random weights; sweep = 101 forward passes, its noise and argmax left out; calibration "
+            "timed on flat synthetic logits, its worst case)",
+        }
+    )
     return rows
 
 
 def run(quick: bool) -> list[dict[str, object]]:
     """Rows: demo classifier calibrate vs sweep, and the 1000-class cases."""
     demo = bench_classify(quick)
-    rows: list[dict[str, object]] = [{
-        "name": "calibrate demo classifier vs 101-sigma re-run sweep",
-        "measured": demo["ratio"],
-        "goal": ">= 30",
-        "met": demo["ratio"] >= 30,
-        "detail": f"{demo['images']} images, medians of 3 interleaved reps; sweep {demo['reference_s']:.1f} s (timed "
-                  f"{demo['reference_sigmas_timed']} sigmas, scaled to 101) vs calibrate {demo['calibrate_s']:.3f} s "
-                  f"(forward {demo['calibrate_timing_s'].get('forward_s', 0):.3f} s, analytic "
-                  f"{demo['calibrate_timing_s']['analytic_s']:.3f} s, Monte Carlo "
-                  f"{demo['calibrate_timing_s']['monte_carlo_s']:.3f} s); Monte Carlo "
-                  f"{demo['measured_at_sigma']:.3f} at sigma {demo['chosen_sigma']:.3f}",
-    }]
+    rows: list[dict[str, object]] = [
+        {
+            "name": "calibrate demo classifier vs 101-sigma re-run sweep",
+            "measured": demo["ratio"],
+            "goal": ">= 30",
+            "met": demo["ratio"] >= 30,
+            "detail": f"{demo['images']} images, medians of 3 interleaved reps; sweep {demo['reference_s']:.1f} s (timed "
+            f"{demo['reference_sigmas_timed']} sigmas, scaled to 101) vs calibrate {demo['calibrate_s']:.3f} s "
+            f"(forward {demo['calibrate_timing_s'].get('forward_s', 0):.3f} s, analytic "
+            f"{demo['calibrate_timing_s']['analytic_s']:.3f} s, Monte Carlo "
+            f"{demo['calibrate_timing_s']['monte_carlo_s']:.3f} s); Monte Carlo "
+            f"{demo['measured_at_sigma']:.3f} at sigma {demo['chosen_sigma']:.3f}",
+        }
+    ]
     return rows + bench_thousand_classes(quick)
 
 
 def main() -> None:
     """Script entry: print the ratios (and optionally write the JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and rows; reference timed on 6 sigmas and scaled")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on shared CPUs)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer images and rows; reference timed on 6 sigmas and scaled"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on shared CPUs)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

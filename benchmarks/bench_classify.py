@@ -44,13 +44,21 @@ def run(quick: bool = False) -> list[dict]:
     clean()  # warm-up
     times = interleaved([clean, with_utility, with_focus], 5 if quick else 7)
     base = statistics.median(times[0])
-    detail = (f"resnet50 random weights, 224px, batch {batch}, {len(times[0])} interleaved reps, "
-              f"clean {base:.2f} s/batch")
+    detail = (
+        f"resnet50 random weights, 224px, batch {batch}, {len(times[0])} interleaved reps, clean {base:.2f} s/batch"
+    )
     rows = []
     for name, measured in (("utility", times[1]), ("utility + 3 focus", times[2])):
         ratio = statistics.median(measured) / base
-        rows.append({"name": f"classify ResNet-50 b{batch} modulated/clean time ({name})", "measured": ratio,
-                     "goal": f"<= {GOAL}", "met": ratio <= GOAL, "detail": detail})
+        rows.append(
+            {
+                "name": f"classify ResNet-50 b{batch} modulated/clean time ({name})",
+                "measured": ratio,
+                "goal": f"<= {GOAL}",
+                "met": ratio <= GOAL,
+                "detail": detail,
+            }
+        )
     return rows
 
 

@@ -54,8 +54,15 @@ def _demo_case(device: torch.device, quick: bool) -> Case:
     lm = load_language_model(None, device=str(device))
     prompts = [p["prompt"] for p in arithmetic.evaluation_set(16)]
     batch = lm.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-    return Case("demo lm (4x128, vocab 52)", lm.model, batch["input_ids"], batch["attention_mask"],
-                24 if quick else 48, lm.tokenizer.pad_token_id, 6 if quick else 30)
+    return Case(
+        "demo lm (4x128, vocab 52)",
+        lm.model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        24 if quick else 48,
+        lm.tokenizer.pad_token_id,
+        6 if quick else 30,
+    )
 
 
 def _random_llama_case(device: torch.device, quick: bool) -> Case:
@@ -63,15 +70,31 @@ def _random_llama_case(device: torch.device, quick: bool) -> Case:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, vocab = 768, 6, 32000  # the issue's size: a 32k vocabulary, as Llama 2's
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2048, num_hidden_layers=layers,
-                         num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2048,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval().to(device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (8, 32), generator=generator).to(device)
-    return Case(f"random llama ({layers}x{hidden}, vocab {vocab})", model, ids, torch.ones_like(ids),
-                8 if quick else 32, 0, 5 if quick else 16)
+    return Case(
+        f"random llama ({layers}x{hidden}, vocab {vocab})",
+        model,
+        ids,
+        torch.ones_like(ids),
+        8 if quick else 32,
+        0,
+        5 if quick else 16,
+    )
 
 
 def _processors(case: Case) -> dict[str, ModulationProcessor]:
@@ -95,9 +118,13 @@ def _seconds(case: Case, processor: ModulationProcessor | None) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     case.model.generate(
-        input_ids=case.input_ids, attention_mask=case.attention_mask, do_sample=False,
-        max_new_tokens=case.new_tokens, min_new_tokens=case.new_tokens,  # same length in both arms
-        pad_token_id=case.pad_id, logits_processor=LogitsProcessorList([processor]) if processor else None,
+        input_ids=case.input_ids,
+        attention_mask=case.attention_mask,
+        do_sample=False,
+        max_new_tokens=case.new_tokens,
+        min_new_tokens=case.new_tokens,  # same length in both arms
+        pad_token_id=case.pad_id,
+        logits_processor=LogitsProcessorList([processor]) if processor else None,
     )
     if case.input_ids.device.type == "cuda":
         torch.cuda.synchronize()
@@ -169,8 +196,16 @@ def measure(quick: bool = False, device: str = "auto", threads: int | None = 1) 
             case = build(target, quick)
             for mode, processor in _processors(case).items():
                 result = _measure(case, processor, case.reps)
-                rows.append({"model": case.name, "mode": mode, "batch": int(case.input_ids.shape[0]),
-                             "new_tokens": case.new_tokens, "reps": case.reps, **result})
+                rows.append(
+                    {
+                        "model": case.name,
+                        "mode": mode,
+                        "batch": int(case.input_ids.shape[0]),
+                        "new_tokens": case.new_tokens,
+                        "reps": case.reps,
+                        **result,
+                    }
+                )
         return {"device": str(target), "threads": torch.get_num_threads(), "rows": rows}
     finally:
         torch.set_num_threads(previous)
@@ -198,14 +233,16 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for row in measured["rows"]:
         held = row["model"].startswith("random llama")  # the realistic size the goal is about
         ratio = row["median_ratio"]
-        rows.append({
-            "name": f"generate {row['model']}, {row['mode']}: modulated/clean tokens/s",
-            "measured": ratio,
-            "goal": f">= {TARGET_RATIO}" if held else "",
-            "met": ratio >= TARGET_RATIO if held else True,
-            "detail": f"batch {row['batch']} x {row['new_tokens']} tokens, {row['reps']} reps, processor "
-                      f"{row['processor_us_per_step']:.0f} us of a {row['step_us']:.0f} us step",
-        })
+        rows.append(
+            {
+                "name": f"generate {row['model']}, {row['mode']}: modulated/clean tokens/s",
+                "measured": ratio,
+                "goal": f">= {TARGET_RATIO}" if held else "",
+                "met": ratio >= TARGET_RATIO if held else True,
+                "detail": f"batch {row['batch']} x {row['new_tokens']} tokens, {row['reps']} reps, processor "
+                f"{row['processor_us_per_step']:.0f} us of a {row['step_us']:.0f} us step",
+            }
+        )
     return rows
 
 
@@ -224,16 +261,34 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     measured = measure(quick=args.quick, device=args.device, threads=args.threads or None)
-    table = Table(title=f"modulated vs clean generate() throughput ({measured['device']}, {measured['threads']} threads)")
-    columns = ("model", "mode", "batch x tokens", "clean tok/s", "modulated tok/s", "ratio (median)", "ratio (best)",
-               "processor us/step", "share of step")
+    table = Table(
+        title=f"modulated vs clean generate() throughput ({measured['device']}, {measured['threads']} threads)"
+    )
+    columns = (
+        "model",
+        "mode",
+        "batch x tokens",
+        "clean tok/s",
+        "modulated tok/s",
+        "ratio (median)",
+        "ratio (best)",
+        "processor us/step",
+        "share of step",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")
     for row in measured["rows"]:
-        table.add_row(row["model"], row["mode"], f"{row['batch']} x {row['new_tokens']}",
-                      f"{row['clean_tokens_per_s']:.0f}", f"{row['modulated_tokens_per_s']:.0f}",
-                      f"{row['median_ratio']:.3f}", f"{row['best_ratio']:.3f}",
-                      f"{row['processor_us_per_step']:.0f}", f"{100 * row['processor_share']:.1f}%")
+        table.add_row(
+            row["model"],
+            row["mode"],
+            f"{row['batch']} x {row['new_tokens']}",
+            f"{row['clean_tokens_per_s']:.0f}",
+            f"{row['modulated_tokens_per_s']:.0f}",
+            f"{row['median_ratio']:.3f}",
+            f"{row['best_ratio']:.3f}",
+            f"{row['processor_us_per_step']:.0f}",
+            f"{100 * row['processor_share']:.1f}%",
+        )
     Console(width=160).print(table)
     summary = _summary(measured)
     ratio = summary["throughput_ratio_modulated_over_clean"]

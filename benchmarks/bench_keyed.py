@@ -49,14 +49,16 @@ def run(quick: bool = False) -> list[dict]:
         times = interleaved([seeded_call, keyed_call], reps)
         base, cost = statistics.median(times[0]) / inner, statistics.median(times[1]) / inner
         ratio = cost / base
-        rows.append({
-            "name": f"keyed noise {name} keyed/seeded",
-            "measured": round(ratio, 2),
-            "goal": f"<= {GOAL}",
-            "met": ratio <= GOAL,
-            "detail": f"seeded {base * 1e3:.3f} ms, keyed {cost * 1e3:.3f} ms per call, "
-                      f"{reps} interleaved reps x {inner} calls, 1 thread",
-        })
+        rows.append(
+            {
+                "name": f"keyed noise {name} keyed/seeded",
+                "measured": round(ratio, 2),
+                "goal": f"<= {GOAL}",
+                "met": ratio <= GOAL,
+                "detail": f"seeded {base * 1e3:.3f} ms, keyed {cost * 1e3:.3f} ms per call, "
+                f"{reps} interleaved reps x {inner} calls, 1 thread",
+            }
+        )
     return rows
 
 

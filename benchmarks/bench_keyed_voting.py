@@ -46,14 +46,14 @@ def _variants(image: Image.Image, kind: str, rng: random.Random) -> list[Image.I
     if kind == "brightness":  # -1, 0 or +1 grey level on every pixel, at random
         base = np.asarray(image, dtype=np.int16)
         noise = np.random.default_rng(rng.randrange(1 << 30))
-        return [Image.fromarray(np.clip(base + noise.integers(-1, 2, base.shape[:2] + (1,)), 0, 255)
-                                .astype(np.uint8)) for _ in range(VOTES)]
+        return [
+            Image.fromarray(np.clip(base + noise.integers(-1, 2, base.shape[:2] + (1,)), 0, 255).astype(np.uint8))
+            for _ in range(VOTES)
+        ]
     raise ValueError(kind)
 
 
-def _predict(
-    classifier, noise: KeyedNoise, modulation: Modulation
-) -> Callable[[list[Image.Image]], list[int]]:
+def _predict(classifier, noise: KeyedNoise, modulation: Modulation) -> Callable[[list[Image.Image]], list[int]]:
     """Keyed modulated top-1 class for each image, keyed as aim classify keys it."""
 
     def predict(images: list[Image.Image]) -> list[int]:
@@ -93,14 +93,18 @@ def run(quick: bool = False) -> list[dict]:
         if not name.startswith("vote"):
             continue
         lossless = "lossless" in name
-        rows.append({
-            "name": f"keyed sigma {sigma}: {name} accuracy - single query",
-            "measured": accuracy - base,
-            "goal": "== 0" if lossless else "(documented limitation)",
-            "met": accuracy == base if lossless else True,
-            "detail": (f"demo classifier, {n} images, {VOTES} variants each; single {base:.3f}, "
-                       f"clean {result['clean']:.3f}, voted {accuracy:.3f}"),
-        })
+        rows.append(
+            {
+                "name": f"keyed sigma {sigma}: {name} accuracy - single query",
+                "measured": accuracy - base,
+                "goal": "== 0" if lossless else "(documented limitation)",
+                "met": accuracy == base if lossless else True,
+                "detail": (
+                    f"demo classifier, {n} images, {VOTES} variants each; single {base:.3f}, "
+                    f"clean {result['clean']:.3f}, voted {accuracy:.3f}"
+                ),
+            }
+        )
     return rows
 
 

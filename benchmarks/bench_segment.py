@@ -63,8 +63,11 @@ def _b0(peaked: bool, seed: int = 0):  # type: ignore[no-untyped-def]
     from aim_cli.models.segmenter import Segmenter
 
     config = SegformerConfig(
-        hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256,
-        num_attention_heads=[1, 2, 5, 8], num_labels=CLASSES,
+        hidden_sizes=[32, 64, 160, 256],
+        depths=[2, 2, 2, 2],
+        decoder_hidden_size=256,
+        num_attention_heads=[1, 2, 5, 8],
+        num_labels=CLASSES,
     )
     torch.manual_seed(seed)
     network = SegformerForSemanticSegmentation(config).eval()
@@ -79,7 +82,9 @@ def _b0(peaked: bool, seed: int = 0):  # type: ignore[no-untyped-def]
         return (pixels / 255.0 - mean) / std
 
     labels = [f"class_{i}" for i in range(CLASSES)]
-    return Segmenter("segformer-b0-size" + (" (peaked)" if peaked else ""), labels, torch.device("cpu"), network, preprocess, hf=True)
+    return Segmenter(
+        "segformer-b0-size" + (" (peaked)" if peaked else ""), labels, torch.device("cpu"), network, preprocess, hf=True
+    )
 
 
 def _images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -98,7 +103,9 @@ def _plain(segmenter, images: list[Image.Image]) -> np.ndarray:  # type: ignore[
     with torch.inference_mode():
         logits = segmenter.logits(images)
         sizes = [(im.height, im.width) for im in images]
-        maps = SegformerImageProcessor().post_process_semantic_segmentation(SimpleNamespace(logits=logits), target_sizes=sizes)
+        maps = SegformerImageProcessor().post_process_semantic_segmentation(
+            SimpleNamespace(logits=logits), target_sizes=sizes
+        )
         return torch.stack(maps).numpy()
 
 
@@ -142,7 +149,11 @@ def _modulation_rows(quick: bool) -> list[dict]:
 
     cases = [
         ("modulated (utility)", Modulation(sigma=1.0), 1.05),
-        ("modulated (+3 focus)", Modulation(sigma=1.0, focus_sigma=2.0, targets=tuple(FocusTarget(i) for i in FOCUS_IDS)), 1.05),
+        (
+            "modulated (+3 focus)",
+            Modulation(sigma=1.0, focus_sigma=2.0, targets=tuple(FocusTarget(i) for i in FOCUS_IDS)),
+            1.05,
+        ),
         ("aim clean", Modulation(), 1.0),
     ]
     rows = []
@@ -150,21 +161,39 @@ def _modulation_rows(quick: bool) -> list[dict]:
         t_aim, t_hf, t_one = _interleaved(
             [aim(modulation), lambda: _plain(segmenter, images), lambda: _one_call(segmenter, images)], reps
         )
-        common = (f"per batch of {count} image(s) {size}x{size}, median of {reps} interleaved reps, 1 thread; random "
-                  "weights (flat logits: every class contends; aim's noise is dense, so the logits do not change its cost)")
-        focus_note = "; with focus aim also computes the clean mask (to report the targets' change)" if modulation.has_focus else ""
-        rows.append(_row(
-            f"segment {CLASSES} cls {size}px {label} / HF post_process_semantic_segmentation", t_aim / t_hf,
-            f"<= {bound:g}", t_aim / t_hf <= bound,
-            f"aim {t_aim:.3f} s vs forward + SegformerImageProcessor.post_process_semantic_segmentation "
-            f"{t_hf:.3f} s {common}{focus_note}",
-        ))
-        rows.append(_row(
-            f"segment {CLASSES} cls {size}px {label} / one-call interpolate + argmax", t_aim / t_one,
-            f"<= {bound:g}", t_aim / t_one <= bound,
-            f"aim {t_aim:.3f} s vs forward + one batched F.interpolate + argmax(dim=1) {t_one:.3f} s {common}{focus_note}"
-            + ("" if not modulation.sigma else "; aim draws C x H x W normals per image (randn: ~0.1 s per 512x512x150)"),
-        ))
+        common = (
+            f"per batch of {count} image(s) {size}x{size}, median of {reps} interleaved reps, 1 thread; random "
+            "weights (flat logits: every class contends; aim's noise is dense, so the logits do not change its cost)"
+        )
+        focus_note = (
+            "; with focus aim also computes the clean mask (to report the targets' change)"
+            if modulation.has_focus
+            else ""
+        )
+        rows.append(
+            _row(
+                f"segment {CLASSES} cls {size}px {label} / HF post_process_semantic_segmentation",
+                t_aim / t_hf,
+                f"<= {bound:g}",
+                t_aim / t_hf <= bound,
+                f"aim {t_aim:.3f} s vs forward + SegformerImageProcessor.post_process_semantic_segmentation "
+                f"{t_hf:.3f} s {common}{focus_note}",
+            )
+        )
+        rows.append(
+            _row(
+                f"segment {CLASSES} cls {size}px {label} / one-call interpolate + argmax",
+                t_aim / t_one,
+                f"<= {bound:g}",
+                t_aim / t_one <= bound,
+                f"aim {t_aim:.3f} s vs forward + one batched F.interpolate + argmax(dim=1) {t_one:.3f} s {common}{focus_note}"
+                + (
+                    ""
+                    if not modulation.sigma
+                    else "; aim draws C x H x W normals per image (randn: ~0.1 s per 512x512x150)"
+                ),
+            )
+        )
     return rows
 
 
@@ -188,8 +217,17 @@ def _sweep(segmenter, images: list[Image.Image], truth: torch.Tensor, sigmas: li
     return curve
 
 
-def _calibrate_row(name: str, segmenter, images: list[Image.Image], truth: np.ndarray,  # type: ignore[no-untyped-def]
-                   timed: int, reps: int, batch: int, caveat: str, quick: bool = False) -> dict:
+def _calibrate_row(
+    name: str,
+    segmenter,
+    images: list[Image.Image],
+    truth: np.ndarray,  # type: ignore[no-untyped-def]
+    timed: int,
+    reps: int,
+    batch: int,
+    caveat: str,
+    quick: bool = False,
+) -> dict:
     """calibrate_segmenter (mIoU 0.5) against the 101-sigma sweep, timed on `timed` sigmas and scaled."""
     from aim_cli.calibration.datasets import SegmentationDataset
     from aim_cli.tasks.calibrate import CalibrationRequest, calibrate_segmenter
@@ -201,7 +239,9 @@ def _calibrate_row(name: str, segmenter, images: list[Image.Image], truth: np.nd
 
     def calibrate() -> None:
         dataset = SegmentationDataset("bench", scenes=scenes)
-        results.append(calibrate_segmenter(segmenter, dataset, CalibrationRequest("miou", 0.5, seed=1, batch_size=batch))[0])
+        results.append(
+            calibrate_segmenter(segmenter, dataset, CalibrationRequest("miou", 0.5, seed=1, batch_size=batch))[0]
+        )
 
     def sweep() -> None:
         _sweep(segmenter, images, truth_t, sigmas, batch)
@@ -212,7 +252,10 @@ def _calibrate_row(name: str, segmenter, images: list[Image.Image], truth: np.nd
     scale = len(SWEEP_SIGMAS) / len(sigmas)
     last = results[-1]
     return _row(
-        name, ratio * scale, ">= 30", ratio * scale >= 30,
+        name,
+        ratio * scale,
+        ">= 30",
+        ratio * scale >= 30,
         f"calibrate {t_cal:.2f} s (sigma {last.value:.4g}, Monte Carlo mIoU {last.check.mean:.4f} over "
         f"{last.check.draws} draws, target 0.5) vs sweep {t_sweep * scale:.1f} s = {t_sweep:.2f} s for "
         f"{len(sigmas)} of the 101 sigmas (every sigma > 0 costs the same) x {scale:.1f}; {len(images)} images "
@@ -232,18 +275,39 @@ def _calibration_rows(quick: bool) -> list[dict]:
         segmenter = _b0(peaked)
         images = _images(count, size, seed=1)
         truth = np.concatenate([_plain(segmenter, images[i : i + 4]) for i in range(0, count, 4)]).astype(np.uint8)
-        caveat = ("classifier head x100: peaked logits, as a trained model" if peaked
-                  else "random weights: flat logits, worst case (every class contends)")
+        caveat = (
+            "classifier head x100: peaked logits, as a trained model"
+            if peaked
+            else "random weights: flat logits, worst case (every class contends)"
+        )
         label = "peaked" if peaked else "random"
-        rows.append(_calibrate_row(f"calibrate segment {CLASSES} cls ({label}) vs 101-sigma sweep",
-                                   segmenter, images, truth, timed, reps, 4, caveat, quick))
+        rows.append(
+            _calibrate_row(
+                f"calibrate segment {CLASSES} cls ({label}) vs 101-sigma sweep",
+                segmenter,
+                images,
+                truth,
+                timed,
+                reps,
+                4,
+                caveat,
+                quick,
+            )
+        )
     demo = load_segmenter(None, torch.device("cpu"))
     scenes = demo_segmentation_set(20).scenes
-    rows.append(_calibrate_row(
-        "calibrate demo segmenter vs 101-sigma sweep", demo, [im for _, im, _ in scenes],
-        np.stack([m for _, _, m in scenes]), 5 if quick else 20, 3 if quick else 5, 8,
-        "demo segmenter (7 classes), 20 scenes of 64x64; ground truth: the scenes' own masks",
-    ))
+    rows.append(
+        _calibrate_row(
+            "calibrate demo segmenter vs 101-sigma sweep",
+            demo,
+            [im for _, im, _ in scenes],
+            np.stack([m for _, _, m in scenes]),
+            5 if quick else 20,
+            3 if quick else 5,
+            8,
+            "demo segmenter (7 classes), 20 scenes of 64x64; ground truth: the scenes' own masks",
+        )
+    )
     return rows
 
 
@@ -259,7 +323,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small images, fewer repetitions")
     args = parser.parse_args()
     for row in run(args.quick):
-        print(f"{row['name']}: {row['measured']:.3f} (goal {row['goal']}, {'met' if row['met'] else 'NOT met'}) - {row['detail']}")
+        print(
+            f"{row['name']}: {row['measured']:.3f} (goal {row['goal']}, {'met' if row['met'] else 'NOT met'}) - {row['detail']}"
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def _steppers() -> tuple[str, dict]:
         return "serving core (vLLM not installed)", {"none": core(None), "seeded": core(seeded), "keyed": core(keyed)}
 
     def processor(args: dict | None):
-        proc = AimLogitsProcessor(SimpleNamespace(model_config=SimpleNamespace(tokenizer="")), torch.device("cpu"), False)
+        proc = AimLogitsProcessor(
+            SimpleNamespace(model_config=SimpleNamespace(tokenizer="")), torch.device("cpu"), False
+        )
         proc._plans = serving.PlanCache(_Vocabulary)  # no tokenizer files: a stand-in of the vocabulary's size
         params = SamplingParams(temperature=1.0, extra_args=args)
         proc.update_state(BatchUpdate(BATCH, [], [(i, params, prompts[i], outputs[i]) for i in range(BATCH)], []))
@@ -103,14 +105,16 @@ def run(quick: bool = False) -> list[dict]:
     for (name, _), spent in zip(steps.items(), medians[1:-2]):
         cost = max(spent - clone, 0.0)
         ratio = cost / base
-        rows.append({
-            "name": f"vLLM plugin apply, batch {BATCH} x {VOCAB}, {name} aim rows / plain sampling step",
-            "measured": round(ratio, 3),
-            "goal": f"<= {GOAL}",
-            "met": ratio <= GOAL,
-            "detail": f"{source}: {cost * 1e3:.3f} ms vs sampling step {base * 1e3:.3f} ms "
-                      f"(greedy argmax {argmax * 1e3:.3f} ms) per step, CPU, 1 thread",
-        })
+        rows.append(
+            {
+                "name": f"vLLM plugin apply, batch {BATCH} x {VOCAB}, {name} aim rows / plain sampling step",
+                "measured": round(ratio, 3),
+                "goal": f"<= {GOAL}",
+                "met": ratio <= GOAL,
+                "detail": f"{source}: {cost * 1e3:.3f} ms vs sampling step {base * 1e3:.3f} ms "
+                f"(greedy argmax {argmax * 1e3:.3f} ms) per step, CPU, 1 thread",
+            }
+        )
     return rows + run_long_context_keys(quick)
 
 
@@ -136,14 +140,16 @@ def run_long_context_keys(quick: bool = False) -> list[dict]:
 
     times = interleaved([full, incremental], reps=3 if quick else 7, warm=False)
     before, after = (statistics.median(t) for t in times)
-    return [{
-        "name": f"keyed row keys per step, {rows} rows x {context} tokens (ms)",
-        "measured": round(after * 1e3, 3),
-        "goal": f"<= {KEY_GOAL_MS}",
-        "met": after * 1e3 <= KEY_GOAL_MS,
-        "detail": f"incremental sha256 (new tokens only) {after * 1e3:.3f} ms vs full-history token_key {before * 1e3:.1f} ms "
-                  f"per step ({before / max(after, 1e-12):.0f}x), CPU, 1 thread",
-    }]
+    return [
+        {
+            "name": f"keyed row keys per step, {rows} rows x {context} tokens (ms)",
+            "measured": round(after * 1e3, 3),
+            "goal": f"<= {KEY_GOAL_MS}",
+            "met": after * 1e3 <= KEY_GOAL_MS,
+            "detail": f"incremental sha256 (new tokens only) {after * 1e3:.3f} ms vs full-history token_key {before * 1e3:.1f} ms "
+            f"per step ({before / max(after, 1e-12):.0f}x), CPU, 1 thread",
+        }
+    ]
 
 
 if __name__ == "__main__":

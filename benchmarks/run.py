@@ -71,7 +71,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any] | None = None, qui
     for row in rows:
         measured = row["measured"]
         shown = _shown(measured)
-        lines.append(f"| {row['name']} | {shown} | {row['goal']} | {'-' if not row['goal'] else ('yes' if row['met'] else '**no**')} |")
+        lines.append(
+            f"| {row['name']} | {shown} | {row['goal']} | {'-' if not row['goal'] else ('yes' if row['met'] else '**no**')} |"
+        )
     return "\n".join(lines)
 
 
@@ -82,7 +84,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write all rows")
     parser.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
     parser.add_argument("--render", type=Path, metavar="FILE", help="print a saved JSON run as markdown and exit")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on shared CPUs)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on shared CPUs)"
+    )
     parser.add_argument("only", nargs="*", help="benchmark names to run (e.g. classify segment)")
     args = parser.parse_args()
     if args.render:

@@ -60,8 +60,13 @@ def main(argv: list[str] | None = None) -> None:
 
     panels = [
         _panel(overlay_image(image, truth, colours), "ground truth"),
-        _panel(overlay_image(image, result.clean_prediction, colours), f"clean: person recall {recall(result.clean_prediction):.2f}"),
-        _panel(overlay_image(image, result.prediction, colours), f"focus person: recall {recall(result.prediction):.2f}"),
+        _panel(
+            overlay_image(image, result.clean_prediction, colours),
+            f"clean: person recall {recall(result.clean_prediction):.2f}",
+        ),
+        _panel(
+            overlay_image(image, result.prediction, colours), f"focus person: recall {recall(result.prediction):.2f}"
+        ),
     ]
     figure = Image.new("RGB", (sum(p.width for p in panels) + GAP * (len(panels) - 1), panels[0].height), "white")
     x = 0

@@ -51,7 +51,9 @@ TIERS = {
 def post(port: int, body: dict, timeout: float = 120) -> tuple[int, dict]:
     """POST /v1/completions; (status, JSON body)."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -115,12 +117,34 @@ def concurrently(jobs: dict[str, callable]) -> dict[str, object]:
 
 def check_runner(runner: str, model: str, port: int, tiers_dir: Path, log: Path) -> dict:
     """Start vLLM with one model runner, run the checks, stop it; {check: passed, ...}."""
-    env = dict(os.environ, AIM_PROFILES_DIR=str(tiers_dir), AIM_NOISE_KEY="gpu-check-secret",
-               VLLM_USE_V2_MODEL_RUNNER="1" if runner == "v2" else "0")
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--port", str(port),
-               "--max-model-len", "64", "--dtype", "float16", "--gpu-memory-utilization", "0.3",
-               "--max-num-seqs", "32", "--max-num-batched-tokens", "32", "--enable-chunked-prefill",
-               "--served-model-name", "demo"]
+    env = dict(
+        os.environ,
+        AIM_PROFILES_DIR=str(tiers_dir),
+        AIM_NOISE_KEY="gpu-check-secret",
+        VLLM_USE_V2_MODEL_RUNNER="1" if runner == "v2" else "0",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--max-model-len",
+        "64",
+        "--dtype",
+        "float16",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-num-seqs",
+        "32",
+        "--max-num-batched-tokens",
+        "32",
+        "--enable-chunked-prefill",
+        "--served-model-name",
+        "demo",
+    ]
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     results: dict[str, object] = {"runner": runner}
@@ -138,13 +162,15 @@ def check_runner(runner: str, model: str, port: int, tiers_dir: Path, log: Path)
         keyed = complete(port, "demo", prompts, {"aim_profile": "keyed"})
         # Same questions, reversed and split in two requests sent together with other tiers.
         half = len(prompts) // 2
-        mixed = concurrently({
-            "keyed_a": lambda: complete(port, "demo", prompts[::-1][:half], {"aim_profile": "keyed"}),
-            "keyed_b": lambda: complete(port, "demo", prompts[::-1][half:], {"aim_keyed": True, "aim_sigma": 2.0}),
-            "plain": lambda: complete(port, "demo", prompts, None),
-            "zero": lambda: complete(port, "demo", prompts, {"aim_profile": "zero"}),
-            "noisy": lambda: complete(port, "demo", prompts, {"aim_profile": "noisy"}),
-        })
+        mixed = concurrently(
+            {
+                "keyed_a": lambda: complete(port, "demo", prompts[::-1][:half], {"aim_profile": "keyed"}),
+                "keyed_b": lambda: complete(port, "demo", prompts[::-1][half:], {"aim_keyed": True, "aim_sigma": 2.0}),
+                "plain": lambda: complete(port, "demo", prompts, None),
+                "zero": lambda: complete(port, "demo", prompts, {"aim_profile": "zero"}),
+                "noisy": lambda: complete(port, "demo", prompts, {"aim_profile": "noisy"}),
+            }
+        )
         repeat = (mixed["keyed_a"] + mixed["keyed_b"])[::-1]
         results["keyed_accuracy"] = accuracy(keyed, problems)
         # Other batch layouts run other kernels, so float16 logits may differ in the last bit and flip
@@ -160,8 +186,15 @@ def check_runner(runner: str, model: str, port: int, tiers_dir: Path, log: Path)
         results["mixed_batch_seeded_reproduces"] = shares["mixed_seeded"] >= 0.98
         status, body = post(port, {"model": "demo", "prompt": "1+1=", "max_tokens": 2, "vllm_xargs": {"aim_sigma": -1}})
         results["invalid_args_http_400"] = status == 400 and "aim_sigma" in json.dumps(body)
-        status, body = post(port, {"model": "demo", "prompt": "1+1=", "max_tokens": 2,
-                                   "vllm_xargs": {"aim_profile": "noisy", "aim_sigma": 0}})
+        status, body = post(
+            port,
+            {
+                "model": "demo",
+                "prompt": "1+1=",
+                "max_tokens": 2,
+                "vllm_xargs": {"aim_profile": "noisy", "aim_sigma": 0},
+            },
+        )
         results["weakening_a_tier_http_400"] = status == 400 and "fixes its own sigma" in json.dumps(body)
     finally:
         server.terminate()
@@ -192,7 +225,9 @@ def main() -> int:
         try:
             summary.append(check_runner(runner, args.model, args.port, tiers_dir, log_dir / f"vllm-{runner}.log"))
         except Exception as exc:  # report and go on to the next runner
-            summary.append({"runner": runner, "error": f"{type(exc).__name__}: {exc}", "log": str(log_dir / f"vllm-{runner}.log")})
+            summary.append(
+                {"runner": runner, "error": f"{type(exc).__name__}: {exc}", "log": str(log_dir / f"vllm-{runner}.log")}
+            )
     print(json.dumps(summary, indent=2))
     checks = [value for result in summary for key, value in result.items() if isinstance(value, bool)]
     ok = all("error" not in result for result in summary) and all(checks)

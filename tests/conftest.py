@@ -17,16 +17,18 @@ def aim_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for CLI runs: offline hub, no colour codes in captured output."""
     env = dict(os.environ)
     # One thread: the tiny demo models run far slower when threads fight over 2 shared cores.
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200",
-                "OMP_NUM_THREADS": "1"})
+    env.update(
+        {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    )
     env.pop("AIM_DEBUG", None)
     if extra:
         env.update(extra)
     return env
 
 
-def run_aim(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_aim(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m aim_cli ARGS` and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "aim_cli", *args],

@@ -1,7 +1,7 @@
 """Render the compatibility table of docs/compatibility.md from tests/compatibility_families.py.
 
-    python -m tests.render_compatibility           # print the table
-    python -m tests.render_compatibility --write   # replace it in docs/compatibility.md, between the markers
+python -m tests.render_compatibility           # print the table
+python -m tests.render_compatibility --write   # replace it in docs/compatibility.md, between the markers
 """
 
 from __future__ import annotations

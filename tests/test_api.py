@@ -62,10 +62,15 @@ def test_from_dict_equals_load_of_the_same_yaml(path):
     [
         ("utility:\n  sigma: -1\n", {"utility": {"sigma": -1}}),
         ("utility:\n  sigmaa: 1\n", {"utility": {"sigmaa": 1}}),
-        ("focus:\n  targets:\n    - {class: person, direction: sideways}\n",
-         {"focus": {"targets": [{"class": "person", "direction": "sideways"}]}}),
+        (
+            "focus:\n  targets:\n    - {class: person, direction: sideways}\n",
+            {"focus": {"targets": [{"class": "person", "direction": "sideways"}]}},
+        ),
         ("name: x\n", {"name": "x"}),
-        ("utility:\n  sigma: 1\nnoise:\n  seed: 1\n  key_env: K\n", {"utility": {"sigma": 1}, "noise": {"seed": 1, "key_env": "K"}}),
+        (
+            "utility:\n  sigma: 1\nnoise:\n  seed: 1\n  key_env: K\n",
+            {"utility": {"sigma": 1}, "noise": {"seed": 1, "key_env": "K"}},
+        ),
     ],
 )
 def test_invalid_dict_gives_the_same_one_line_error_as_the_file(tmp_path, text, data):
@@ -77,7 +82,9 @@ def test_invalid_dict_gives_the_same_one_line_error_as_the_file(tmp_path, text, 
         aim.Profile.from_dict(data, source="tier")
     # Only the location differs: "<file>, line N, key 'k': ..." vs "tier, key 'k': ..."
     file_message = str(from_file.value).replace(str(path), "tier")
-    file_message = file_message.replace(", line 2", "").replace(", line 3", "").replace(", line 4", "").replace(", line 1", "")
+    file_message = (
+        file_message.replace(", line 2", "").replace(", line 3", "").replace(", line 4", "").replace(", line 1", "")
+    )
     assert str(from_dict.value) == file_message
     assert "\n" not in str(from_dict.value)
 
@@ -144,7 +151,9 @@ def test_focus_by_name_and_by_id():
     names = ["cat", "dog", "person"]
     logits = torch.zeros(4000, 3)
     logits[:, 0] = 3.0  # cat leads by 3 everywhere
-    profile = aim.Profile.from_dict({"focus": {"sigma": 4.0, "targets": [{"class": "pedestrian"}]}, "noise": {"seed": 0}})
+    profile = aim.Profile.from_dict(
+        {"focus": {"sigma": 4.0, "targets": [{"class": "pedestrian"}]}, "noise": {"seed": 0}}
+    )
     boosted = aim.modulate(logits, profile, class_names=names)
     share = float((boosted.argmax(1) == 2).double().mean())
     # P(person wins) = 2 * Phi(-3 / 4) = 0.453 exactly; 4000 rows give a standard error of 0.008.
@@ -178,12 +187,16 @@ def test_analytic_functions_agree_with_monte_carlo():
     assert aim.accuracy_curve(logits, labels, [0.0, 1.0]) == [1.0, exact]
     both = aim.win_probability(logits, labels, 1.0, focus=2, focus_sigma=1.5)
     measured = [
-        (aim.modulate(logits, aim.Profile(sigma=1.0, focus=["2"], focus_sigma=1.5, seed=s)).argmax(1) == labels).double()
+        (
+            aim.modulate(logits, aim.Profile(sigma=1.0, focus=["2"], focus_sigma=1.5, seed=s)).argmax(1) == labels
+        ).double()
         for s in range(40)
     ]
     assert float(both.mean()) == pytest.approx(float(torch.stack(measured).mean()), abs=0.012)
     recall = aim.expected_recall(logits, labels, 2, 1.5)
-    assert recall == pytest.approx(float(aim.win_probability(logits[labels == 2], labels[labels == 2], 0.0, focus=2, focus_sigma=1.5).mean()))
+    assert recall == pytest.approx(
+        float(aim.win_probability(logits[labels == 2], labels[labels == 2], 0.0, focus=2, focus_sigma=1.5).mean())
+    )
     assert recall == 1.0  # the rows of class 2 already predict it; a boost keeps them
 
 
@@ -201,9 +214,7 @@ def test_calibrate_logits_hits_the_target_on_the_demo_classifier(demo_logits):
 
 def test_calibrate_logits_target_recall_by_name(demo_logits, classifier):
     logits, labels = demo_logits
-    result = aim.calibrate_logits(
-        logits, labels, target_recall=0.5, focus="star:down", class_names=classifier.labels
-    )
+    result = aim.calibrate_logits(logits, labels, target_recall=0.5, focus="star:down", class_names=classifier.labels)
     assert result.focus_sigma == result.value > 0 and result.sigma == 0
     assert result.predicted == pytest.approx(0.5, abs=1e-4) and abs(result.check.mean - 0.5) <= 0.03
     assert result.profile().focus[0].name == "star"
@@ -289,7 +300,9 @@ def test_numpy_scalars_are_numbers_everywhere(scalar):
     assert aim.Profile.from_dict({"utility": {"sigma": scalar(2)}, "noise": {"seed": np.int64(3)}}).seed == 3
     assert torch.equal(aim.modulate(logits, scalar(1), seed=np.int64(3)), aim.modulate(logits, 1.0, seed=3))
     target = scalar(0.5) if issubclass(scalar, (float, np.floating)) else 0.5
-    result = aim.calibrate_logits(logits, labels, target_acc=target, draws=4 if issubclass(scalar, (float, np.floating)) else scalar(4))
+    result = aim.calibrate_logits(
+        logits, labels, target_acc=target, draws=4 if issubclass(scalar, (float, np.floating)) else scalar(4)
+    )
     assert result.predicted == pytest.approx(0.5, abs=1e-3)
 
 

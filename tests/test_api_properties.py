@@ -24,8 +24,12 @@ import aim_cli as aim
 from aim_cli.images import load_image
 from aim_cli.profile import FocusRequest
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 KEY_ENV = "AIM_TEST_PROPERTY_KEY"
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPES = FLOATS + (torch.int64, torch.int32, torch.uint8, torch.bool)
@@ -76,13 +80,19 @@ def outcome(call):
         return None
 
 
-profiles = st.sampled_from([
-    0.0, 0.5, 3.0,
-    {"utility": {"sigma": 1.0}, "noise": {"seed": 3}},
-    {"utility": {"sigma": 1.0}, "focus": {"sigma": 2.0, "targets": ["1:down"]}, "noise": {"seed": 3}},
-    {"focus": {"sigma": 2.0, "targets": ["person"]}, "noise": {"seed": 3}},
-    {"utility": {"sigma": 1.0}, "noise": {"key_env": KEY_ENV}},
-])
+profiles = st.sampled_from(
+    [
+        0.0,
+        0.5,
+        3.0,
+        {"utility": {"sigma": 1.0}, "noise": {"seed": 3}},
+        {"utility": {"sigma": 1.0}, "focus": {"sigma": 2.0, "targets": ["1:down"]}, "noise": {"seed": 3}},
+        {"focus": {"sigma": 2.0, "targets": ["person"]}, "noise": {"seed": 3}},
+        {"utility": {"sigma": 1.0}, "noise": {"key_env": KEY_ENV}},
+    ]
+)
+
+
 def _class_names(data, logits: torch.Tensor, class_dim: int):
     """Mostly one name per class (so the call can succeed), sometimes a wrong count or a str."""
     count = logits.shape[class_dim] if logits.dim() and -logits.dim() <= class_dim < logits.dim() else 3
@@ -93,8 +103,18 @@ def _keys(data, logits: torch.Tensor):
     """Mostly one key per item, as a list or (for one item) a bare str or bytes; sometimes wrong."""
     items = logits.shape[0] if logits.dim() else 1
     one = ["k"] if items == 1 else []
-    return data.draw(st.sampled_from([None, [f"k{i}" for i in range(items)], *one, b"k" if items == 1 else b"k",
-                                      ["a", "b", "c", "d", "e"], {"a"}]))
+    return data.draw(
+        st.sampled_from(
+            [
+                None,
+                [f"k{i}" for i in range(items)],
+                *one,
+                b"k" if items == 1 else b"k",
+                ["a", "b", "c", "d", "e"],
+                {"a"},
+            ]
+        )
+    )
 
 
 @SETTINGS
@@ -126,8 +146,9 @@ def test_plan_apply_validates_what_it_is_given(logits, class_dim, planned_classe
 class_names_arguments = st.sampled_from([None, NAMES[:1], NAMES[:2], NAMES[:3], NAMES, "car", 7])
 labels_arguments = st.one_of(
     st.lists(st.integers(-1, 4), max_size=5),
-    st.sampled_from(["car", "person", 1, 1.5, None, [0.5, 1.0], [True, False], [[0, 1]], {0, 1}, ["car", "sky"],
-                     ["car", 1], [None]]),
+    st.sampled_from(
+        ["car", "person", 1, 1.5, None, [0.5, 1.0], [True, False], [[0, 1]], {0, 1}, ["car", "sky"], ["car", 1], [None]]
+    ),
     st.lists(st.integers(0, 3), max_size=5).map(torch.tensor),
 )
 sigmas = st.sampled_from([0.0, 0.7, 4.0, 0.7, 4.0, -1.0, math.nan, math.inf, "1", None])
@@ -157,7 +178,9 @@ def test_analytic_functions_give_a_probability_or_one_aim_error(logits, sigma, c
     if curve is not None:
         for value in curve:
             _check_probability(value)
-    wins = outcome(lambda: aim.win_probability(logits, labels, 0.5, focus="1", focus_sigma=sigma, class_names=class_names))
+    wins = outcome(
+        lambda: aim.win_probability(logits, labels, 0.5, focus="1", focus_sigma=sigma, class_names=class_names)
+    )
     if wins is not None:
         assert bool(torch.isfinite(wins).all()) and bool(((wins >= -1e-9) & (wins <= 1 + 1e-9)).all())
     recall = outcome(lambda: aim.expected_recall(logits, labels, "person", sigma, class_names=class_names))
@@ -227,7 +250,9 @@ def test_with_overrides_focus_string_is_not_split_into_characters():
     assert profile.focus == (FocusRequest("person"),)
     assert profile == aim.Profile(sigma=1.0, focus="person")
     assert aim.Profile().with_overrides(focus=("car", "person:down")).focus == (
-        FocusRequest("car"), FocusRequest("person", -1))
+        FocusRequest("car"),
+        FocusRequest("person", -1),
+    )
 
 
 def test_unordered_focus_is_refused():
@@ -256,6 +281,7 @@ def test_a_single_sigma_and_a_single_label_are_one_item():
 
 # plan.apply checks what it is given.
 
+
 def test_plan_apply_refuses_integer_logits_a_wrong_class_count_and_the_item_axis():
     plan = aim.plan(1.0, ["car", "person", "road"], seed=0)
     with pytest.raises(aim.InputError, match="floating-point"):
@@ -269,6 +295,7 @@ def test_plan_apply_refuses_integer_logits_a_wrong_class_count_and_the_item_axis
 
 
 # Class names are materialised only to resolve a name.
+
 
 class CountingNames:
     """A lazy label list that counts the names read."""
@@ -306,6 +333,7 @@ def test_no_per_class_strings_without_focus_by_name():
 
 
 # Image keys: the API keys an image the way the CLI does.
+
 
 def _kinds() -> dict[str, Image.Image]:
     """One image of every kind the CLI decodes: alpha, palette, grey+alpha, 16-bit grey, EXIF-rotated."""

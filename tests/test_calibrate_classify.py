@@ -40,8 +40,6 @@ CURVE_DRAWS = 100
 FAST = {"OMP_NUM_THREADS": "1"}  # tiny models on shared cores: one intra-op thread avoids spin contention
 
 
-
-
 @pytest.fixture(scope="module")
 def demo_logits() -> tuple[torch.Tensor, torch.Tensor]:
     """Clean logits of the demo classifier on its own evaluation set (one forward pass)."""
@@ -64,12 +62,22 @@ def other_model(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("convnext")
     train = shapes.make_dataset("train", 2000)
     # Same normalisation as the processor saved below: (x / 255 - 0.5) / 0.5.
-    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im, _ in train])).permute(0, 3, 1, 2) / 127.5 - 1
+    x = (
+        torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im, _ in train])).permute(0, 3, 1, 2) / 127.5
+        - 1
+    )
     y = torch.tensor([label for _, label in train])
     names = dict(enumerate(shapes.LABELS))
     config = ConvNextConfig(
-        num_channels=3, patch_size=4, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], num_stages=3, num_labels=10,
-        image_size=32, id2label=names, label2id={v: k for k, v in names.items()},
+        num_channels=3,
+        patch_size=4,
+        hidden_sizes=[16, 32, 64],
+        depths=[1, 1, 1],
+        num_stages=3,
+        num_labels=10,
+        image_size=32,
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
     )
     torch.manual_seed(0)
     model = ConvNextForImageClassification(config)
@@ -86,7 +94,9 @@ def other_model(tmp_path_factory) -> dict[str, Path]:
         schedule.step()
     model.eval()
     model.save_pretrained(root / "model")
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(root / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        root / "model"
+    )
     shapes.export_image_folder(root / "data", EVAL_IMAGES)
     return {"model": root / "model", "data": root / "data"}
 
@@ -153,8 +163,19 @@ def test_other_architecture_through_the_cli(other_model, other_logits, tmp_path)
     clean = float((logits.argmax(dim=1) == labels).double().mean())
     target = round(0.1 + 0.5 * (clean - 0.1), 2)
     report = tmp_path / "report.json"
-    result = run_aim("calibrate", "--target-acc", str(target), "--model", str(other_model["model"]),
-                     "--data", str(other_model["data"]), "--json", str(report), "-q", env=FAST)
+    result = run_aim(
+        "calibrate",
+        "--target-acc",
+        str(target),
+        "--model",
+        str(other_model["model"]),
+        "--data",
+        str(other_model["data"]),
+        "--json",
+        str(report),
+        "-q",
+        env=FAST,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(report.read_text())
     assert data["clean"] == pytest.approx(clean, abs=1e-9)
@@ -215,8 +236,9 @@ def test_common_random_numbers_curve_matches_the_exact_one():
         assert estimate(sigma) == pytest.approx(exact(sigma), abs=tolerance), sigma
     assert estimate(1.0) == estimate(1.0)  # the same draws every time: a deterministic curve
     curve = [estimate(s) for s in np.linspace(0.2, 6, 12)]
-    assert all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])) or max(
-        b - a for a, b in zip(curve, curve[1:])) < tolerance
+    assert (
+        all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])) or max(b - a for a, b in zip(curve, curve[1:])) < tolerance
+    )
 
 
 def test_large_problems_calibrate_with_common_random_numbers(monkeypatch):
@@ -268,8 +290,11 @@ def test_common_noise_intervals_equal_the_dense_argmax(classes):
     logits[3::13] = 0.0  # every class tied
     metric = common_noise_accuracy_metric(logits, labels, draws, seed=9)
     for sigma in (0.0, 1e-3, 0.1, 0.7, 2.0, 9.0, 1e3):
-        dense = _dense_common_noise_accuracy(logits, labels, draws, 9, sigma) if sigma > 0 else float(
-            (logits.argmax(dim=1) == labels).double().mean())
+        dense = (
+            _dense_common_noise_accuracy(logits, labels, draws, 9, sigma)
+            if sigma > 0
+            else float((logits.argmax(dim=1) == labels).double().mean())
+        )
         assert metric(sigma) == pytest.approx(dense, abs=1.5 / (rows * draws)), sigma
 
 

@@ -36,15 +36,36 @@ def test_command_as_written():
     assert result.returncode == 0, result.stderr
     sigma = float(result.stdout)  # stdout carries only the chosen sigma
     assert 1.0 < sigma < 5.0
-    for fragment in ("predicted accuracy vs sigma", "target accuracy 0.6 -> sigma", "measured", "95% CI",
-                     "forward", "analytic", "chance"):
+    for fragment in (
+        "predicted accuracy vs sigma",
+        "target accuracy 0.6 -> sigma",
+        "measured",
+        "95% CI",
+        "forward",
+        "analytic",
+        "chance",
+    ):
         assert fragment in result.stderr, (fragment, result.stderr)
 
 
 def test_profile_json_and_plot_then_classify_round_trip(tmp_path):
     profile, report, plot = tmp_path / "tier.yaml", tmp_path / "report.json", tmp_path / "curve.png"
-    result = run_aim("calibrate", "--target-acc", "0.75", "--limit", "400", "--write-profile", str(profile),
-                     "--json", str(report), "--plot", str(plot), "--name", "tier-75", env=FAST)
+    result = run_aim(
+        "calibrate",
+        "--target-acc",
+        "0.75",
+        "--limit",
+        "400",
+        "--write-profile",
+        str(profile),
+        "--json",
+        str(report),
+        "--plot",
+        str(plot),
+        "--name",
+        "tier-75",
+        env=FAST,
+    )
     assert result.returncode == 0, result.stderr
     sigma = float(result.stdout)
     document = yaml.safe_load(profile.read_text())
@@ -67,18 +88,26 @@ def test_profile_json_and_plot_then_classify_round_trip(tmp_path):
 
 def test_target_above_clean_names_both_bounds(mislabelled):
     result = run_aim("calibrate", "--target-acc", "0.9", "--data", str(mislabelled), env=FAST)
-    assert_user_error(result, 2, "target accuracy 0.90 is above the clean model's 0.80",
-                      "reachable targets lie between 0.10 (chance) and 0.80")
+    assert_user_error(
+        result,
+        2,
+        "target accuracy 0.90 is above the clean model's 0.80",
+        "reachable targets lie between 0.10 (chance) and 0.80",
+    )
 
 
 def test_target_below_chance_names_both_bounds(mislabelled):
     result = run_aim("calibrate", "--target-acc", "0.05", "--data", str(mislabelled), env=FAST)
-    assert_user_error(result, 2, "at or below chance level (0.10)", "reachable targets lie between 0.10 (chance) and 0.80")
+    assert_user_error(
+        result, 2, "at or below chance level (0.10)", "reachable targets lie between 0.10 (chance) and 0.80"
+    )
 
 
 def test_manifest_with_relative_paths(mislabelled, tmp_path):
     manifest = mislabelled / "manifest.csv"
-    rows = ["path,label"] + [f"{p.relative_to(mislabelled)},{p.parent.name}" for p in sorted(mislabelled.rglob("*.png"))]
+    rows = ["path,label"] + [
+        f"{p.relative_to(mislabelled)},{p.parent.name}" for p in sorted(mislabelled.rglob("*.png"))
+    ]
     manifest.write_text("\n".join(rows) + "\n")
     report = tmp_path / "r.json"
     result = run_aim("calibrate", "--target-acc", "0.5", "--data", str(manifest), "--json", str(report), "-q", env=FAST)
@@ -109,32 +138,48 @@ def test_unknown_labels_in_image_folder(tmp_path):
 def test_bad_manifests(tmp_path):
     no_header = tmp_path / "m.csv"
     no_header.write_text("a.png,circle\n")
-    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--data", str(no_header), env=FAST), 2,
-                      "header naming the columns 'path' and 'label'")
+    assert_user_error(
+        run_aim("calibrate", "--target-acc", "0.6", "--data", str(no_header), env=FAST),
+        2,
+        "header naming the columns 'path' and 'label'",
+    )
     broken = tmp_path / "m.jsonl"
     broken.write_text('{"path": "a.png", "label": "circle"}\n{"path": "b.png" "label": 3}\n')
-    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--data", str(broken), env=FAST), 2,
-                      "line 2", "not valid JSON")
+    assert_user_error(
+        run_aim("calibrate", "--target-acc", "0.6", "--data", str(broken), env=FAST), 2, "line 2", "not valid JSON"
+    )
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"path": "nowhere.png", "label": "circle"}\n')
-    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--data", str(missing), env=FAST), 2,
-                      "none of its 1 image(s) exist")
+    assert_user_error(
+        run_aim("calibrate", "--target-acc", "0.6", "--data", str(missing), env=FAST), 2, "none of its 1 image(s) exist"
+    )
 
 
 def test_usage_errors():
     assert_user_error(run_aim("calibrate", env=FAST), 2, "give exactly one target")
     assert_user_error(run_aim("calibrate", "--target-acc", "60", env=FAST), 2, "not a fraction")
     assert_user_error(run_aim("calibrate", "--target-miou", "0.5", env=FAST), 2, "--task segment")
-    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--model", "somewhere/else/model", env=FAST), 2,
-                      "--model needs --data")
-    assert_user_error(run_aim("calibrate", "--target-acc", "0.6", "--json", "out.txt", env=FAST), 2, "unsupported file type")
+    assert_user_error(
+        run_aim("calibrate", "--target-acc", "0.6", "--model", "somewhere/else/model", env=FAST),
+        2,
+        "--model needs --data",
+    )
+    assert_user_error(
+        run_aim("calibrate", "--target-acc", "0.6", "--json", "out.txt", env=FAST), 2, "unsupported file type"
+    )
 
 
 def test_plot_without_matplotlib_fails_before_any_work(tmp_path):
     fake = tmp_path / "shadow" / "matplotlib"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    result = run_aim("calibrate", "--target-acc", "0.6", "--plot", str(tmp_path / "c.png"),
-                     env={**FAST, "PYTHONPATH": str(fake.parent)})
+    result = run_aim(
+        "calibrate",
+        "--target-acc",
+        "0.6",
+        "--plot",
+        str(tmp_path / "c.png"),
+        env={**FAST, "PYTHONPATH": str(fake.parent)},
+    )
     assert_user_error(result, 2, "--plot needs matplotlib", "aim-cli[plot]")
     assert not (tmp_path / "c.png").exists()

@@ -32,8 +32,6 @@ FAST = {"OMP_NUM_THREADS": "1"}
 PERSON = streets.LABELS.index("person")
 
 
-
-
 @pytest.fixture(scope="module")
 def segmenter():
     """The demo segmenter on the CPU."""
@@ -64,7 +62,9 @@ def test_streaming_is_independent_of_batching(segmenter):
     target = Target("recall", 0.85, "person", 1)
     results = []
     for batch_size in (1, 4):
-        calibrator = SegmentationCalibrator(segmenter, demo_segmentation_set(5), target, PERSON, draws=2, batch_size=batch_size)
+        calibrator = SegmentationCalibrator(
+            segmenter, demo_segmentation_set(5), target, PERSON, draws=2, batch_size=batch_size
+        )
         results.append(calibrator.run())
     assert results[0].value == pytest.approx(results[1].value, rel=1e-6)
     assert results[0].clean == results[1].clean
@@ -79,7 +79,9 @@ def test_focus_with_fixed_utility_sigma(segmenter):
 
 def test_unreachable_recall_names_both_bounds(segmenter):
     with pytest.raises(AimError) as caught:
-        calibrate_segmenter(segmenter, demo_segmentation_set(4), CalibrationRequest("recall", 0.1, FocusRequest("person")))
+        calibrate_segmenter(
+            segmenter, demo_segmentation_set(4), CalibrationRequest("recall", 0.1, FocusRequest("person"))
+        )
     message = str(caught.value)
     assert "below the clean model's" in message and "reachable targets lie between" in message
 
@@ -89,8 +91,22 @@ def test_cli_focus_calibration_with_data_dir_and_profile_round_trip(tmp_path):
     streets.export(data, 6)
     profile = tmp_path / "person.yaml"
     report = tmp_path / "report.json"
-    result = run_aim("calibrate", "--task", "segment", "--focus", "person", "--target-recall", "0.85",
-                     "--data", str(data), "--write-profile", str(profile), "--json", str(report), env=FAST)
+    result = run_aim(
+        "calibrate",
+        "--task",
+        "segment",
+        "--focus",
+        "person",
+        "--target-recall",
+        "0.85",
+        "--data",
+        str(data),
+        "--write-profile",
+        str(profile),
+        "--json",
+        str(report),
+        env=FAST,
+    )
     assert result.returncode == 0, result.stderr
     assert "focus_sigma" in result.stderr and "person recall" in result.stderr
     document = yaml.safe_load(profile.read_text())
@@ -98,7 +114,9 @@ def test_cli_focus_calibration_with_data_dir_and_profile_round_trip(tmp_path):
     assert document["focus"]["sigma"] == pytest.approx(float(result.stdout), rel=1e-4)
     assert abs(json.loads(report.read_text())["monte_carlo"]["mean"] - 0.85) <= 0.03
     out = tmp_path / "segmented"
-    applied = run_aim("segment", str(data / "images"), "--profile", str(profile), "--seed", "0", "-o", str(out), "-q", env=FAST)
+    applied = run_aim(
+        "segment", str(data / "images"), "--profile", str(profile), "--seed", "0", "-o", str(out), "-q", env=FAST
+    )
     assert applied.returncode == 0, applied.stderr
 
 
@@ -128,7 +146,9 @@ def test_monte_carlo_confirms_the_target_within_001(segmenter, metric, value):
     12 scenes = 49,152 pixels: the curve point's own error (one draw per pixel) and the check's
     (>= 3 draws) are both a few 0.001 (see docs/design.md); the seed is fixed.
     """
-    calibration, _ = calibrate_segmenter(segmenter, demo_segmentation_set(12), CalibrationRequest(metric, value, seed=5))
+    calibration, _ = calibrate_segmenter(
+        segmenter, demo_segmentation_set(12), CalibrationRequest(metric, value, seed=5)
+    )
     assert abs(calibration.check.mean - value) <= 0.01, (calibration.check.mean, calibration.check.values)
     assert abs(calibration.predicted - value) <= 0.002
     assert not calibration.warnings

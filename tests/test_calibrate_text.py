@@ -23,8 +23,6 @@ from tests.conftest import assert_user_error, run_aim
 FAST = {"OMP_NUM_THREADS": "1"}
 
 
-
-
 @pytest.fixture(scope="module")
 def lm():
     """The demo arithmetic LM on the CPU."""
@@ -60,7 +58,9 @@ def test_free_form_bisection_reports_an_interval(lm):
 
 def test_text_data_reader(tmp_path):
     good = tmp_path / "mc.jsonl"
-    good.write_text('{"prompt": "1+1=", "choices": ["2", "3"], "answer": 0}\n\n{"prompt": "2+2=", "choices": ["4", "5"], "answer": 0}\n')
+    good.write_text(
+        '{"prompt": "1+1=", "choices": ["2", "3"], "answer": 0}\n\n{"prompt": "2+2=", "choices": ["4", "5"], "answer": 0}\n'
+    )
     dataset = read_text_data(good)
     assert dataset.multiple_choice and len(dataset.items) == 2
     mixed = tmp_path / "mixed.jsonl"
@@ -81,8 +81,20 @@ def test_cli_generate_multiple_choice_from_file(tmp_path):
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(item) + "\n" for item in arithmetic.multiple_choice_set(100)))
     report = tmp_path / "r.json"
-    result = run_aim("calibrate", "--task", "generate", "--target-acc", "0.6", "--data", str(data),
-                     "--draws", "30", "--json", str(report), env=FAST)
+    result = run_aim(
+        "calibrate",
+        "--task",
+        "generate",
+        "--target-acc",
+        "0.6",
+        "--data",
+        str(data),
+        "--draws",
+        "30",
+        "--json",
+        str(report),
+        env=FAST,
+    )
     assert result.returncode == 0, result.stderr
     measured = json.loads(report.read_text())["monte_carlo"]["mean"]
     assert abs(measured - 0.6) <= 0.04  # 100 items x 30 draws: SE <= 0.0091

@@ -63,8 +63,13 @@ def run_batch(cases: list[dict[str, Any]], work: Path, timeout: float = 600) -> 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("AIM_DEBUG", None)
     child = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(listing)], capture_output=True, text=True, env=env, cwd=work,
-        preexec_fn=_limit_memory, timeout=timeout,
+        [sys.executable, "-c", DRIVER, str(listing)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        preexec_fn=_limit_memory,
+        timeout=timeout,
     )
     results = {record["id"]: record for record in map(json.loads, child.stdout.splitlines())}
     finished = [case["id"] for case in cases if case["id"] in results]
@@ -117,7 +122,9 @@ def work(tmp_path_factory) -> Path:
     (folder / "images").mkdir()
     rng = np.random.default_rng(0)
     for index in range(2):
-        Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)).save(folder / "images" / f"im{index}.png")
+        Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)).save(
+            folder / "images" / f"im{index}.png"
+        )
     return folder
 
 
@@ -166,16 +173,41 @@ def _family(slug: str) -> Family:
 
 REPEATING_TEMPLATE = "{% for m in messages %}{{ m['content'] * 100000000 }}{% endfor %}"
 REPORTED = {
-    "size-100000": ("classify-vit", "preprocessor_config.json", ("size",), {"height": 100000, "width": 100000},
-                    ("preprocessor_config.json", "'size'", "AIM_MAX_INPUT_PIXELS")),
-    "timm-input-size": ("classify-timm-hugging-face-layout", "config.json", ("pretrained_cfg", "input_size"),
-                        [3, 100000, 100000], ("config.json", "'pretrained_cfg.input_size'", "AIM_MAX_INPUT_PIXELS")),
-    "image-mean-string": ("classify-vit", "preprocessor_config.json", ("image_mean",), "x",
-                          ("preprocessor_config.json", "'image_mean'")),
-    "timm-input-size-string": ("classify-timm-hugging-face-layout", "config.json", ("pretrained_cfg", "input_size"),
-                               "huge", ("config.json", "'pretrained_cfg.input_size'")),
-    "chat-template-10e8": ("generate-llama", "tokenizer_config.json", ("chat_template",), REPEATING_TEMPLATE,
-                           ("chat template", "AIM_MAX_PROMPT_CHARS")),
+    "size-100000": (
+        "classify-vit",
+        "preprocessor_config.json",
+        ("size",),
+        {"height": 100000, "width": 100000},
+        ("preprocessor_config.json", "'size'", "AIM_MAX_INPUT_PIXELS"),
+    ),
+    "timm-input-size": (
+        "classify-timm-hugging-face-layout",
+        "config.json",
+        ("pretrained_cfg", "input_size"),
+        [3, 100000, 100000],
+        ("config.json", "'pretrained_cfg.input_size'", "AIM_MAX_INPUT_PIXELS"),
+    ),
+    "image-mean-string": (
+        "classify-vit",
+        "preprocessor_config.json",
+        ("image_mean",),
+        "x",
+        ("preprocessor_config.json", "'image_mean'"),
+    ),
+    "timm-input-size-string": (
+        "classify-timm-hugging-face-layout",
+        "config.json",
+        ("pretrained_cfg", "input_size"),
+        "huge",
+        ("config.json", "'pretrained_cfg.input_size'"),
+    ),
+    "chat-template-10e8": (
+        "generate-llama",
+        "tokenizer_config.json",
+        ("chat_template",),
+        REPEATING_TEMPLATE,
+        ("chat template", "AIM_MAX_PROMPT_CHARS"),
+    ),
 }
 
 
@@ -199,19 +231,22 @@ def test_reported_case_is_refused_in_one_line_naming_file_and_key(name, reported
 # --- the processed size of each image ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("resize, size, expected", [
-    (Resize(shortest=224), (20000, 1), (224, 4_480_000)),
-    (Resize(shortest=800, longest=1333), (2000, 100), (67, 1333)),
-    (Resize(longest=512), (1024, 256), (128, 512)),
-    (Resize(height=32, width=32), (20000, 1), (32, 32)),
-    (Resize(height=100, width=200, fit="within"), (400, 400), (100, 100)),
-    (Resize(height=100, width=200, fit="cover"), (400, 400), (200, 200)),
-    (Resize(height=384, width=384, fit="nearest"), (1000, 500), (384, 768)),  # DPT: the scale closer to 1
-    (Resize(shortest=30, multiple=32), (60, 30), (32, 64)),
-    (Resize(), (640, 480), (480, 640)),
-    (timm_resize({"input_size": (3, 224, 224), "crop_pct": 0.875}), (20000, 1), (256, 5_120_000)),
-    (timm_resize({"input_size": (3, 224, 224), "crop_pct": 1.0, "crop_mode": "squash"}), (20000, 1), (224, 224)),
-])
+@pytest.mark.parametrize(
+    "resize, size, expected",
+    [
+        (Resize(shortest=224), (20000, 1), (224, 4_480_000)),
+        (Resize(shortest=800, longest=1333), (2000, 100), (67, 1333)),
+        (Resize(longest=512), (1024, 256), (128, 512)),
+        (Resize(height=32, width=32), (20000, 1), (32, 32)),
+        (Resize(height=100, width=200, fit="within"), (400, 400), (100, 100)),
+        (Resize(height=100, width=200, fit="cover"), (400, 400), (200, 200)),
+        (Resize(height=384, width=384, fit="nearest"), (1000, 500), (384, 768)),  # DPT: the scale closer to 1
+        (Resize(shortest=30, multiple=32), (60, 30), (32, 64)),
+        (Resize(), (640, 480), (480, 640)),
+        (timm_resize({"input_size": (3, 224, 224), "crop_pct": 0.875}), (20000, 1), (256, 5_120_000)),
+        (timm_resize({"input_size": (3, 224, 224), "crop_pct": 1.0, "crop_mode": "squash"}), (20000, 1), (224, 224)),
+    ],
+)
 def test_processed_size_follows_each_resize_rule(resize, size, expected):
     assert tuple(round(edge) for edge in processed_size(resize, *size)) == expected
 
@@ -223,9 +258,14 @@ def test_wide_image_fails_alone_when_the_resize_would_blow_it_up(work, tmp_path)
     bound's variable, its batch-mate is classified (exit 1); under the child's 6 GB limit a
     missing check shows as an internal error or a dead child, not a machine out of memory.
     """
-    model = mutated(_family("classify-dinov2"), work, "wide", [
-        ("preprocessor_config.json", ("size",), {"shortest_edge": 224}),
-    ])
+    model = mutated(
+        _family("classify-dinov2"),
+        work,
+        "wide",
+        [
+            ("preprocessor_config.json", ("size",), {"shortest_edge": 224}),
+        ],
+    )
     images = tmp_path / "batch"
     images.mkdir()
     Image.new("RGB", (20000, 1), (90, 120, 30)).save(images / "wide.png")
@@ -242,16 +282,31 @@ def test_wide_image_fails_alone_when_the_resize_would_blow_it_up(work, tmp_path)
 # --- the fuzzed sweep ---------------------------------------------------------------------------
 
 # Files whose values are fuzzed, and for config.json the keys (labels, and what loaders read).
-_CONFIG_KEYS = ("id2label", "label2id", "num_labels", "num_classes", "label_names", "image_size", "vocab_size",
-                "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+_CONFIG_KEYS = (
+    "id2label",
+    "label2id",
+    "num_labels",
+    "num_classes",
+    "label_names",
+    "image_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+)
 FUZZED = st.one_of(
     st.sampled_from([10**5, 10**9, 10**18, -1, -(10**9), 0, 1, True, None, math.nan, math.inf, -math.inf, 1e-300]),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.text(max_size=6),
     st.lists(st.sampled_from([0, 1, 3, 10**5, -1, "x", None, 0.5]), max_size=4),
     st.just({"a": {"b": [1]}}),
-    st.dictionaries(st.sampled_from(["height", "width", "shortest_edge", "0", "x"]),
-                    st.sampled_from([1, 10**5, -3, "x", None]), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["height", "width", "shortest_edge", "0", "x"]),
+        st.sampled_from([1, 10**5, -3, "x", None]),
+        max_size=3,
+    ),
     st.floats(allow_nan=True, allow_infinity=True),
 )
 
@@ -274,8 +329,11 @@ def fuzz_targets(folder: Path) -> list[tuple[str, tuple[Any, ...]]]:
             targets += [(file, path) for path in _leaf_paths(json.loads((folder / file).read_text(encoding="utf-8")))]
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        targets += [("config.json", path) for path in _leaf_paths(config)
-                    if path[0] in _CONFIG_KEYS or path[0] == "pretrained_cfg"]
+        targets += [
+            ("config.json", path)
+            for path in _leaf_paths(config)
+            if path[0] in _CONFIG_KEYS or path[0] == "pretrained_cfg"
+        ]
     return targets
 
 
@@ -296,8 +354,10 @@ def _sweep(data: st.DataObject, work: Path, per_family: int) -> None:
             continue  # torchvision:/timm: with --weights: nothing read from a settings file
         for index in range(per_family):
             count = data.draw(st.integers(1, 3), label=f"{family.slug} edits")
-            edits = [(*data.draw(st.sampled_from(targets), label="target"), data.draw(FUZZED, label="value"))
-                     for _ in range(count)]
+            edits = [
+                (*data.draw(st.sampled_from(targets), label="target"), data.draw(FUZZED, label="value"))
+                for _ in range(count)
+            ]
             name = f"{family.slug}-{index}"
             edits_of[name] = edits
             cases.append({"id": name, "args": cli_args(family.task, mutated(family, work, name, edits), work, name)})
@@ -308,8 +368,9 @@ def _sweep(data: st.DataObject, work: Path, per_family: int) -> None:
 
 # No shrinking: each example is one child running every family; the failing case's edits are in the message.
 # Derandomized: every run (and CI) draws the same cases, so a failure reproduces; each test draws its own.
-SWEEP = settings(deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate], derandomize=True,
-                 database=None)
+SWEEP = settings(
+    deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate], derandomize=True, database=None
+)
 
 
 @settings(SWEEP, max_examples=2)

@@ -23,8 +23,17 @@ def tiny_hf_classifier(tmp_path_factory) -> Path:
 
     directory = tmp_path_factory.mktemp("hf_vit")
     labels = {0: "cat", 1: "dog", 2: "bird"}
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     torch.manual_seed(0)
     ViTForImageClassification(config).save_pretrained(directory)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
@@ -41,15 +50,21 @@ def torchvision_weights(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=3)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    paths = {"safetensors": directory / "m.safetensors", "pth": directory / "m.pth",
-             "pickle": directory / "whole.pth", "labels": directory / "labels.txt",
-             "wrong": directory / "r18.safetensors"}
+    paths = {
+        "safetensors": directory / "m.safetensors",
+        "pth": directory / "m.pth",
+        "pickle": directory / "whole.pth",
+        "labels": directory / "labels.txt",
+        "wrong": directory / "r18.safetensors",
+    }
     save_file(state, str(paths["safetensors"]), metadata={"labels": json.dumps(["apple", "pear", "plum"])})
     torch.save({"state_dict": state}, paths["pth"])
     torch.save(model, paths["pickle"])  # needs torchvision classes to unpickle: must be refused
     paths["labels"].write_text("red\ngreen\nblue\n")
-    save_file({k: v.contiguous() for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()},
-              str(paths["wrong"]))
+    save_file(
+        {k: v.contiguous() for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()},
+        str(paths["wrong"]),
+    )
     return paths
 
 
@@ -118,8 +133,18 @@ def test_keyed_profile_same_image_same_answer(tmp_path):
     for i in range(4):
         shutil.copy(sample, copies / f"copy{i}.png")
     out = tmp_path / "k.jsonl"
-    result = run_aim("classify", str(copies), "--profile", str(profile), "-o", str(out), "-q", "--topk", "10",
-                     env={"AIM_NOISE_KEY": "secret"})
+    result = run_aim(
+        "classify",
+        str(copies),
+        "--profile",
+        str(profile),
+        "-o",
+        str(out),
+        "-q",
+        "--topk",
+        "10",
+        env={"AIM_NOISE_KEY": "secret"},
+    )
     assert result.returncode == 0, result.stderr
     tops = [json.loads(line)["topk"] for line in out.read_text().splitlines()]
     assert all(t == tops[0] for t in tops)
@@ -136,22 +161,42 @@ def test_hf_directory_model(tiny_hf_classifier, tmp_path):
 
 def test_torchvision_safetensors_with_metadata_labels(torchvision_weights, tmp_path):
     out = tmp_path / "tv.jsonl"
-    result = run_aim("classify", str(SAMPLES), "--model", "torchvision:mobilenet_v3_small",
-                     "--weights", str(torchvision_weights["safetensors"]), "-o", str(out), "-q")
+    result = run_aim(
+        "classify",
+        str(SAMPLES),
+        "--model",
+        "torchvision:mobilenet_v3_small",
+        "--weights",
+        str(torchvision_weights["safetensors"]),
+        "-o",
+        str(out),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert {json.loads(line)["prediction"] for line in out.read_text().splitlines()} <= {"apple", "pear", "plum"}
 
 
 def test_torchvision_pth_with_labels_file(torchvision_weights, tmp_path):
     out = tmp_path / "tv.jsonl"
-    result = run_aim("classify", str(SAMPLES), "--model", "torchvision:mobilenet_v3_small",
-                     "--weights", str(torchvision_weights["pth"]), "--labels", str(torchvision_weights["labels"]),
-                     "-o", str(out), "-q")
+    result = run_aim(
+        "classify",
+        str(SAMPLES),
+        "--model",
+        "torchvision:mobilenet_v3_small",
+        "--weights",
+        str(torchvision_weights["pth"]),
+        "--labels",
+        str(torchvision_weights["labels"]),
+        "-o",
+        str(out),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert {json.loads(line)["prediction"] for line in out.read_text().splitlines()} <= {"red", "green", "blue"}
 
 
 # ---- bad input: one line, exit code, no traceback, nothing half-written ----
+
 
 def test_corrupt_and_missing_images_fail_but_batch_goes_on(tmp_path):
     images = tmp_path / "imgs"
@@ -174,8 +219,9 @@ def test_unknown_model_directory():
 
 
 def test_hub_id_not_in_cache(tmp_path):
-    result = run_aim("classify", str(SAMPLES), "--model", "google/vit-base-patch16-224",
-                     env={"HF_HOME": str(tmp_path / "hf")})
+    result = run_aim(
+        "classify", str(SAMPLES), "--model", "google/vit-base-patch16-224", env={"HF_HOME": str(tmp_path / "hf")}
+    )
     assert_user_error(result, 2, "local Hugging Face cache", "hf download")
 
 
@@ -184,8 +230,14 @@ def test_directory_without_config(tmp_path):
 
 
 def test_weights_that_do_not_fit(torchvision_weights):
-    result = run_aim("classify", str(SAMPLES), "--model", "torchvision:mobilenet_v3_small",
-                     "--weights", str(torchvision_weights["wrong"]))
+    result = run_aim(
+        "classify",
+        str(SAMPLES),
+        "--model",
+        "torchvision:mobilenet_v3_small",
+        "--weights",
+        str(torchvision_weights["wrong"]),
+    )
     assert_user_error(result, 2, "do not fit")
 
 
@@ -199,14 +251,23 @@ def test_hf_weights_that_do_not_fit_config(tiny_hf_classifier, tmp_path):
 
 
 def test_pickle_needing_code_is_refused(torchvision_weights):
-    result = run_aim("classify", str(SAMPLES), "--model", "torchvision:mobilenet_v3_small",
-                     "--weights", str(torchvision_weights["pickle"]))
+    result = run_aim(
+        "classify",
+        str(SAMPLES),
+        "--model",
+        "torchvision:mobilenet_v3_small",
+        "--weights",
+        str(torchvision_weights["pickle"]),
+    )
     assert_user_error(result, 2, "arbitrary code", "safetensors")
 
 
 def test_unknown_torchvision_arch_and_missing_weights():
-    assert_user_error(run_aim("classify", str(SAMPLES), "--model", "torchvision:resnet999", "--weights", "x.pth"),
-                      2, "unknown torchvision")
+    assert_user_error(
+        run_aim("classify", str(SAMPLES), "--model", "torchvision:resnet999", "--weights", "x.pth"),
+        2,
+        "unknown torchvision",
+    )
     assert_user_error(run_aim("classify", str(SAMPLES), "--model", "torchvision:resnet18"), 2, "--weights")
 
 

@@ -29,7 +29,9 @@ def clean_logits() -> tuple[torch.Tensor, torch.Tensor]:
 def measured_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float, seed: int) -> float:
     """Accuracy of modulated predictions averaged over DRAWS noise draws."""
     noise = SeededNoise(seed)
-    hits = sum((modulate(logits, Modulation(sigma=sigma), noise).argmax(1) == labels).sum().item() for _ in range(DRAWS))
+    hits = sum(
+        (modulate(logits, Modulation(sigma=sigma), noise).argmax(1) == labels).sum().item() for _ in range(DRAWS)
+    )
     return hits / (DRAWS * len(labels))
 
 

@@ -151,7 +151,9 @@ def test_calibrate_plot_over_an_image_of_its_manifest_is_refused(tmp_path):
     manifest = tmp_path / "data.csv"
     manifest.write_text("path,label\npics/x.png,circle\n")
     before = image.read_bytes()
-    result = run_aim("calibrate", "--target-acc", "0.5", "-m", "torchvision:resnet18", "--data", str(manifest), "--plot", str(image))
+    result = run_aim(
+        "calibrate", "--target-acc", "0.5", "-m", "torchvision:resnet18", "--data", str(manifest), "--plot", str(image)
+    )
     assert_user_error(result, 2, "would overwrite --data image")
     assert image.read_bytes() == before
 
@@ -247,7 +249,11 @@ def test_signal_leaves_whole_outputs_and_no_temp_files(big_scenes, tmp_path, sig
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", "segment", str(big_scenes), "-o", str(out), "--seed", "0", "-b", "1"],
-        cwd=REPO, env=aim_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=aim_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not (out / "s0.png").exists() and time.monotonic() < deadline and process.poll() is None:
@@ -283,7 +289,11 @@ def test_interrupted_classify_keeps_an_existing_output_unchanged(tmp_path):
     output.write_text('{"precious": true}\n')
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", "classify", str(images), "-o", str(output), "-b", "1", "--seed", "0"],
-        cwd=REPO, env=aim_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=aim_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not _parts(tmp_path) and time.monotonic() < deadline and process.poll() is None:
@@ -379,7 +389,12 @@ def test_waiting_on_an_open_stdin_says_so():
     """A pipe that stays open and silent gets a notice; piped prompts that are there get none."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", "generate", "--max-new-tokens", "3"],
-        cwd=REPO, env=aim_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=aim_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(8)  # startup, then the grace period passes with nothing on stdin
     out, err = process.communicate("1+1=\n", timeout=120)

@@ -103,8 +103,24 @@ def _check_classifier(cli: Cli, model: list[str], images: Path, work: Path) -> N
     predictions = work / "predictions.jsonl"
     # A focus sigma far above any logit gap: the modulated prediction must be the focus class,
     # so a processor that did nothing could not pass.
-    cli.ok("classify", str(images), *model, "--sigma", "1", "--focus", "bird", "--focus-sigma", "10000",
-           "--seed", "0", "--compare", "--topk", "2", "-o", str(predictions))
+    cli.ok(
+        "classify",
+        str(images),
+        *model,
+        "--sigma",
+        "1",
+        "--focus",
+        "bird",
+        "--focus-sigma",
+        "10000",
+        "--seed",
+        "0",
+        "--compare",
+        "--topk",
+        "2",
+        "-o",
+        str(predictions),
+    )
     records = _records(predictions)
     assert len(records) == 2
     for record in records:
@@ -129,8 +145,24 @@ def _check_segmenter(cli: Cli, model: list[str], images: Path, work: Path) -> No
         assert mask.shape == IMAGE_SIZE[::-1] and mask.max() < len(LABELS), (name, mask.shape)
     # Focus on the class the clean model picks least (random models often pick one class everywhere).
     rare = int(np.argmin(np.bincount(np.concatenate([m.ravel() for m in clean_masks.values()]), minlength=len(LABELS))))
-    cli.ok("segment", str(images), *model, "--sigma", "1", "--focus", LABELS[rare], "--focus-sigma", "10000",
-           "--seed", "0", "--compare", "--masks", str(clean), "-o", str(noisy))
+    cli.ok(
+        "segment",
+        str(images),
+        *model,
+        "--sigma",
+        "1",
+        "--focus",
+        LABELS[rare],
+        "--focus-sigma",
+        "10000",
+        "--seed",
+        "0",
+        "--compare",
+        "--masks",
+        str(clean),
+        "-o",
+        str(noisy),
+    )
     # The focus class wins most pixels (all, unless a random model's logits span more than 1e4 |z|,
     # as torchvision FCN's can), more than in the clean masks: the noise reached the decisions.
     for name, mask in clean_masks.items():
@@ -148,14 +180,32 @@ def _check_generator(cli: Cli, model: list[str], work: Path) -> None:
     """Noise, focus and the clean comparison on two prompts; multiple-choice calibration."""
     completions = work / "completions.jsonl"
     prompts = [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
-    cli.ok("generate", *model, *prompts, "-n", "3", "--sigma", "0.5", "--focus", "3", "--focus-sigma", "10000",
-           "--seed", "0", "--compare", "-o", str(completions))
+    cli.ok(
+        "generate",
+        *model,
+        *prompts,
+        "-n",
+        "3",
+        "--sigma",
+        "0.5",
+        "--focus",
+        "3",
+        "--focus-sigma",
+        "10000",
+        "--seed",
+        "0",
+        "--compare",
+        "-o",
+        str(completions),
+    )
     records = _records(completions)
     assert [record["prompt"] for record in records] == list(PROMPTS)
     # The focus word wins most steps (all, unless a random model's logits span more than 1e4 |z|):
     # the processor reached the decisions.
     for record in records:
-        assert record["completion"].count("3") > max(len(record["completion"]) // 2, record["clean_completion"].count("3")), record
+        assert record["completion"].count("3") > max(
+            len(record["completion"]) // 2, record["clean_completion"].count("3")
+        ), record
     # The character tokenizer makes the clean completion's first character the model's top next token,
     # so it is the right choice of a question whose clean accuracy is 1.
     questions = work / "questions.jsonl"
@@ -163,8 +213,9 @@ def _check_generator(cli: Cli, model: list[str], work: Path) -> None:
     for record in records:
         first = record["clean_completion"][:1]
         assert first.strip(), ("the clean completion starts with no visible token", record)
-        lines.append(json.dumps({"prompt": record["prompt"], "choices": [first, "7" if first != "7" else "8"],
-                                 "answer": 0}))
+        lines.append(
+            json.dumps({"prompt": record["prompt"], "choices": [first, "7" if first != "7" else "8"], "answer": 0})
+        )
     questions.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _chosen_sigma(cli.ok("calibrate", "--task", "generate", "--target-acc", "0.7", *model, "--data", str(questions)))
 

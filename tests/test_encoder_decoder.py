@@ -61,16 +61,37 @@ def build_model(family: str, directory: Path) -> None:
     if family == "t5":
         tokenizer = char_tokenizer("$A </s>")
         config = T5Config(
-            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-            pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, initializer_factor=8.0,
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
+            initializer_factor=8.0,
         )
         model = T5ForConditionalGeneration(config)
     else:
         tokenizer = char_tokenizer("<s> $A </s>")
         config = BartConfig(
-            vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=BART_POSITIONS,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2, init_std=0.3,
+            vocab_size=len(tokenizer),
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=BART_POSITIONS,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            forced_eos_token_id=2,
+            init_std=0.3,
         )
         model = BartForConditionalGeneration(config)
         # As bart-large-cnn ships it: a forced <s> first, and beam search that aim must not inherit.
@@ -103,8 +124,14 @@ def plan(sigma: float, seed: int = 0, key: bytes = b"") -> ModulationPlan:
     return ModulationPlan(Modulation(sigma), KeyedNoise(key) if key else SeededNoise(seed), None if key else seed)
 
 
-def completions(lm: LanguageModel, prompts: list[str], modulation: ModulationPlan, batch_size: int = 8,
-                max_new_tokens: int = 8, temperature: float = 0.0) -> list[tuple[int, ...]]:
+def completions(
+    lm: LanguageModel,
+    prompts: list[str],
+    modulation: ModulationPlan,
+    batch_size: int = 8,
+    max_new_tokens: int = 8,
+    temperature: float = 0.0,
+) -> list[tuple[int, ...]]:
     """Token ids of each prompt's completion."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     return [c.token_ids for c in generate_completions(lm, encode_prompts(lm, prompts), modulation, settings)]
@@ -229,8 +256,11 @@ def test_prompt_fits_the_encoder_and_completion_the_decoder(lms):
     prompts = encode_prompts(bart, [longest])
     # A causal LM would leave 1 token; an encoder-decoder's decoder has its own 24 positions.
     assert fitting_max_new_tokens(bart, prompts, 100) == BART_POSITIONS
-    out = list(generate_completions(bart, prompts, plan(logit_scale(bart), seed=0),
-                                    GenerationSettings(max_new_tokens=BART_POSITIONS)))
+    out = list(
+        generate_completions(
+            bart, prompts, plan(logit_scale(bart), seed=0), GenerationSettings(max_new_tokens=BART_POSITIONS)
+        )
+    )
     assert len(out[0].token_ids) <= BART_POSITIONS
     assert fitting_max_new_tokens(t5, encode_prompts(t5, ["1+" * 31]), 500) == 500  # relative positions
     with pytest.raises(InputError, match="prompt 2 is 25 tokens long but the encoder of .* takes at most 24"):
@@ -313,9 +343,25 @@ def test_cli_generate_records(model_dirs, lms, family, tmp_path):
     cut_row, stop = (inside or [(i, clean[0]) for i, clean in enumerate(cleans) if clean])[0]
     out = tmp_path / "o.jsonl"
     extra = ("--focus", "2") if family == "bart" else ()
-    result = run_aim("generate", "--model", str(model_dirs[family]), "--prompts", str(prompts), "-n", "6",
-                     "--sigma", f"{logit_scale(lm):.3f}", "--seed", "3", "--compare", "--stop", stop,
-                     "-o", str(out), *extra)
+    result = run_aim(
+        "generate",
+        "--model",
+        str(model_dirs[family]),
+        "--prompts",
+        str(prompts),
+        "-n",
+        "6",
+        "--sigma",
+        f"{logit_scale(lm):.3f}",
+        "--seed",
+        "3",
+        "--compare",
+        "--stop",
+        stop,
+        "-o",
+        str(out),
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
     rows = records(out)
     assert [r["prompt"] for r in rows] == PROMPTS[:3]
@@ -335,20 +381,60 @@ def test_cli_streams_and_resumes_like_a_causal_lm(model_dirs, lms, tmp_path, cap
     monkeypatch.setenv("AIM_NOISE_KEY", "secret")
     modulation = ("--profile", str(KEYED_PROFILE), "--sigma", f"{logit_scale(lm):.3f}")
     out = tmp_path / "o.jsonl"
-    code, _o, err = run_here("generate", "--model", directory, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-                             *modulation, "-n", "5", "-o", str(out), "-q", capsys=capsys, monkeypatch=monkeypatch)
+    code, _o, err = run_here(
+        "generate",
+        "--model",
+        directory,
+        "--prompt",
+        PROMPTS[0],
+        "--prompt",
+        PROMPTS[1],
+        *modulation,
+        "-n",
+        "5",
+        "-o",
+        str(out),
+        "-q",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     full = records(out)
     # Single prompt, no -o: streamed to stdout, the same text as the record.
-    code, streamed, err = run_here("generate", "--model", directory, "--prompt", PROMPTS[1], *modulation,
-                                   "-n", "5", "-q", capsys=capsys, monkeypatch=monkeypatch)
+    code, streamed, err = run_here(
+        "generate",
+        "--model",
+        directory,
+        "--prompt",
+        PROMPTS[1],
+        *modulation,
+        "-n",
+        "5",
+        "-q",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     assert streamed == full[1]["completion"] + "\n"
     # --resume keeps the first record and generates only the second prompt again.
     out.write_text(json.dumps(full[0]) + "\n")
-    code, _o, err = run_here("generate", "--model", directory, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-                             *modulation, "-n", "5", "-o", str(out), "--resume", capsys=capsys,
-                             monkeypatch=monkeypatch)
+    code, _o, err = run_here(
+        "generate",
+        "--model",
+        directory,
+        "--prompt",
+        PROMPTS[0],
+        "--prompt",
+        PROMPTS[1],
+        *modulation,
+        "-n",
+        "5",
+        "-o",
+        str(out),
+        "--resume",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     assert "1 new and 1 resumed" in err
     assert records(out) == full
@@ -370,6 +456,7 @@ def test_a_checkpoints_beam_search_default_is_not_inherited(tmp_path):
     clean = completions(lm, prompts, plan(0.0), max_new_tokens=4)
     for prompt, ids in zip(prompts, clean):
         encoded = torch.tensor([lm.encode(prompt, chat=False)])
-        greedy = lm.model.generate(input_ids=encoded, max_new_tokens=4, do_sample=False, num_beams=1,
-                                   pad_token_id=lm.tokenizer.pad_token_id)
+        greedy = lm.model.generate(
+            input_ids=encoded, max_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=lm.tokenizer.pad_token_id
+        )
         assert list(ids) == greedy[0, encoded.shape[1] :].tolist()

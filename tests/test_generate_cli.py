@@ -22,8 +22,12 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-CORPUS = ["The capital of France is Paris.", "paris is a city in France", "Hello world, hello there!",
-          "Numbers: 1 2 3 12 7 19"] * 5
+CORPUS = [
+    "The capital of France is Paris.",
+    "paris is a city in France",
+    "Hello world, hello there!",
+    "Numbers: 1 2 3 12 7 19",
+] * 5
 KEYED_PROFILE = REPO / "profiles" / "keyed-tier.yaml"
 
 
@@ -36,8 +40,10 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     backend.train_from_iterator(CORPUS, trainer)
     backend.post_processor = processors.TemplateProcessing(
@@ -56,9 +62,16 @@ def build_tiny_llama(
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -114,14 +127,23 @@ def test_output_jsonl_with_compare(tmp_path):
     out = tmp_path / "gen.jsonl"
     prompts = ["12+7=", "30-4=", "45+45=", "8+8="]
     args = [a for p in prompts for a in ("--prompt", p)]
-    result = run_aim("generate", *args, "--sigma", "3", "--seed", "7", "--compare", "-o", str(out), "-q",
-                     "--batch-size", "3")
+    result = run_aim(
+        "generate", *args, "--sigma", "3", "--seed", "7", "--compare", "-o", str(out), "-q", "--batch-size", "3"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
     rows = records(out)
     assert [r["prompt"] for r in rows] == prompts
     for row in rows:
-        assert {"prompt", "completion", "clean_completion", "sigma", "seed", "prompt_tokens", "completion_tokens"} <= set(row)
+        assert {
+            "prompt",
+            "completion",
+            "clean_completion",
+            "sigma",
+            "seed",
+            "prompt_tokens",
+            "completion_tokens",
+        } <= set(row)
         assert row["sigma"] == 3.0 and row["seed"] == 7 and row["keyed"] is False
         assert row["prompt_tokens"] == len(row["prompt"]) + 1  # characters plus <s>
         assert 1 <= row["completion_tokens"] <= 4
@@ -173,8 +195,18 @@ def test_keyed_profile_same_prompt_same_answer(tmp_path, cli):
     outputs = {}
     for name, key, batch in (("a", "secret-1", "5"), ("b", "secret-1", "24"), ("c", "secret-2", "24")):
         out = tmp_path / f"{name}.jsonl"
-        args = ("generate", "--profile", str(KEYED_PROFILE), "--prompts", str(prompts), "-o", str(out), "-q",
-                "--batch-size", batch)
+        args = (
+            "generate",
+            "--profile",
+            str(KEYED_PROFILE),
+            "--prompts",
+            str(prompts),
+            "-o",
+            str(out),
+            "-q",
+            "--batch-size",
+            batch,
+        )
         if name == "c":  # the other key: in-process, to save a start-up
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("AIM_NOISE_KEY", key)
@@ -197,9 +229,35 @@ def test_keyed_profile_same_prompt_same_answer(tmp_path, cli):
 
 def test_tiny_llama_directory(tiny_llama, tmp_path):
     out = tmp_path / "o.jsonl"
-    result = run_aim("generate", "--model", str(tiny_llama), "--prompt", "Hello world", "--prompt", "Paris",
-                     "-n", "6", "--sigma", "0.5", "--focus", "paris", "--seed", "3", "--temperature", "0.8",
-                     "--top-k", "20", "--top-p", "0.9", "--dtype", "float32", "--device", "cpu", "-o", str(out))
+    result = run_aim(
+        "generate",
+        "--model",
+        str(tiny_llama),
+        "--prompt",
+        "Hello world",
+        "--prompt",
+        "Paris",
+        "-n",
+        "6",
+        "--sigma",
+        "0.5",
+        "--focus",
+        "paris",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "focus paris:up" in result.stderr
     rows = records(out)
@@ -211,8 +269,9 @@ def test_tiny_llama_chat_template(tiny_llama, tmp_path):
     from transformers import AutoTokenizer
 
     out = tmp_path / "o.jsonl"
-    result = run_aim("generate", "--model", str(tiny_llama), "--prompt", "Hello world", "--chat", "-n", "4",
-                     "-o", str(out), "-q")
+    result = run_aim(
+        "generate", "--model", str(tiny_llama), "--prompt", "Hello world", "--chat", "-n", "4", "-o", str(out), "-q"
+    )
     assert result.returncode == 0, result.stderr
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     plain = len(tokenizer("Hello world")["input_ids"])
@@ -253,23 +312,28 @@ def test_empty_prompt(cli, tmp_path):
 def test_prompt_longer_than_context(cli, tmp_path):
     out = tmp_path / "o.jsonl"
     long_prompt = "1+" * 40 + "1="
-    assert_error(cli("generate", "--prompt", "1+1=", "--prompt", long_prompt, "-o", str(out)),
-                 "prompt 2 is 83 tokens long", "context of 64 tokens")
+    assert_error(
+        cli("generate", "--prompt", "1+1=", "--prompt", long_prompt, "-o", str(out)),
+        "prompt 2 is 83 tokens long",
+        "context of 64 tokens",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_directory_without_tokenizer(cli, capsys, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2)).save_pretrained(tmp_path)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(tmp_path)
     capsys.readouterr()  # save_pretrained's own progress bar is not the CLI's output
     assert_error(cli("generate", "--model", str(tmp_path), "--prompt", "hi"), "has no tokenizer")
 
 
 def test_not_a_causal_lm(cli, tmp_path):
-    assert_error(cli("generate", "--model", str(demo.model_dir("classify")), "--prompt", "hi"),
-                 "is not a causal language model")
+    assert_error(
+        cli("generate", "--model", str(demo.model_dir("classify")), "--prompt", "hi"), "is not a causal language model"
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,6 @@ SIGMAS = (0.0, 1.5, 2.0, 3.0, 6.0)
 DECODING = GenerationSettings(max_new_tokens=4, batch_size=N)
 
 
-
-
 @pytest.fixture(scope="module")
 def lm():
     """The demo LM on the CPU."""
@@ -69,8 +67,10 @@ def test_accuracy_falls_monotonically_with_sigma(lm, problems):
 def test_seeded_generation_is_bit_identical_and_seeds_differ(lm, problems):
     _items, encoded = problems
     subset = encoded[:64]
-    for decoding in (GenerationSettings(max_new_tokens=4, batch_size=32),
-                     GenerationSettings(max_new_tokens=4, batch_size=32, temperature=1.0)):
+    for decoding in (
+        GenerationSettings(max_new_tokens=4, batch_size=32),
+        GenerationSettings(max_new_tokens=4, batch_size=32, temperature=1.0),
+    ):
         first = [c.token_ids for c in _run(lm, subset, 2.0, seed=11, decoding=decoding)]
         again = [c.token_ids for c in _run(lm, subset, 2.0, seed=11, decoding=decoding)]
         other = [c.token_ids for c in _run(lm, subset, 2.0, seed=12, decoding=decoding)]

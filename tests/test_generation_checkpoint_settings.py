@@ -23,9 +23,16 @@ def build_llama(directory: Path, padding: int = 0, **generation: object) -> int:
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer) + padding, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer) + padding,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -71,10 +78,22 @@ def test_checkpoint_decoding_settings_are_dropped_and_named(tmp_path):
     plain = load_language_model(str(tmp_path), "cpu").model  # a fresh copy: raw greedy, settings neutral
     for prompt, ids in zip(PROMPTS, clean):
         encoded = torch.tensor([lm.encode(prompt, chat=False)])
-        raw = plain.generate(input_ids=encoded, max_new_tokens=6, do_sample=False, repetition_penalty=1.0,
-                             no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=lm.tokenizer.pad_token_id)
+        raw = plain.generate(
+            input_ids=encoded,
+            max_new_tokens=6,
+            do_sample=False,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_new_tokens=0,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
         expected = raw[0, encoded.shape[1] :].tolist()
         assert list(ids) == expected[: len(ids)] and len(ids) >= 1
-    result = run_aim("generate", "--model", str(tmp_path), "--prompt", "12+7=", "-n", "4", "--sigma", "1", "--seed", "0")
+    result = run_aim(
+        "generate", "--model", str(tmp_path), "--prompt", "12+7=", "-n", "4", "--sigma", "1", "--seed", "0"
+    )
     assert result.returncode == 0, result.stderr
-    assert "not applying the checkpoint's repetition_penalty=3.0, no_repeat_ngram_size=1, min_new_tokens=6" in result.stderr
+    assert (
+        "not applying the checkpoint's repetition_penalty=3.0, no_repeat_ngram_size=1, min_new_tokens=6"
+        in result.stderr
+    )

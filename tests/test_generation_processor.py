@@ -68,9 +68,17 @@ def test_noise_is_added_to_raw_logits_before_temperature_top_k_top_p(tiny):
     processor = Recording(Modulation(sigma=1.0, focus_sigma=2.0, targets=(FocusTarget(7, BOOST),)), SeededNoise(0))
     torch.manual_seed(0)
     out = model.generate(
-        **batch, max_new_tokens=3, do_sample=True, temperature=0.7, top_k=20, top_p=0.9,
-        logits_processor=LogitsProcessorList([processor]), pad_token_id=tokenizer.pad_token_id,
-        output_logits=True, output_scores=True, return_dict_in_generate=True,
+        **batch,
+        max_new_tokens=3,
+        do_sample=True,
+        temperature=0.7,
+        top_k=20,
+        top_p=0.9,
+        logits_processor=LogitsProcessorList([processor]),
+        pad_token_id=tokenizer.pad_token_id,
+        output_logits=True,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
     warpers = [TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.9)]
     assert len(processor.received) == len(out.logits) == 3
@@ -115,7 +123,9 @@ def test_keyed_noise_depends_on_real_tokens_only():
     # One more generated token is new content, hence new noise.
     c = padded(torch.tensor([[0, 0, 5, 6, 7, 8]]), scores[:1])
     assert not torch.equal(a, c)
-    assert padded.item_keys(torch.tensor([[0, 0, 5, 6, 7]])) == plain.item_keys(torch.tensor([[5, 6, 7], [1, 2, 3]]))[:1]
+    assert (
+        padded.item_keys(torch.tensor([[0, 0, 5, 6, 7]])) == plain.item_keys(torch.tensor([[5, 6, 7], [1, 2, 3]]))[:1]
+    )
 
 
 def test_focus_word_covers_spellings_but_not_bare_spaces(tiny):
@@ -145,8 +155,10 @@ def test_cut_at_stop_takes_the_earliest_stop():
 
 
 def test_stop_criteria_per_row(demo_tokenizer):
-    rows = [demo_tokenizer("1+1=2", add_special_tokens=False)["input_ids"],
-            demo_tokenizer("1+1=3", add_special_tokens=False)["input_ids"]]
+    rows = [
+        demo_tokenizer("1+1=2", add_special_tokens=False)["input_ids"],
+        demo_tokenizer("1+1=3", add_special_tokens=False)["input_ids"],
+    ]
     criteria = StopOnStrings(demo_tokenizer, ["=2"], prompt_width=2)
     assert criteria(torch.tensor(rows), None).tolist() == [True, False]
 

@@ -33,8 +33,10 @@ def test_a_chat_template_squaring_an_integer_is_refused_at_once(steps):
     """60 squarings are 60 steps, past no step bound, but 2^60 bits of integer: refused before it is computed."""
     from aim_cli.models.chat_template import render_chat
 
-    template = ("{% set ns = namespace(x=7) %}{% for i in range(" + str(steps) + ") %}"
-                "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 1 }}")
+    template = (
+        "{% set ns = namespace(x=7) %}{% for i in range(" + str(steps) + ") %}"
+        "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 1 }}"
+    )
     start = time.perf_counter()
     with pytest.raises(ModelError, match="too large to compute"):
         render_chat(_tokenizer(template), [{"role": "user", "content": "hi"}], "tiny")
@@ -48,8 +50,10 @@ def test_ordinary_integer_arithmetic_in_a_template_still_renders():
     assert text == "408 3"
 
 
-@pytest.mark.parametrize("suffix, row", [(".csv", "path,label\n\x00im0.png,circle\n"),
-                                         (".jsonl", '{"path": "im0.png\\u0000", "label": "circle"}\n')])
+@pytest.mark.parametrize(
+    "suffix, row",
+    [(".csv", "path,label\n\x00im0.png,circle\n"), (".jsonl", '{"path": "im0.png\\u0000", "label": "circle"}\n')],
+)
 def test_a_nul_byte_in_a_manifest_path_is_one_line(tmp_path, suffix, row):
     listing = tmp_path / f"m{suffix}"
     listing.write_text(row)
@@ -75,11 +79,18 @@ def test_huge_but_finite_logits_give_exact_answers_or_one_aim_error(scale):
 
 def test_float8_logits_are_refused_by_every_api_entry():
     logits, labels = torch.randn(4, 3).to(torch.float8_e4m3fn), [0, 1, 2, 0]
-    calls = [lambda: aim.modulate(logits, aim.Profile(sigma=1.0)), lambda: aim.expected_accuracy(logits, labels, 1.0),
-             lambda: aim.accuracy_curve(logits, labels, [1.0]), lambda: aim.win_probability(logits, labels, 1.0),
-             lambda: aim.expected_recall(logits, labels, 1, 2.0), lambda: aim.calibrate_logits(logits, labels, target_acc=0.5)]
+    calls = [
+        lambda: aim.modulate(logits, aim.Profile(sigma=1.0)),
+        lambda: aim.expected_accuracy(logits, labels, 1.0),
+        lambda: aim.accuracy_curve(logits, labels, [1.0]),
+        lambda: aim.win_probability(logits, labels, 1.0),
+        lambda: aim.expected_recall(logits, labels, 1, 2.0),
+        lambda: aim.calibrate_logits(logits, labels, target_acc=0.5),
+    ]
     for call in calls:
-        with pytest.raises(aim.InputError, match=r"floating-point torch tensor \(float16, bfloat16, float32 or float64\)"):
+        with pytest.raises(
+            aim.InputError, match=r"floating-point torch tensor \(float16, bfloat16, float32 or float64\)"
+        ):
             call()
 
 

@@ -67,8 +67,14 @@ def test_pixel_key_ignores_container_and_metadata(tmp_path):
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "a different file, the same pixels")
-    variants = {"plain.png": {}, "meta.png": {"pnginfo": info}, "z9.png": {"compress_level": 9},
-                "same.bmp": {}, "same.tiff": {}, "lossless.webp": {"lossless": True}}
+    variants = {
+        "plain.png": {},
+        "meta.png": {"pnginfo": info},
+        "z9.png": {"compress_level": 9},
+        "same.bmp": {},
+        "same.tiff": {},
+        "lossless.webp": {"lossless": True},
+    }
     keys = set()
     for name, options in variants.items():
         image.save(tmp_path / name, **options)

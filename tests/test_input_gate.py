@@ -178,7 +178,11 @@ def _manifest(root: Path, row: str) -> Path:
 def _escapes(root: Path) -> dict[str, str]:
     """Manifest rows naming the outside image: relatively, absolutely, through a symlink."""
     (root / "data" / "link.png").symlink_to(root / "elsewhere" / "circle.png")
-    return {"relative": "../elsewhere/circle.png", "absolute": str(root / "elsewhere" / "circle.png"), "symlink": "link.png"}
+    return {
+        "relative": "../elsewhere/circle.png",
+        "absolute": str(root / "elsewhere" / "circle.png"),
+        "symlink": "link.png",
+    }
 
 
 @pytest.mark.parametrize("how", ["relative", "absolute", "symlink"])

@@ -22,7 +22,11 @@ def _interrupt_after(delay: float, signum: int) -> tuple[int, str]:
     """Start `aim classify`, send `signum` after `delay` seconds, return (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", "classify", "--seed", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=aim_env(), cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=aim_env(),
+        cwd=REPO,
     )
     time.sleep(delay)
     process.send_signal(signum)

@@ -162,8 +162,18 @@ def test_lossless_reencodings_get_identical_keyed_noise_through_the_cli(tmp_path
     profile = tmp_path / "keyed.yaml"
     profile.write_text("version: 1\nname: keyed\nutility:\n  sigma: 4\nnoise:\n  key_env: AIM_NOISE_KEY\n")
     out = tmp_path / "out.jsonl"
-    result = run_aim("classify", str(folder), "--profile", str(profile), "-o", str(out), "-q", "--topk", "10",
-                     env={"AIM_NOISE_KEY": "secret"})
+    result = run_aim(
+        "classify",
+        str(folder),
+        "--profile",
+        str(profile),
+        "-o",
+        str(out),
+        "-q",
+        "--topk",
+        "10",
+        env={"AIM_NOISE_KEY": "secret"},
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     by_name = {Path(str(r.get("path", r.get("input", "")))).name: r["topk"] for r in records}

@@ -7,11 +7,36 @@ import pytest
 from aim_cli.errors import AimError
 from aim_cli.labels import resolve_class
 
-CITYSCAPES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-              "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-              "motorcycle", "bicycle"]
-ADE = ["wall", "building;edifice", "sky", "floor;flooring", "tree", "person;individual;someone;somebody;mortal;soul",
-       "car;auto;automobile;machine;motorcar"]
+CITYSCAPES = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+]
+ADE = [
+    "wall",
+    "building;edifice",
+    "sky",
+    "floor;flooring",
+    "tree",
+    "person;individual;someone;somebody;mortal;soul",
+    "car;auto;automobile;machine;motorcar",
+]
 
 
 def test_exact_and_case_insensitive():

@@ -72,18 +72,47 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     models = {
-        "vit": ViTForImageClassification(ViTConfig(
-            image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=32, num_labels=3)),
-        "segformer": SegformerForSemanticSegmentation(SegformerConfig(
-            num_channels=3, num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], patch_sizes=[3],
-            strides=[2], num_attention_heads=[1], mlp_ratios=[2], decoder_hidden_size=8, num_labels=3)),
+        "vit": ViTForImageClassification(
+            ViTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                num_labels=3,
+            )
+        ),
+        "segformer": SegformerForSemanticSegmentation(
+            SegformerConfig(
+                num_channels=3,
+                num_encoder_blocks=1,
+                depths=[1],
+                sr_ratios=[1],
+                hidden_sizes=[8],
+                patch_sizes=[3],
+                strides=[2],
+                num_attention_heads=[1],
+                mlp_ratios=[2],
+                decoder_hidden_size=8,
+                num_labels=3,
+            )
+        ),
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)),
     }
     for tied in (True, False):
-        models[f"llama_{'tied' if tied else 'untied'}"] = LlamaForCausalLM(LlamaConfig(
-            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=tied))
+        models[f"llama_{'tied' if tied else 'untied'}"] = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=64,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                max_position_embeddings=32,
+                tie_word_embeddings=tied,
+            )
+        )
     dirs = {}
     for name, model in models.items():
         dirs[name] = root / name
@@ -111,10 +140,16 @@ def test_complete_checkpoint_loads_without_complaint(tiny_dirs, name):
     assert isinstance(model, torch.nn.Module)
 
 
-@pytest.mark.parametrize("name, prefix", [
-    ("vit", "classifier."), ("segformer", "decode_head.classifier."), ("llama_untied", "lm_head."),
-    ("gpt2", "transformer.h.0.mlp."), ("llama_tied", "model.layers.0.self_attn."),
-])
+@pytest.mark.parametrize(
+    "name, prefix",
+    [
+        ("vit", "classifier."),
+        ("segformer", "decode_head.classifier."),
+        ("llama_untied", "lm_head."),
+        ("gpt2", "transformer.h.0.mlp."),
+        ("llama_tied", "model.layers.0.self_attn."),
+    ],
+)
 def test_missing_weights_are_an_error_naming_them(tiny_dirs, tmp_path, name, prefix):
     dropped = without_tensors(tiny_dirs[name], tmp_path / name, prefix)
     with pytest.raises(ModelError) as caught:
@@ -232,7 +267,7 @@ def test_mistyped_relative_path_names_both_fixes(tmp_path, monkeypatch):
 
 # --- offline: a cached hub id loads with the network blocked and HF_HUB_OFFLINE unset ---
 
-NET_BLOCKER = '''
+NET_BLOCKER = """
 import os, socket
 
 def _refuse(*args, **kwargs):
@@ -243,7 +278,7 @@ def _refuse(*args, **kwargs):
 socket.getaddrinfo = _refuse
 socket.socket.connect = _refuse
 socket.socket.connect_ex = _refuse
-'''
+"""
 
 
 def _cache(hf_home: Path, repo_id: str, source: Path) -> None:
@@ -262,12 +297,18 @@ def _run_networkless(tmp_path: Path, hf_home: Path, *args: str) -> tuple[subproc
     (blocker / "sitecustomize.py").write_text(NET_BLOCKER)
     log = tmp_path / "net.log"
     log.write_text("")
-    env = aim_env({"HF_HOME": str(hf_home), "AIM_TEST_NET_LOG": str(log),
-                   "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])})
+    env = aim_env(
+        {
+            "HF_HOME": str(hf_home),
+            "AIM_TEST_NET_LOG": str(log),
+            "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)]),
+        }
+    )
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "aim_cli", *args], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "aim_cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     return result, log.read_text()
 
 
@@ -278,18 +319,21 @@ def test_cached_hub_ids_load_with_no_network_attempt(tiny_dirs, tmp_path):
     _cache(hf_home, "acme/tiny-vit", tiny_dirs["vit"])
     build_tiny_llama(tmp_path / "llama", hidden=16, layers=1)
     _cache(hf_home, "acme/tiny-llama", tmp_path / "llama")
-    result, attempts = _run_networkless(tmp_path, hf_home, "classify", str(SAMPLES), "--model", "acme/tiny-vit",
-                                        "-o", str(tmp_path / "out.csv"), "-q")
+    result, attempts = _run_networkless(
+        tmp_path, hf_home, "classify", str(SAMPLES), "--model", "acme/tiny-vit", "-o", str(tmp_path / "out.csv"), "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert attempts == "", attempts
-    result, attempts = _run_networkless(tmp_path, hf_home, "generate", "--model", "acme/tiny-llama",
-                                        "--prompt", "Hello", "-n", "2", "-q")
+    result, attempts = _run_networkless(
+        tmp_path, hf_home, "generate", "--model", "acme/tiny-llama", "--prompt", "Hello", "-n", "2", "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert attempts == "", attempts
 
 
 def test_uncached_hub_id_fails_fast_with_no_network_attempt(tmp_path):
-    result, attempts = _run_networkless(tmp_path, tmp_path / "hf", "classify", str(SAMPLES),
-                                        "--model", "acme/not-cached")
+    result, attempts = _run_networkless(
+        tmp_path, tmp_path / "hf", "classify", str(SAMPLES), "--model", "acme/not-cached"
+    )
     assert attempts == "", attempts
     assert_user_error(result, 2, "no cached hub model 'acme/not-cached'", "hf download")

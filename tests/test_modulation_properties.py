@@ -67,8 +67,12 @@ def test_focus_touches_only_its_targets_in_its_direction(case, focus_sigma, seed
 
 
 @SETTINGS
-@given(classes=st.integers(2, 50), sigma=st.floats(0.1, 10), keys=st.lists(st.binary(min_size=1, max_size=8),
-       min_size=2, max_size=5, unique=True), data=st.data())
+@given(
+    classes=st.integers(2, 50),
+    sigma=st.floats(0.1, 10),
+    keys=st.lists(st.binary(min_size=1, max_size=8), min_size=2, max_size=5, unique=True),
+    data=st.data(),
+)
 def test_keyed_noise_depends_on_the_item_not_its_batch(classes, sigma, keys, data):
     noise = KeyedNoise(b"secret")
     logits = torch.zeros(len(keys), classes)

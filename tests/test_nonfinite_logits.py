@@ -34,9 +34,17 @@ def nan_head_vit(tmp_path_factory) -> Path:
 
     directory = tmp_path_factory.mktemp("nan_vit")
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, num_labels=3, id2label=dict(enumerate(LABELS)),
-                       label2id={name: i for i, name in enumerate(LABELS)})
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
     model = ViTForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight[1, 3] = math.nan
@@ -48,8 +56,9 @@ def nan_head_vit(tmp_path_factory) -> Path:
 def test_classify_with_nan_head_fails_each_input_with_one_line(nan_head_vit, tmp_path):
     images = sorted(SAMPLES.glob("*.png"))[:3]
     out = tmp_path / "out.jsonl"
-    result = run_aim("classify", *map(str, images), "--model", str(nan_head_vit), "-o", str(out), "--sigma", "1",
-                     "--seed", "0")
+    result = run_aim(
+        "classify", *map(str, images), "--model", str(nan_head_vit), "-o", str(out), "--sigma", "1", "--seed", "0"
+    )
     assert result.returncode in (1, 2), (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("aim: failed:")]

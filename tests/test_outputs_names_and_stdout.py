@@ -90,7 +90,12 @@ def test_closed_stdout_is_refused_up_front(command):
     args = " ".join(f"'{a}'" for a in STDOUT_COMMANDS[command])
     result = subprocess.run(
         ["bash", "-c", f"exec '{sys.executable}' -m aim_cli {args} >&-"],
-        capture_output=False, stderr=subprocess.PIPE, text=True, env=aim_env(), cwd=REPO, timeout=300,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=aim_env(),
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -102,7 +107,11 @@ def test_broken_pipe_exits_141_quietly(command):
     """`aim ... | head -0`: the reader went away; exit 141 like a tool killed by SIGPIPE, no traceback."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", *STDOUT_COMMANDS[command], "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=aim_env(), cwd=REPO, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=aim_env(),
+        cwd=REPO,
+        text=True,
     )
     process.stdout.close()  # the reader is gone before aim writes a byte
     stderr = process.stderr.read()

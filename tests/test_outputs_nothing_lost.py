@@ -112,8 +112,17 @@ def _calibrate_corrupt(tmp: Path) -> tuple[list[str], list[Path], Path | None]:
     images = _corrupt_images(tmp / "images", ("a.png", "b.png"))
     (images / "m.csv").write_text("path,label\na.png,circle\nb.png,square\n")
     outputs = [tmp / "p.yaml", tmp / "r.json"]
-    args = ["calibrate", "--target-acc", "0.5", "--data", str(images / "m.csv"),
-            "--write-profile", str(outputs[0]), "--json", str(outputs[1])]
+    args = [
+        "calibrate",
+        "--target-acc",
+        "0.5",
+        "--data",
+        str(images / "m.csv"),
+        "--write-profile",
+        str(outputs[0]),
+        "--json",
+        str(outputs[1]),
+    ]
     return args, outputs, None
 
 

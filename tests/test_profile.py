@@ -191,7 +191,9 @@ def test_out_of_range_sigmas_are_refused(tmp_path, sigma):
     with pytest.raises(ProfileError, match="sigma"):
         load_profile(write(tmp_path, f"utility:\n  sigma: {sigma}\n"))
     with pytest.raises(ProfileError):
-        apply_overrides(load_profile(PROFILES / "free-tier.yaml"), sigma=float(sigma.replace(".inf", "inf").replace(".nan", "nan")))
+        apply_overrides(
+            load_profile(PROFILES / "free-tier.yaml"), sigma=float(sigma.replace(".inf", "inf").replace(".nan", "nan"))
+        )
 
 
 @pytest.mark.parametrize("seed", [2**64, 2**63, -1])
@@ -260,7 +262,9 @@ def test_huge_integer_is_one_line_without_interpreter_advice(tmp_path):
     assert "set_int_max_str_digits" not in str(caught.value)
 
 
-@pytest.mark.parametrize("tagged", ["!!timestamp x", "!!int 0x", "!!python/int 1", "!!binary aGk=", "!local 1", "!!set {a}"])
+@pytest.mark.parametrize(
+    "tagged", ["!!timestamp x", "!!int 0x", "!!python/int 1", "!!binary aGk=", "!local 1", "!!set {a}"]
+)
 def test_explicit_tags_are_refused_with_their_line(tmp_path, tagged):
     """`!!timestamp x` crashed PyYAML's constructor (AttributeError): profiles write plain values, untagged."""
     with pytest.raises(ProfileError, match=r"line 2: tag .* is not allowed"):

@@ -12,16 +12,65 @@ from hypothesis import strategies as st
 from aim_cli.errors import ProfileError
 from aim_cli.profile import MAX_SEED, MAX_SIGMA, Profile, load_profile
 
-KEYS = ["version", "name", "description", "utility", "focus", "noise", "sigma", "targets", "seed",
-        "key_env", "class", "direction", "utilty", "extra", "1", "null", "<<"]
-TRICKY_TEXT = ["1e-1", "1E5", ".inf", "-.inf", ".nan", "0x1F", "0o17", "2024-01-01", "2024-13-45", "yes", "no",
-               "~", "null", "1_000", "+1", "-0", "1:2", "12:30:00", "up", "down", "person", "&a", "*a", "!!str x",
-               "!!timestamp x", "!!int 0x", "!!float 1", "!local x"]
-SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+KEYS = [
+    "version",
+    "name",
+    "description",
+    "utility",
+    "focus",
+    "noise",
+    "sigma",
+    "targets",
+    "seed",
+    "key_env",
+    "class",
+    "direction",
+    "utilty",
+    "extra",
+    "1",
+    "null",
+    "<<",
+]
+TRICKY_TEXT = [
+    "1e-1",
+    "1E5",
+    ".inf",
+    "-.inf",
+    ".nan",
+    "0x1F",
+    "0o17",
+    "2024-01-01",
+    "2024-13-45",
+    "yes",
+    "no",
+    "~",
+    "null",
+    "1_000",
+    "+1",
+    "-0",
+    "1:2",
+    "12:30:00",
+    "up",
+    "down",
+    "person",
+    "&a",
+    "*a",
+    "!!str x",
+    "!!timestamp x",
+    "!!int 0x",
+    "!!float 1",
+    "!local x",
+]
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
+    st.none(),
+    st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(TRICKY_TEXT),
@@ -71,11 +120,18 @@ valid_profiles = st.fixed_dictionaries(
         "version": st.just(1),
         "name": st.text(alphabet=string.ascii_letters, min_size=1, max_size=10),
         "focus": st.fixed_dictionaries(
-            {"sigma": st.floats(min_value=0, max_value=100),
-             # One direction per class (a class both up and down is refused; tested in test_argument_bounds.py).
-             "targets": st.lists(st.fixed_dictionaries({"class": st.sampled_from(["person", "car", "3"]),
-                                                        "direction": st.sampled_from(["up", "down"])}), max_size=3,
-                                 unique_by=lambda target: target["class"])}),
+            {
+                "sigma": st.floats(min_value=0, max_value=100),
+                # One direction per class (a class both up and down is refused; tested in test_argument_bounds.py).
+                "targets": st.lists(
+                    st.fixed_dictionaries(
+                        {"class": st.sampled_from(["person", "car", "3"]), "direction": st.sampled_from(["up", "down"])}
+                    ),
+                    max_size=3,
+                    unique_by=lambda target: target["class"],
+                ),
+            }
+        ),
         "noise": st.fixed_dictionaries({"seed": st.integers(min_value=0, max_value=MAX_SEED)}),
     },
 )
@@ -114,8 +170,13 @@ raw_tokens = st.one_of(
 )
 raw_documents = st.dictionaries(
     st.sampled_from(KEYS),
-    st.recursive(raw_tokens, lambda children: st.one_of(
-        st.lists(children, max_size=3), st.dictionaries(st.sampled_from(KEYS), children, max_size=3)), max_leaves=10),
+    st.recursive(
+        raw_tokens,
+        lambda children: st.one_of(
+            st.lists(children, max_size=3), st.dictionaries(st.sampled_from(KEYS), children, max_size=3)
+        ),
+        max_leaves=10,
+    ),
     max_size=5,
 )
 

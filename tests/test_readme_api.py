@@ -54,7 +54,14 @@ def test_the_section_has_examples():
     blocks = api_examples(API_PAGE.read_text(encoding="utf-8"))
     assert len(blocks) >= 3
     text = "\n".join(blocks)
-    for name in ("Profile.load", "Profile.from_dict", "modulate", "logits_processor", "calibrate_logits", "expected_accuracy"):
+    for name in (
+        "Profile.load",
+        "Profile.from_dict",
+        "modulate",
+        "logits_processor",
+        "calibrate_logits",
+        "expected_accuracy",
+    ):
         assert name in text, name
 
 

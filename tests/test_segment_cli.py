@@ -43,8 +43,19 @@ def _assert_masks(output: Path, images: list[Path], num_classes: int) -> None:
 def evaluated(tmp_path_factory) -> tuple[Path, object]:
     """One run with every output on: overlay, compare, ground-truth masks, the focus profile."""
     output = tmp_path_factory.mktemp("evaluated") / "out"
-    args = ("segment", "--profile", str(FOCUS_PROFILE), "--masks", str(SAMPLE_MASKS), "--compare",
-            "--overlay", "--seed", "3", "-o", str(output))
+    args = (
+        "segment",
+        "--profile",
+        str(FOCUS_PROFILE),
+        "--masks",
+        str(SAMPLE_MASKS),
+        "--compare",
+        "--overlay",
+        "--seed",
+        "3",
+        "-o",
+        str(output),
+    )
     return output, run_aim(*args), args
 
 
@@ -125,13 +136,20 @@ def test_bad_images_and_masks_fail_alone(tmp_path):
     # scene_3 has no mask at all
     (images / "broken.png").write_bytes(b"not a png")
     Image.new("L", (64, 64)).save(masks / "broken.png")
-    result = run_aim("segment", str(images), str(tmp_path / "missing.png"), "--masks", str(masks),
-                     "--overlay", "-o", str(output))
-    assert_user_error(result, 1, "missing.png", "broken.png: cannot decode image",
-                      "scene_1.png is 10x10 but the image is 64x64", "holds value 9",
-                      "no ground-truth mask named scene_3.png", "5 input(s) failed")
-    assert sorted(p.name for p in output.iterdir()) == [
-        "evaluation.json", "overlays", "scene_0.png", "summary.jsonl"]
+    result = run_aim(
+        "segment", str(images), str(tmp_path / "missing.png"), "--masks", str(masks), "--overlay", "-o", str(output)
+    )
+    assert_user_error(
+        result,
+        1,
+        "missing.png",
+        "broken.png: cannot decode image",
+        "scene_1.png is 10x10 but the image is 64x64",
+        "holds value 9",
+        "no ground-truth mask named scene_3.png",
+        "5 input(s) failed",
+    )
+    assert sorted(p.name for p in output.iterdir()) == ["evaluation.json", "overlays", "scene_0.png", "summary.jsonl"]
     assert [p.name for p in (output / "overlays").iterdir()] == ["scene_0.png"]
     assert [Path(r["image"]).name for r in _read_jsonl(output / "summary.jsonl")] == ["scene_0.png"]
     assert json.loads((output / "evaluation.json").read_text())["images"] == 1
@@ -150,8 +168,7 @@ def test_unknown_focus_class_suggests_names(tmp_path):
 
 
 def test_classifier_directory_is_refused(tmp_path):
-    result = run_aim("segment", str(SAMPLES), "--model", str(demo.model_dir("classify")),
-                     "-o", str(tmp_path / "out"))
+    result = run_aim("segment", str(SAMPLES), "--model", str(demo.model_dir("classify")), "-o", str(tmp_path / "out"))
     assert_user_error(result, 2, "not a semantic segmentation model", "aim classify")
     assert not (tmp_path / "out").exists()
 
@@ -163,9 +180,16 @@ def tiny_segformer(tmp_path_factory) -> Path:
 
     directory = tmp_path_factory.mktemp("hf_segformer")
     labels = {0: "background", 1: "person", 2: "car"}
-    config = SegformerConfig(num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
-                             hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                             sr_ratios=[2, 1, 1, 1], decoder_hidden_size=8)
+    config = SegformerConfig(
+        num_labels=3,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        hidden_sizes=[8, 8, 8, 8],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        sr_ratios=[2, 1, 1, 1],
+        decoder_hidden_size=8,
+    )
     torch.manual_seed(0)
     SegformerForSemanticSegmentation(config).save_pretrained(directory)
     SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
@@ -174,8 +198,22 @@ def tiny_segformer(tmp_path_factory) -> Path:
 
 def test_local_segformer_directory(tiny_segformer, tmp_path):
     output = tmp_path / "out"
-    result = run_aim("segment", str(SAMPLES), "--model", str(tiny_segformer), "--focus", "pedestrian",
-                     "--focus", "car:down", "--sigma", "0.5", "--seed", "1", "-o", str(output))
+    result = run_aim(
+        "segment",
+        str(SAMPLES),
+        "--model",
+        str(tiny_segformer),
+        "--focus",
+        "pedestrian",
+        "--focus",
+        "car:down",
+        "--sigma",
+        "0.5",
+        "--seed",
+        "1",
+        "-o",
+        str(output),
+    )
     assert result.returncode == 0, result.stderr
     _assert_masks(output, sorted(SAMPLES.glob("*.png")), 3)
     record = _read_jsonl(output / "summary.jsonl")[0]
@@ -188,16 +226,30 @@ def test_torchvision_lraspp_with_weights_and_labels(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    network = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None,
-                                           num_classes=3)
+    network = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=3
+    )
     weights, labels = tmp_path / "lraspp.safetensors", tmp_path / "labels.txt"
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
     labels.write_text("road\nperson\nsky\n")
     output = tmp_path / "out"
     sample = sorted(SAMPLES.glob("*.png"))[:2]
-    result = run_aim("segment", *map(str, sample), "--model", "torchvision:lraspp_mobilenet_v3_large",
-                     "--weights", str(weights), "--labels", str(labels), "--focus", "person", "--seed", "2",
-                     "-o", str(output))
+    result = run_aim(
+        "segment",
+        *map(str, sample),
+        "--model",
+        "torchvision:lraspp_mobilenet_v3_large",
+        "--weights",
+        str(weights),
+        "--labels",
+        str(labels),
+        "--focus",
+        "person",
+        "--seed",
+        "2",
+        "-o",
+        str(output),
+    )
     assert result.returncode == 0, result.stderr
     _assert_masks(output, sample, 3)
     mask = Image.open(output / f"{sample[0].stem}.png")

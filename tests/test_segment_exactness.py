@@ -32,7 +32,9 @@ class RecordingNoise(NoiseSource):
         self.inner = SeededNoise(seed)
         self.draws: list[torch.Tensor] = []
 
-    def standard_normal(self, shape: Sequence[int], like: torch.Tensor, item_keys: Sequence[bytes] | None = None) -> torch.Tensor:
+    def standard_normal(
+        self, shape: Sequence[int], like: torch.Tensor, item_keys: Sequence[bytes] | None = None
+    ) -> torch.Tensor:
         draws = self.inner.standard_normal(shape, like, item_keys)
         self.draws.append(draws.clone())
         return draws

@@ -46,7 +46,9 @@ def demo():
     scenes = streets.evaluation_set(N_IMAGES)
     items = [input_from_image(f"eval_{i}.png", image, mask) for i, (image, mask) in enumerate(scenes)]
     # Per-pixel clean logits at the output resolution (N*H*W, C) with ground truth, for the theory.
-    logits = torch.cat([decision_logits(segmenter, [image for image, _ in scenes[i : i + 16]]) for i in range(0, N_IMAGES, 16)])
+    logits = torch.cat(
+        [decision_logits(segmenter, [image for image, _ in scenes[i : i + 16]]) for i in range(0, N_IMAGES, 16)]
+    )
     pixels = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
     truth = torch.from_numpy(np.stack([mask for _, mask in scenes]).reshape(-1)).long()
     return segmenter, items, pixels, truth

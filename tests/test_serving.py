@@ -80,7 +80,9 @@ def test_explicit_args_set_the_modulation_without_a_tier(tiers):
 
 
 def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
-    profile = serving.request_profile({"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, tiers)
+    profile = serving.request_profile(
+        {"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, tiers
+    )
     assert profile.sigma == 4.0 and profile.seed == 1234
     assert [str(f) for f in profile.focus] == ["cat:down"] and profile.focus_sigma == 1
 
@@ -93,8 +95,14 @@ def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
         ({"aim_profile": "free-tier", "aim_seed": 1}, "aim_seed: tier 'free-tier' fixes its own noise"),
         ({"aim_profile": "keyed-tier", "aim_keyed": 0}, "aim_keyed: tier 'keyed-tier' fixes its own noise"),
         ({"aim_profile": "free-tier", "aim_keyed": True}, "aim_keyed: tier 'free-tier' fixes its own noise"),
-        ({"aim_profile": "focus-pedestrian", "aim_focus_sigma": 0}, "aim_focus_sigma: tier 'focus-pedestrian' fixes its own focus"),
-        ({"aim_profile": "focus-pedestrian", "aim_focus": "car"}, "aim_focus: tier 'focus-pedestrian' fixes its own focus"),
+        (
+            {"aim_profile": "focus-pedestrian", "aim_focus_sigma": 0},
+            "aim_focus_sigma: tier 'focus-pedestrian' fixes its own focus",
+        ),
+        (
+            {"aim_profile": "focus-pedestrian", "aim_focus": "car"},
+            "aim_focus: tier 'focus-pedestrian' fixes its own focus",
+        ),
     ],
 )
 def test_a_request_cannot_weaken_its_tier(tiers, key, args, message):
@@ -109,7 +117,8 @@ def test_a_fresh_seed_tier_takes_the_pinned_seed(tmp_path):
     args = serving.admit({"aim_profile": "fresh"}, fresh)
     assert isinstance(args["aim_seed"], int) and serving.request_profile(args, fresh).seed == args["aim_seed"]
     assert_one_line_profile_error(
-        lambda: serving.request_profile({"aim_profile": "fresh", "aim_sigma": 1}, fresh), "fixes its own sigma")
+        lambda: serving.request_profile({"aim_profile": "fresh", "aim_sigma": 1}, fresh), "fixes its own sigma"
+    )
 
 
 def test_default_tier_applies_to_requests_without_aim_args(tiers):
@@ -122,7 +131,9 @@ def test_default_tier_applies_to_requests_without_aim_args(tiers):
     # The default is a tier like any other: a request cannot weaken it by naming a setting.
     # A default, not a guard: a request naming its own settings does not get it (gateways filter aim_* args).
     assert serving.request_profile({"aim_sigma": 0}, tiers, default).sigma == 0
-    assert_one_line_profile_error(lambda: serving.default_tier(tiers, {serving.DEFAULT_ENV: "gold"}), "AIM_DEFAULT_PROFILE=gold: no such tier")
+    assert_one_line_profile_error(
+        lambda: serving.default_tier(tiers, {serving.DEFAULT_ENV: "gold"}), "AIM_DEFAULT_PROFILE=gold: no such tier"
+    )
 
 
 def assert_one_line_profile_error(call, fragment: str) -> None:
@@ -185,16 +196,23 @@ def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer)
     # aim generate: left-padded batch, ModulationProcessor with the tier's key.
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    processor = ModulationProcessor(Modulation(2.0), KeyedNoise(key.encode()), keyed=True,
-                                    prompt_starts=[width - len(p) for p in prompts], num_tokens=len(tokenizer))
+    processor = ModulationProcessor(
+        Modulation(2.0),
+        KeyedNoise(key.encode()),
+        keyed=True,
+        prompt_starts=[width - len(p) for p in prompts],
+        num_tokens=len(tokenizer),
+    )
     expected = processor(ids, clean.clone())
     # The server: another order, with an untouched row between.
     order = [2, 0, 1]
     batch = torch.cat([clean[order], torch.zeros(1, VOCAB)])
     batch = batch[[0, 3, 1, 2]].clone()
-    rows = [(0, plan, plan.item_key(prompts[2], len(prompts[2]))),
-            (2, plan, plan.item_key(prompts[0], len(prompts[0]))),
-            (3, plan, plan.item_key(prompts[1], len(prompts[1])))]
+    rows = [
+        (0, plan, plan.item_key(prompts[2], len(prompts[2]))),
+        (2, plan, plan.item_key(prompts[0], len(prompts[0]))),
+        (3, plan, plan.item_key(prompts[1], len(prompts[1]))),
+    ]
     out = serving.modulate_rows(batch, rows)
     assert torch.equal(out[1], torch.zeros(VOCAB))
     assert torch.equal(out[[2, 3, 0]], expected)
@@ -350,7 +368,9 @@ def test_seeded_rows_in_chunked_prefill_get_a_valid_key():
 def test_noise_never_picks_a_padding_column():
     """Logits wider than the tokenizer (T5, Qwen2.5): columns past it are -inf in modulated rows, even at sigma 50."""
     tokens = VOCAB // 2  # half the columns padding: noise alone would pick one about half the time
-    plan = plan_cache(tokenizer=type("Tokenizer", (), {"__len__": lambda self: tokens})()).resolve(Profile(sigma=50.0, seed=1))
+    plan = plan_cache(tokenizer=type("Tokenizer", (), {"__len__": lambda self: tokens})()).resolve(
+        Profile(sigma=50.0, seed=1)
+    )
     out = serving.modulate_rows(torch.zeros(200, VOCAB), [(i, plan, serving.step_key(i)) for i in range(200)])
     assert (out.argmax(dim=1) < tokens).all()
     assert torch.isneginf(out[:, tokens:]).all() and torch.isfinite(out[:, :tokens]).all()
@@ -359,14 +379,22 @@ def test_noise_never_picks_a_padding_column():
 def test_focus_word_past_the_output_layer_is_a_one_line_error(tiers, tokenizer):
     """A tokenizer larger than the model's logits: a focus token without a column is refused at plan time."""
     plans = plan_cache(tokenizer, vocab_size=11)  # '7' is token 11 of the demo tokenizer
-    assert_one_line_profile_error(lambda: plans.resolve(Profile(focus=("7",), seed=1)), "token id 11 is past the model's 11 output columns")
+    assert_one_line_profile_error(
+        lambda: plans.resolve(Profile(focus=("7",), seed=1)), "token id 11 is past the model's 11 output columns"
+    )
     assert plan_cache(tokenizer, vocab_size=12).resolve(Profile(focus=("7",), seed=1)).modulation.targets
 
 
 @pytest.mark.parametrize(
     "option",
-    ["--speculative-config", "--speculative_config={\"method\": \"ngram\"}", "-sc", "--spec-method=ngram",
-     "--speculative-config.method", "--speculative_config.method=ngram"],
+    [
+        "--speculative-config",
+        '--speculative_config={"method": "ngram"}',
+        "-sc",
+        "--spec-method=ngram",
+        "--speculative-config.method",
+        "--speculative_config.method=ngram",
+    ],
 )
 def test_serve_refuses_speculative_decoding_options(option):
     """Under speculative decoding vLLM's V1 runner skips the plugin silently: `aim serve` refuses the options."""

@@ -24,11 +24,17 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["--version"], *([command, "--help"] for command in ("classify", "segment", "generate", "calibrate", "serve"))]
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        *([command, "--help"] for command in ("classify", "segment", "generate", "calibrate", "serve")),
+    ],
 )
 def test_help_and_version_leave_torch_unloaded(args):
-    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=aim_env(), cwd=REPO,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=aim_env(), cwd=REPO, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "HEAVY:\n" in result.stderr, result.stderr  # none of them imported
     assert result.stdout.strip()

@@ -46,7 +46,9 @@ def _tolerance(q: torch.Tensor, draws: int) -> float:
     return 5.0 * math.sqrt(float((q * (1 - q)).sum())) / (q.numel() * math.sqrt(draws)) + 1e-9
 
 
-def _mc_hits(logits: torch.Tensor, classes: torch.Tensor, modulation: Modulation, draws: int, seed: int) -> torch.Tensor:
+def _mc_hits(
+    logits: torch.Tensor, classes: torch.Tensor, modulation: Modulation, draws: int, seed: int
+) -> torch.Tensor:
     """Per-row fraction of draws where the noisy argmax equals `classes`."""
     noise = SeededNoise(seed)
     hits = torch.zeros(logits.shape[0], dtype=torch.float64)

@@ -81,8 +81,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save_file(model.state_dict(), root / "resnet.safetensors", metadata={"labels": json.dumps(LABELS)})
     torch.save(model.state_dict(), root / "resnet.pth")
     images = _images(root / "images", 6)
-    return {"root": root, "safetensors": root / "resnet.safetensors", "pth": root / "resnet.pth", "image": images[0],
-            "images": root / "images"}
+    return {
+        "root": root,
+        "safetensors": root / "resnet.safetensors",
+        "pth": root / "resnet.pth",
+        "image": images[0],
+        "images": root / "images",
+    }
 
 
 def _hf_layout(folder: Path, arch: str, names: list[str], seed: int = 1) -> torch.nn.Module:
@@ -93,6 +98,7 @@ def _hf_layout(folder: Path, arch: str, names: list[str], seed: int = 1) -> torc
 
 
 # --- timm:ARCH --weights FILE -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["safetensors", "pth"])
 def test_arch_with_weights_gives_timms_own_logits(files, kind):
@@ -129,6 +135,7 @@ def test_pretrained_tag_picks_its_preprocessing(files):
 
 # --- Hugging Face layout (timm hub repos) --------------------------------------------------------
 
+
 def test_hf_layout_folder_uses_its_labels_and_preprocessing(files, tmp_path):
     # A non-default input size and normalisation: only the checkpoint's pretrained_cfg says so.
     folder = tmp_path / "resnet"
@@ -151,8 +158,12 @@ def test_label_descriptions_replace_label_ids(tmp_path):
     folder = tmp_path / "synsets"
     model = _model("test_resnet", 2)
     descriptions = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus"}
-    timm.models.save_for_hf(model, str(folder), safe_serialization=True,
-                            model_config={"label_names": list(descriptions), "label_descriptions": descriptions})
+    timm.models.save_for_hf(
+        model,
+        str(folder),
+        safe_serialization=True,
+        model_config={"label_names": list(descriptions), "label_descriptions": descriptions},
+    )
     assert load_classifier(str(folder), CPU).labels == list(descriptions.values())
 
 
@@ -161,11 +172,20 @@ def test_legacy_flat_hub_config_loads(files, tmp_path):
     folder.mkdir()
     model = _model("test_resnet", 3, seed=2)
     save_file(model.state_dict(), folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "test_resnet", "num_classes": 3, "labels": ["x", "y", "z"],
-        "input_size": [3, 64, 64], "interpolation": "bilinear", "crop_pct": 1.0,
-        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "test_resnet",
+                "num_classes": 3,
+                "labels": ["x", "y", "z"],
+                "input_size": [3, 64, 64],
+                "interpolation": "bilinear",
+                "crop_pct": 1.0,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+            }
+        )
+    )
     classifier = load_classifier(str(folder), CPU)
     assert classifier.labels == ["x", "y", "z"]
     assert classifier.preprocess([Image.open(files["image"]).convert("RGB")]).shape == (1, 3, 64, 64)
@@ -193,14 +213,23 @@ def test_hf_layout_without_weights_file_is_named(tmp_path):
 
 # --- errors ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("spec", "weights", "fragments"),
     [
         ("timm:resnet_18", "pth", ["unknown timm architecture 'resnet_18'", "did you mean resnet18"]),
         (f"timm:{ARCH}", None, [f"timm:{ARCH} needs --weights FILE", "never downloads"]),
         (f"timm:{ARCH}.bogus", "pth", ["no pretrained tag 'bogus'", "r160_in1k"]),
-        ("timm:test_vit", "pth", ["do not fit timm:test_vit", "missing (cls_token", "unexpected (stem.0.weight",
-                                  "trained with this timm architecture"]),
+        (
+            "timm:test_vit",
+            "pth",
+            [
+                "do not fit timm:test_vit",
+                "missing (cls_token",
+                "unexpected (stem.0.weight",
+                "trained with this timm architecture",
+            ],
+        ),
     ],
 )
 def test_bad_specs_are_one_line_model_errors(files, spec, weights, fragments):
@@ -226,7 +255,9 @@ def test_missing_timm_names_the_extra(files, tmp_path, monkeypatch):
     with pytest.raises(ModelError) as caught:
         load_classifier(f"timm:{ARCH}", CPU, files["pth"])
     assert str(caught.value) == f"timm:{ARCH} needs the timm package (pip install 'aim-cli[timm]')"
-    with pytest.raises(ModelError, match=r"\(a timm checkpoint\) needs the timm package \(pip install 'aim-cli\[timm\]'\)"):
+    with pytest.raises(
+        ModelError, match=r"\(a timm checkpoint\) needs the timm package \(pip install 'aim-cli\[timm\]'\)"
+    ):
         load_classifier(str(folder), CPU)
 
 
@@ -247,11 +278,27 @@ def test_segment_refuses_timm_classifiers(files, tmp_path):
 
 # --- the CLI --------------------------------------------------------------------------------------
 
+
 def test_cli_classify_timm_with_focus_and_compare(files, tmp_path):
     out = tmp_path / "preds.jsonl"
-    result = run_aim("classify", str(files["images"]), "--model", f"timm:{ARCH}", "--weights",
-                     str(files["safetensors"]), "--focus", "fig", "--focus-sigma", "50", "--seed", "0",
-                     "--compare", "-o", str(out), "-q")
+    result = run_aim(
+        "classify",
+        str(files["images"]),
+        "--model",
+        f"timm:{ARCH}",
+        "--weights",
+        str(files["safetensors"]),
+        "--focus",
+        "fig",
+        "--focus-sigma",
+        "50",
+        "--seed",
+        "0",
+        "--compare",
+        "-o",
+        str(out),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     model = _model(ARCH, len(LABELS), SEED)
@@ -280,8 +327,21 @@ def test_cli_calibrate_timm_classifier(files, tmp_path):
         (data / label).mkdir(parents=True, exist_ok=True)
         shutil.move(str(image), data / label / image.name)
     report = tmp_path / "report.json"
-    result = run_aim("calibrate", "--target-acc", "0.5", "--model", f"timm:{ARCH}", "--weights",
-                     str(files["safetensors"]), "--data", str(data), "--json", str(report), "--draws", "20")
+    result = run_aim(
+        "calibrate",
+        "--target-acc",
+        "0.5",
+        "--model",
+        f"timm:{ARCH}",
+        "--weights",
+        str(files["safetensors"]),
+        "--data",
+        str(data),
+        "--json",
+        str(report),
+        "--draws",
+        "20",
+    )
     assert result.returncode == 0, result.stderr
     sigma = float(result.stdout)
     data_report = json.loads(report.read_text())

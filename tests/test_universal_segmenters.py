@@ -54,8 +54,15 @@ SEED = 7
 K_SE = 4.0
 PERSON = streets.LABELS.index("person")
 LABELS = {"id2label": {0: "cat", 1: "dog", 2: "bird"}, "label2id": {"cat": 0, "dog": 1, "bird": 2}}
-SWIN = {"model_type": "swin", "image_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
-        "window_size": 2, "out_features": ["stage1", "stage2", "stage3", "stage4"]}
+SWIN = {
+    "model_type": "swin",
+    "image_size": 32,
+    "embed_dim": 8,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 1, 1],
+    "window_size": 2,
+    "out_features": ["stage1", "stage2", "stage3", "stage4"],
+}
 
 
 # --- tiny random checkpoints of the three families ------------------------------------------------
@@ -67,30 +74,73 @@ def _save_random(family: str, directory: Path, tokenizer: bool = True) -> Path:
 
     torch.manual_seed(0)
     if family == "mask2former":
-        config = tf.Mask2FormerConfig(backbone_config=SWIN, hidden_dim=32, mask_feature_size=32, feature_size=32,
-                                      encoder_layers=1, decoder_layers=2, num_queries=4, encoder_feedforward_dim=32,
-                                      dim_feedforward=32, num_attention_heads=2, **LABELS)
-        model, processor = tf.Mask2FormerForUniversalSegmentation(config), tf.Mask2FormerImageProcessor(
-            size={"height": 32, "width": 32})
+        config = tf.Mask2FormerConfig(
+            backbone_config=SWIN,
+            hidden_dim=32,
+            mask_feature_size=32,
+            feature_size=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_queries=4,
+            encoder_feedforward_dim=32,
+            dim_feedforward=32,
+            num_attention_heads=2,
+            **LABELS,
+        )
+        model, processor = (
+            tf.Mask2FormerForUniversalSegmentation(config),
+            tf.Mask2FormerImageProcessor(size={"height": 32, "width": 32}),
+        )
     elif family == "maskformer":
-        config = tf.MaskFormerConfig(backbone_config=SWIN, decoder_config={
-            "model_type": "detr", "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2, "d_model": 32, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
-            "num_queries": 4}, fpn_feature_size=32, mask_feature_size=32, num_queries=4, **LABELS)
-        model, processor = tf.MaskFormerForInstanceSegmentation(config), tf.MaskFormerImageProcessor(
-            size={"height": 32, "width": 32})
+        config = tf.MaskFormerConfig(
+            backbone_config=SWIN,
+            decoder_config={
+                "model_type": "detr",
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "decoder_attention_heads": 2,
+                "d_model": 32,
+                "encoder_ffn_dim": 32,
+                "decoder_ffn_dim": 32,
+                "num_queries": 4,
+            },
+            fpn_feature_size=32,
+            mask_feature_size=32,
+            num_queries=4,
+            **LABELS,
+        )
+        model, processor = (
+            tf.MaskFormerForInstanceSegmentation(config),
+            tf.MaskFormerImageProcessor(size={"height": 32, "width": 32}),
+        )
     else:
-        config = tf.OneFormerConfig(backbone_config=SWIN, hidden_dim=32, conv_dim=32, mask_dim=32,
-                                    encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
-                                    num_attention_heads=2, num_queries=4, text_encoder_width=32,
-                                    text_encoder_context_length=8, text_encoder_num_layers=1,
-                                    text_encoder_vocab_size=64, text_encoder_proj_layers=1, text_encoder_n_ctx=4,
-                                    task_seq_len=8, **LABELS)
+        config = tf.OneFormerConfig(
+            backbone_config=SWIN,
+            hidden_dim=32,
+            conv_dim=32,
+            mask_dim=32,
+            encoder_feedforward_dim=32,
+            dim_feedforward=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_attention_heads=2,
+            num_queries=4,
+            text_encoder_width=32,
+            text_encoder_context_length=8,
+            text_encoder_num_layers=1,
+            text_encoder_vocab_size=64,
+            text_encoder_proj_layers=1,
+            text_encoder_n_ctx=4,
+            task_seq_len=8,
+            **LABELS,
+        )
         model = tf.OneFormerForUniversalSegmentation(config)
         processor = tf.OneFormerImageProcessor(size={"height": 32, "width": 32})
         if tokenizer:
-            processor = tf.OneFormerProcessor(image_processor=processor, tokenizer=char_clip_tokenizer(),
-                                              task_seq_length=8, max_seq_length=8)
+            processor = tf.OneFormerProcessor(
+                image_processor=processor, tokenizer=char_clip_tokenizer(), task_seq_length=8, max_seq_length=8
+            )
     model.eval().save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
@@ -137,8 +187,9 @@ def test_log_scores_stay_finite_where_every_mask_is_confidently_off():
     class_logits = torch.randn((1, 5, 4), generator=generator) * 3
     mask_logits = torch.randn((1, 5, 6, 6), generator=generator) * 2 - 110
     scores = log_semantic_scores(class_logits, mask_logits)
-    expected = torch.einsum("bqc,bqhw->bchw", class_logits.double().softmax(-1)[..., :-1],
-                            mask_logits.double().sigmoid()).log()
+    expected = torch.einsum(
+        "bqc,bqhw->bchw", class_logits.double().softmax(-1)[..., :-1], mask_logits.double().sigmoid()
+    ).log()
     assert torch.isfinite(scores).all()
     torch.testing.assert_close(scores.double(), expected, rtol=0, atol=1e-4)
     plain = torch.einsum("bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1], mask_logits.sigmoid()).log()
@@ -247,7 +298,9 @@ def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(trained):
         p = focus_win_probability(person_pixels, PERSON, focus_sigma, direction=1)
         predicted.append(float(p.mean()))
         bound = K_SE * math.sqrt(float((p * (1 - p)).sum())) / n + 1e-9
-        print(f"focus sigma {focus_sigma:g}: person recall {measured[-1]:.4f}, predicted {predicted[-1]:.4f} +- {bound:.4f}")
+        print(
+            f"focus sigma {focus_sigma:g}: person recall {measured[-1]:.4f}, predicted {predicted[-1]:.4f} +- {bound:.4f}"
+        )
         assert abs(measured[-1] - predicted[-1]) <= bound, (focus_sigma, measured[-1], predicted[-1], bound)
     assert measured[0] == pytest.approx(predicted[0], abs=1e-12)  # sigma 0: the clean model exactly
     assert measured[0] < measured[1] < measured[2], measured
@@ -286,12 +339,26 @@ def test_cli_segment_with_focus_and_calibrate(tmp_path):
     data = tmp_path / "scenes"
     streets.export(data, 4)
     out = tmp_path / "out"
-    result = run_aim("segment", str(data / "images"), "--model", str(TRAINED), "--focus", "person",
-                     "--masks", str(data / "masks"), "--seed", "0", "-o", str(out), "-q")
+    result = run_aim(
+        "segment",
+        str(data / "images"),
+        "--model",
+        str(TRAINED),
+        "--focus",
+        "person",
+        "--masks",
+        str(data / "masks"),
+        "--seed",
+        "0",
+        "-o",
+        str(out),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert len(list(out.rglob("*.png"))) >= 4
-    result = run_aim("calibrate", "--task", "segment", "--model", str(TRAINED), "--target-miou", "0.5",
-                     "--data", str(data), "-q")
+    result = run_aim(
+        "calibrate", "--task", "segment", "--model", str(TRAINED), "--target-miou", "0.5", "--data", str(data), "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) > 0
 

@@ -59,7 +59,9 @@ def server_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A server started with a tiers directory (the repo's profiles plus a focus tier) and a key."""
     for path in (REPO / "profiles").glob("*.yaml"):
         (tmp_path / path.name).write_bytes(path.read_bytes())
-    (tmp_path / "sevens.yaml").write_text("version: 1\nutility: {sigma: 0}\nfocus:\n  sigma: 2.0\n  targets: ['7']\nnoise: {seed: 5}\n")
+    (tmp_path / "sevens.yaml").write_text(
+        "version: 1\nutility: {sigma: 0}\nfocus:\n  sigma: 2.0\n  targets: ['7']\nnoise: {seed: 5}\n"
+    )
     monkeypatch.setenv(serving.PROFILES_ENV, str(tmp_path))
     monkeypatch.setenv(serving.KEY_ENV, "test-secret")
 
@@ -179,7 +181,9 @@ def test_seeded_requests_are_reproducible_and_batch_independent():
 
 def test_focus_tier_boosts_only_the_words_tokens():
     proc = v1_processor()
-    out = v1_step(proc, torch.zeros(1, VOCAB), BatchUpdate(1, [], [(0, params(aim_profile="sevens"), PROMPTS[0], [])], []))
+    out = v1_step(
+        proc, torch.zeros(1, VOCAB), BatchUpdate(1, [], [(0, params(aim_profile="sevens"), PROMPTS[0], [])], [])
+    )
     assert out[0, 11] > 0  # '7' is token 11 of the demo tokenizer
     assert torch.count_nonzero(out[0, :TOKENS]) == 1
 
@@ -220,8 +224,11 @@ def v2_context(state: LogitsProcRequestState, slots: list[int], lengths: list[in
 def test_v2_runner_rows_match_the_v1_runner():
     """Model Runner V2: slots via add_request, rows via LogitsContext; same noise as under V1."""
     proc, state = v2_setup()
-    requests = {5: (params(aim_profile="keyed-tier"), PROMPTS[0] + [11, 12]), 2: (params(), PROMPTS[1]),
-                6: (params(aim_sigma=1.0, aim_seed=3), PROMPTS[2])}
+    requests = {
+        5: (params(aim_profile="keyed-tier"), PROMPTS[0] + [11, 12]),
+        2: (params(), PROMPTS[1]),
+        6: (params(aim_sigma=1.0, aim_seed=3), PROMPTS[2]),
+    }
     for slot, (sampling, tokens) in requests.items():
         state.all_token_ids.gpu[slot, : len(tokens)] = torch.tensor(tokens)
         state.prompt_len.np[slot] = len(tokens) if slot != 5 else len(PROMPTS[0])
@@ -242,8 +249,17 @@ def test_v2_runner_rows_match_the_v1_runner():
 
 
 def test_aim_serve_dry_run_prints_the_vllm_command_and_the_tier_choice(aim, tmp_path):
-    result = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--dry-run", "--", "--port", "9001",
-                 env={serving.KEY_ENV: "s"})
+    result = aim(
+        "serve",
+        "my/model",
+        "--profiles",
+        str(REPO / "profiles"),
+        "--dry-run",
+        "--",
+        "--port",
+        "9001",
+        env={serving.KEY_ENV: "s"},
+    )
     assert result.returncode == 0, result.stderr
     assert "-m vllm.entrypoints.cli.main serve my/model --port 9001" in result.stdout
     assert f"{serving.PROFILES_ENV}={REPO / 'profiles'}" in result.stdout
@@ -276,8 +292,12 @@ def test_v2_seeded_row_in_chunked_prefill_does_not_stop_the_engine():
     state.prompt_len.np[0] = 20
     proc.add_request(0, params(aim_sigma=1.0, aim_seed=3))
     ctx = LogitsContext(
-        expanded_idx_mapping=torch.tensor([0]), idx_mapping=torch.tensor([0]), idx_mapping_np=np.array([0]),
-        expanded_local_pos=torch.zeros(1, dtype=torch.int32), input_ids=torch.tensor([prompt[7]]), pos=torch.tensor([7]),
+        expanded_idx_mapping=torch.tensor([0]),
+        idx_mapping=torch.tensor([0]),
+        idx_mapping_np=np.array([0]),
+        expanded_local_pos=torch.zeros(1, dtype=torch.int32),
+        input_ids=torch.tensor([prompt[7]]),
+        pos=torch.tensor([7]),
         seq_lens_upper_bound_np=np.array([8]),
     )
     out = proc.apply(torch.zeros(1, VOCAB), ctx)  # the first chunk covers 8 of the 20 prompt tokens
@@ -298,7 +318,9 @@ def test_v2_keyed_rows_hash_only_new_tokens_and_equal_token_key_over_many_steps(
         tokens[3, length - 1] = (7 * length) % TOKENS if length > 5 else tokens[3, 4]
         out = proc.apply(clean.clone(), v2_context(state, [3], [length]))
         history = tokens[3, :length].tolist()
-        expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(torch.tensor([history]), clean.clone())
+        expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(
+            torch.tensor([history]), clean.clone()
+        )
         assert torch.equal(out, expected), length
     assert proc._slots[3].hasher.resume_at == 27  # all but the newest token hashed, once each
     # A recycled slot: another keyed request with another history starts from scratch.
@@ -306,7 +328,9 @@ def test_v2_keyed_rows_hash_only_new_tokens_and_equal_token_key_over_many_steps(
     state.prompt_len.np[3] = 8
     proc.add_request(3, params(aim_profile="keyed-tier"))
     out = proc.apply(clean.clone(), v2_context(state, [3], [8]))
-    expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(torch.tensor([PROMPTS[2]]), clean.clone())
+    expected = ModulationProcessor(Modulation(2.0), noise, keyed=True, num_tokens=TOKENS)(
+        torch.tensor([PROMPTS[2]]), clean.clone()
+    )
     assert torch.equal(out, expected)
 
 
@@ -356,8 +380,16 @@ def test_speculative_decoding_is_refused_at_start():
 
 
 def test_aim_serve_refuses_speculative_decoding(aim):
-    result = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--dry-run", "--", "--speculative_config={}",
-                 env={serving.KEY_ENV: "s"})
+    result = aim(
+        "serve",
+        "my/model",
+        "--profiles",
+        str(REPO / "profiles"),
+        "--dry-run",
+        "--",
+        "--speculative_config={}",
+        env={serving.KEY_ENV: "s"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "--speculative-config: aim's tiers do not support speculative decoding" in result.stderr
 
@@ -374,17 +406,39 @@ def test_focus_word_past_the_output_layer_stops_the_server_at_start(tmp_path, mo
     monkeypatch.setenv(serving.PROFILES_ENV, str(narrow))
     proc = AimLogitsProcessor(config(vocab=11), torch.device("cpu"), False)
     # A request's own focus word can only be checked in the worker: dropped there (never an engine crash).
-    out = v1_step(proc, torch.zeros(1, 11), BatchUpdate(1, [], [(0, params(aim_focus="7", aim_sigma=1.0, aim_seed=1), PROMPTS[0], [])], []))
+    out = v1_step(
+        proc,
+        torch.zeros(1, 11),
+        BatchUpdate(1, [], [(0, params(aim_focus="7", aim_sigma=1.0, aim_seed=1), PROMPTS[0], [])], []),
+    )
     assert torch.isfinite(out).all() and out.std() > 0
 
 
 def test_aim_serve_default_profile_is_checked_and_passed_to_vllm(aim):
-    ok = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--default-profile", "free-tier", "--dry-run",
-             env={serving.KEY_ENV: "s"})
+    ok = aim(
+        "serve",
+        "my/model",
+        "--profiles",
+        str(REPO / "profiles"),
+        "--default-profile",
+        "free-tier",
+        "--dry-run",
+        env={serving.KEY_ENV: "s"},
+    )
     assert ok.returncode == 0, ok.stderr
-    assert f"{serving.DEFAULT_ENV}=free-tier" in ok.stdout and "without aim_* arguments get tier 'free-tier'" in ok.stderr
-    bad = aim("serve", "my/model", "--profiles", str(REPO / "profiles"), "--default-profile", "gold", "--dry-run",
-              env={serving.KEY_ENV: "s"})
+    assert (
+        f"{serving.DEFAULT_ENV}=free-tier" in ok.stdout and "without aim_* arguments get tier 'free-tier'" in ok.stderr
+    )
+    bad = aim(
+        "serve",
+        "my/model",
+        "--profiles",
+        str(REPO / "profiles"),
+        "--default-profile",
+        "gold",
+        "--dry-run",
+        env={serving.KEY_ENV: "s"},
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "AIM_DEFAULT_PROFILE=gold: no such tier" in bad.stderr
 

@@ -210,7 +210,9 @@ def common_noise_seed(seed: int, draw: int, chunk_index: int) -> int:
     return seed + 1_000_003 * draw + chunk_index
 
 
-def winning_interval(logits: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def winning_interval(
+    logits: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the sigmas [low, high] (sigma >= 0) where argmax(logits + sigma * noise) is the label.
 
     Each class's noisy logit y_j + sigma * e_j is a line in sigma, and a line is the maximum of a
@@ -278,7 +280,11 @@ def recall_metric(
 
     def metric(focus_sigma: float) -> float:
         if utility_sigma > 0:
-            return float(theory.win_probability_with_focus(rows, classes, utility_sigma, target_id, focus_sigma, direction).mean())
+            return float(
+                theory.win_probability_with_focus(
+                    rows, classes, utility_sigma, target_id, focus_sigma, direction
+                ).mean()
+            )
         if focus_sigma <= 0:
             return float((rows.argmax(dim=1) == target_id).double().mean())
         return float(theory.focus_win_probability(rows, target_id, focus_sigma, direction).mean())
@@ -286,7 +292,9 @@ def recall_metric(
     return metric
 
 
-def monte_carlo_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float, draws: int, seed: int) -> MonteCarloCheck:
+def monte_carlo_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, sigma: float, draws: int, seed: int
+) -> MonteCarloCheck:
     """Measured accuracy over `draws` seeded noise draws on the cached logits."""
     noise = SeededNoise(seed)
     modulation = Modulation(sigma=sigma)
@@ -310,7 +318,9 @@ def monte_carlo_recall(
     rows = logits[labels == target_id]
     noise = SeededNoise(seed)
     modulation = Modulation(utility_sigma, focus_sigma, (FocusTarget(target_id, direction),))
-    values = [float((modulate(rows, modulation, noise).argmax(dim=1) == target_id).double().mean()) for _ in range(draws)]
+    values = [
+        float((modulate(rows, modulation, noise).argmax(dim=1) == target_id).double().mean()) for _ in range(draws)
+    ]
     return MonteCarloCheck(focus_sigma, values)
 
 
@@ -335,14 +345,18 @@ def calibrate_logits(
     if target.metric == "recall":
         assert target_id is not None
         if int((labels == target_id).sum()) == 0:
-            raise InputError(f"the data has no examples of '{target.focus_class}', so its recall is undefined",
-                             "add labelled examples of that class")
+            raise InputError(
+                f"the data has no examples of '{target.focus_class}', so its recall is undefined",
+                "add labelled examples of that class",
+            )
         metric = recall_metric(logits, labels, target_id, target.focus_direction, utility_sigma)
         limit = 1.0 if target.focus_direction > 0 else 0.0
         limit_label = f"always {target.focus_class}" if target.focus_direction > 0 else f"never {target.focus_class}"
 
         def measure(value: float, count: int, draw_seed: int) -> MonteCarloCheck:
-            return monte_carlo_recall(logits, labels, target_id, target.focus_direction, value, count, draw_seed, utility_sigma)
+            return monte_carlo_recall(
+                logits, labels, target_id, target.focus_direction, value, count, draw_seed, utility_sigma
+            )
     else:
         if exact_is_affordable(logits):
             metric = accuracy_metric(logits, labels)
@@ -412,7 +426,9 @@ def _warnings(
     """Plain warnings: a non-monotone curve, or a measurement that disagrees with the prediction."""
     falling = target.metric != "recall" or target.focus_direction < 0
     out = []
-    analytic = monotonicity_warning(grid, values, falling, MONOTONE_TOLERANCE, f"predicted {target.label}", target.parameter)
+    analytic = monotonicity_warning(
+        grid, values, falling, MONOTONE_TOLERANCE, f"predicted {target.label}", target.parameter
+    )
     if analytic:
         out.append(analytic)
     ordered = sorted([*points, check], key=lambda p: p.parameter)

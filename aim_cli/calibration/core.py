@@ -17,9 +17,31 @@ if TYPE_CHECKING:
 
 # Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
 _T975 = {
-    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
-    18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
 }
 
 METRIC_LABELS = {
@@ -210,7 +232,9 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
                 hint = f"suppressing a class only lowers its recall; to raise it use --focus {target.focus_class}:up"
             raise AimError(f"target {name} {fmt(t, clean)} is above the clean model's {fmt(clean, t)}; {span}", hint)
         if t <= limit:
-            raise AimError(f"target {name} {fmt(t, limit)} is at or below {limit_label} level ({fmt(limit, t)}); {span}", hint)
+            raise AimError(
+                f"target {name} {fmt(t, limit)} is at or below {limit_label} level ({fmt(limit, t)}); {span}", hint
+            )
     else:
         if t < clean:
             raise AimError(
@@ -218,7 +242,10 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
                 f"to lower it, suppress the class: --focus {target.focus_class}:down",
             )
         if t >= limit:
-            raise AimError(f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus only approaches; {span}", hint)
+            raise AimError(
+                f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus only approaches; {span}",
+                hint,
+            )
 
 
 def crossing(grid: Sequence[float], values: Sequence[float], target: float) -> int | None:

@@ -99,7 +99,9 @@ def image_folder(root: Path, allow_outside: bool = False) -> ImageDataset:
     within = None if allow_outside else root
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for image_path in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
-            items.append(LabelledImage(str(image_path.relative_to(root)), class_dir.name, path=image_path, within=within))
+            items.append(
+                LabelledImage(str(image_path.relative_to(root)), class_dir.name, path=image_path, within=within)
+            )
     if not items:
         loose = [p for p in root.iterdir() if _is_image(p)]
         if loose:
@@ -136,9 +138,14 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"manifest {path}, line {number}: not valid JSON ({exc.msg})", 'each line must look like {"path": "a.png", "label": "cat"}') from None
+            raise InputError(
+                f"manifest {path}, line {number}: not valid JSON ({exc.msg})",
+                'each line must look like {"path": "a.png", "label": "cat"}',
+            ) from None
         if not isinstance(row, dict):
-            raise InputError(f"manifest {path}, line {number}: expected a JSON object", 'e.g. {"path": "a.png", "label": "cat"}')
+            raise InputError(
+                f"manifest {path}, line {number}: expected a JSON object", 'e.g. {"path": "a.png", "label": "cat"}'
+            )
         yield number, row
 
 
@@ -155,21 +162,27 @@ def manifest(path: Path, allow_outside: bool = False) -> ImageDataset:
         image_ref, label = row.get("path"), row.get("label")
         if image_ref in (None, "") or label in (None, ""):
             missing = "path" if image_ref in (None, "") else "label"
-            raise InputError(f"manifest {path}, line {number}: no '{missing}' value", "every row needs a path and a label")
+            raise InputError(
+                f"manifest {path}, line {number}: no '{missing}' value", "every row needs a path and a label"
+            )
         if "\x00" in str(image_ref):  # no file name holds one; the path functions would raise ValueError
             raise InputError(f"manifest {path}, line {number}: the path holds a NUL byte", "fix that row")
         image_path = Path(str(image_ref)).expanduser()
         if not image_path.is_absolute():
             image_path = path.parent / image_path
         if within is not None:
-            check_inside(os.path.realpath(image_path), image_path, within, InputError, f"manifest {path}, line {number}: image")
+            check_inside(
+                os.path.realpath(image_path), image_path, within, InputError, f"manifest {path}, line {number}: image"
+            )
         if not image_path.exists():  # a pipe or device is listed and refused when read, naming what it is
             failures.append(FailedInput(image_path, f"{path}, line {number}: {image_ref}: no such file"))
             continue
         items.append(LabelledImage(str(image_ref), str(label), path=image_path, within=within))
     if not items:
         if failures:
-            raise InputError(f"manifest {path}: none of its {len(failures)} image(s) exist", f"paths are relative to {path.parent}")
+            raise InputError(
+                f"manifest {path}: none of its {len(failures)} image(s) exist", f"paths are relative to {path.parent}"
+            )
         raise InputError(f"manifest {path} lists no images", "add rows of path,label")
     return ImageDataset(items, f"{path} ({len(items)} images)", failures, source=str(path))
 
@@ -262,7 +275,9 @@ def read_segmentation_data(root: Path, allow_outside: bool = False) -> Segmentat
     from aim_cli.tasks.segment import find_mask
 
     if not root.is_dir():
-        raise InputError(f"data {root} is not a directory", "segmentation data is DIR with images/ and masks/ sub-folders")
+        raise InputError(
+            f"data {root} is not a directory", "segmentation data is DIR with images/ and masks/ sub-folders"
+        )
     images_dir, masks_dir = root / "images", root / "masks"
     missing = [d.name + "/" for d in (images_dir, masks_dir) if not d.is_dir()]
     if missing:
@@ -304,7 +319,10 @@ def demo_text_set(n: int = 200) -> TextDataset:
 def read_text_data(path: Path) -> TextDataset:
     """A JSONL file of {prompt, answer} or {prompt, choices, answer} objects."""
     if path.is_dir() or path.suffix.lower() != ".jsonl":
-        raise InputError(f"data {path}: text calibration reads a .jsonl file", 'one object per line: {"prompt": "2+2=", "answer": "4"}')
+        raise InputError(
+            f"data {path}: text calibration reads a .jsonl file",
+            'one object per line: {"prompt": "2+2=", "answer": "4"}',
+        )
     lines = read_text_file(path, TEXT_BYTES, InputError, "data").splitlines()
     items: list[dict[str, object]] = []
     kinds: set[bool] = set()
@@ -317,7 +335,9 @@ def read_text_data(path: Path) -> TextDataset:
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
-            raise InputError(f"{where}: expected an object with 'prompt' (text) and 'answer'", '{"prompt": "2+2=", "answer": "4"}')
+            raise InputError(
+                f"{where}: expected an object with 'prompt' (text) and 'answer'", '{"prompt": "2+2=", "answer": "4"}'
+            )
         if "choices" in row:
             choices = row["choices"]
             answer = row["answer"]

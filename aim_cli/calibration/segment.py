@@ -326,7 +326,9 @@ class _RecallSums:
         classes = torch.full((rows.shape[0],), self.target_id, device=rows.device)
         for i, focus_sigma in enumerate(self.grid):
             if self.utility_sigma > 0:
-                p = theory.win_probability_with_focus(rows, classes, self.utility_sigma, self.target_id, focus_sigma, self.direction)
+                p = theory.win_probability_with_focus(
+                    rows, classes, self.utility_sigma, self.target_id, focus_sigma, self.direction
+                )
             elif focus_sigma <= 0:
                 p = (rows.argmax(dim=1) == self.target_id).double()
             else:
@@ -353,9 +355,16 @@ def _strips(group: _Group) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     count, classes = group.low.shape[:2]
     height, width = group.size
     if count * classes * height * width <= segment_task.STRIP_ELEMENTS:
-        whole = F.interpolate(group.low.contiguous(memory_format=torch.channels_last), size=group.size,
-                              mode="bilinear", align_corners=False)
-        yield whole.permute(0, 2, 3, 1).reshape(count * height, width, classes), group.truth.reshape(count * height, width)
+        whole = F.interpolate(
+            group.low.contiguous(memory_format=torch.channels_last),
+            size=group.size,
+            mode="bilinear",
+            align_corners=False,
+        )
+        yield (
+            whole.permute(0, 2, 3, 1).reshape(count * height, width, classes),
+            group.truth.reshape(count * height, width),
+        )
         return
     rows = segment_task.strip_rows(classes, width, segment_task.STRIP_ELEMENTS)
     for i in range(count):
@@ -420,12 +429,16 @@ class SegmentationCalibrator:
     def _groups(self, collect: bool = False) -> Iterator[_Group]:
         """A fresh pass over the data (the first images' logits come from the bounded cache)."""
         if self._stream is None:
-            self._stream = _Stream(self.segmenter, self.dataset, self.batch_size, self.clock, self.failures, self.progress)
+            self._stream = _Stream(
+                self.segmenter, self.dataset, self.batch_size, self.clock, self.failures, self.progress
+            )
         self.clock.passes += 1
         yield from self._stream.groups(collect)
         if self._stream.images == 0:
             first = f" (first: {self.failures[0].reason})" if self.failures else ""
-            raise InputError(f"no image of the data could be scored{first}", "fix or remove the failing images and run again")
+            raise InputError(
+                f"no image of the data could be scored{first}", "fix or remove the failing images and run again"
+            )
 
     def _pilot(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Up to PILOT_PIXELS scored pixels of the first image, at random: their logits (P, C) and truth.
@@ -469,7 +482,9 @@ class SegmentationCalibrator:
         guess = low * (high / low) ** (a / (a - b)) if a != b else low
         return [0.0, *log_grid(guess / GRID_SPREAD, guess * GRID_SPREAD, GRID_PER_DECADE)]
 
-    def _utility_pass(self, grid: Sequence[float] | None, collect: bool) -> tuple[list[float], list[float], float, torch.Tensor]:
+    def _utility_pass(
+        self, grid: Sequence[float] | None, collect: bool
+    ) -> tuple[list[float], list[float], float, torch.Tensor]:
         """Pass 1: grid, CRN metric at every sigma, the exact clean metric, and the truth's class support."""
         sums: _CrnSums | None = None if grid is None else _CrnSums(grid, self.num_classes)
         clean = ConfusionMatrix(self.num_classes)
@@ -491,7 +506,9 @@ class SegmentationCalibrator:
         read = matrix_metric(self.target.metric, self.target_id)
         if grid is None:
             draws = f"{repeats} shared N(0,1) draws" if repeats > 1 else "one shared N(0,1) draw"
-            self.notes.append(f"curve: every scored pixel decided at {len(sums.grid)} sigmas with {draws} per class (common random numbers)")
+            self.notes.append(
+                f"curve: every scored pixel decided at {len(sums.grid)} sigmas with {draws} per class (common random numbers)"
+            )
         return sums.grid, sums.values(read), read(clean.matrix), clean.matrix.sum(dim=1)
 
     def _recall_pass(self, collect: bool) -> tuple[list[float], list[float], int]:
@@ -546,7 +563,9 @@ class SegmentationCalibrator:
         curve = sorted([*zip(grid, values), (value, predicted)])
         falling = not recall_target or self.target.focus_direction < 0
         warnings = []
-        analytic = monotonicity_warning(grid, values, falling, 0.005, f"predicted {self.target.label}", self.target.parameter)
+        analytic = monotonicity_warning(
+            grid, values, falling, 0.005, f"predicted {self.target.label}", self.target.parameter
+        )
         if analytic:
             warnings.append(analytic)
         if abs(predicted - interpolated) > 0.005:
@@ -629,15 +648,20 @@ class SegmentationCalibrator:
             return Modulation(sigma=v)
 
         # A few curve points between clean and the limit, for the plot and the monotonicity check.
-        inside = [s for s, v in zip(grid, values) if s > 0 and abs(v - values[0]) > 0.002 and abs(v - values[-1]) > 0.002]
+        inside = [
+            s for s, v in zip(grid, values) if s > 0 and abs(v - values[0]) > 0.002 and abs(v - values[-1]) > 0.002
+        ]
         picks = [inside[int(k * len(inside) / CURVE_CHECKS)] for k in range(min(CURVE_CHECKS, len(inside)))]
-        chosen = [ConfusionMatrix(self.num_classes) for _ in range(check_draws(self.target.metric, support, self.draws))]
+        chosen = [
+            ConfusionMatrix(self.num_classes) for _ in range(check_draws(self.target.metric, support, self.draws))
+        ]
         curve_mats = {s: [ConfusionMatrix(self.num_classes) for _ in range(CURVE_DRAWS)] for s in picks}
         seen = self._stream.pixels if self._stream is not None else 0
         curve_budget = min(CURVE_PIXELS, max(1, seen // (CURVE_CHECKS * CURVE_DRAWS)))
         exact_recall = (
             _RecallSums([value], self.target_id, self.target.focus_direction, self.utility_sigma)  # type: ignore[arg-type]
-            if recall_target else None
+            if recall_target
+            else None
         )
         noise = SeededNoise(self.seed)
         curve_noise = SeededNoise(self.seed + 1)
@@ -656,7 +680,10 @@ class SegmentationCalibrator:
                 if rows > 0:
                     for s, matrices in curve_mats.items():
                         for matrix in matrices:
-                            matrix.update(add_noise_(strip[:rows].clone(), modulation(s), curve_noise).argmax(dim=-1), truth[:rows])
+                            matrix.update(
+                                add_noise_(strip[:rows].clone(), modulation(s), curve_noise).argmax(dim=-1),
+                                truth[:rows],
+                            )
                     curve_pixels += rows * strip.shape[1]
             self.clock.monte_carlo += time.perf_counter() - start
         if curve_mats and curve_pixels < seen:

@@ -105,7 +105,12 @@ def collect_next_token_logits(
 
 
 def calibrate_multiple_choice(
-    lm: LanguageModel, items: Sequence[dict], target: Target, draws: int, seed: int, batch_size: int,
+    lm: LanguageModel,
+    items: Sequence[dict],
+    target: Target,
+    draws: int,
+    seed: int,
+    batch_size: int,
     progress: ProgressCallback | None = None,
 ) -> Calibration:
     """Exact expected accuracy over the vocabulary from cached next-token logits, then a check."""
@@ -163,7 +168,12 @@ class FreeFormScorer:
 
 
 def calibrate_free_form(
-    lm: LanguageModel, items: Sequence[dict], target: Target, draws: int, seed: int, batch_size: int,
+    lm: LanguageModel,
+    items: Sequence[dict],
+    target: Target,
+    draws: int,
+    seed: int,
+    batch_size: int,
     progress: ProgressCallback | None = None,
 ) -> Calibration:
     """Coarse seeded scan to bracket the target, noisy bisection in log-sigma, then R draws."""

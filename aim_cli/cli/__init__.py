@@ -36,7 +36,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Offline AI model modulation: serve quality tiers and shift focus by redistributing logits.
 
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     except AimError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]aim: error:[/] {escape(printable(exc))}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(
+            f"[bold red]aim: error:[/] {escape(printable(exc))}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except OSError as exc:  # the environment (disk full, permissions), not a bug in aim
         if debug:

@@ -48,24 +48,51 @@ class Task(str, enum.Enum):
 
 @app.command()
 def calibrate(
-    target_acc: Annotated[Optional[float], typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")] = None,
+    target_acc: Annotated[
+        Optional[float], typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")
+    ] = None,
     target_miou: Annotated[Optional[float], typer.Option("--target-miou", help="Target mIoU (segment).")] = None,
-    target_recall: Annotated[Optional[float], typer.Option("--target-recall", help="Target recall of the --focus class.")] = None,
-    focus: Annotated[Optional[str], typer.Option("--focus", "-f", help="Focus class NAME[:up|down] whose focus sigma to find.")] = None,
-    sigma: Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")] = None,
+    target_recall: Annotated[
+        Optional[float], typer.Option("--target-recall", help="Target recall of the --focus class.")
+    ] = None,
+    focus: Annotated[
+        Optional[str], typer.Option("--focus", "-f", help="Focus class NAME[:up|down] whose focus sigma to find.")
+    ] = None,
+    sigma: Annotated[
+        Optional[float], typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")
+    ] = None,
     task: Annotated[Task, typer.Option("--task", "-t", help="Kind of model.")] = Task.classify,
     model: ModelOption = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")] = None,
-    allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Let --data name images outside its folder (absolute paths, .., symlinks out).")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
+    ] = None,
+    allow_outside_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-paths",
+            help="Let --data name images outside its folder (absolute paths, .., symlinks out).",
+        ),
+    ] = False,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
+    ] = None,
     draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
-    write_profile_to: Annotated[Optional[Path], typer.Option("--write-profile", help="Write a ready YAML profile.")] = None,
+    write_profile_to: Annotated[
+        Optional[Path], typer.Option("--write-profile", help="Write a ready YAML profile.")
+    ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Profile name (default: the file's stem).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")
+    ] = None,
     batch_size: BatchOption = 64,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
@@ -78,7 +105,9 @@ def calibrate(
     from aim_cli.devices import resolve_device
     from aim_cli.tasks.calibrate import calibration_request
 
-    request = calibration_request(task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
+    request = calibration_request(
+        task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size
+    )
     for path, suffixes in ((write_profile_to, PROFILE_SUFFIXES), (json_out, REPORT_SUFFIXES), (plot, PLOT_SUFFIXES)):
         if path is not None:
             check_output_file(path, suffixes)
@@ -99,15 +128,21 @@ def calibrate(
     if model is not None and data is None:
         raise AimError(
             "--model needs --data: the default evaluation set belongs to the demo model",
-            {"classify": "an ImageFolder directory or a .csv/.jsonl manifest of path,label",
-             "segment": "a directory with images/ and masks/ sub-folders",
-             "generate": "a .jsonl file of {prompt, answer} or {prompt, choices, answer}"}[task.value],
+            {
+                "classify": "an ImageFolder directory or a .csv/.jsonl manifest of path,label",
+                "segment": "a directory with images/ and masks/ sub-folders",
+                "generate": "a .jsonl file of {prompt, answer} or {prompt, choices, answer}",
+            }[task.value],
         )
     torch_device = resolve_device(device)
     if task == Task.classify:
-        calibration, failures = _classify(request, model, weights, labels, data, limit, torch_device, quiet, outputs, allow_outside_paths)
+        calibration, failures = _classify(
+            request, model, weights, labels, data, limit, torch_device, quiet, outputs, allow_outside_paths
+        )
     elif task == Task.segment:
-        calibration, failures = _segment(request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths)
+        calibration, failures = _segment(
+            request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths
+        )
     else:
         calibration, failures = _generate(request, model, data, limit, device, quiet)
     with RunOutputs() as run:
@@ -139,8 +174,15 @@ def _limited(items: list[T], limit: int | None) -> list[T]:
 
 
 def _classify(
-    request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, torch_device: torch.device, quiet: bool, outputs: list[tuple[str, Path | None]],
+    request: CalibrationRequest,
+    model: str | None,
+    weights: Path | None,
+    labels: Path | None,
+    data: Path | None,
+    limit: int | None,
+    torch_device: torch.device,
+    quiet: bool,
+    outputs: list[tuple[str, Path | None]],
     allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the classifier and its data, then calibrate."""
@@ -148,7 +190,9 @@ def _classify(
     from aim_cli.models.classifier import load_classifier
     from aim_cli.tasks.calibrate import calibrate_classifier
 
-    dataset = read_classification_data(data, allow_outside) if data is not None else demo_classification_set(limit or 1000)
+    dataset = (
+        read_classification_data(data, allow_outside) if data is not None else demo_classification_set(limit or 1000)
+    )
     dataset.items = _limited(dataset.items, limit)
     # A manifest may list images anywhere: none of them may be an output (e.g. --plot).
     guard_outputs(outputs, [("--data image", item.path) for item in dataset.items if item.path is not None])
@@ -159,8 +203,15 @@ def _classify(
 
 
 def _segment(
-    request: CalibrationRequest, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, torch_device: torch.device, quiet: bool, allow_outside: bool = False,
+    request: CalibrationRequest,
+    model: str | None,
+    weights: Path | None,
+    labels: Path | None,
+    data: Path | None,
+    limit: int | None,
+    torch_device: torch.device,
+    quiet: bool,
+    allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the segmenter and its data, then calibrate in streaming passes."""
     from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
@@ -216,12 +267,17 @@ def render(calibration: Calibration) -> None:
     extra = "".join(f" | {k} {v:.3f}" for k, v in calibration.measured.items())
     lines = [
         f"[bold]target {target.label} {target.value:g} -> {target.parameter} = {calibration.value:.4g}[/]"
-        + (f" (utility sigma {calibration.utility_sigma:g} held fixed)" if target.metric == "recall" and calibration.utility_sigma else ""),
+        + (
+            f" (utility sigma {calibration.utility_sigma:g} held fixed)"
+            if target.metric == "recall" and calibration.utility_sigma
+            else ""
+        ),
         (f"predicted {calibration.predicted:.4f} | " if calibration.analytic else "")
         + f"measured {check.mean:.4f} (95% CI {check.low:.4f}-{check.high:.4f}, {check.draws} draws, "
         f"seed {calibration.seed}){extra}",
         f"clean {calibration.clean:.4f} | {calibration.limit_label} {calibration.limit:.4f} | {calibration.items} items",
-        "time: " + " | ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in calibration.timing.items()),
+        "time: "
+        + " | ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in calibration.timing.items()),
     ]
     for line in lines:
         err_console.print(line, highlight=False)

@@ -69,10 +69,17 @@ def _ranked(predictions: list[Prediction]) -> str:
 
 @app.command()
 def classify(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")] = None,
+    inputs: Annotated[
+        Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")
+    ] = None,
     model: ModelOption = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
+    ] = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,
     focus: FocusOption = None,
@@ -81,7 +88,9 @@ def classify(
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="Classes to report per image.")] = 1,
     batch_size: BatchOption = 32,
     device: DeviceOption = "auto",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")
+    ] = None,
     compare: CompareOption = False,
     resume: ResumeOption = False,
     quiet: QuietOption = False,
@@ -111,7 +120,11 @@ def classify(
     settings = plan.describe()
     say(
         f"model: {classifier.name} ({len(classifier.labels)} classes) | sigma {plan.modulation.sigma:g}"
-        + (f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}" if plan.modulation.has_focus else "")
+        + (
+            f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
+            if plan.modulation.has_focus
+            else ""
+        )
         + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}"),
         quiet,
     )
@@ -137,7 +150,12 @@ def classify(
         report_failures(failures, published=False)
         return
     if writer:
-        say(f"wrote {run.succeeded} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {run.succeeded} record(s) to {output}", quiet)
+        say(
+            f"wrote {run.succeeded} new and {len(kept)} resumed record(s) to {output}"
+            if kept
+            else f"wrote {run.succeeded} record(s) to {output}",
+            quiet,
+        )
     else:
         with writing_stdout():
             _print_table(results, compare)

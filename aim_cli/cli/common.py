@@ -95,7 +95,9 @@ def _stdout_closed() -> bool:
 def require_stdout(what: str) -> None:
     """Fail before any work when results are to go to a closed stdout (`aim ... >&-`): they would be lost."""
     if _stdout_closed():
-        raise OutputError(f"standard output is closed, so the {what} would be lost", "redirect it to a file or pass -o FILE")
+        raise OutputError(
+            f"standard output is closed, so the {what} would be lost", "redirect it to a file or pass -o FILE"
+        )
 
 
 @contextlib.contextmanager
@@ -113,12 +115,19 @@ def writing_stdout() -> Iterator[None]:
     except OSError as exc:  # e.g. > /dev/full
         raise OutputError(f"cannot write results to standard output: {exc.strerror or exc}") from None
 
+
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Local HF directory, cached hub id, torchvision:ARCH or timm:ARCH (classifiers). Default: the demo model."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Local HF directory, cached hub id, torchvision:ARCH or timm:ARCH (classifiers). Default: the demo model.",
+    ),
 ]
 ProfileOption = Annotated[Optional[Path], typer.Option("--profile", "-p", help="YAML modulation profile.")]
-SigmaOption = Annotated[Optional[float], typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")]
+SigmaOption = Annotated[
+    Optional[float], typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")
+]
 FocusOption = Annotated[
     Optional[list[str]], typer.Option("--focus", "-f", help="Focus class NAME[:up|down]; repeatable.")
 ]
@@ -293,7 +302,9 @@ class RunOutputs:
     def __enter__(self) -> "RunOutputs":
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is None:
             return
         for writer, keep in self._writers:

@@ -50,12 +50,17 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 LanguageModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Local HF directory or cached hub id of a causal or encoder-decoder (T5, BART) LM. Default: the demo arithmetic LM."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Local HF directory or cached hub id of a causal or encoder-decoder (T5, BART) LM. Default: the demo arithmetic LM.",
+    ),
 ]
 WordFocusOption = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--focus", "-f",
+        "--focus",
+        "-f",
         help="Focus WORD[:up|down]: boost or suppress every token of the word (with/without leading space, capitalised); repeatable.",
     ),
 ]
@@ -91,7 +96,8 @@ def _describe(plan: ModulationPlan, decoding: GenerationSettings) -> str:
 def generate(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Prompt text; repeatable.")] = None,
     prompts_file: Annotated[
-        Optional[Path], typer.Option("--prompts", help="Prompts file: .txt (one per line) or .jsonl (a \"prompt\" field).")
+        Optional[Path],
+        typer.Option("--prompts", help='Prompts file: .txt (one per line) or .jsonl (a "prompt" field).'),
     ] = None,
     model: LanguageModelOption = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the tokenizer's chat template.")] = False,
@@ -101,19 +107,31 @@ def generate(
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate (default: the model's, else 64).")
+        Optional[int],
+        typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate (default: the model's, else 64)."),
     ] = None,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy (default); > 0 samples.")] = 0.0,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample from the k most likely tokens.")] = None,
+    temperature: Annotated[
+        float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy (default); > 0 samples.")
+    ] = 0.0,
+    top_k: Annotated[
+        Optional[int], typer.Option("--top-k", min=1, help="Sample from the k most likely tokens.")
+    ] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Cut the completion at this string; repeatable.")] = None,
+    stop: Annotated[
+        Optional[list[str]], typer.Option("--stop", help="Cut the completion at this string; repeatable.")
+    ] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPE_NAMES)}.")] = "auto",
     device_map: Annotated[
-        Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs/CPU (pip install 'aim-cli\\[accelerate]').")
+        Optional[str],
+        typer.Option(
+            "--device-map", help="'auto' spreads a large model over GPUs/CPU (pip install 'aim-cli\\[accelerate]')."
+        ),
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")
+    ] = None,
     compare: CompareOption = False,
     resume: ResumeOption = False,
     quiet: QuietOption = False,
@@ -143,7 +161,10 @@ def generate(
         require_stdout("completions")
     guard_outputs([("--output", output)], [("--prompts", prompts_file), ("--profile", profile)], model)
     texts = gather_prompts(
-        prompt, prompts_file, sys.stdin, arithmetic.DEFAULT_PROMPT if model is None else None,
+        prompt,
+        prompts_file,
+        sys.stdin,
+        arithmetic.DEFAULT_PROMPT if model is None else None,
         notice=lambda: say("reading prompts from standard input (end with Ctrl-D)", quiet),
     )
     kept = resumed_records(output, resume, "prompt", texts, quiet)
@@ -161,8 +182,11 @@ def generate(
     if fitted < requested:
         say(length_note(lm, fitted), quiet)
     if lm.dropped_settings:
-        say(f"note: not applying the checkpoint's {', '.join(lm.dropped_settings)} "
-            "(aim's noise goes on the raw logits; decoding is greedy or --temperature/--top-k/--top-p)", quiet)
+        say(
+            f"note: not applying the checkpoint's {', '.join(lm.dropped_settings)} "
+            "(aim's noise goes on the raw logits; decoding is greedy or --temperature/--top-k/--top-p)",
+            quiet,
+        )
     settings = plan.describe() | {"temperature": temperature}
 
     if not decoding.sampling and (top_k is not None or top_p is not None):
@@ -250,7 +274,12 @@ def _write_records(
     if not run.publish():
         return False
     written = run.succeeded
-    say(f"wrote {written} new and {len(kept)} resumed record(s) to {output}" if kept else f"wrote {written} record(s) to {output}", quiet)
+    say(
+        f"wrote {written} new and {len(kept)} resumed record(s) to {output}"
+        if kept
+        else f"wrote {written} record(s) to {output}",
+        quiet,
+    )
     return True
 
 
@@ -259,7 +288,9 @@ def _print_results(results: list[Completion], compare: bool) -> None:
     if len(results) == 1 and compare:
         item = results[0]
         out_console.print(f"modulated: {printable(item.completion)}", highlight=False, markup=False, soft_wrap=True)
-        out_console.print(f"clean:     {printable(item.clean_completion)}", highlight=False, markup=False, soft_wrap=True)
+        out_console.print(
+            f"clean:     {printable(item.clean_completion)}", highlight=False, markup=False, soft_wrap=True
+        )
         return
     table = Table(show_header=True, header_style="bold")
     table.add_column("prompt", overflow="fold")
@@ -273,4 +304,3 @@ def _print_results(results: list[Completion], compare: bool) -> None:
             row.append(("[yellow]" if changed else "") + escape(printable(item.clean_completion or "")))
         table.add_row(*row)
     out_console.print(table)
-

@@ -89,8 +89,9 @@ def _unwritable_names(
             longest = max(longest, *(name_bytes(part) for part in overlays[path].parts))
         if longest > limit:
             failed[path] = FailedInput(
-                path, f"{path}: its output name would be {longest} bytes, over the file system's {limit}-byte limit"
-                " (rename the image)"
+                path,
+                f"{path}: its output name would be {longest} bytes, over the file system's {limit}-byte limit"
+                " (rename the image)",
             )
     return failed
 
@@ -123,18 +124,37 @@ def _record(
 
 @app.command()
 def segment(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")] = None,
+    inputs: Annotated[
+        Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")
+    ] = None,
     model: ModelOption = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
+    ] = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,
     focus: FocusOption = None,
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where masks, overlays and summary.jsonl go (created if its parent exists).")] = DEFAULT_OUTPUT_DIR,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/NAME.png: mask colours blended over the image.")] = False,
-    masks: Annotated[Optional[Path], typer.Option("--masks", help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.")] = None,
+    output_dir: Annotated[
+        Path,
+        typer.Option(
+            "--output-dir", "-o", help="Where masks, overlays and summary.jsonl go (created if its parent exists)."
+        ),
+    ] = DEFAULT_OUTPUT_DIR,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also write overlays/NAME.png: mask colours blended over the image.")
+    ] = False,
+    masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--masks",
+            help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.",
+        ),
+    ] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     compare: CompareOption = False,
@@ -166,7 +186,9 @@ def segment(
     planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]
     guard_outputs(
         [("--output-dir", output_dir), *planned],
-        [("input", p) for p in paths] + truths + [("--masks", masks), ("--profile", profile), ("--labels", labels), ("--weights", weights)],
+        [("input", p) for p in paths]
+        + truths
+        + [("--masks", masks), ("--profile", profile), ("--labels", labels), ("--weights", weights)],
         model,
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
@@ -182,7 +204,11 @@ def segment(
         paths = [path for path in paths if path not in done]
     say(
         f"model: {segmenter.name} ({len(segmenter.labels)} classes) | sigma {plan.modulation.sigma:g}"
-        + (f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}" if plan.modulation.has_focus else "")
+        + (
+            f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
+            if plan.modulation.has_focus
+            else ""
+        )
         + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}")
         + f" | output {output_dir}",
         quiet,
@@ -362,8 +388,12 @@ def _print_evaluation_table(evaluation: SegmentationEvaluation, labels: list[str
         name = escape(printable(f"{label} *" if k in targets else label))
         table.add_row(
             name,
-            _metric(values[0]), _metric(values[1]), _delta(values[0], values[1]),
-            _metric(values[2]), _metric(values[3]), _delta(values[2], values[3]),
+            _metric(values[0]),
+            _metric(values[1]),
+            _delta(values[0], values[1]),
+            _metric(values[2]),
+            _metric(values[3]),
+            _delta(values[2], values[3]),
         )
     table.add_section()
     m_c, m_m = mean_iou(clean), mean_iou(modulated)

@@ -47,7 +47,12 @@ def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
     host = _option(vllm_args, "--host", "localhost") or "localhost"
     port = _option(vllm_args, "--port", "8000")
     served = _option(vllm_args, "--served-model-name", model)
-    body = {"model": served, "prompt": "The capital of France is", "max_tokens": 16, "vllm_xargs": {"aim_profile": tier}}
+    body = {
+        "model": served,
+        "prompt": "The capital of France is",
+        "max_tokens": 16,
+        "vllm_xargs": {"aim_profile": tier},
+    }
     return f"curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
 
 
@@ -65,10 +70,14 @@ def refuse_speculative(vllm_args: Sequence[str]) -> None:
 def serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model for vLLM: a local HF folder or a cached hub id.")],
-    profiles: Annotated[Path, typer.Option("--profiles", "-p", help="Folder of tier profiles (*.yaml); clients pick one by file name.")],
+    profiles: Annotated[
+        Path, typer.Option("--profiles", "-p", help="Folder of tier profiles (*.yaml); clients pick one by file name.")
+    ],
     default_profile: Annotated[
         str | None,
-        typer.Option("--default-profile", help="Tier of requests without aim_* arguments (default: they get the clean model)."),
+        typer.Option(
+            "--default-profile", help="Tier of requests without aim_* arguments (default: they get the clean model)."
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the vLLM command and exit.")] = False,
 ) -> None:

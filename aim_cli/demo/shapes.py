@@ -46,10 +46,7 @@ def _rotate(points: list[Point], cx: float, cy: float, angle_deg: float) -> list
     """Rotate points around (cx, cy) by angle_deg."""
     a = math.radians(angle_deg)
     cos_a, sin_a = math.cos(a), math.sin(a)
-    return [
-        (cx + (x - cx) * cos_a - (y - cy) * sin_a, cy + (x - cx) * sin_a + (y - cy) * cos_a)
-        for x, y in points
-    ]
+    return [(cx + (x - cx) * cos_a - (y - cy) * sin_a, cy + (x - cx) * sin_a + (y - cy) * cos_a) for x, y in points]
 
 
 def _regular_polygon(cx: float, cy: float, r: float, sides: int, start_deg: float) -> list[Point]:
@@ -65,7 +62,12 @@ def _regular_polygon(cx: float, cy: float, r: float, sides: int, start_deg: floa
 
 def _rect(cx: float, cy: float, half_w: float, half_h: float) -> list[Point]:
     """Corners of an axis-aligned rectangle centred at (cx, cy)."""
-    return [(cx - half_w, cy - half_h), (cx + half_w, cy - half_h), (cx + half_w, cy + half_h), (cx - half_w, cy + half_h)]
+    return [
+        (cx - half_w, cy - half_h),
+        (cx + half_w, cy - half_h),
+        (cx + half_w, cy + half_h),
+        (cx - half_w, cy + half_h),
+    ]
 
 
 def _shape_polygons(label: str, cx: float, cy: float, r: float, rot: float) -> list[list[Point]]:

@@ -119,7 +119,9 @@ def _draw_cars(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, road
         cabin_h = max(2, height // 2)
         cabin = _box(bottom - height - cabin_h, bottom - height, left + 3, left + width - 3)
         _paint(img, mask, cabin, body, CAR)
-        img[_box(bottom - height - cabin_h + 1, bottom - height, left + 4, left + width - 4)] = _jitter(rng, (50, 60, 75), 15)
+        img[_box(bottom - height - cabin_h + 1, bottom - height, left + 4, left + width - 4)] = _jitter(
+            rng, (50, 60, 75), 15
+        )
         for wheel_x in (left + 2, left + width - 5):
             _paint(img, mask, _box(bottom - 2, bottom, wheel_x, wheel_x + 3), np.array([20.0, 20.0, 20.0]), CAR)
 

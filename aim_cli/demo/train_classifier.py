@@ -75,7 +75,9 @@ def build_processor() -> ViTImageProcessor:
     )
 
 
-def to_tensors(processor: BaseImageProcessor, examples: list[tuple[Image.Image, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensors(
+    processor: BaseImageProcessor, examples: list[tuple[Image.Image, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the processor over examples, returning (pixel_values, labels)."""
     pixels = processor([image for image, _ in examples], return_tensors="pt")["pixel_values"]
     labels = torch.tensor([label for _, label in examples], dtype=torch.long)

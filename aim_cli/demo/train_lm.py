@@ -218,7 +218,9 @@ def train(
         if step % 250 == 0 or step == max_steps:
             score = exact_match_rate(model, tokenizer, eval_problems)
             minutes = (time.time() - start) / 60
-            print(f"step {step:5d}  loss {loss.item():.4f}  eval exact match {score:.3f}  {minutes:.1f} min", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  eval exact match {score:.3f}  {minutes:.1f} min", flush=True
+            )
             if score >= target or minutes > max_minutes:
                 break
 

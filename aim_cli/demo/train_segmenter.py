@@ -72,8 +72,7 @@ def channel_stats(images: list[Image.Image]) -> tuple[list[float], list[float]]:
 def preprocess(processor: SegformerImageProcessor, images: list[Image.Image]) -> torch.Tensor:
     """Run the processor in chunks and return one float tensor N x 3 x H x W."""
     chunks = [
-        processor(images=images[i : i + 256], return_tensors="pt")["pixel_values"]
-        for i in range(0, len(images), 256)
+        processor(images=images[i : i + 256], return_tensors="pt")["pixel_values"] for i in range(0, len(images), 256)
     ]
     return torch.cat(chunks).float()
 
@@ -191,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     eval_masks = torch.from_numpy(np.stack([mask for _, mask in eval_set])).long()
     metrics = evaluate(model, eval_pixels, eval_masks)
     print(f"trained in {time.time() - started:.0f}s; saved to {args.out_dir}")
-    print(f"pixel accuracy {metrics['pixel_accuracy']:.4f}  mIoU {metrics['miou']:.4f}  "
-          f"median top-1/top-2 margin {metrics['median_margin']:.2f}")
+    print(
+        f"pixel accuracy {metrics['pixel_accuracy']:.4f}  mIoU {metrics['miou']:.4f}  "
+        f"median top-1/top-2 margin {metrics['median_margin']:.2f}"
+    )
     for name in streets.LABELS:
         print(f"  {name:<11} IoU {metrics['iou'][name]:.3f}  recall {metrics['recall'][name]:.3f}")
 

@@ -148,7 +148,9 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         # The V1 runner never builds entry-point processors under speculative decoding; V2 would,
         # with draft rows aim cannot key yet: refuse, rather than serve tiers it cannot honour.
         if getattr(vllm_config, "speculative_config", None):
-            raise AimError(SPECULATIVE_REFUSED, "serve without a speculative config, or from an environment without aim-cli")
+            raise AimError(
+                SPECULATIVE_REFUSED, "serve without a speculative config, or from an environment without aim-cli"
+            )
         self._req_states = None if is_pin_memory is not None else state
         self._plans = serving.PlanCache(_tokenizer_loader(vllm_config), _vocab_size(vllm_config))
         self._profiles = serving.server_profiles()
@@ -230,7 +232,8 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
                 if slot.plan.keyed:
                     if output and output[-1] == _PLACEHOLDER:
                         self._warn_placeholder()
-                    key = slot.hasher.key(*_window(prompt, output, slot.hasher.resume_at), lambda: prompt + list(output))  # noqa: B023 - called at once
+                    window = _window(prompt, output, slot.hasher.resume_at)
+                    key = slot.hasher.key(*window, lambda: prompt + list(output))  # noqa: B023 - called at once
                 else:
                     key = serving.step_key(len(output))
                 rows.append((index, slot.plan, key))
@@ -274,7 +277,9 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
             rows.append((row, plan, key))
         return rows
 
-    def _keys_v2(self, wanted: list[tuple[int, int]], keyed: list[int], positions: list[int], current: list[int]) -> dict[int, bytes]:
+    def _keys_v2(
+        self, wanted: list[tuple[int, int]], keyed: list[int], positions: list[int], current: list[int]
+    ) -> dict[int, bytes]:
         """Keys of keyed V2 rows: tokens 0..pos-1 from the slot's committed history, then the token fed at pos.
 
         Each row copies from the device only history[resume_at:pos], the tokens its hasher has
@@ -282,7 +287,9 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         tokens) whatever the context lengths. Requests new to their hasher are gathered apart:
         their whole history would otherwise widen every other row's window.
         """
-        tokens = self._req_states.all_token_ids.gpu  # [max_num_reqs, max_model_len]; sampled ids are written here each step
+        tokens = (
+            self._req_states.all_token_ids.gpu
+        )  # [max_num_reqs, max_model_len]; sampled ids are written here each step
         keys: dict[int, bytes] = {}
         fresh = {i for i in keyed if self._slots[wanted[i][1]].hasher.resume_at == 0}
         for group in ([i for i in keyed if i in fresh], [i for i in keyed if i not in fresh]):

@@ -31,8 +31,13 @@ class _Exceeded(BaseException):
 def render_chat(tokenizer: Any, messages: list[dict[str, str]], display: str) -> str:
     """The tokenizer's chat template applied to `messages`, ready for the assistant's reply, within the bounds."""
     limit = PROMPT_CHARS.value()
-    context = {**_plain(tokenizer.special_tokens_map), "messages": messages, "tools": None, "documents": None,
-               "add_generation_prompt": True}
+    context = {
+        **_plain(tokenizer.special_tokens_map),
+        "messages": messages,
+        "tools": None,
+        "documents": None,
+        "add_generation_prompt": True,
+    }
     pieces: list[str] = []
     total = 0
     try:
@@ -50,7 +55,9 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], display: str) ->
                 stream.close()
     except _Exceeded as exc:
         hint = TEMPLATE_STEPS.hint() if "steps" in str(exc) else PROMPT_CHARS.hint()
-        raise ModelError(f"--chat: the chat template of {display} {exc}", f"fix the checkpoint's template, or {hint}") from None
+        raise ModelError(
+            f"--chat: the chat template of {display} {exc}", f"fix the checkpoint's template, or {hint}"
+        ) from None
     except MemoryError:
         raise ModelError(
             f"--chat: the chat template of {display} needs more memory than a prompt of {limit:,} characters",
@@ -138,7 +145,9 @@ def _environment_class() -> type:
                 for sequence, count in ((left, right), (right, left)):
                     size = _length(sequence)
                     if size is not None and isinstance(count, int) and size * count > limit:
-                        raise _Exceeded(f"repeats a value of {size:,} items {count:,} times, past the bound on a prompt's length")
+                        raise _Exceeded(
+                            f"repeats a value of {size:,} items {count:,} times, past the bound on a prompt's length"
+                        )
             elif operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
                 if abs(left) > 1 and right > 0 and math.log2(abs(left)) * right > 4096:
                     raise _Exceeded(f"raises {left} to the power {right}, a number too large to compute")
@@ -176,8 +185,11 @@ def _environment() -> Any:
 
     try:
         base = _transformers_environment()
-        options = {"trim_blocks": base.trim_blocks, "lstrip_blocks": base.lstrip_blocks,
-                   "extensions": [type(extension) for extension in base.extensions.values()]}
+        options = {
+            "trim_blocks": base.trim_blocks,
+            "lstrip_blocks": base.lstrip_blocks,
+            "extensions": [type(extension) for extension in base.extensions.values()],
+        }
         filters, globals_ = dict(base.filters), dict(base.globals)
     except (ImportError, AttributeError):  # transformers moved it: its documented settings
         options = {"trim_blocks": True, "lstrip_blocks": True, "extensions": [jinja2.ext.loopcontrols]}

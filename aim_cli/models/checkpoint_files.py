@@ -27,32 +27,72 @@ _TEXT_SUFFIXES = (".json", ".jinja", ".txt", ".model")
 _SIZE_KEYS = ("size", "crop_size", "pad_size")
 _EDGE_KEYS = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
 # Image processor keys holding one positive integer (a multiple sizes are padded or rounded to).
-_DIVISOR_KEYS = ("size_divisor", "size_divisibility", "patch_size", "merge_size", "temporal_patch_size",
-                 "ensure_multiple_of")
+_DIVISOR_KEYS = (
+    "size_divisor",
+    "size_divisibility",
+    "patch_size",
+    "merge_size",
+    "temporal_patch_size",
+    "ensure_multiple_of",
+)
 # Processor switches without the do_ prefix (EfficientNet, DPT, BEiT, MobileViT), read as true/false.
 _PROCESSOR_FLAGS = ("rescale_offset", "include_top", "keep_aspect_ratio", "reduce_labels")
 # Settings a processor needs while a switch is on: transformers refuses a null one only when called.
-_NEEDED_WHEN = {"do_resize": ("size", "resample"), "do_center_crop": ("crop_size",), "do_rescale": ("rescale_factor",),
-                "do_normalize": ("image_mean", "image_std")}
+_NEEDED_WHEN = {
+    "do_resize": ("size", "resample"),
+    "do_center_crop": ("crop_size",),
+    "do_rescale": ("rescale_factor",),
+    "do_normalize": ("image_mean", "image_std"),
+}
 # PIL's resampling filters (NEAREST .. LANCZOS are 0..5), as transformers' processors pass them on.
 _RESAMPLE = range(6)
 # timm's interpolation names (timm.data.transforms str_to_interp_mode).
 _TIMM_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _TIMM_CROP_MODES = ("center", "squash", "border")
 # Generation settings that count tokens, and ones that count sequences or beams.
-_TOKEN_COUNTS = ("max_new_tokens", "max_length", "min_length", "min_new_tokens", "no_repeat_ngram_size",
-                 "encoder_no_repeat_ngram_size")
+_TOKEN_COUNTS = (
+    "max_new_tokens",
+    "max_length",
+    "min_length",
+    "min_new_tokens",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+)
 _ROW_COUNTS = ("num_beams", "num_beam_groups", "num_return_sequences")
 _MAX_ROWS = 1024  # beams or sequences per prompt; aim generates one, a larger value is a broken file
-_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
-              "forced_eos_token_id")
+_TOKEN_IDS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 # Switches transformers reads as true/false from config.json and generation_config.json (a number
 # or a list there reaches the forward pass, where output_hidden_states is iterated, say).
-_MODEL_FLAGS = ("output_hidden_states", "output_attentions", "return_dict", "use_cache", "tie_word_embeddings",
-                "is_encoder_decoder", "is_decoder")
-_GENERATION_FLAGS = ("do_sample", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
-                     "output_logits", "return_dict_in_generate", "renormalize_logits", "remove_invalid_values",
-                     "_from_model_config", "low_memory", "return_legacy_cache")
+_MODEL_FLAGS = (
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "use_cache",
+    "tie_word_embeddings",
+    "is_encoder_decoder",
+    "is_decoder",
+)
+_GENERATION_FLAGS = (
+    "do_sample",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
+    "renormalize_logits",
+    "remove_invalid_values",
+    "_from_model_config",
+    "low_memory",
+    "return_legacy_cache",
+)
 _SHOWN = 40  # characters of an offending value quoted in a message
 
 
@@ -104,7 +144,9 @@ def check_checkpoint(spec: str, display: str | None = None) -> None:
             _check_patch_fits(config, processor, _Where(display, name))
     processor = _read(folder, "processor_config.json", display)
     if isinstance(processor, dict) and isinstance(processor.get("image_processor"), dict):
-        check_image_processor(processor["image_processor"], _Where(display, "processor_config.json", "image_processor."))
+        check_image_processor(
+            processor["image_processor"], _Where(display, "processor_config.json", "image_processor.")
+        )
     generation = _read(folder, "generation_config.json", display)
     if generation is not None:
         check_generation_config(generation, _Where(display, "generation_config.json"))
@@ -236,8 +278,9 @@ def _size(where: _Where, key: str, value: Any, scale: float = 1.0) -> None:
         short, long = edges.get("shortest_edge"), edges.get("longest_edge")
         if short is None and long is None and (height is None or width is None):
             # transformers accepts such a dict on load and refuses it on the first image.
-            raise where.error(key, value, "a dict with height and width, shortest_edge, longest_edge, or max_height "
-                                          "and max_width")
+            raise where.error(
+                key, value, "a dict with height and width, shortest_edge, longest_edge, or max_height and max_width"
+            )
         if height is not None and width is not None:
             _pixels(where, key, height * scale, width * scale)
         if short is not None:
@@ -270,8 +313,12 @@ def check_image_processor(config: Any, where: _Where) -> None:
         for key in keys:
             # An explicit null overrides the class default; an absent switch is on in every processor aim loads.
             if key in config and config[key] is None and config.get(switch) is not False:
-                raise where.error(key, None, f"set while '{switch}' is true", f"set '{where.prefix}{key}', or "
-                                  f"delete it to use the default, in {where.file}")
+                raise where.error(
+                    key,
+                    None,
+                    f"set while '{switch}' is true",
+                    f"set '{where.prefix}{key}', or delete it to use the default, in {where.file}",
+                )
     crop_pct = config.get("crop_pct")
     if crop_pct is not None:
         _positive(where, "crop_pct", crop_pct, high=1.0)
@@ -330,8 +377,11 @@ def check_model_config(config: dict[str, Any], where: _Where) -> None:
             _int_in(where, key, config[key], 0, bound, _labels_hint(where))
     _check_token_ids(config, where)
     # Sizes of the embedding tables: 0 builds empty tables that fail only after torch's warnings.
-    for section, prefix in ((config, ""), (config.get("text_config"), "text_config."), (config.get("vision_config"),
-                                                                                        "vision_config.")):
+    for section, prefix in (
+        (config, ""),
+        (config.get("text_config"), "text_config."),
+        (config.get("vision_config"), "vision_config."),
+    ):
         for key in ("vocab_size", "max_position_embeddings") if isinstance(section, dict) else ():
             if section.get(key) is not None:
                 _int_in(where, prefix + key, section[key], 1, 2**31 - 1)
@@ -430,8 +480,17 @@ def check_generation_config(config: Any, where: _Where) -> None:
     for key in _ROW_COUNTS:
         if config.get(key) is not None:
             _int_in(where, key, config[key], 1, _MAX_ROWS)
-    for key in ("temperature", "repetition_penalty", "encoder_repetition_penalty", "length_penalty",
-                "diversity_penalty", "guidance_scale", "epsilon_cutoff", "eta_cutoff", "min_p"):
+    for key in (
+        "temperature",
+        "repetition_penalty",
+        "encoder_repetition_penalty",
+        "length_penalty",
+        "diversity_penalty",
+        "guidance_scale",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "min_p",
+    ):
         if config.get(key) is not None and not _is_number(config[key]):
             raise where.error(key, config[key], "a finite number")
     for key in ("top_p", "typical_p"):

@@ -95,7 +95,9 @@ def _load_torchvision(
             "see torchvision.models.list_models(), e.g. resnet18, mobilenet_v3_small",
         )
     if weights is None:
-        raise ModelError(f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights")
+        raise ModelError(
+            f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights"
+        )
     state, stored_labels = load_state_dict(weights)
     width = output_width(state, module_key_order(lambda: torchvision.models.get_model(arch, weights=None)))
     labels = read_labels_file(labels_file) if labels_file else stored_labels
@@ -110,6 +112,11 @@ def _load_torchvision(
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
     return ImageClassifier(
-        f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False,
+        f"torchvision:{arch}",
+        labels,
+        device,
+        network,
+        standard_preprocess(arch),
+        hf=False,
         resize=standard_resize(arch),
     )

@@ -222,7 +222,11 @@ def drop_checkpoint_decoding(generation_config: Any) -> tuple[str, ...]:
         value = getattr(generation_config, name, None)
         if value is None:
             continue
-        if value is not False and value != _NEUTRAL_AT.get(name, 0) and not (isinstance(value, (list, tuple, dict)) and not value):
+        if (
+            value is not False
+            and value != _NEUTRAL_AT.get(name, 0)
+            and not (isinstance(value, (list, tuple, dict)) and not value)
+        ):
             dropped.append(f"{name}={value}")
         setattr(generation_config, name, None)
     return tuple(dropped)

@@ -142,15 +142,15 @@ def _build(arch: str, num_classes: int) -> torch.nn.Module:
     return torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes)
 
 
-def _load_torchvision(
-    arch: str, device: torch.device, weights: Path | None, labels_file: Path | None
-) -> Segmenter:
+def _load_torchvision(arch: str, device: torch.device, weights: Path | None, labels_file: Path | None) -> Segmenter:
     """Build a torchvision segmentation model and load a local weights file into it."""
     known = segmentation_architectures()
     if arch not in known:
         raise ModelError(f"unknown torchvision segmentation architecture '{arch}'", f"one of: {', '.join(known)}")
     if weights is None:
-        raise ModelError(f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights")
+        raise ModelError(
+            f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights"
+        )
     state, stored_labels = load_state_dict(weights)
     # The auxiliary head only helps training; inference reads 'out', so its tensors are dropped.
     state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
@@ -169,6 +169,11 @@ def _load_torchvision(
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
     return Segmenter(
-        f"torchvision:{arch}", labels, device, network, standard_preprocess(arch), hf=False,
+        f"torchvision:{arch}",
+        labels,
+        device,
+        network,
+        standard_preprocess(arch),
+        hf=False,
         resize=standard_resize(arch),
     )

@@ -109,7 +109,9 @@ def _load_folder(folder: Path, display: str, device: torch.device, labels_file: 
     arch = config["architecture"]
     timm = require_timm(f"{display} (a timm checkpoint)")
     _check_arch(
-        timm, arch, f"{display} names timm architecture '{arch}', which timm {timm.__version__} does not know",
+        timm,
+        arch,
+        f"{display} names timm architecture '{arch}', which timm {timm.__version__} does not know",
         upgrade=True,
     )
     weights = next((folder / name for name in _WEIGHTS_NAMES if (folder / name).is_file()), None)
@@ -211,9 +213,7 @@ def _create(timm: ModuleType, arch: str, display: str, **kwargs: Any) -> torch.n
         raise ModelError(f"cannot build {display}: {first}") from None
 
 
-def _head_width(
-    timm: ModuleType, arch: str, state: dict[str, torch.Tensor], model_args: dict[str, Any]
-) -> int | None:
+def _head_width(timm: ModuleType, arch: str, state: dict[str, torch.Tensor], model_args: dict[str, Any]) -> int | None:
     """Rows of the classifier weight: the head timm's config names, else the last weight in module order."""
     heads = timm.models.get_pretrained_cfg_value(arch, "classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)

@@ -55,13 +55,15 @@ def log_scores_at(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: t
     Mask2Former's own post-processing combines after upsampling too (docs/design.md); one image
     at a time bounds the (queries, H, W) intermediate.
     """
-    return torch.cat([
-        log_semantic_scores(
-            class_logits[i : i + 1],
-            F.interpolate(mask_logits[i : i + 1].float(), size=size, mode="bilinear", align_corners=False),
-        )
-        for i in range(class_logits.shape[0])
-    ])
+    return torch.cat(
+        [
+            log_semantic_scores(
+                class_logits[i : i + 1],
+                F.interpolate(mask_logits[i : i + 1].float(), size=size, mode="bilinear", align_corners=False),
+            )
+            for i in range(class_logits.shape[0])
+        ]
+    )
 
 
 class SemanticScores(torch.nn.Module):

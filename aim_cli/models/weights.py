@@ -146,13 +146,18 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str,
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
+        first = next(
+            (line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0]
+        )
         raise ModelError(f"weights {path} do not fit {arch}: {first}") from None
     # strict=False so the error can name tensors; a BatchNorm step counter is not a weight.
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        parts = [f"{len(keys)} tensor(s) {kind} ({name_some(keys)})"
-                 for kind, keys in (("missing", missing), ("unexpected", result.unexpected_keys)) if keys]
+        parts = [
+            f"{len(keys)} tensor(s) {kind} ({name_some(keys)})"
+            for kind, keys in (("missing", missing), ("unexpected", result.unexpected_keys))
+            if keys
+        ]
         raise ModelError(
             f"weights {path} do not fit {arch}: {' and '.join(parts)}; missing ones would be random",
             "check --model torchvision:ARCH matches the architecture the weights were trained with",

@@ -44,13 +44,24 @@ class CalibrationRequest:
 
 # How the calibration settings are spelled in messages: flags for the CLI, keywords for the API.
 CLI_NAMES = {
-    "target_acc": "--target-acc", "target_miou": "--target-miou", "target_recall": "--target-recall",
-    "focus": "--focus", "sigma": "--sigma", "seed": "--seed", "draws": "--draws",
-    "example": "e.g. aim calibrate --target-acc 0.6", "recall_example": "e.g. --focus person --target-recall 0.9",
+    "target_acc": "--target-acc",
+    "target_miou": "--target-miou",
+    "target_recall": "--target-recall",
+    "focus": "--focus",
+    "sigma": "--sigma",
+    "seed": "--seed",
+    "draws": "--draws",
+    "example": "e.g. aim calibrate --target-acc 0.6",
+    "recall_example": "e.g. --focus person --target-recall 0.9",
 }
 API_NAMES = {
-    "target_acc": "target_acc", "target_miou": "", "target_recall": "target_recall",  # no mIoU from logits
-    "focus": "focus", "sigma": "sigma", "seed": "seed", "draws": "draws",
+    "target_acc": "target_acc",
+    "target_miou": "",
+    "target_recall": "target_recall",  # no mIoU from logits
+    "focus": "focus",
+    "sigma": "sigma",
+    "seed": "seed",
+    "draws": "draws",
     "example": "e.g. calibrate_logits(logits, labels, target_acc=0.6)",
     "recall_example": "e.g. focus='person', target_recall=0.9",
 }
@@ -69,8 +80,11 @@ def calibration_request(
     names: dict[str, str] = CLI_NAMES,
 ) -> CalibrationRequest:
     """Check that the targets fit together and the task (the one check for CLI and API), then build the request."""
-    given = {names[key]: v for key, v in (("target_acc", target_acc), ("target_miou", target_miou),
-                                           ("target_recall", target_recall)) if v is not None}
+    given = {
+        names[key]: v
+        for key, v in (("target_acc", target_acc), ("target_miou", target_miou), ("target_recall", target_recall))
+        if v is not None
+    }
     if len(given) != 1:
         miou = f", {names['target_miou']} (segment)" if names["target_miou"] else ""
         raise AimError(
@@ -78,7 +92,7 @@ def calibration_request(
             + (f" (got {', '.join(given)})" if given else ""),
             names["example"],
         )
-    (flag, value), = given.items()
+    ((flag, value),) = given.items()
     if not is_real_number(value):
         raise AimError(f"{flag} {value!r}: expected a number", "metrics are fractions, e.g. 0.6 for 60%")
     if not 0.0 < value <= 1.0:
@@ -182,8 +196,15 @@ def calibrate_segmenter(
     start = time.perf_counter()
     target, target_id = resolve_target(request, segmenter.labels)
     calibrator = SegmentationCalibrator(
-        segmenter, dataset, target, target_id, request.utility_sigma, request.draws, request.seed,
-        batch_size=min(request.batch_size, 16), progress=progress,
+        segmenter,
+        dataset,
+        target,
+        target_id,
+        request.utility_sigma,
+        request.draws,
+        request.seed,
+        batch_size=min(request.batch_size, 16),
+        progress=progress,
     )
     calibration = calibrator.run()
     calibration.model = segmenter.name

@@ -47,7 +47,9 @@ def item_key(item: ItemKey) -> bytes:
     if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
         return token_key(array)
     if array.dtype == object:
-        raise InputError(f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image")
+        raise InputError(
+            f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image"
+        )
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.dtype.str}:{array.shape}:".encode())
     digest.update(array.tobytes())
@@ -63,7 +65,9 @@ def _key_array(item: Any) -> np.ndarray:
     try:
         return np.asarray(item)
     except (ValueError, TypeError):  # ragged lists, objects numpy cannot hold
-        raise InputError(f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image") from None
+        raise InputError(
+            f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image"
+        ) from None
 
 
 def nonfinite_error(what: object) -> ModelError:
@@ -107,8 +111,10 @@ def check_logits(logits: Any, class_dim: Any = 1, num_classes: int | None = None
     """
     axis = logits_axis(logits, class_dim)
     if num_classes is not None and logits.shape[axis] != num_classes:
-        raise InputError(f"logits have {logits.shape[axis]} classes on dim {axis}, but the plan is for {num_classes} classes",
-                         "plan with the model's class names (or num_classes=) for these logits")
+        raise InputError(
+            f"logits have {logits.shape[axis]} classes on dim {axis}, but the plan is for {num_classes} classes",
+            "plan with the model's class names (or num_classes=) for these logits",
+        )
     bad = nonfinite_items(logits, masked=masked)
     if bad:
         raise InputError(
@@ -126,12 +132,16 @@ def logits_axis(logits: Any, class_dim: Any = 1) -> int:
     """The class axis of a floating-point logits tensor with an item axis (dim 0) and a separate class axis."""
     # float8 and other exotic floats lack the kernels noise and quadrature need: say so, don't crash in torch.
     if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
-        raise InputError(f"logits must be a floating-point torch tensor (float16, bfloat16, float32 or float64), got {type(logits).__name__}"
-                         + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
-                         "e.g. model(x).logits or torch.as_tensor(array, dtype=torch.float32)")
+        raise InputError(
+            f"logits must be a floating-point torch tensor (float16, bfloat16, float32 or float64), got {type(logits).__name__}"
+            + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
+            "e.g. model(x).logits or torch.as_tensor(array, dtype=torch.float32)",
+        )
     if logits.dim() < 2:
-        raise InputError(f"logits must have an item axis and a class axis, got shape {tuple(logits.shape)}",
-                         "give a batch, e.g. logits[None] for one item")
+        raise InputError(
+            f"logits must have an item axis and a class axis, got shape {tuple(logits.shape)}",
+            "give a batch, e.g. logits[None] for one item",
+        )
     if not is_integer_number(class_dim):
         raise InputError(f"class_dim must be an integer axis, got {class_dim!r}")
     if not -logits.dim() <= class_dim < logits.dim():
@@ -174,7 +184,9 @@ class ModulationPlan:
             raise InputError("keyed noise needs one key per item", "pass keys=[...] (bytes, text, tensors or images)")
         keys = one_or_many(keys, "keys", InputError)
         if len(keys) != logits.shape[0]:
-            raise InputError(f"{len(keys)} keys for a batch of {logits.shape[0]} items", "give one key per item (dim 0)")
+            raise InputError(
+                f"{len(keys)} keys for a batch of {logits.shape[0]} items", "give one key per item (dim 0)"
+            )
         item_keys = [item_key(k) for k in keys]
         return modulate(logits, self.modulation, self.noise, class_dim=axis, item_keys=item_keys)
 
@@ -183,8 +195,10 @@ class ModulationPlan:
         if self.modulation.has_focus:
             largest = max(target.class_id for target in self.modulation.targets)
             if largest >= width:
-                raise InputError(f"focus class id {largest} is outside logits of {width} classes",
-                                 "plan with the model's class names (or num_classes=)")
+                raise InputError(
+                    f"focus class id {largest} is outside logits of {width} classes",
+                    "plan with the model's class names (or num_classes=)",
+                )
 
     def logits_processor(
         self, prompt_starts: Sequence[int] | None = None, encoder_ids: Sequence[Sequence[int]] | None = None
@@ -255,8 +269,10 @@ def resolve_focus(request: FocusRequest, labels: Sequence[str] | None, num_class
 def _class_id(name: str, num_classes: int | None) -> int:
     """A focus target given as a class id, checked against the class count."""
     if not (name.isascii() and name.isdigit()):
-        raise AimError(f"'{name}' is a class name, but no class_names were given",
-                       "pass class_names=[...] (the model's labels) or give the class id")
+        raise AimError(
+            f"'{name}' is a class name, but no class_names were given",
+            "pass class_names=[...] (the model's labels) or give the class id",
+        )
     if num_classes is None:
         raise AimError("focus targets by id need the number of classes", "pass num_classes= or class_names=")
     if int(name) >= num_classes:

@@ -132,7 +132,9 @@ def length_note(lm: LanguageModel, fitted: int) -> str:
     """Why fewer tokens than asked are generated: which context limit the completion must fit."""
     if lm.encoder_decoder:
         return f"note: generating at most {fitted} tokens, as many as the decoder's {lm.decoder_context_length} positions allow"
-    return f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context"
+    return (
+        f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context"
+    )
 
 
 def _padded(
@@ -282,14 +284,22 @@ def generate_completions(
             if clean_row is not None:
                 clean_text, clean_ids = _finish(lm, clean_row, eos_ids, pad_id, settings.stop)
             yield Completion(
-                prompt.index, prompt.text, text, len(prompt.ids), len(ids), tuple(ids), clean_text,
+                prompt.index,
+                prompt.text,
+                text,
+                len(prompt.ids),
+                len(ids),
+                tuple(ids),
+                clean_text,
                 tuple(clean_ids) if clean_ids is not None else None,
             )
         if progress:
             progress(len(batch))
 
 
-def _broken_prompts(batch: Sequence[EncodedPrompt], guard: FiniteScores, failures: list[FailedInput] | None) -> set[int]:
+def _broken_prompts(
+    batch: Sequence[EncodedPrompt], guard: FiniteScores, failures: list[FailedInput] | None
+) -> set[int]:
     """The indices of the batch's prompts the model computed non-finite logits for; raises when no failures list is kept."""
     broken = set()
     for row in sorted(guard.failed):

@@ -146,7 +146,9 @@ def upsampled_pixels(low: torch.Tensor, size: tuple[int, int], start: int, stop:
     its values equal the channels-first path's up to float32 rounding (one ulp).
     """
     if start == 0 and stop == size[0]:
-        whole = F.interpolate(low.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False)
+        whole = F.interpolate(
+            low.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
+        )
         return whole.permute(0, 2, 3, 1)[0].contiguous()  # already class-last in memory: no copy
     return upsample_rows(low, size, start, stop).permute(0, 2, 3, 1)[0].contiguous()
 

@@ -41,8 +41,13 @@ PERSON_WEIGHT = 5.0
 TASK_SEQ_LEN = 8  # "the task is semantic" is 20 characters: truncated tokens are still one fixed prompt
 # A one-block-per-stage Swin: masks come at 1/4 of the 64x64 scene.
 SWIN = {
-    "model_type": "swin", "image_size": streets.IMAGE_SIZE, "embed_dim": 16, "depths": [1, 1, 1, 1],
-    "num_heads": [1, 1, 2, 2], "window_size": 4, "drop_path_rate": 0.0,
+    "model_type": "swin",
+    "image_size": streets.IMAGE_SIZE,
+    "embed_dim": 16,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 2, 2],
+    "window_size": 4,
+    "drop_path_rate": 0.0,
     "out_features": ["stage1", "stage2", "stage3", "stage4"],
 }
 
@@ -68,16 +73,26 @@ def build_processor(family: str, mean: list[float], std: list[float]):
     import transformers as tf
 
     kwargs = dict(
-        do_resize=True, size={"height": streets.IMAGE_SIZE, "width": streets.IMAGE_SIZE}, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=mean, image_std=std, do_reduce_labels=False,
+        do_resize=True,
+        size={"height": streets.IMAGE_SIZE, "width": streets.IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+        do_reduce_labels=False,
         ignore_index=255,
     )
     if family == "mask2former":
         return tf.Mask2FormerImageProcessor(**kwargs)
     if family == "maskformer":
         return tf.MaskFormerImageProcessor(**kwargs)
-    return tf.OneFormerProcessor(image_processor=tf.OneFormerImageProcessor(**kwargs), tokenizer=char_clip_tokenizer(),
-                                 task_seq_length=TASK_SEQ_LEN, max_seq_length=TASK_SEQ_LEN)
+    return tf.OneFormerProcessor(
+        image_processor=tf.OneFormerImageProcessor(**kwargs),
+        tokenizer=char_clip_tokenizer(),
+        task_seq_length=TASK_SEQ_LEN,
+        max_seq_length=TASK_SEQ_LEN,
+    )
 
 
 def build_model(family: str):
@@ -85,31 +100,71 @@ def build_model(family: str):
     import transformers as tf
 
     id2label = dict(enumerate(streets.LABELS))
-    labels = {"num_labels": len(streets.LABELS), "id2label": id2label,
-              "label2id": {name: i for i, name in id2label.items()}}
+    labels = {
+        "num_labels": len(streets.LABELS),
+        "id2label": id2label,
+        "label2id": {name: i for i, name in id2label.items()},
+    }
     if family == "mask2former":
         config = tf.Mask2FormerConfig(
-            backbone_config=SWIN, hidden_dim=32, mask_feature_size=32, feature_size=32, encoder_layers=1,
-            decoder_layers=3, num_queries=12, encoder_feedforward_dim=64, dim_feedforward=64, num_attention_heads=2,
-            dropout=0.0, train_num_points=1024,  # the matcher's sampled points: a 64x64 scene has only 4,096 pixels
+            backbone_config=SWIN,
+            hidden_dim=32,
+            mask_feature_size=32,
+            feature_size=32,
+            encoder_layers=1,
+            decoder_layers=3,
+            num_queries=12,
+            encoder_feedforward_dim=64,
+            dim_feedforward=64,
+            num_attention_heads=2,
+            dropout=0.0,
+            train_num_points=1024,  # the matcher's sampled points: a 64x64 scene has only 4,096 pixels
             **labels,
         )
         return tf.Mask2FormerForUniversalSegmentation(config)
     if family == "maskformer":
         config = tf.MaskFormerConfig(
-            backbone_config=SWIN, decoder_config={
-                "model_type": "detr", "encoder_layers": 1, "decoder_layers": 3, "encoder_attention_heads": 2,
-                "decoder_attention_heads": 2, "d_model": 32, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
-                "num_queries": 12, "dropout": 0.0},
-            fpn_feature_size=32, mask_feature_size=32, num_queries=12, **labels,
+            backbone_config=SWIN,
+            decoder_config={
+                "model_type": "detr",
+                "encoder_layers": 1,
+                "decoder_layers": 3,
+                "encoder_attention_heads": 2,
+                "decoder_attention_heads": 2,
+                "d_model": 32,
+                "encoder_ffn_dim": 64,
+                "decoder_ffn_dim": 64,
+                "num_queries": 12,
+                "dropout": 0.0,
+            },
+            fpn_feature_size=32,
+            mask_feature_size=32,
+            num_queries=12,
+            **labels,
         )
         return tf.MaskFormerForInstanceSegmentation(config)
     config = tf.OneFormerConfig(
-        backbone_config=SWIN, hidden_dim=32, conv_dim=32, mask_dim=32, encoder_feedforward_dim=64,
-        dim_feedforward=64, encoder_layers=1, decoder_layers=3, num_attention_heads=2, num_queries=12, dropout=0.0,
-        text_encoder_width=32, text_encoder_context_length=8, text_encoder_num_layers=1,
-        text_encoder_vocab_size=64, text_encoder_proj_layers=1, text_encoder_n_ctx=4, task_seq_len=TASK_SEQ_LEN,
-        train_num_points=1024, is_training=False, **labels,
+        backbone_config=SWIN,
+        hidden_dim=32,
+        conv_dim=32,
+        mask_dim=32,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        encoder_layers=1,
+        decoder_layers=3,
+        num_attention_heads=2,
+        num_queries=12,
+        dropout=0.0,
+        text_encoder_width=32,
+        text_encoder_context_length=8,
+        text_encoder_num_layers=1,
+        text_encoder_vocab_size=64,
+        text_encoder_proj_layers=1,
+        text_encoder_n_ctx=4,
+        task_seq_len=TASK_SEQ_LEN,
+        train_num_points=1024,
+        is_training=False,
+        **labels,
     )
     return tf.OneFormerForUniversalSegmentation(config)
 
@@ -152,8 +207,12 @@ def evaluate(model, pixels: torch.Tensor, masks: torch.Tensor, extra: dict[str, 
         truth, guess = masks == k, pred == k
         iou[name] = float((truth & guess).sum() / (truth | guess).sum().clamp(min=1))
         recall[name] = float((truth & guess).sum() / truth.sum().clamp(min=1))
-    return {"pixel_accuracy": float((pred == masks).float().mean()), "miou": float(np.mean(list(iou.values()))),
-            "iou": iou, "recall": recall}
+    return {
+        "pixel_accuracy": float((pred == masks).float().mean()),
+        "miou": float(np.mean(list(iou.values()))),
+        "iou": iou,
+        "recall": recall,
+    }
 
 
 def train(model, pixels, masks, extra, steps: int, batch_size: int, lr: float, seed: int, person_weight: float) -> None:
@@ -220,8 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     (out_dir / "model.safetensors").chmod(0o644)
 
     eval_set = streets.evaluation_set(200)
-    metrics = evaluate(model, preprocess(processor, [image for image, _ in eval_set]),
-                       torch.from_numpy(np.stack([mask for _, mask in eval_set])).long(), extra)
+    metrics = evaluate(
+        model,
+        preprocess(processor, [image for image, _ in eval_set]),
+        torch.from_numpy(np.stack([mask for _, mask in eval_set])).long(),
+        extra,
+    )
     size = (out_dir / "model.safetensors").stat().st_size
     print(f"trained in {time.time() - started:.0f}s; saved to {out_dir} ({size / 1e6:.2f} MB)")
     print(f"pixel accuracy {metrics['pixel_accuracy']:.4f}  mIoU {metrics['miou']:.4f}")
