@@ -26,8 +26,8 @@ import torch
 
 from aim_cli.errors import ProfileError
 from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, token_key
+from aim_cli.plans import plan_tokens
 from aim_cli.profile import FocusRequest, Profile, check_focus_count, check_seed, check_sigma, noise_key, parse_focus
-from aim_cli.tasks.common import plan_tokens
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
 PROFILES_ENV = "AIM_PROFILES_DIR"

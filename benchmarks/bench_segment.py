@@ -135,7 +135,7 @@ def _one_call(segmenter, images: list[Image.Image]) -> np.ndarray:  # type: igno
 def _modulation_rows(quick: bool) -> list[dict]:
     """aim modulated (utility, +3 focus) and aim clean against the plain Hugging Face path (and a tuned one)."""
     from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
-    from aim_cli.tasks.common import ModulationPlan
+    from aim_cli.plans import ModulationPlan
     from aim_cli.tasks.segment import input_from_image, segment_inputs
 
     size, count, reps = (256, 1, 3) if quick else (512, 2, 5)
@@ -230,7 +230,7 @@ def _calibrate_row(
 ) -> dict:
     """calibrate_segmenter (mIoU 0.5) against the 101-sigma sweep, timed on `timed` sigmas and scaled."""
     from aim_cli.calibration.datasets import SegmentationDataset
-    from aim_cli.tasks.calibrate import CalibrationRequest, calibrate_segmenter
+    from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter
 
     scenes = [(f"img{i}.png", im, m) for i, (im, m) in enumerate(zip(images, truth))]
     truth_t = torch.from_numpy(truth.astype(np.int64))

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from aim_cli.demo import streets
 from aim_cli.masks import colour_table, overlay_image
 from aim_cli.models.segmenter import load_segmenter
+from aim_cli.plans import plan_modulation
 from aim_cli.profile import resolve_profile
-from aim_cli.tasks.common import plan_modulation
 from aim_cli.tasks.segment import input_from_image, segment_inputs
 
 SCALE = 3

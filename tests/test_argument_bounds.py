@@ -8,8 +8,8 @@ import torch
 from aim_cli import serving
 from aim_cli.errors import AimError, ProfileError
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
+from aim_cli.plans import plan_modulation
 from aim_cli.profile import Profile
-from aim_cli.tasks.common import plan_modulation
 from tests.conftest import assert_user_error, run_aim
 
 LABELS = ["background", "person", "car", "ring"]

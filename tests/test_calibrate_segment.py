@@ -19,12 +19,12 @@ from PIL import Image
 
 from aim_cli.calibration.core import Target
 from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
+from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter
 from aim_cli.calibration.segment import SegmentationCalibrator
 from aim_cli.demo import streets
 from aim_cli.errors import AimError
 from aim_cli.models.segmenter import load_segmenter
 from aim_cli.profile import FocusRequest
-from aim_cli.tasks.calibrate import CalibrationRequest, calibrate_segmenter
 from tests.conftest import assert_user_error, run_aim
 
 SCENES = 12

@@ -23,8 +23,8 @@ from aim_cli.errors import InputError
 from aim_cli.generation import ModulationProcessor, encoder_decoder_key
 from aim_cli.models.language import LanguageModel, load_language_model
 from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, Modulation, SeededNoise, token_key
+from aim_cli.plans import ModulationPlan
 from aim_cli.profile import FocusRequest
-from aim_cli.tasks.common import ModulationPlan
 from aim_cli.tasks.generate import (
     GenerationSettings,
     encode_prompts,

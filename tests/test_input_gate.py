@@ -18,7 +18,7 @@ import pytest
 
 from aim_cli import demo
 from aim_cli.calibration.datasets import read_classification_data, read_segmentation_data, read_text_data
-from aim_cli.errors import AimError, InputError
+from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.images import load_image
 from aim_cli.io import read_records, read_regular_file
 from aim_cli.limits import IMAGE_BYTES, TEXT_BYTES
@@ -26,7 +26,6 @@ from aim_cli.masks import read_mask
 from aim_cli.models.weights import read_labels_file
 from aim_cli.profile import Profile
 from aim_cli.prompts import gather_prompts, read_prompt_file
-from aim_cli.tasks.common import FailedInput
 from tests.conftest import run_aim
 
 CLASSIFY_SAMPLES = demo.samples_dir("classify")

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from aim_cli import demo
-from aim_cli.errors import ModelError
+from aim_cli.errors import FailedInput, ModelError
+from aim_cli.plans import plan_modulation
 from aim_cli.profile import Profile
-from aim_cli.tasks.common import FailedInput, plan_modulation
 from tests.conftest import assert_user_error, run_aim
 
 SAMPLES = demo.samples_dir("classify")

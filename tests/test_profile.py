@@ -210,7 +210,7 @@ def test_quoted_version_says_to_write_the_number(tmp_path):
 
 
 def test_unknown_class_names_the_profile_key(tmp_path):
-    from aim_cli.tasks.common import plan_modulation
+    from aim_cli.plans import plan_modulation
 
     profile = load_profile(write(tmp_path, "utility:\n  sigma: 1\nfocus:\n  targets:\n    - {class: pedestrain}\n"))
     with pytest.raises(ProfileError, match=r"p\.yaml, line 5, key 'focus\.targets\[0\]\.class': unknown class"):

@@ -17,9 +17,9 @@ from aim_cli.demo import streets
 from aim_cli.metrics import mean_iou, pixel_accuracy, recall
 from aim_cli.models.segmenter import load_segmenter
 from aim_cli.modulation import KeyedNoise, Modulation, SeededNoise
+from aim_cli.plans import ModulationPlan, plan_modulation
 from aim_cli.profile import resolve_profile
 from aim_cli.tasks import segment as segment_task
-from aim_cli.tasks.common import ModulationPlan, plan_modulation
 from aim_cli.tasks.segment import (
     SegmentationEvaluation,
     decide,

@@ -27,15 +27,15 @@ import torch
 pytest.importorskip("scipy", reason="transformers builds these models' training loss with scipy on load")
 
 from aim_cli.calibration.datasets import demo_segmentation_set  # noqa: E402
+from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter  # noqa: E402
 from aim_cli.demo import streets  # noqa: E402
 from aim_cli.errors import ModelError  # noqa: E402
 from aim_cli.metrics import pixel_accuracy, recall  # noqa: E402
 from aim_cli.models import segmenter as segmenter_module  # noqa: E402
 from aim_cli.models.segmenter import load_segmenter  # noqa: E402
 from aim_cli.models.universal_segmenter import log_semantic_scores  # noqa: E402
+from aim_cli.plans import plan_modulation  # noqa: E402
 from aim_cli.profile import FocusRequest, resolve_profile  # noqa: E402
-from aim_cli.tasks.calibrate import CalibrationRequest, calibrate_segmenter  # noqa: E402
-from aim_cli.tasks.common import plan_modulation  # noqa: E402
 from aim_cli.tasks.segment import (  # noqa: E402
     SegmentationEvaluation,
     decision_logits,

@@ -24,10 +24,10 @@ from aim_cli.calibration.core import (
     solve,
 )
 from aim_cli.calibration.datasets import ImageDataset, LabelledImage
-from aim_cli.errors import InputError
+from aim_cli.errors import FailedInput, InputError
 from aim_cli.models.classifier import ImageClassifier
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
-from aim_cli.tasks.common import FailedInput, ProgressCallback, batched, check_model_logits
+from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
 
 # Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
 # sharper function of the shared draw, so more classes need more nodes. Up to 16 classes 32

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from aim_cli import theory
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError
-
-if TYPE_CHECKING:
-    from aim_cli.profile import Profile
+from aim_cli.profile import PROFILE_VERSION, Profile
 
 # Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
 _T975 = {
@@ -166,9 +164,6 @@ class Calibration:
 
     def profile(self, name: str = "calibrated") -> Profile:
         """The validated Profile that applies the calibrated value (what --write-profile writes)."""
-        from aim_cli.calibration.report import profile_document
-        from aim_cli.profile import Profile
-
         return Profile.from_dict(profile_document(self, name), source=f"calibrated profile {name!r}")
 
     def to_dict(self) -> dict[str, object]:
@@ -202,6 +197,33 @@ class Calibration:
             "timing_s": self.timing,
             "warnings": self.warnings,
         }
+
+
+def _round(value: float) -> float:
+    """Five significant digits: the rounding moves the metric by well under 0.001."""
+    return float(f"{value:.5g}")
+
+
+def profile_document(calibration: Calibration, name: str) -> dict[str, Any]:
+    """The profile mapping (schema of aim_cli.profile, version 1) that applies the calibrated value."""
+    target = calibration.target
+    measured = calibration.check
+    description = (
+        f"Calibrated by aim calibrate for {target.label} {target.value:g} with {calibration.model or 'the model'} "
+        f"on {calibration.data or 'the data'}: predicted {calibration.predicted:.3f}, "
+        f"measured {measured.mean:.3f} (95% CI {measured.low:.3f}-{measured.high:.3f}, {measured.draws} draws)."
+    )
+    document: dict[str, Any] = {"version": PROFILE_VERSION, "name": name, "description": description}
+    if target.metric == "recall":
+        if calibration.utility_sigma > 0:
+            document["utility"] = {"sigma": _round(calibration.utility_sigma)}
+        document["focus"] = {
+            "sigma": _round(calibration.value),
+            "targets": [{"class": target.focus_class, "direction": direction_name(target.focus_direction)}],
+        }
+    else:
+        document["utility"] = {"sigma": _round(calibration.value)}
+    return document
 
 
 def fmt(value: float, other: float | None = None) -> str:

@@ -16,12 +16,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from aim_cli.errors import AimError, InputError
+from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.images import LoadedImage, load_image, loaded_from_image
 from aim_cli.io import IMAGE_SUFFIXES, check_inside, read_text_file
 from aim_cli.labels import resolve_class
 from aim_cli.limits import TEXT_BYTES
-from aim_cli.tasks.common import FailedInput
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 

@@ -39,12 +39,12 @@ from aim_cli.calibration.core import (
     solve,
 )
 from aim_cli.calibration.datasets import SegmentationDataset
-from aim_cli.errors import InputError
+from aim_cli.errors import FailedInput, InputError
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, iou, pixel_accuracy, recall
 from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
 from aim_cli.tasks import segment as segment_task
-from aim_cli.tasks.common import FailedInput, ProgressCallback, batched, check_model_logits
+from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
 from aim_cli.tasks.segment import SegmentInput, add_noise_, upsample_at, upsampled_pixels
 
 # The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and

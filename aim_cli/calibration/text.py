@@ -24,7 +24,8 @@ from aim_cli.calibration.core import Calibration, MonteCarloCheck, Target, check
 from aim_cli.errors import InputError
 from aim_cli.models.language import LanguageModel
 from aim_cli.modulation import Modulation, SeededNoise
-from aim_cli.tasks.common import ModulationPlan, ProgressCallback
+from aim_cli.plans import ModulationPlan
+from aim_cli.tasks.batches import ProgressCallback
 from aim_cli.tasks.generate import GenerationSettings, encode_prompts, fitting_max_new_tokens, generate_completions
 
 # Free-form search: coarse scan points per factor of ten, bisection steps, draws per scan point

@@ -32,8 +32,7 @@ from aim_cli.io import check_output_file
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
     import torch
 
-    from aim_cli.calibration.core import Calibration
-    from aim_cli.tasks.calibrate import CalibrationRequest
+    from aim_cli.api.commands import Calibration, CalibrationRequest
 
 T = TypeVar("T")
 
@@ -101,9 +100,15 @@ def calibrate(
 
     The chosen value goes to stdout; the curve, the check and timing to stderr.
     """
-    from aim_cli.calibration.report import PLOT_SUFFIXES, PROFILE_SUFFIXES, REPORT_SUFFIXES, write_profile, write_report
+    from aim_cli.api.commands import (
+        PLOT_SUFFIXES,
+        PROFILE_SUFFIXES,
+        REPORT_SUFFIXES,
+        calibration_request,
+        write_profile,
+        write_report,
+    )
     from aim_cli.devices import resolve_device
-    from aim_cli.tasks.calibrate import calibration_request
 
     request = calibration_request(
         task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size
@@ -120,7 +125,7 @@ def calibrate(
         model,
     )
     if plot is not None:
-        from aim_cli.plotting import require_matplotlib
+        from aim_cli.api.commands import require_matplotlib
 
         require_matplotlib()
     if (weights is not None or labels is not None) and task == Task.generate:
@@ -152,7 +157,7 @@ def calibrate(
         if json_out is not None:
             run.document(lambda: write_report(calibration, json_out))
         if plot is not None:
-            from aim_cli.plotting import plot_calibration
+            from aim_cli.api.commands import plot_calibration
 
             run.document(lambda: plot_calibration(calibration, plot))
     if not run.publish():
@@ -186,9 +191,12 @@ def _classify(
     allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the classifier and its data, then calibrate."""
-    from aim_cli.calibration.datasets import demo_classification_set, read_classification_data
-    from aim_cli.models.classifier import load_classifier
-    from aim_cli.tasks.calibrate import calibrate_classifier
+    from aim_cli.api.commands import (
+        calibrate_classifier,
+        demo_classification_set,
+        load_classifier,
+        read_classification_data,
+    )
 
     dataset = (
         read_classification_data(data, allow_outside) if data is not None else demo_classification_set(limit or 1000)
@@ -214,8 +222,12 @@ def _segment(
     allow_outside: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the segmenter and its data, then calibrate in streaming passes."""
-    from aim_cli.calibration.datasets import demo_segmentation_set, read_segmentation_data
-    from aim_cli.tasks.calibrate import calibrate_segmenter, load_segmenter_for_calibration
+    from aim_cli.api.commands import (
+        calibrate_segmenter,
+        demo_segmentation_set,
+        load_segmenter_for_calibration,
+        read_segmentation_data,
+    )
 
     dataset = read_segmentation_data(data, allow_outside) if data is not None else demo_segmentation_set(limit or 50)
     dataset.limit(limit)
@@ -229,9 +241,7 @@ def _generate(
     request: CalibrationRequest, model: str | None, data: Path | None, limit: int | None, device: str, quiet: bool
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the language model and its prompts, then calibrate."""
-    from aim_cli.calibration.datasets import demo_text_set, read_text_data
-    from aim_cli.models.language import load_language_model
-    from aim_cli.tasks.calibrate import calibrate_language_model
+    from aim_cli.api.commands import calibrate_language_model, demo_text_set, load_language_model, read_text_data
 
     dataset = read_text_data(data) if data is not None else demo_text_set(limit or 200)
     dataset.items = _limited(dataset.items, limit)
@@ -243,7 +253,7 @@ def _generate(
 
 def render(calibration: Calibration) -> None:
     """The curve as a table, then the chosen value, the check and timing, on stderr."""
-    from aim_cli.calibration.core import display_rows
+    from aim_cli.api.commands import display_rows
 
     target = calibration.target
     parameter = target.parameter.replace("_", " ")

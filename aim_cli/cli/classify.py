@@ -40,7 +40,7 @@ from aim_cli.errors import FailedInput
 from aim_cli.io import check_output_file
 
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
-    from aim_cli.tasks.classify import ClassifiedImage, Prediction
+    from aim_cli.api.commands import ClassifiedImage, Prediction
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
@@ -96,10 +96,9 @@ def classify(
     quiet: QuietOption = False,
 ) -> None:
     """Classify images with a modulated classifier."""
+    from aim_cli import api
+    from aim_cli.api.commands import classify_images, load_classifier
     from aim_cli.devices import resolve_device
-    from aim_cli.models.classifier import load_classifier
-    from aim_cli.tasks.classify import classify_images
-    from aim_cli.tasks.common import plan_modulation
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     if output is not None:
@@ -116,7 +115,7 @@ def classify(
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
     classifier = load_classifier(model, resolve_device(device), weights, labels)
-    plan = plan_modulation(settings_profile, classifier.labels)
+    plan = api.plan(settings_profile, classifier.labels)
     settings = plan.describe()
     say(
         f"model: {classifier.name} ({len(classifier.labels)} classes) | sigma {plan.modulation.sigma:g}"

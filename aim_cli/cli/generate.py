@@ -40,9 +40,8 @@ from aim_cli.io import check_output_file
 from aim_cli.prompts import gather_prompts
 
 if TYPE_CHECKING:  # torch and transformers' generation stack are imported only when `aim generate` runs
-    from aim_cli.models.language import LanguageModel
-    from aim_cli.tasks.common import ModulationPlan
-    from aim_cli.tasks.generate import Completion, EncodedPrompt, GenerationSettings
+    from aim_cli.api import ModulationPlan
+    from aim_cli.api.commands import Completion, EncodedPrompt, GenerationSettings, LanguageModel
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 # The names models.language.DTYPES maps (a test keeps them equal), spelled here so --help needs no torch.
@@ -139,13 +138,14 @@ def generate(
     """Generate text with a modulated causal or encoder-decoder LM (default: the demo arithmetic LM)."""
     import torch
 
-    from aim_cli.models.language import load_language_model, parse_dtype
-    from aim_cli.tasks.generate import (
+    from aim_cli.api.commands import (
         GenerationSettings,
         encode_prompts,
         fitting_max_new_tokens,
         generate_completions,
         length_note,
+        load_language_model,
+        parse_dtype,
         plan_generation,
     )
 
@@ -224,8 +224,7 @@ def _stream_one(
     failures: list[FailedInput],
 ) -> None:
     """Print a single prompt's completion to stdout as it is generated."""
-    from aim_cli.generation import CompletionStreamer
-    from aim_cli.tasks.generate import generate_completions
+    from aim_cli.api.commands import CompletionStreamer, generate_completions
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -261,7 +260,7 @@ def _write_records(
     failures: list[FailedInput],
 ) -> bool:
     """Stream kept and new records to the output file, published atomically only when all are written; returns whether it was."""
-    from aim_cli.tasks.generate import generate_completions
+    from aim_cli.api.commands import generate_completions
 
     with RunOutputs() as run:
         writer = run.records(output, keep_on_interrupt=bool(kept))  # only a resumed file holds the old records too

@@ -43,9 +43,8 @@ from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_ma
 from aim_cli.masks import colour_table, save_mask, save_overlay
 
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
-    from aim_cli.models.segmenter import Segmenter
-    from aim_cli.tasks.common import ModulationPlan
-    from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage
+    from aim_cli.api import ModulationPlan
+    from aim_cli.api.commands import SegmentationEvaluation, SegmentedImage, Segmenter
 
 DEFAULT_OUTPUT_DIR = Path("aim-segment-output")
 SUMMARY_FILE = "summary.jsonl"
@@ -162,10 +161,9 @@ def segment(
     quiet: QuietOption = False,
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
+    from aim_cli import api
+    from aim_cli.api.commands import SegmentationEvaluation, find_mask, load_segmenter, segment_files
     from aim_cli.devices import resolve_device
-    from aim_cli.models.segmenter import load_segmenter
-    from aim_cli.tasks.common import plan_modulation
-    from aim_cli.tasks.segment import SegmentationEvaluation, find_mask, segment_files
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     check_output_dir(output_dir, create=False)
@@ -193,7 +191,7 @@ def segment(
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
     segmenter = load_segmenter(model, resolve_device(device), weights, labels)
-    plan = plan_modulation(settings_profile, segmenter.labels)
+    plan = api.plan(settings_profile, segmenter.labels)
     run = RunOutputs()
     if not output_dir.is_dir():
         run.created(output_dir)

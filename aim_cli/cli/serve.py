@@ -82,24 +82,25 @@ def serve(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the vLLM command and exit.")] = False,
 ) -> None:
     """Serve tiers with vLLM's OpenAI server; other options (after --) go to `vllm serve`."""
-    from aim_cli import serving  # torch-backed: loaded when the command runs, so `aim --help` stays fast
+    # torch-backed: loaded when the command runs, so `aim --help` stays fast
+    from aim_cli.api.commands import DEFAULT_ENV, PROFILES_ENV, default_tier, load_profile_dir, profile_summary
 
     if importlib.util.find_spec("vllm") is None:
         raise AimError("aim serve needs vLLM, which is not installed here", VLLM_HINT)
     vllm_args = list(ctx.args)
     refuse_speculative(vllm_args)
-    tiers = serving.load_profile_dir(profiles)
+    tiers = load_profile_dir(profiles)
     for name, tier in tiers.items():  # keyed tiers need their secret before the server starts
         if tier.key_env:
             noise_key(tier, f"tier '{name}'")
-    overrides = {serving.PROFILES_ENV: str(profiles.resolve())}
+    overrides = {PROFILES_ENV: str(profiles.resolve())}
     if default_profile is not None:
-        overrides[serving.DEFAULT_ENV] = default_profile
+        overrides[DEFAULT_ENV] = default_profile
     env = dict(os.environ, **overrides)
-    default = serving.default_tier(tiers, env)
+    default = default_tier(tiers, env)
     command = vllm_command(model, vllm_args)
     say(f"aim: serving {model} with vLLM; tiers from {profiles}:")
-    for line in serving.profile_summary(tiers):
+    for line in profile_summary(tiers):
         say(f"  {line}")
     say("aim: clients choose a tier per request with vllm_xargs (or SamplingParams.extra_args), e.g.")
     say("  " + client_example(model, vllm_args, sorted(tiers)[0]))

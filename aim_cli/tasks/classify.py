@@ -8,11 +8,12 @@ from typing import Iterator, Sequence
 
 import torch
 
-from aim_cli.errors import InputError
+from aim_cli.errors import FailedInput, InputError
 from aim_cli.images import LoadedImage, load_image
 from aim_cli.models.checkpoint_files import check_model_input
 from aim_cli.models.classifier import ImageClassifier
-from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, drop_nonfinite
+from aim_cli.plans import ModulationPlan
+from aim_cli.tasks.batches import ProgressCallback, batched, drop_nonfinite
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from aim_cli.errors import InputError
+from aim_cli.errors import FailedInput, InputError
 from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop
 from aim_cli.models.language import LanguageModel, check_prompt_fits
 from aim_cli.modulation import KeyedNoise, content_key, nonfinite_items
+from aim_cli.plans import ModulationPlan, plan_tokens
 from aim_cli.profile import Profile
-from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, nonfinite_error, plan_tokens
+from aim_cli.tasks.batches import ProgressCallback, batched, nonfinite_error
 
 
 @dataclass(frozen=True)

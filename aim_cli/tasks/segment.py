@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aim_cli.errors import InputError
+from aim_cli.errors import FailedInput, InputError
 from aim_cli.images import load_image, loaded_from_image
 from aim_cli.io import IMAGE_SUFFIXES
 from aim_cli.masks import read_mask
@@ -28,7 +28,8 @@ from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix
 from aim_cli.models.checkpoint_files import check_model_input
 from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import Modulation, NoiseSource
-from aim_cli.tasks.common import FailedInput, ModulationPlan, ProgressCallback, batched, drop_nonfinite
+from aim_cli.plans import ModulationPlan
+from aim_cli.tasks.batches import ProgressCallback, batched, drop_nonfinite
 
 # Upsampled-logit elements (classes x rows x width) of one image held at once: 256 MiB of
 # float32, so a 512x512 image with 150 classes is interpolated whole (one call, as fast as the

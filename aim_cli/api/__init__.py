@@ -16,8 +16,7 @@ import torch
 import aim_cli
 from aim_cli.calibration.core import Calibration, MonteCarloCheck  # noqa: F401 (re-exported via __all__)
 from aim_cli.errors import AimError, InputError, ModelError, ProfileError  # noqa: F401 (re-exported)
-from aim_cli.profile import FocusRequest, Profile, check_sigma, is_integer_number, is_real_number, one_or_many
-from aim_cli.tasks.common import (  # noqa: F401 (item_key re-exported)
+from aim_cli.plans import (  # noqa: F401 (item_key re-exported)
     ItemKey,
     ModulationPlan,
     check_logits,
@@ -27,6 +26,7 @@ from aim_cli.tasks.common import (  # noqa: F401 (item_key re-exported)
     plan_tokens,
     resolve_focus,
 )
+from aim_cli.profile import FocusRequest, Profile, check_sigma, is_integer_number, is_real_number, one_or_many
 
 if TYPE_CHECKING:
     from aim_cli.generation import ModulationProcessor
@@ -284,7 +284,7 @@ def calibrate_logits(
     curve, a root, and a seeded Monte Carlo check. The result has .sigma, .focus_sigma,
     .predicted, .check, .curve, .warnings, .to_dict() and .profile(name).
     """
-    from aim_cli.tasks.calibrate import API_NAMES, calibrate_classification_logits, calibration_request
+    from aim_cli.calibration.runner import API_NAMES, calibrate_classification_logits, calibration_request
 
     logits, ids = _logits_and_labels(logits, labels, class_names)
     focus_text = None if focus is None else str(focus)

@@ -1,18 +1,22 @@
-"""Pieces every task shares: turning a profile into a modulation for a given model."""
+"""Modulation plans: a profile resolved against one model's classes or tokenizer, and the checks on logits.
+
+The core the API, the task pipelines, calibration and serving share. A plan knows nothing
+about files or models: it turns logits (and, in keyed mode, each input's content key) into
+modulated logits.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from aim_cli.directions import direction_name
-from aim_cli.errors import AimError, FailedInput, InputError, ModelError, ProfileError
+from aim_cli.errors import AimError, InputError, ProfileError
 from aim_cli.labels import resolve_class
 from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, nonfinite_items, token_key
 from aim_cli.profile import FocusRequest, Profile, is_integer_number, noise_source, one_or_many
@@ -20,8 +24,6 @@ from aim_cli.profile import FocusRequest, Profile, is_integer_number, noise_sour
 if TYPE_CHECKING:
     from aim_cli.generation import ModulationProcessor
 
-T = TypeVar("T")
-ProgressCallback = Callable[[int], None]
 # What identifies an input for keyed noise: its content key as bytes, or the content itself.
 ItemKey = Any  # bytes | str | torch.Tensor | np.ndarray | PIL.Image.Image | Sequence[int]
 
@@ -68,38 +70,6 @@ def _key_array(item: Any) -> np.ndarray:
         raise InputError(
             f"cannot derive a noise key from {type(item).__name__}", "give bytes, text, a tensor or an image"
         ) from None
-
-
-def nonfinite_error(what: object) -> ModelError:
-    """The one-line error for an input whose logits the model computed as NaN or inf."""
-    return ModelError(
-        f"the model computed non-finite logits (NaN/inf) for {what}: its weights are damaged or the dtype overflows",
-        "check the checkpoint's weights, or run it in float32",
-    )
-
-
-def check_model_logits(logits: torch.Tensor, names: Sequence[object]) -> None:
-    """Raise nonfinite_error for the first input (named by `names`, per row) whose logits are not finite."""
-    bad = nonfinite_items(logits)
-    if bad:
-        raise nonfinite_error(names[bad[0]])
-
-
-def drop_nonfinite(
-    items: Sequence[T], logits: torch.Tensor, path: Callable[[T], Path]
-) -> tuple[list[T], torch.Tensor, list[tuple[T, FailedInput]]]:
-    """Split a batch at the model-output boundary: inputs with finite logits go on, the others fail.
-
-    Returns the kept items, their logits, and (item, failure) for each input whose logits hold
-    NaN/inf. One check when the batch is healthy; only a broken batch pays for indexing.
-    """
-    bad = set(nonfinite_items(logits))
-    if not bad:
-        return list(items), logits, []
-    keep = [i for i in range(len(items)) if i not in bad]
-    failures = [(items[i], FailedInput(path(items[i]), str(nonfinite_error(path(items[i]))))) for i in sorted(bad)]
-    index = torch.tensor(keep, dtype=torch.long, device=logits.device)
-    return [items[i] for i in keep], logits.index_select(0, index), failures
 
 
 def check_logits(logits: Any, class_dim: Any = 1, num_classes: int | None = None, masked: bool = False) -> int:
@@ -289,15 +259,3 @@ def plan_tokens(profile: Profile, tokenizer: Any) -> ModulationPlan:
     noise, seed = noise_source(profile)
     # Without a tokenizer (a profile with no focus words) nothing marks padding columns.
     return ModulationPlan(modulation, noise, seed, names, num_tokens=len(tokenizer) if tokenizer is not None else None)
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Yield lists of at most `size` items, streaming (no full materialisation)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -1,7 +1,7 @@
 """`aim calibrate` as a task: model + labelled data + target in, a checked Calibration out.
 
 Knows nothing about Typer: the CLI loads the model and the data, calls one of these
-functions, and renders or writes the result (aim_cli.calibration.report, aim_cli.plotting).
+functions, and renders or writes the result (aim_cli.calibration.report, aim_cli.calibration.plot).
 Model and per-task modules are imported inside the functions, so importing this module
 (which the CLI does at start-up) stays cheap.
 """
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from aim_cli import limits
 from aim_cli.calibration.core import Calibration, Target
-from aim_cli.errors import AimError
+from aim_cli.errors import AimError, FailedInput
 from aim_cli.labels import resolve_class
 from aim_cli.profile import FocusRequest, check_seed, check_sigma, is_integer_number, is_real_number, parse_focus
-from aim_cli.tasks.common import FailedInput, ProgressCallback
+from aim_cli.tasks.batches import ProgressCallback
 
 if TYPE_CHECKING:
     import torch

@@ -1,0 +1,85 @@
+"""What each `aim` command runs: the CLI's one door to the task pipelines, calibration, serving and models.
+
+Not part of the public API (aim_cli.api.__all__): names here may change with the CLI. Each
+name loads its home module on first use, so a command pays only for what it runs (`aim
+classify` never imports transformers' generation stack) and `aim --help` imports none of it.
+The model loaders are the seam for one model registry: swap a home here, the CLI follows.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads each name from _HOMES
+    pass
+
+# Each name and the module that defines it, grouped by command.
+_HOMES = {
+    # models (one loader per task until the model registry serves them all)
+    "load_classifier": "aim_cli.models.classifier",
+    "load_segmenter": "aim_cli.models.segmenter",
+    "load_language_model": "aim_cli.models.language",
+    "parse_dtype": "aim_cli.models.language",
+    "LanguageModel": "aim_cli.models.language",
+    "Segmenter": "aim_cli.models.segmenter",
+    # aim classify
+    "classify_images": "aim_cli.tasks.classify",
+    "ClassifiedImage": "aim_cli.tasks.classify",
+    "Prediction": "aim_cli.tasks.classify",
+    # aim segment
+    "segment_files": "aim_cli.tasks.segment",
+    "find_mask": "aim_cli.tasks.segment",
+    "SegmentationEvaluation": "aim_cli.tasks.segment",
+    "SegmentedImage": "aim_cli.tasks.segment",
+    # aim generate
+    "plan_generation": "aim_cli.tasks.generate",
+    "encode_prompts": "aim_cli.tasks.generate",
+    "fitting_max_new_tokens": "aim_cli.tasks.generate",
+    "generate_completions": "aim_cli.tasks.generate",
+    "length_note": "aim_cli.tasks.generate",
+    "Completion": "aim_cli.tasks.generate",
+    "EncodedPrompt": "aim_cli.tasks.generate",
+    "GenerationSettings": "aim_cli.tasks.generate",
+    "CompletionStreamer": "aim_cli.generation",
+    # aim calibrate
+    "CalibrationRequest": "aim_cli.calibration.runner",
+    "calibration_request": "aim_cli.calibration.runner",
+    "calibrate_classifier": "aim_cli.calibration.runner",
+    "calibrate_segmenter": "aim_cli.calibration.runner",
+    "calibrate_language_model": "aim_cli.calibration.runner",
+    "load_segmenter_for_calibration": "aim_cli.calibration.runner",
+    "demo_classification_set": "aim_cli.calibration.datasets",
+    "demo_segmentation_set": "aim_cli.calibration.datasets",
+    "demo_text_set": "aim_cli.calibration.datasets",
+    "read_classification_data": "aim_cli.calibration.datasets",
+    "read_segmentation_data": "aim_cli.calibration.datasets",
+    "read_text_data": "aim_cli.calibration.datasets",
+    "Calibration": "aim_cli.calibration.core",
+    "display_rows": "aim_cli.calibration.core",
+    "write_profile": "aim_cli.calibration.report",
+    "write_report": "aim_cli.calibration.report",
+    "PLOT_SUFFIXES": "aim_cli.calibration.report",
+    "PROFILE_SUFFIXES": "aim_cli.calibration.report",
+    "REPORT_SUFFIXES": "aim_cli.calibration.report",
+    "plot_calibration": "aim_cli.calibration.plot",
+    "require_matplotlib": "aim_cli.calibration.plot",
+    # aim serve
+    "load_profile_dir": "aim_cli.serving",
+    "default_tier": "aim_cli.serving",
+    "profile_summary": "aim_cli.serving",
+    "PROFILES_ENV": "aim_cli.serving",
+    "DEFAULT_ENV": "aim_cli.serving",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a command's name from its home module on first use."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'aim_cli.api.commands' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
