@@ -189,6 +189,15 @@ class ModulationPlan:
             num_tokens=self.num_tokens,
         )
 
+    def summary(self) -> str:
+        """The run-summary line's modulation part: sigma, focus, and how noise is drawn."""
+        text = f"sigma {self.modulation.sigma:g}"
+        if self.modulation.has_focus:
+            text += f" | focus {', '.join(self.target_names)} sigma {self.modulation.focus_sigma:g}"
+            if self.num_tokens is not None:  # a focus word may be several tokens: say how many
+                text += f" ({len(self.modulation.targets)} token(s))"
+        return text + (" | keyed noise" if self.keyed else f" | seed {self.seed}")
+
     def describe(self) -> dict[str, object]:
         """Settings to record beside each output, so a result can be reproduced."""
         return {

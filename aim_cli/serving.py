@@ -296,7 +296,7 @@ def step_key(step: int) -> bytes:
     return max(int(step), 0).to_bytes(8, "little", signed=False)
 
 
-def seeded_noise(seed: int) -> KeyedNoise:
+def seed_keyed_noise(seed: int) -> KeyedNoise:
     """A request's seeded noise: the counter-based generator keyed on the seed, so draws depend on (seed, step) only."""
     return KeyedNoise(_SEEDED_DOMAIN + int(seed).to_bytes(8, "little"))
 
@@ -325,7 +325,7 @@ class PlanCache:
         # The same resolution as `aim generate` (focus words -> token sets, key from the environment).
         base = plan_tokens(profile, self._tokenizer())
         self._check_columns(profile, base.modulation)
-        noise = base.noise if base.keyed else seeded_noise(int(profile.seed or 0))
+        noise = base.noise if base.keyed else seed_keyed_noise(int(profile.seed or 0))
         plan = RowPlan(base.modulation, noise, keyed=base.keyed, seed=base.seed, num_tokens=base.num_tokens)
         if not fresh:
             self._plans[profile] = plan
@@ -398,7 +398,7 @@ __all__ = [
     "pin_fresh_seed",
     "profile_summary",
     "request_profile",
-    "seeded_noise",
+    "seed_keyed_noise",
     "server_profiles",
     "step_key",
 ]

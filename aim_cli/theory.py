@@ -23,7 +23,7 @@ _BLOCK_ELEMENTS = 1 << 23
 
 
 @lru_cache(maxsize=8)
-def _hermite_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+def hermite_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Probabilists' Gauss-Hermite nodes and weights normalised to a N(0,1) expectation."""
     x, w = np.polynomial.hermite_e.hermegauss(nodes)
     return x, w / math.sqrt(2.0 * math.pi)
@@ -43,12 +43,12 @@ def _erfinv(values: np.ndarray) -> np.ndarray:
     return torch.special.erfinv(torch.from_numpy(values)).numpy()
 
 
-def _row_chunk(num_classes: int, nodes: int) -> int:
+def rows_per_block(num_classes: int, nodes: int) -> int:
     """Rows per block so a (rows, classes, nodes) float64 block stays bounded."""
     return max(1, _BLOCK_ELEMENTS // max(1, num_classes * nodes))
 
 
-def win_probability(
+def utility_win_probability(
     logits: torch.Tensor, classes: torch.Tensor, sigma: float, nodes: int = QUADRATURE_NODES
 ) -> torch.Tensor:
     """P(argmax(logits + N(0, sigma^2)) == classes) for each row of an (N, C) tensor."""
@@ -56,11 +56,11 @@ def win_probability(
     classes = classes.to(logits.device).long()
     if sigma <= 0:
         return (logits.argmax(dim=1) == classes).to(torch.float64)
-    z, w = _hermite_rule(nodes)
+    z, w = hermite_rule(nodes)
     z_t = torch.as_tensor(z, device=logits.device)
     w_t = torch.as_tensor(w, device=logits.device)
     out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    step = _row_chunk(logits.shape[1], nodes)
+    step = rows_per_block(logits.shape[1], nodes)
     for start in range(0, logits.shape[0], step):
         block = logits[start : start + step]
         cls = classes[start : start + step]
@@ -78,12 +78,12 @@ def class_probabilities(logits: torch.Tensor, sigma: float, nodes: int = QUADRAT
     n, c = logits.shape
     if sigma <= 0:
         return torch.nn.functional.one_hot(logits.argmax(dim=1), c).to(torch.float64)
-    z, w = _hermite_rule(nodes)
+    z, w = hermite_rule(nodes)
     z_t = torch.as_tensor(z, device=logits.device)
     w_t = torch.as_tensor(w, device=logits.device)
     out = torch.empty(n, c, dtype=torch.float64, device=logits.device)
     eye_inf = torch.diag(torch.full((c,), math.inf, dtype=torch.float64, device=logits.device))
-    step = max(1, _row_chunk(c * c, nodes))
+    step = max(1, rows_per_block(c * c, nodes))
     for start in range(0, n, step):
         block = logits[start : start + step]
         gaps = (block[:, :, None] - block[:, None, :]) / sigma + eye_inf  # [row, k, j]
@@ -145,29 +145,29 @@ def win_probability_with_focus(
     One more quadrature: average the utility-only formula over the half-normal focus draw.
     """
     if focus_sigma <= 0:
-        return win_probability(logits, classes, sigma)
+        return utility_win_probability(logits, classes, sigma)
     x, w = _half_normal_rule(nodes)
     total = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
     base = logits.detach().to(torch.float64)
     for shift, weight in zip(x, w):
         shifted = base.clone()
         shifted[:, target] += direction * focus_sigma * float(shift)
-        total += float(weight) * win_probability(shifted, classes, sigma)
+        total += float(weight) * utility_win_probability(shifted, classes, sigma)
     return total
 
 
-def expected_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> float:
+def reference_accuracy(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> float:
     """Expected top-1 accuracy of an (N, C) logits set under utility noise sigma (full 64-node rule).
 
     The reference formula; calibration and aim.expected_accuracy use the faster
     calibration.classify.expected_correct (contending classes only, within 1e-6 of this).
     """
-    return float(win_probability(logits, labels, sigma).mean())
+    return float(utility_win_probability(logits, labels, sigma).mean())
 
 
-def accuracy_curve(logits: torch.Tensor, labels: torch.Tensor, sigmas: Sequence[float]) -> list[float]:
+def reference_accuracy_curve(logits: torch.Tensor, labels: torch.Tensor, sigmas: Sequence[float]) -> list[float]:
     """Expected accuracy at each sigma, all from the same cached clean logits."""
-    return [expected_accuracy(logits, labels, s) for s in sigmas]
+    return [reference_accuracy(logits, labels, s) for s in sigmas]
 
 
 def solve_increasing_parameter(

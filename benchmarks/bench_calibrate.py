@@ -129,7 +129,7 @@ def synthetic_logits(count: int, kind: str, generator: torch.Generator) -> tuple
 
 def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
     """1000-class calibration at ImageNet-validation size, the exact formula's cost there, a ResNet-50 sweep ratio."""
-    from aim_cli.calibration.classify import calibrate_logits, expected_correct
+    from aim_cli.calibration.classify import calibrate_target, expected_correct
     from aim_cli.calibration.core import Target
 
     rows: list[dict[str, object]] = []
@@ -141,7 +141,7 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
         start = time.perf_counter()
         # Full: what `aim calibrate` does by default (20-draw check, 8 measured curve points); quick: 5 draws only.
         options = {"draws": 5, "curve_checks": 0} if quick else {}
-        calibration = calibrate_logits(logits, labels, Target("accuracy", round(clean / 2, 3)), **options)
+        calibration = calibrate_target(logits, labels, Target("accuracy", round(clean / 2, 3)), **options)
         seconds = time.perf_counter() - start
         timing = calibration.timing
         rows.append(
@@ -192,7 +192,7 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
     logits, labels = synthetic_logits(images, "flat", generator)  # the worst case for the calibration
     clean = float((logits.argmax(1) == labels).double().mean())
     start = time.perf_counter()
-    calibration = calibrate_logits(logits, labels, Target("accuracy", round(clean / 2, 3)), draws=20)
+    calibration = calibrate_target(logits, labels, Target("accuracy", round(clean / 2, 3)), draws=20)
     analytic_s = time.perf_counter() - start
     forward_s = per_image * images
     sweep_s = forward_s * len(SIGMAS)  # noise and argmax per sigma are negligible beside the forward pass

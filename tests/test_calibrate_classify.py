@@ -24,7 +24,7 @@ import torch
 from aim_cli import theory
 from aim_cli.calibration.classify import (
     accuracy_metric,
-    calibrate_logits,
+    calibrate_target,
     collect_logits,
     dataset_label_ids,
     monte_carlo_accuracy,
@@ -114,7 +114,7 @@ def _check_targets(logits: torch.Tensor, labels: torch.Tensor, targets: list[flo
     """Calibrate each target; the measured accuracy must be within 0.02 of it."""
     results = []
     for k, target in enumerate(targets):
-        calibration = calibrate_logits(logits, labels, Target("accuracy", target), draws=20, seed=100 + k)
+        calibration = calibrate_target(logits, labels, Target("accuracy", target), draws=20, seed=100 + k)
         assert calibration.predicted == pytest.approx(target, abs=1e-4)
         assert abs(calibration.check.mean - target) <= 0.02, (target, calibration.check.mean)
         assert calibration.check.low < calibration.check.high
@@ -186,7 +186,7 @@ def test_other_architecture_through_the_cli(other_model, other_logits, tmp_path)
 def test_target_equal_to_clean_needs_no_noise(demo_logits):
     logits, labels = demo_logits
     clean = float((logits.argmax(dim=1) == labels).double().mean())
-    calibration = calibrate_logits(logits, labels, Target("accuracy", clean), draws=4)
+    calibration = calibrate_target(logits, labels, Target("accuracy", clean), draws=4)
     assert calibration.value == 0.0
 
 
@@ -197,8 +197,8 @@ def test_tied_top_logits_make_the_gap_at_zero_noise_a_user_error():
 
     logits, labels = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), torch.tensor([0, 0])
     with pytest.raises(AimError, match=r"0\.75.*tie"):
-        calibrate_logits(logits, labels, Target("accuracy", 0.8), draws=4)
-    below = calibrate_logits(logits, labels, Target("accuracy", 0.6), draws=4)  # past the jump: reachable
+        calibrate_target(logits, labels, Target("accuracy", 0.8), draws=4)
+    below = calibrate_target(logits, labels, Target("accuracy", 0.6), draws=4)  # past the jump: reachable
     assert below.predicted == pytest.approx(0.6, abs=1e-4) and below.value > 0
 
 
@@ -209,7 +209,7 @@ def test_focus_recall_target_on_classifier(other_logits):
     rows = labels == target_id
     clean = float((logits[rows].argmax(dim=1) == target_id).double().mean())
     goal = round(clean + 0.6 * (1 - clean), 3)
-    calibration = calibrate_logits(logits, labels, Target("recall", goal, "ring", 1), target_id, draws=40, seed=9)
+    calibration = calibrate_target(logits, labels, Target("recall", goal, "ring", 1), target_id, draws=40, seed=9)
     # Only ~100 images of the class: SE <= sqrt(0.25 / (100 * 40)) = 0.008, so allow 0.04 (5 SE).
     assert abs(calibration.check.mean - goal) <= 0.04
     assert calibration.predicted == pytest.approx(goal, abs=1e-4)
@@ -250,7 +250,7 @@ def test_large_problems_calibrate_with_common_random_numbers(monkeypatch):
     labels = torch.randint(0, 100, (4000,), generator=generator)
     logits = torch.randn(4000, 100, generator=generator)
     logits[torch.arange(4000), labels] += 4.0
-    calibration = calibrate_logits(logits, labels, Target("accuracy", 0.5), draws=20, seed=2, curve_checks=0)
+    calibration = calibrate_target(logits, labels, Target("accuracy", 0.5), draws=20, seed=2, curve_checks=0)
     assert any("common random numbers" in note for note in calibration.notes)
     assert calibration.check.mean == pytest.approx(0.5, abs=0.01)
 
@@ -307,6 +307,6 @@ def test_curve_points_on_large_sets_use_only_the_draws_they_need():
     labels = torch.randint(0, 20, (4000,), generator=generator)
     logits = torch.randn(4000, 20, generator=generator)
     logits[torch.arange(4000), labels] += 2.0
-    calibration = calibrate_logits(logits, labels, Target("accuracy", 0.4), draws=20, seed=1)
+    calibration = calibrate_target(logits, labels, Target("accuracy", 0.4), draws=20, seed=1)
     assert calibration.check.draws == 20
     assert calibration.points and all(point.draws == 16 for point in calibration.points)

@@ -169,7 +169,7 @@ def test_common_random_numbers_curve_matches_the_exact_expectation():
     sums.add(pixels, truth, torch.Generator().manual_seed(1))
     measured = sums.values(pixel_accuracy)
     for sigma, value in zip(grid, measured):
-        p = theory.win_probability(pixels, truth, sigma)
+        p = theory.utility_win_probability(pixels, truth, sigma)
         bound = 4 * float((p * (1 - p)).sum().sqrt()) / p.numel() + 1e-12
         assert abs(value - float(p.mean())) <= bound, (sigma, value, float(p.mean()), bound)
     assert all(a >= b for a, b in zip(measured, measured[1:]))  # shared draws: smooth and falling here

@@ -48,7 +48,7 @@ def test_accuracy_falls_monotonically_toward_chance(clean_logits):
     logits, labels = clean_logits
     chance = 1 / logits.shape[1]
     curve = [measured_accuracy(logits, labels, s, seed=100 + i) for i, s in enumerate(SIGMAS)]
-    expected = theory.accuracy_curve(logits, labels, SIGMAS)
+    expected = theory.reference_accuracy_curve(logits, labels, SIGMAS)
     assert curve[0] >= 0.95
     for i in range(len(SIGMAS) - 1):
         tolerance = 3 * math.hypot(standard_error(curve[i]), standard_error(curve[i + 1]))
@@ -68,7 +68,7 @@ def test_measured_curve_matches_the_analytic_one(clean_logits):
     logits, labels = clean_logits
     for i, sigma in enumerate(SIGMAS):
         measured = measured_accuracy(logits, labels, sigma, seed=200 + i)
-        predicted = theory.expected_accuracy(logits, labels, sigma)
+        predicted = theory.reference_accuracy(logits, labels, sigma)
         assert abs(measured - predicted) < 4 * standard_error(predicted), (sigma, measured, predicted)
 
 

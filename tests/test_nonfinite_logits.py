@@ -243,13 +243,13 @@ def test_generation_allows_the_masks_transformers_and_aim_set(tiny_lm):
 
 
 def test_calibration_of_logits_refuses_non_finite_rows():
-    from aim_cli.calibration.classify import calibrate_logits
+    from aim_cli.calibration.classify import calibrate_target
     from aim_cli.calibration.core import Target
 
     logits = torch.randn(4, 3)
     logits[2, 1] = math.inf
     with pytest.raises(ModelError, match="item 3"):
-        calibrate_logits(logits, torch.tensor([0, 1, 2, 0]), Target("accuracy", 0.5))
+        calibrate_target(logits, torch.tensor([0, 1, 2, 0]), Target("accuracy", 0.5))
 
 
 @pytest.mark.parametrize("output, prompts", [(True, 2), (False, 2), (False, 1)])

@@ -27,7 +27,7 @@ from aim_cli.tasks.segment import (
     input_from_image,
     segment_inputs,
 )
-from aim_cli.theory import focus_win_probability, win_probability
+from aim_cli.theory import focus_win_probability, utility_win_probability
 
 # 48 scenes of 64x64 = 196,608 pixels, ~3,000 of them person: enough for tight bounds, ~1 s a pass.
 N_IMAGES = 48
@@ -110,7 +110,7 @@ def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(demo):
 def test_utility_noise_lowers_miou_monotonically_and_accuracy_matches_theory(demo):
     """mIoU falls at every step of the sigma grid; pixel accuracy matches the exact expectation.
 
-    Expected pixel accuracy is mean_i P(argmax(y_i + eps) = t_i) (theory.win_probability);
+    Expected pixel accuracy is mean_i P(argmax(y_i + eps) = t_i) (theory.utility_win_probability);
     pixels are independent Bernoulli outcomes given the logits, so the same K_SE standard
     deviations sqrt(sum p(1-p)) / N bound the Monte Carlo error (N ~ 200,000 pixels).
     """
@@ -121,7 +121,7 @@ def test_utility_noise_lowers_miou_monotonically_and_accuracy_matches_theory(dem
         evaluation = _evaluate(segmenter, items, plan)
         mious.append(mean_iou(evaluation.modulated.matrix))
         accuracies.append(pixel_accuracy(evaluation.modulated.matrix))
-        p = win_probability(pixels, truth, sigma)
+        p = utility_win_probability(pixels, truth, sigma)
         expected.append(float(p.mean()))
         bounds.append(K_SE * math.sqrt(float((p * (1 - p)).sum())) / p.numel() + 1e-9)
     print("\nsigma | mIoU | pixel accuracy measured | expected | bound")

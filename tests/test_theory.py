@@ -59,7 +59,7 @@ def _mc_hits(
 
 @pytest.mark.parametrize("sigma", [0.3, 1.0, 3.0, 10.0])
 def test_win_probability_matches_monte_carlo(logits, labels, sigma):
-    q = theory.win_probability(logits, labels, sigma)
+    q = theory.utility_win_probability(logits, labels, sigma)
     measured = _mc_hits(logits, labels, Modulation(sigma=sigma), DRAWS, seed=int(sigma * 10))
     assert abs(float(q.mean()) - float(measured.mean())) <= _tolerance(q, DRAWS)
 
@@ -67,7 +67,7 @@ def test_win_probability_matches_monte_carlo(logits, labels, sigma):
 def test_win_probability_per_row_for_a_few_rows(logits):
     rows = logits[:8]
     classes = torch.arange(8) % C
-    q = theory.win_probability(rows, classes, 2.0)
+    q = theory.utility_win_probability(rows, classes, 2.0)
     draws = 4000  # per-row SE <= sqrt(0.25 / 4000) = 0.0079; allow 5 of them
     measured = _mc_hits(rows, classes, Modulation(sigma=2.0), draws, seed=5)
     assert torch.all((q - measured).abs() <= 5 * torch.sqrt(q * (1 - q) / draws) + 1e-9)
@@ -75,7 +75,7 @@ def test_win_probability_per_row_for_a_few_rows(logits):
 
 def test_zero_sigma_is_the_clean_argmax(logits, labels):
     expected = (logits.argmax(dim=1) == labels).double()
-    assert torch.equal(theory.win_probability(logits, labels, 0.0), expected)
+    assert torch.equal(theory.utility_win_probability(logits, labels, 0.0), expected)
     assert torch.equal(theory.class_probabilities(logits, 0.0).argmax(dim=1), logits.argmax(dim=1))
 
 
@@ -84,12 +84,12 @@ def test_class_probabilities_rows_sum_to_one_and_match_win_probability(logits, s
     probs = theory.class_probabilities(logits[:300], sigma)
     assert torch.allclose(probs.sum(dim=1), torch.ones(300, dtype=torch.float64), atol=1e-6)
     for k in (0, 3, 9):
-        column = theory.win_probability(logits[:300], torch.full((300,), k), sigma)
+        column = theory.utility_win_probability(logits[:300], torch.full((300,), k), sigma)
         assert torch.allclose(probs[:, k], column, atol=1e-9)
 
 
 def test_large_sigma_tends_to_chance(logits, labels):
-    assert abs(theory.expected_accuracy(logits, labels, 1e4) - 1 / C) < 1e-3
+    assert abs(theory.reference_accuracy(logits, labels, 1e4) - 1 / C) < 1e-3
 
 
 @pytest.mark.parametrize("direction", [1, -1])
@@ -130,7 +130,7 @@ def test_solve_increasing_parameter_finds_the_root():
 
 
 def test_solve_on_expected_accuracy(logits, labels):
-    metric = lambda s: theory.expected_accuracy(logits, labels, s)  # noqa: E731
+    metric = lambda s: theory.reference_accuracy(logits, labels, s)  # noqa: E731
     sigma = theory.solve_increasing_parameter(metric, 0.5, 0.01, 100.0)
     assert metric(sigma) == pytest.approx(0.5, abs=1e-4)
 
@@ -147,7 +147,7 @@ def test_sigma_grid_starts_clean_and_is_log_spaced():
 
 @pytest.mark.parametrize("sigma", [0.05, 0.7, 3.0, 40.0])
 def test_settled_rows_shortcut_equals_win_probability(logits, labels, sigma):
-    reference = theory.win_probability(logits, labels, sigma, nodes=96)
+    reference = theory.utility_win_probability(logits, labels, sigma, nodes=96)
     assert torch.allclose(expected_correct(logits, labels, sigma), reference, atol=2e-6)
 
 
@@ -176,7 +176,7 @@ def test_contender_pruning_with_many_classes(sigma):
     many = torch.randn(300, 300, generator=generator) * 4
     labels = many.argmax(dim=1)
     labels[::3] = torch.randint(0, 300, (100,), generator=generator)
-    reference = theory.win_probability(many, labels, sigma, nodes=96)
+    reference = theory.utility_win_probability(many, labels, sigma, nodes=96)
     # 64 nodes (trimmed) for hundreds of classes: per-row error vs 96 nodes up to ~5e-6.
     assert torch.allclose(expected_correct(many, labels, sigma), reference, atol=5e-5)
     assert abs(float(expected_correct(many, labels, sigma).mean() - reference.mean())) < 5e-6
@@ -202,7 +202,7 @@ def test_fast_win_probability_is_exact_to_the_dense_formula(classes, sigma):
     # The dense formula (every class, 64 nodes) is the reference; pruning, settled rows and the
     # trimmed node sets may move no row by more than 1e-6.
     rows, labels = _hard_logits(classes, classes)
-    reference = theory.win_probability(rows, labels, sigma, nodes=64)
+    reference = theory.utility_win_probability(rows, labels, sigma, nodes=64)
     fast = expected_correct(rows, labels, sigma)
     assert float((fast - reference).abs().max()) < 1e-6
 
@@ -211,7 +211,7 @@ def test_fast_win_probability_is_exact_to_the_dense_formula(classes, sigma):
 def test_trimmed_rule_drops_only_negligible_weight(nodes):
     from aim_cli.calibration.classify import NODE_TAIL, trimmed_hermite_rule
 
-    _, full = theory._hermite_rule(nodes)
+    _, full = theory.hermite_rule(nodes)
     z, w = trimmed_hermite_rule(nodes)
     assert 0 <= full.sum() - float(w.sum()) < NODE_TAIL
     assert len(z) < nodes and bool((z[1:] > z[:-1]).all())  # fewer nodes, still in order

@@ -42,7 +42,7 @@ from aim_cli.tasks.segment import (  # noqa: E402
     input_from_image,
     segment_inputs,
 )
-from aim_cli.theory import focus_win_probability, win_probability  # noqa: E402
+from aim_cli.theory import focus_win_probability, utility_win_probability  # noqa: E402
 from tests.conftest import assert_user_error, run_aim  # noqa: E402
 from tests.data.build_universal import char_clip_tokenizer  # noqa: E402
 
@@ -311,7 +311,7 @@ def test_utility_noise_accuracy_matches_the_theory(trained):
     for sigma in (1.0, 4.0):
         plan = plan_modulation(resolve_profile(None, sigma=sigma, seed=SEED), segmenter.labels)
         evaluation = _evaluate(segmenter, items, plan)
-        p = win_probability(pixels, truth, sigma)
+        p = utility_win_probability(pixels, truth, sigma)
         bound = K_SE * math.sqrt(float((p * (1 - p)).sum())) / p.numel()
         assert abs(pixel_accuracy(evaluation.modulated.matrix) - float(p.mean())) <= bound, sigma
 

@@ -179,7 +179,7 @@ def _label_ids(labels: Any, class_names: Any, rows: int, classes: int) -> torch.
     return ids.long()
 
 
-def _class_id(focus: Any, class_names: Any, num_classes: int) -> int:
+def _focus_class_id(focus: Any, class_names: Any, num_classes: int) -> int:
     """A focus class given as an id or a name (resolved like profile targets; names read only here)."""
     if not (isinstance(focus, str) or is_integer_number(focus)):
         raise ProfileError(f"focus: expected a class name or id, got {focus!r}")
@@ -232,7 +232,7 @@ def win_probability(
         return expected_correct(logits, ids, sigma)
     focus_sigma = check_sigma(focus_sigma, "focus_sigma", "focus_sigma")
     _check_direction(direction)
-    target = _class_id(focus, class_names, logits.shape[1])
+    target = _focus_class_id(focus, class_names, logits.shape[1])
     if focus_sigma == 0:
         return expected_correct(logits, ids, sigma)
     if sigma > 0:
@@ -253,7 +253,7 @@ def expected_recall(
 ) -> float:
     """Exact expected recall of the focus class at focus_sigma (utility sigma held fixed)."""
     logits, ids = _logits_and_labels(logits, labels, class_names)
-    target = _class_id(focus, class_names, logits.shape[1])
+    target = _focus_class_id(focus, class_names, logits.shape[1])
     _check_direction(direction)
     if not bool((ids == target).any()):
         raise InputError(
@@ -293,7 +293,7 @@ def calibrate_logits(
     )
     if request.focus is None:  # nothing to resolve: the names are never read
         return calibrate_classification_logits(logits, ids, request, ())
-    _class_id(request.focus.name, class_names, logits.shape[1])  # a bad focus fails before any work
+    _focus_class_id(request.focus.name, class_names, logits.shape[1])  # a bad focus fails before any work
     names, _ = _class_names(class_names, logits.shape[1], [request.focus])
     # Without class_names the focus is a class id, and ids name the classes in the report.
     return calibrate_classification_logits(logits, ids, request, names or [str(i) for i in range(logits.shape[1])])

@@ -32,7 +32,7 @@ from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
 # Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
 # sharper function of the shared draw, so more classes need more nodes. Up to 16 classes 32
 # nodes stay within ~4e-7 of the 64-node rule (measured on random logits with ties); beyond
-# that the full 64-node rule of theory.win_probability is used, so results equal it.
+# that the full 64-node rule of theory.utility_win_probability is used, so results equal it.
 _NODES = ((16, 32),)
 # Nodes whose weights sum to less than this are dropped: the integrand lies in [0, 1], so the
 # result moves by at most this (64 nodes -> 36 evaluated, 32 -> 24).
@@ -47,7 +47,7 @@ def quadrature_nodes(contenders: int) -> int:
 @lru_cache(maxsize=8)
 def trimmed_hermite_rule(nodes: int, tail: float = NODE_TAIL) -> tuple[torch.Tensor, torch.Tensor]:
     """theory's N(0,1) Gauss-Hermite rule without the outermost nodes whose weights sum below `tail`."""
-    z, w = theory._hermite_rule(nodes)
+    z, w = theory.hermite_rule(nodes)
     order = np.argsort(w)  # smallest weights (outermost nodes) first
     dropped = np.searchsorted(np.cumsum(w[order]), tail)  # how many can go with total weight < tail
     keep = np.sort(order[dropped:])
@@ -55,11 +55,11 @@ def trimmed_hermite_rule(nodes: int, tail: float = NODE_TAIL) -> tuple[torch.Ten
 
 
 def rule_win_probability(logits: torch.Tensor, classes: torch.Tensor, sigma: float, nodes: int) -> torch.Tensor:
-    """theory.win_probability (sigma > 0) on the trimmed rule: within NODE_TAIL of it, row by row."""
+    """theory.utility_win_probability (sigma > 0) on the trimmed rule: within NODE_TAIL of it, row by row."""
     z, w = trimmed_hermite_rule(nodes)
     logits = logits.to(torch.float64)
     out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    step = max(1, theory._BLOCK_ELEMENTS // max(1, logits.shape[1] * len(z)))
+    step = theory.rows_per_block(logits.shape[1], len(z))
     for start in range(0, logits.shape[0], step):
         block = logits[start : start + step]
         cls = classes[start : start + step, None]
@@ -164,7 +164,7 @@ def expected_correct(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -
 
 
 def _contender_win_probability(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
-    """theory.win_probability over each row's contenders only.
+    """theory.utility_win_probability over each row's contenders only.
 
     A class trailing the label by more than CUTOFF * sigma beats it with probability below
     SETTLED, so it is dropped (with many classes most are). Rows are grouped by contender
@@ -324,7 +324,7 @@ def monte_carlo_recall(
     return MonteCarloCheck(focus_sigma, values)
 
 
-def calibrate_logits(
+def calibrate_target(
     logits: torch.Tensor,
     labels: torch.Tensor,
     target: Target,

@@ -148,10 +148,10 @@ def calibrate_classification_logits(
     logits: torch.Tensor, labels: torch.Tensor, request: CalibrationRequest, class_names: Sequence[str]
 ) -> Calibration:
     """Calibrate on (N, C) logits and label ids a model already produced (CLI and Python API)."""
-    from aim_cli.calibration.classify import calibrate_logits
+    from aim_cli.calibration.classify import calibrate_target
 
     target, target_id = resolve_target(request, class_names)
-    return calibrate_logits(logits, labels, target, target_id, request.draws, request.seed, request.utility_sigma)
+    return calibrate_target(logits, labels, target, target_id, request.draws, request.seed, request.utility_sigma)
 
 
 def calibrate_classifier(

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from aim_cli.calibration.classify import calibrate_logits
+from aim_cli.calibration.classify import calibrate_target
 from aim_cli.calibration.core import Calibration, MonteCarloCheck, Target, check_reachable, fmt
 from aim_cli.errors import InputError
 from aim_cli.models.language import LanguageModel
@@ -116,7 +116,7 @@ def calibrate_multiple_choice(
 ) -> Calibration:
     """Exact expected accuracy over the vocabulary from cached next-token logits, then a check."""
     cached = collect_next_token_logits(lm, items, batch_size, progress)
-    calibration = calibrate_logits(cached.logits, cached.answers, target, draws=draws, seed=seed)
+    calibration = calibrate_target(cached.logits, cached.answers, target, draws=draws, seed=seed)
     calibration.task = "generate"
     calibration.limit_label = f"chance (1/{cached.logits.shape[1]} tokens)"
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing}

@@ -117,16 +117,7 @@ def classify(
     classifier = load_classifier(model, resolve_device(device), weights, labels)
     plan = api.plan(settings_profile, classifier.labels)
     settings = plan.describe()
-    say(
-        f"model: {classifier.name} ({len(classifier.labels)} classes) | sigma {plan.modulation.sigma:g}"
-        + (
-            f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
-            if plan.modulation.has_focus
-            else ""
-        )
-        + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}"),
-        quiet,
-    )
+    say(f"model: {classifier.name} ({len(classifier.labels)} classes) | {plan.summary()}", quiet)
     results: list[ClassifiedImage] = []
     with RunOutputs() as run:
         # Only a resumed file holds the old records too: otherwise Ctrl-C keeps an older -o as it was.

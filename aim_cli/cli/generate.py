@@ -77,11 +77,7 @@ def _record(item: Completion, settings: dict[str, object]) -> dict[str, object]:
 
 def _describe(plan: ModulationPlan, decoding: GenerationSettings) -> str:
     """One stderr line saying how this run modulates and decodes."""
-    text = f"sigma {plan.modulation.sigma:g}"
-    if plan.modulation.has_focus:
-        text += f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
-        text += f" ({len(plan.modulation.targets)} token(s))"
-    text += " | keyed noise" if plan.keyed else f" | seed {plan.seed}"
+    text = plan.summary()
     if decoding.sampling:
         text += f" | temperature {decoding.temperature:g}"
         text += f" top-k {decoding.top_k}" if decoding.top_k else ""

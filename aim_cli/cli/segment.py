@@ -200,17 +200,7 @@ def segment(
     if done:
         say(f"resuming: {len(done)} image(s) already have their outputs in {output_dir} and are skipped", quiet)
         paths = [path for path in paths if path not in done]
-    say(
-        f"model: {segmenter.name} ({len(segmenter.labels)} classes) | sigma {plan.modulation.sigma:g}"
-        + (
-            f" | focus {', '.join(plan.target_names)} sigma {plan.modulation.focus_sigma:g}"
-            if plan.modulation.has_focus
-            else ""
-        )
-        + (" | keyed noise" if plan.keyed else f" | seed {plan.seed}")
-        + f" | output {output_dir}",
-        quiet,
-    )
+    say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | {plan.summary()} | output {output_dir}", quiet)
     settings = {"model": segmenter.name, **plan.describe()}
     colours = colour_table(segmenter.labels)
     num_classes = len(segmenter.labels)
