@@ -5,7 +5,7 @@ token sets, stop strings and a streamer that prints only the completion.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -66,9 +66,8 @@ class ModulationProcessor(LogitsProcessor):
         if self._identity:
             return scores
         keys = self.item_keys(input_ids) if self.keyed else None
-        return exclude_padding_(
-            modulate(scores, self.modulation, self.noise, class_dim=-1, item_keys=keys), self.num_tokens
-        )
+        modulated = modulate(scores, self.modulation, self.noise, class_dim=-1, item_keys=keys)
+        return cast(torch.FloatTensor, exclude_padding_(modulated, self.num_tokens))
 
 
 # Between the encoder prompt and the decoder tokens in a key; no token id is negative, so the
@@ -165,7 +164,7 @@ class StopOnStrings(StoppingCriteria):
         """One flag per row: True where a stop string has appeared."""
         rows = input_ids[:, self.prompt_width :].tolist()
         done = [cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), self.stops)[1] for row in rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
 
 
 class CompletionStreamer(BaseStreamer):

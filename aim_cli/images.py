@@ -52,6 +52,7 @@ def _is_decoded(image: Image.Image) -> bool:
 def _deep_to_8bit(image: Image.Image) -> Image.Image:
     """16/32-bit integer and float greyscale scaled to 8 bits as viewers show them (not clipped)."""
     values = np.asarray(image)
+    grey: np.ndarray
     if image.mode == "F":
         finite = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0  # float images are 0..1 or 0..255

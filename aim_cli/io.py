@@ -363,7 +363,8 @@ def atomic_open(path: Path, mode: str = "w", newline: str | None = None) -> Iter
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.chmod(tmp_name, _existing_mode(path))  # mkstemp makes 0600
-        with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": newline})) as handle:
+        opened = os.fdopen(fd, mode) if binary else os.fdopen(fd, mode, encoding="utf-8", newline=newline)
+        with opened as handle:
             yield handle
         os.replace(tmp_name, path)
     except OSError as exc:
@@ -384,7 +385,7 @@ class RecordWriter:
         self.fieldnames = list(fieldnames or [])
         self._context = atomic_open(path, "w", newline="")
         self._handle = self._context.__enter__()
-        self._csv: csv.DictWriter | None = None
+        self._csv: csv.DictWriter[str] | None = None
         self._closed = False
         self.count = 0
         self.replaces = path.exists()  # an older file is there: an interruption must not lose it

@@ -8,7 +8,7 @@ import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -171,7 +171,7 @@ def one_or_many(value: Any, what: str, error: type[AimError] = ProfileError) -> 
     if isinstance(value, (str, bytes, bytearray, Mapping)) or getattr(value, "ndim", None) == 0:
         return (value,)  # (a 0-d tensor or array is one value, and cannot be iterated)
     if isinstance(value, Sequence) or hasattr(value, "ndim") or _indexable(value):
-        return value  # indexable with a length already: no copy of a long list
+        return cast(Sequence[Any], value)  # indexable with a length already: no copy of a long list
     return tuple(value) if isinstance(value, Iterable) else (value,)
 
 

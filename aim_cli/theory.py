@@ -40,7 +40,7 @@ def _half_normal_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _erfinv(values: np.ndarray) -> np.ndarray:
     """Inverse error function via torch (numpy has none)."""
-    return torch.special.erfinv(torch.from_numpy(values)).numpy()
+    return np.asarray(torch.special.erfinv(torch.from_numpy(values)).numpy())
 
 
 def rows_per_block(num_classes: int, nodes: int) -> int:
@@ -104,11 +104,10 @@ def focus_win_probability(logits: torch.Tensor, target: int, focus_sigma: float,
     gap = others.max(dim=1).values - logits[:, target]
     if focus_sigma <= 0:
         return (gap < 0).to(torch.float64)
-    normal = torch.distributions.Normal(0.0, 1.0)
     if direction > 0:
-        return torch.where(gap <= 0, torch.ones_like(gap), 2.0 * normal.cdf(-gap / focus_sigma))
+        return torch.where(gap <= 0, torch.ones_like(gap), 2.0 * torch.special.ndtr(-gap / focus_sigma))
     margin = -gap
-    return torch.where(margin <= 0, torch.zeros_like(gap), 2.0 * normal.cdf(margin / focus_sigma) - 1.0)
+    return torch.where(margin <= 0, torch.zeros_like(gap), 2.0 * torch.special.ndtr(margin / focus_sigma) - 1.0)
 
 
 def focus_class_probabilities(

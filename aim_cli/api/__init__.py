@@ -162,6 +162,7 @@ def _label_ids(labels: Any, class_names: Any, rows: int, classes: int) -> torch.
         if not all(isinstance(label, str) for label in labels):
             raise InputError("labels mix names and ids", "give all names or all ids")
         names, _ = _class_names(class_names, classes, [FocusRequest("labels")])
+        assert names is not None  # class_names were given
         from aim_cli.calibration.datasets import resolve_labels
 
         labels = resolve_labels(list(labels), names, "labels")

@@ -205,12 +205,12 @@ class _Stream:
         """Every group of scorable images in data order; failures are collected when asked."""
         self.images = self.pixels = 0
         if self.complete:
-            for group in self.cache.values():
-                self.images += group.low.shape[0]
-                self.pixels += group.truth.numel()
-                yield group
+            for cached in self.cache.values():
+                self.images += cached.low.shape[0]
+                self.pixels += cached.truth.numel()
+                yield cached
                 if self.progress:
-                    self.progress(group.low.shape[0])
+                    self.progress(cached.low.shape[0])
             return
         num_classes = len(self.segmenter.labels)
         overflow = False
@@ -231,7 +231,8 @@ class _Stream:
                     low = self.segmenter.logits([m.image for m in members])
                     self.clock.forward += time.perf_counter() - start
                     check_model_logits(low, [m.path for m in members])  # NaN/inf: no sigma can be found
-                    truth = torch.from_numpy(np.stack([m.truth for m in members]).astype(np.int64)).to(low.device)
+                    truths = [m.truth for m in members if m.truth is not None]  # all of them: checked above
+                    truth = torch.from_numpy(np.stack(truths).astype(np.int64)).to(low.device)
                     group = _Group(low, truth, size)
                     size_bytes = low.numel() * low.element_size() + truth.numel() * truth.element_size()
                     if not overflow and self.cached_bytes + size_bytes <= LOGITS_CACHE_BYTES:
@@ -425,6 +426,12 @@ class SegmentationCalibrator:
     def num_classes(self) -> int:
         """Classes the model predicts."""
         return len(self.segmenter.labels)
+
+    def _focus_id(self) -> int:
+        """The focus class of a recall target (only recall calibrations ask)."""
+        if self.target_id is None:
+            raise ValueError("a recall target needs the focus class id")
+        return self.target_id
 
     def _groups(self, collect: bool = False) -> Iterator[_Group]:
         """A fresh pass over the data (the first images' logits come from the bounded cache)."""
@@ -640,11 +647,11 @@ class SegmentationCalibrator:
     ) -> tuple[float, MonteCarloCheck, list[MonteCarloCheck], dict[str, float]]:
         """Second pass: real modulated runs at the chosen value (and the exact recall for a focus target)."""
         recall_target = self.target.metric == "recall"
-        targets = (FocusTarget(self.target_id, self.target.focus_direction),) if recall_target else ()
+        targets = (FocusTarget(self._focus_id(), self.target.focus_direction),) if recall_target else ()
 
         def modulation(v: float) -> Modulation:
             if recall_target:
-                return Modulation(self.utility_sigma, v, targets)  # type: ignore[arg-type]
+                return Modulation(self.utility_sigma, v, targets)
             return Modulation(sigma=v)
 
         # A few curve points between clean and the limit, for the plot and the monotonicity check.
@@ -659,7 +666,7 @@ class SegmentationCalibrator:
         seen = self._stream.pixels if self._stream is not None else 0
         curve_budget = min(CURVE_PIXELS, max(1, seen // (CURVE_CHECKS * CURVE_DRAWS)))
         exact_recall = (
-            _RecallSums([value], self.target_id, self.target.focus_direction, self.utility_sigma)  # type: ignore[arg-type]
+            _RecallSums([value], self._focus_id(), self.target.focus_direction, self.utility_sigma)
             if recall_target
             else None
         )
@@ -669,7 +676,7 @@ class SegmentationCalibrator:
         for group in self._groups():
             if exact_recall is not None:  # exact expected recall at the chosen focus sigma
                 start = time.perf_counter()
-                exact_recall.add(_target_rows(group, self.target_id))
+                exact_recall.add(_target_rows(group, self._focus_id()))
                 self.clock.analytic += time.perf_counter() - start
             start = time.perf_counter()
             for strip, truth in _strips(group):

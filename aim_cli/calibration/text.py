@@ -76,7 +76,7 @@ def answer_tokens(lm: LanguageModel, items: Sequence[dict], prompt_ids: Sequence
                 f"item {index + 1}: two choices start with the same token, so the next token cannot tell them apart",
                 "use choices whose first tokens differ (e.g. single letters or digits)",
             )
-        answers.append(firsts[int(item["answer"])])  # type: ignore[call-overload]
+        answers.append(firsts[int(item["answer"])])
     return answers
 
 

@@ -89,9 +89,8 @@ def _is_usage_error(exc: BaseException) -> bool:
 
 def _exit_request(exc: BaseException) -> int | None:
     """The code of a typer/click `Exit` (from either click), else None."""
-    if type(exc).__name__ == "Exit" and isinstance(getattr(exc, "exit_code", None), int):
-        return exc.exit_code
-    return None
+    code = getattr(exc, "exit_code", None)
+    return code if type(exc).__name__ == "Exit" and isinstance(code, int) else None
 
 
 def _say(text: str) -> None:
@@ -159,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         if requested is not None:
             sys.exit(requested)
         if _is_usage_error(exc):
-            exc.show()  # click's usual "Usage: ... Error: ..." text
-            sys.exit(exc.exit_code)
+            usage: Any = exc  # either click's UsageError: matched by behaviour, not by class
+            usage.show()  # click's usual "Usage: ... Error: ..." text
+            sys.exit(usage.exit_code)
         if type(exc).__name__ == "Abort":
             _say("aim: aborted")
             sys.exit(1)

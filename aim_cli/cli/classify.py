@@ -122,8 +122,9 @@ def classify(
     with RunOutputs() as run:
         # Only a resumed file holds the old records too: otherwise Ctrl-C keeps an older -o as it was.
         writer = run.records(output, keep_on_interrupt=bool(kept)) if output else None
-        for record in kept if writer else ():
-            writer.write(record)
+        if writer is not None:
+            for record in kept:
+                writer.write(record)
         with progress_bar("classifying", len(paths), quiet) as advance:
             for item in classify_images(paths, classifier, plan, batch_size, topk, compare, advance):
                 if isinstance(item, FailedInput):

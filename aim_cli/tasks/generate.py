@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -86,10 +86,10 @@ class FiniteScores(LogitsProcessor):
             return scores
         self.failed.update(bad)
         rows = torch.tensor(bad, device=scores.device)
-        scores = scores.index_fill(0, rows, 0.0 if self.eos_id is None else float("-inf"))
+        fixed = scores.index_fill(0, rows, 0.0 if self.eos_id is None else float("-inf"))
         if self.eos_id is not None:
-            scores[rows, self.eos_id] = 0.0
-        return scores
+            fixed[rows, self.eos_id] = 0.0
+        return cast(torch.FloatTensor, fixed)
 
 
 # As for ModulationProcessor: LogitsProcessorList inspects the signature at every step.
