@@ -34,11 +34,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
 
-# Lint and format check (ruff, configured in pyproject.toml); CI runs it before the tests.
-.PHONY: lint
+# Lint (ruff: lint and format check), type check (mypy) and the import contract (import-linter),
+# all configured in pyproject.toml; CI runs them before the tests.
+.PHONY: lint typecheck contract check
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck contract
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# The layers cli -> api -> pipelines -> models and core -> leaves (docs/design.md, "Layers").
+contract: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# The fast lane for development: lint, types, contract, then the tests not marked slow, stopping at the first failure.
+check: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x -n 2 -m "not slow"
 
 # The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
 VLLM_VENV ?= .venv-vllm
@@ -57,4 +70,4 @@ docs: $(STAMP)
 	$(PY) -m mkdocs build --strict -d site
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .import_linter_cache

@@ -103,8 +103,8 @@ def logits_axis(logits: Any, class_dim: Any = 1) -> int:
     # float8 and other exotic floats lack the kernels noise and quadrature need: say so, don't crash in torch.
     if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
         raise InputError(
-            f"logits must be a floating-point torch tensor (float16, bfloat16, float32 or float64), got {type(logits).__name__}"
-            + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
+            "logits must be a floating-point torch tensor (float16, bfloat16, float32 or float64), got "
+            f"{type(logits).__name__}" + (f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else ""),
             "e.g. model(x).logits or torch.as_tensor(array, dtype=torch.float32)",
         )
     if logits.dim() < 2:

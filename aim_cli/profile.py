@@ -112,7 +112,7 @@ class Profile:
         focus_sigma: float | None = None,
         seed: int | None = None,
     ) -> Profile:
-        """This profile with the given values taking precedence (as command-line flags do); a str focus is one target."""
+        """This profile with the given values taking precedence (as flags do); a str focus is one target."""
         targets = None if focus is None else [_focus_text(item) for item in one_or_many(focus, "focus")]
         return apply_overrides(self, sigma, targets, focus_sigma, seed)
 

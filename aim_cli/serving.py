@@ -203,7 +203,7 @@ def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
 def admit(
     extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None
 ) -> dict[str, Any] | None:
-    """Validate a request at admission; its args to keep: the default tier written in when it applies, a fresh seed pinned.
+    """Validate a request at admission; its args to keep: the default tier written in when it applies, a seed pinned.
 
     None for a request aim leaves alone (its args stay as they are).
     """

@@ -150,7 +150,8 @@ def bench_thousand_classes(quick: bool) -> list[dict[str, object]]:
                 "measured": seconds,
                 "goal": "<= 300",
                 "met": seconds <= 300 and abs(calibration.check.mean - calibration.target.value) <= 0.01,
-                "detail": f"clean top-1 {clean:.3f}, target {calibration.target.value:.3f} -> sigma {calibration.value:.3f}, "
+                "detail": f"clean top-1 {clean:.3f}, target {calibration.target.value:.3f} "
+                f"-> sigma {calibration.value:.3f}, "
                 f"Monte Carlo {calibration.check.mean:.4f} ({calibration.check.draws} draws"
                 f"{', no extra curve points' if quick else f', {len(calibration.points)} curve points'}); "
                 f"curve + root {timing['analytic_s']:.1f} s, Monte Carlo {timing['monte_carlo_s']:.1f} s; "
@@ -221,7 +222,8 @@ def run(quick: bool) -> list[dict[str, object]]:
             "measured": demo["ratio"],
             "goal": ">= 30",
             "met": demo["ratio"] >= 30,
-            "detail": f"{demo['images']} images, medians of 3 interleaved reps; sweep {demo['reference_s']:.1f} s (timed "
+            "detail": f"{demo['images']} images, medians of 3 interleaved reps; "
+            f"sweep {demo['reference_s']:.1f} s (timed "
             f"{demo['reference_sigmas_timed']} sigmas, scaled to 101) vs calibrate {demo['calibrate_s']:.3f} s "
             f"(forward {demo['calibrate_timing_s'].get('forward_s', 0):.3f} s, analytic "
             f"{demo['calibrate_timing_s']['analytic_s']:.3f} s, Monte Carlo "

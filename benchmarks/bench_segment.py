@@ -186,7 +186,8 @@ def _modulation_rows(quick: bool) -> list[dict]:
                 t_aim / t_one,
                 f"<= {bound:g}",
                 t_aim / t_one <= bound,
-                f"aim {t_aim:.3f} s vs forward + one batched F.interpolate + argmax(dim=1) {t_one:.3f} s {common}{focus_note}"
+                f"aim {t_aim:.3f} s vs forward + one batched F.interpolate + argmax(dim=1) {t_one:.3f} s "
+                f"{common}{focus_note}"
                 + (
                     ""
                     if not modulation.sigma
@@ -259,7 +260,8 @@ def _calibrate_row(
         f"calibrate {t_cal:.2f} s (sigma {last.value:.4g}, Monte Carlo mIoU {last.check.mean:.4f} over "
         f"{last.check.draws} draws, target 0.5) vs sweep {t_sweep * scale:.1f} s = {t_sweep:.2f} s for "
         f"{len(sigmas)} of the 101 sigmas (every sigma > 0 costs the same) x {scale:.1f}; {len(images)} images "
-        f"{images[0].width}x{images[0].height}, {len(segmenter.labels)} classes, median of {reps} interleaved reps; {caveat}"
+        f"{images[0].width}x{images[0].height}, {len(segmenter.labels)} classes, median of {reps} interleaved "
+        f"reps; {caveat}"
         + ("; QUICK mode: tiny data (few pixels per class: more check draws), not the measurement" if quick else ""),
     )
 
@@ -324,7 +326,8 @@ def main() -> None:
     args = parser.parse_args()
     for row in run(args.quick):
         print(
-            f"{row['name']}: {row['measured']:.3f} (goal {row['goal']}, {'met' if row['met'] else 'NOT met'}) - {row['detail']}"
+            f"{row['name']}: {row['measured']:.3f} (goal {row['goal']}, {'met' if row['met'] else 'NOT met'}) "
+            f"- {row['detail']}"
         )
 
 

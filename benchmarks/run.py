@@ -72,7 +72,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any] | None = None, qui
         measured = row["measured"]
         shown = _shown(measured)
         lines.append(
-            f"| {row['name']} | {shown} | {row['goal']} | {'-' if not row['goal'] else ('yes' if row['met'] else '**no**')} |"
+            f"| {row['name']} | {shown} | {row['goal']} | "
+            f"{'-' if not row['goal'] else ('yes' if row['met'] else '**no**')} |"
         )
     return "\n".join(lines)
 

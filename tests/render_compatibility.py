@@ -18,7 +18,8 @@ REGENERATE = "python -m tests.render_compatibility --write"
 CHECKED = {
     "classify": "`classify` (`--sigma`, `--focus`, `--compare`), `calibrate --target-acc`",
     "segment": "`segment` (`--sigma`, `--focus`, `--compare`, `--masks`), `calibrate --task segment --target-miou`",
-    GENERATE: "`generate` (`--sigma`, `--focus`, `--compare`), `calibrate --task generate --target-acc` (multiple choice)",
+    GENERATE: "`generate` (`--sigma`, `--focus`, `--compare`), "
+    "`calibrate --task generate --target-acc` (multiple choice)",
 }
 
 

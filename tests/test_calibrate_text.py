@@ -59,7 +59,8 @@ def test_free_form_bisection_reports_an_interval(lm):
 def test_text_data_reader(tmp_path):
     good = tmp_path / "mc.jsonl"
     good.write_text(
-        '{"prompt": "1+1=", "choices": ["2", "3"], "answer": 0}\n\n{"prompt": "2+2=", "choices": ["4", "5"], "answer": 0}\n'
+        '{"prompt": "1+1=", "choices": ["2", "3"], "answer": 0}\n\n'
+        '{"prompt": "2+2=", "choices": ["4", "5"], "answer": 0}\n'
     )
     dataset = read_text_data(good)
     assert dataset.multiple_choice and len(dataset.items) == 2

@@ -299,7 +299,8 @@ def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(trained):
         predicted.append(float(p.mean()))
         bound = K_SE * math.sqrt(float((p * (1 - p)).sum())) / n + 1e-9
         print(
-            f"focus sigma {focus_sigma:g}: person recall {measured[-1]:.4f}, predicted {predicted[-1]:.4f} +- {bound:.4f}"
+            f"focus sigma {focus_sigma:g}: person recall {measured[-1]:.4f}, predicted {predicted[-1]:.4f} +- "
+            f"{bound:.4f}"
         )
         assert abs(measured[-1] - predicted[-1]) <= bound, (focus_sigma, measured[-1], predicted[-1], bound)
     assert measured[0] == pytest.approx(predicted[0], abs=1e-12)  # sigma 0: the clean model exactly

@@ -495,14 +495,14 @@ def test_general_plugin_is_registered_and_guards_every_vllm_config(no_speculativ
 
 @pytest.mark.parametrize("env", ["AIM_PROFILES_DIR", "AIM_DEFAULT_PROFILE"])
 def test_speculative_engine_with_aim_tiers_refuses_to_start(no_speculative_state, monkeypatch, env):
-    """Whatever form set it (--speculative-config.method, --speculative_config=..., --config FILE), the final config decides."""
+    """However it was set (--speculative-config.method, --speculative_config=, --config), the final config decides."""
     monkeypatch.setenv(env, "x")
     with pytest.raises(ValueError, match="do not support speculative decoding"):
         no_speculative_state.check_engine_config(config(speculative=SimpleNamespace(method="ngram")))
 
 
 def test_speculative_engine_without_tiers_serves_but_refuses_aim_requests(no_speculative_state):
-    """The V1 runner never builds the processor under speculative decoding: aim requests get 400, not the clean model."""
+    """The V1 runner builds no processor under speculative decoding: aim requests get 400, not the clean model."""
     no_speculative_state.check_engine_config(config(speculative=SimpleNamespace(method="ngram")))
     with pytest.raises(ValueError, match="this server runs speculative decoding"):
         AimLogitsProcessor.validate_params(SamplingParams(extra_args={"aim_sigma": 1.0}))

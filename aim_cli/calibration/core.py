@@ -260,12 +260,14 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
     else:
         if t < clean:
             raise AimError(
-                f"target {name} {fmt(t, clean)} is below the clean model's {fmt(clean, t)} and a boost only raises it; {span}",
+                f"target {name} {fmt(t, clean)} is below the clean model's {fmt(clean, t)} and a boost only "
+                f"raises it; {span}",
                 f"to lower it, suppress the class: --focus {target.focus_class}:down",
             )
         if t >= limit:
             raise AimError(
-                f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus only approaches; {span}",
+                f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus "
+                f"only approaches; {span}",
                 hint,
             )
 
@@ -423,7 +425,8 @@ def extend_to_bracket(
         values.extend(metric(s) for s in new)
     if crossing(grid, values, target) is None:  # e.g. logits so far apart (1e30) that no noise moves them
         raise AimError(
-            f"the target {target:g} is not reached for any value up to {grid[-1]:.3g} (the metric stays at {values[-1]:.4g})",
+            f"the target {target:g} is not reached for any value up to {grid[-1]:.3g} (the metric stays at "
+            f"{values[-1]:.4g})",
             "check the model's logits: gaps this large make the decisions immune to noise",
         )
 

@@ -84,7 +84,8 @@ def read_classification_data(path: Path, allow_outside: bool = False) -> ImageDa
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         return manifest(path, allow_outside)
     raise InputError(
-        f"data {path}: expected a directory (ImageFolder) or a .csv/.jsonl manifest, got a {path.suffix or 'plain'} file",
+        f"data {path}: expected a directory (ImageFolder) or a .csv/.jsonl manifest, got a "
+        f"{path.suffix or 'plain'} file",
         "an ImageFolder has one sub-folder per class, named by its label",
     )
 
@@ -270,7 +271,7 @@ def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
 
 
 def read_segmentation_data(root: Path, allow_outside: bool = False) -> SegmentationDataset:
-    """DIR/images/* with DIR/masks/* of the same basename; a file linked from outside DIR fails alone unless `allow_outside`."""
+    """DIR/images/* with same-named DIR/masks/*; a file linked from outside DIR fails alone unless `allow_outside`."""
     from aim_cli.tasks.segment import find_mask
 
     if not root.is_dir():

@@ -514,7 +514,8 @@ class SegmentationCalibrator:
         if grid is None:
             draws = f"{repeats} shared N(0,1) draws" if repeats > 1 else "one shared N(0,1) draw"
             self.notes.append(
-                f"curve: every scored pixel decided at {len(sums.grid)} sigmas with {draws} per class (common random numbers)"
+                f"curve: every scored pixel decided at {len(sums.grid)} sigmas with {draws} per class (common "
+                "random numbers)"
             )
         return sums.grid, sums.values(read), read(clean.matrix), clean.matrix.sum(dim=1)
 
@@ -577,7 +578,8 @@ class SegmentationCalibrator:
             warnings.append(analytic)
         if abs(predicted - interpolated) > 0.005:
             warnings.append(
-                f"the grid interpolation ({interpolated:.4f}) and the exact value at the chosen {self.target.parameter} "
+                f"the grid interpolation ({interpolated:.4f}) and the exact value at the chosen "
+                f"{self.target.parameter} "
                 f"({predicted:.4f}) differ; a denser grid would land closer to the target"
             )
         if check.draws >= 2 and abs(check.mean - predicted) > 3 * check.half_width + 0.005:

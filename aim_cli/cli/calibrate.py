@@ -285,7 +285,8 @@ def render(calibration: Calibration) -> None:
         (f"predicted {calibration.predicted:.4f} | " if calibration.analytic else "")
         + f"measured {check.mean:.4f} (95% CI {check.low:.4f}-{check.high:.4f}, {check.draws} draws, "
         f"seed {calibration.seed}){extra}",
-        f"clean {calibration.clean:.4f} | {calibration.limit_label} {calibration.limit:.4f} | {calibration.items} items",
+        f"clean {calibration.clean:.4f} | {calibration.limit_label} {calibration.limit:.4f} | "
+        f"{calibration.items} items",
         "time: "
         + " | ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in calibration.timing.items()),
     ]

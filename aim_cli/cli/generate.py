@@ -52,7 +52,8 @@ LanguageModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Local HF directory or cached hub id of a causal or encoder-decoder (T5, BART) LM. Default: the demo arithmetic LM.",
+        help="Local HF directory or cached hub id of a causal or encoder-decoder (T5, BART) LM. "
+        "Default: the demo arithmetic LM.",
     ),
 ]
 WordFocusOption = Annotated[
@@ -60,7 +61,8 @@ WordFocusOption = Annotated[
     typer.Option(
         "--focus",
         "-f",
-        help="Focus WORD[:up|down]: boost or suppress every token of the word (with/without leading space, capitalised); repeatable.",
+        help="Focus WORD[:up|down]: boost or suppress every token of the word "
+        "(with/without leading space, capitalised); repeatable.",
     ),
 ]
 
@@ -255,7 +257,7 @@ def _write_records(
     kept: list[dict[str, object]],
     failures: list[FailedInput],
 ) -> bool:
-    """Stream kept and new records to the output file, published atomically only when all are written; returns whether it was."""
+    """Stream kept and new records to the output file, published atomically once all are written; True if it was."""
     from aim_cli.api.commands import generate_completions
 
     with RunOutputs() as run:

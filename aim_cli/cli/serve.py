@@ -53,7 +53,8 @@ def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
         "max_tokens": 16,
         "vllm_xargs": {"aim_profile": tier},
     }
-    return f"curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+    data = shlex.quote(json.dumps(body))
+    return f"curl http://{host}:{port}/v1/completions -H 'Content-Type: application/json' -d {data}"
 
 
 def refuse_speculative(vllm_args: Sequence[str]) -> None:

@@ -245,7 +245,8 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
             self._warned = True
             logger.warning(
                 "aim: keyed rows see vLLM's async-scheduling placeholder for the newest token; their noise stays "
-                "repeatable but differs from `aim generate` (start vLLM with --no-async-scheduling, or use Model Runner V2)"
+                "repeatable but differs from `aim generate` (start vLLM with --no-async-scheduling, or use "
+                "Model Runner V2)"
             )
 
     def _rows_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> list[tuple[int, serving.RowPlan, bytes]]:
@@ -304,7 +305,8 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
                 def full(slot: int = slot, pos: int = pos, fed: int = fed) -> list[int]:
                     return tokens[slot, :pos].tolist() + [fed]
 
-                # A history shorter than what was hashed (pos < resume_at) does not extend it: the hasher rehashes in full.
+                # A history shorter than what was hashed (pos < resume_at) does not extend it:
+                # the hasher rehashes in full.
                 keys[i] = hashers[k].key(windows[k] + [fed], starts[k], full)
         return keys
 

@@ -525,7 +525,7 @@ def _token_ids(where: _Where, key: str, value: Any) -> Iterable[Any]:
 
 
 def _chat_template_value(value: Any, where: _Where) -> None:
-    """A chat template: a string, a list of {name, template}, or null (none; rendering is bounded in chat_template.py)."""
+    """A chat template: a string, a list of {name, template}, or null (none; chat_template.py bounds rendering)."""
     if value is None or isinstance(value, str):
         return
     if isinstance(value, list) and all(

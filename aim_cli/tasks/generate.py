@@ -132,7 +132,10 @@ def fitting_max_new_tokens(lm: LanguageModel, prompts: Sequence[EncodedPrompt], 
 def length_note(lm: LanguageModel, fitted: int) -> str:
     """Why fewer tokens than asked are generated: which context limit the completion must fit."""
     if lm.encoder_decoder:
-        return f"note: generating at most {fitted} tokens, as many as the decoder's {lm.decoder_context_length} positions allow"
+        return (
+            f"note: generating at most {fitted} tokens, "
+            f"as many as the decoder's {lm.decoder_context_length} positions allow"
+        )
     return (
         f"note: generating at most {fitted} tokens so prompt and completion fit the {lm.context_length}-token context"
     )
@@ -301,7 +304,7 @@ def generate_completions(
 def _broken_prompts(
     batch: Sequence[EncodedPrompt], guard: FiniteScores, failures: list[FailedInput] | None
 ) -> set[int]:
-    """The indices of the batch's prompts the model computed non-finite logits for; raises when no failures list is kept."""
+    """The batch's prompts (indices) whose logits the model computed non-finite; raises without a failures list."""
     broken = set()
     for row in sorted(guard.failed):
         prompt = batch[row]
