@@ -1,0 +1,57 @@
+"""The layers: the CLI's door to the pipelines (aim_cli.api.commands), the import contract, the run-summary line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aim_cli import api
+from aim_cli.api import commands
+from tests.conftest import REPO
+
+
+def test_every_command_name_resolves_to_its_home():
+    """A name renamed or moved in a pipeline fails here, not when a user runs the command."""
+    for name in commands.__all__:
+        value = getattr(commands, name)
+        home = commands._HOMES[name]
+        assert value is getattr(importlib.import_module(home), name), name
+
+
+def test_an_unknown_command_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        commands.no_such_thing  # noqa: B018
+    with pytest.raises(ImportError):
+        from aim_cli.api.commands import no_such_thing  # noqa: F401
+
+
+@pytest.mark.skipif(importlib.util.find_spec("importlinter") is None, reason="import-linter is in the dev extra")
+def test_the_import_contracts_hold():
+    """The layers of docs/design.md and the CLI-through-the-API rule (pyproject's [tool.importlinter])."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def test_summary_line_of_a_seeded_plan_without_focus():
+    plan = api.plan({"utility": {"sigma": 1.5}, "noise": {"seed": 7}}, ["a", "b"])
+    assert plan.summary() == "sigma 1.5 | seed 7"
+
+
+def test_summary_line_names_focus_targets_and_keyed_noise(monkeypatch):
+    monkeypatch.setenv("AIM_TEST_LAYERS_KEY", "secret")
+    profile = {
+        "utility": {"sigma": 0.5},
+        "focus": {"sigma": 2.0, "targets": [{"class": "b", "direction": "down"}]},
+        "noise": {"key_env": "AIM_TEST_LAYERS_KEY"},
+    }
+    plan = api.plan(profile, ["a", "b", "c"])
+    assert plan.summary() == "sigma 0.5 | focus b:down sigma 2 | keyed noise"
