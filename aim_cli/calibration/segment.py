@@ -45,7 +45,7 @@ from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
 from aim_cli.tasks import segment as segment_task
 from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
-from aim_cli.tasks.segment import SegmentInput, add_noise_, upsample_at, upsampled_pixels
+from aim_cli.tasks.segment import SegmentInput, add_noise_, truth_problem, upsample_at, upsampled_pixels
 
 # The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and
 # tests; calibration uses the common-random-numbers curve, which is far cheaper at many classes.
@@ -255,15 +255,8 @@ def _problem(item: object, num_classes: int) -> FailedInput | None:
     assert isinstance(item, SegmentInput)
     if item.truth is None:
         return FailedInput(item.path, f"{item.path}: no ground-truth mask")
-    values = np.unique(item.truth)
-    bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_classes))]
-    if bad.size:
-        return FailedInput(
-            item.path,
-            f"{item.path}: mask holds value {int(bad[0])}, not a class id of this model "
-            f"(0..{num_classes - 1}, or {IGNORE_INDEX} for pixels to ignore)",
-        )
-    return None
+    problem = truth_problem(item, num_classes)  # the check `aim segment --masks` makes
+    return None if problem is None else FailedInput(item.path, problem)
 
 
 def _repeats(pixels: int, images: int) -> int:

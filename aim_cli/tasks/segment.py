@@ -294,17 +294,17 @@ def input_from_image(name: str | Path, image: Image.Image, truth: np.ndarray | N
     return SegmentInput(loaded.path, loaded.image, loaded.key, None if truth is None else np.asarray(truth))
 
 
-def _truth_problem(item: SegmentInput, num_classes: int) -> str | None:
-    """Why a mask cannot be scored against this model, or None when it can."""
+def truth_problem(item: SegmentInput, num_classes: int) -> str | None:
+    """Why an input's ground-truth mask cannot be scored against this model, or None when it can."""
     if item.truth is None:
         return None
     values = np.unique(item.truth)
     bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_classes))]
     if bad.size == 0:
         return None
-    where = item.truth_path or "its mask"
+    where = f"mask {item.truth_path}" if item.truth_path else "its mask"
     return (
-        f"{item.path}: mask {where} holds value {int(bad[0])}, not a class id of this model "
+        f"{item.path}: {where} holds value {int(bad[0])}, not a class id of this model "
         f"(0..{num_classes - 1}, or {IGNORE_INDEX} for pixels to ignore)"
     )
 
@@ -315,7 +315,7 @@ def _input_problem(segmenter: Segmenter, item: SegmentInput, num_classes: int) -
         check_model_input(segmenter, item.image, item.path)
     except InputError as exc:  # the hint names the bound's environment variable
         return str(exc)
-    return _truth_problem(item, num_classes)
+    return truth_problem(item, num_classes)
 
 
 def _accuracy(prediction: np.ndarray, truth: np.ndarray) -> float | None:
