@@ -3,7 +3,8 @@
 The same code the CLI runs, without files or Typer: validated profiles, modulation of any
 logits tensor, the transformers logits processor, the exact analytic functions and calibration
 from logits a user already has. Errors are aim_cli.errors.AimError subclasses with one-line
-messages, as on the command line.
+messages, as on the command line. The CLI's own door to the task pipelines, calibration,
+serving and the model loaders is aim_cli.api.commands (not public).
 """
 
 from __future__ import annotations
