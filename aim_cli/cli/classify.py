@@ -97,7 +97,7 @@ def classify(
 ) -> None:
     """Classify images with a modulated classifier."""
     from aim_cli.devices import resolve_device
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.models.registry import load_model
     from aim_cli.tasks.classify import classify_images
     from aim_cli.tasks.common import plan_modulation
 
@@ -115,7 +115,7 @@ def classify(
     kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
-    classifier = load_classifier(model, resolve_device(device), weights, labels)
+    classifier = load_model("classify", model, device=resolve_device(device), weights=weights, labels=labels)
     plan = plan_modulation(settings_profile, classifier.labels)
     settings = plan.describe()
     say(

@@ -139,7 +139,9 @@ def generate(
     """Generate text with a modulated causal or encoder-decoder LM (default: the demo arithmetic LM)."""
     import torch
 
-    from aim_cli.models.language import load_language_model, parse_dtype
+    from aim_cli.devices import resolve_device
+    from aim_cli.models.language import parse_dtype
+    from aim_cli.models.registry import load_model
     from aim_cli.tasks.generate import (
         GenerationSettings,
         encode_prompts,
@@ -172,7 +174,7 @@ def generate(
     if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
         say(f"nothing to do: every prompt is already answered in {output}", quiet)
         return
-    lm = load_language_model(model, device=device, dtype=dtype, device_map=device_map)
+    lm = load_model("generate", model, device=resolve_device(device), dtype=dtype, device_map=device_map)
     plan = plan_generation(settings_profile, lm)
     encoded = encode_prompts(lm, texts, chat=chat)
     requested = max_new_tokens or lm.default_max_new_tokens

@@ -163,7 +163,7 @@ def segment(
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
     from aim_cli.devices import resolve_device
-    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.models.registry import load_model
     from aim_cli.tasks.common import plan_modulation
     from aim_cli.tasks.segment import SegmentationEvaluation, find_mask, segment_files
 
@@ -192,7 +192,7 @@ def segment(
         model,
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
-    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
+    segmenter = load_model("segment", model, device=resolve_device(device), weights=weights, labels=labels)
     plan = plan_modulation(settings_profile, segmenter.labels)
     run = RunOutputs()
     if not output_dir.is_dir():
