@@ -121,6 +121,14 @@ def test_a_plugin_source_states_its_tasks_and_weights(zoo, tmp_path):
         load_model("classify", "zoo:4", device=CPU, weights=tmp_path / "w.pth")
 
 
+def test_a_plugin_that_returns_no_image_model_is_refused(tmp_path, monkeypatch):
+    module = "class Source:\n    tasks = ('classify',)\n    takes_weights = False\n    def load(self, request):\n        return 42\n"
+    _install_plugin(tmp_path, "odd", "aimzoo_odd:Source", module=module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match="model source 'odd' returned int, not an image model"):
+        load_model("classify", "odd:x", device=CPU)
+
+
 def test_a_broken_plugin_is_named_in_one_line(tmp_path, monkeypatch):
     _install_plugin(tmp_path, "broken", "aimzoo_broken:ZooSource", module="raise ImportError('missing dependency')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -23,7 +23,7 @@ import torch
 
 from aim_cli import demo
 from aim_cli.errors import ModelError
-from aim_cli.models.image_model import Model
+from aim_cli.models.image_model import Model, VisionModel
 
 if TYPE_CHECKING:
     from aim_cli.models.image_model import ImageModel
@@ -177,8 +177,8 @@ def parse_spec(spec: str | None, weights: Path | None = None, task: str = "class
     --weights only fills an architecture a prefixed source builds; a checkpoint carries its own.
     """
     prefix = _prefix(spec) if spec else None
-    if prefix is not None:
-        return ModelSpec(prefix, spec[len(prefix) + 1 :])  # type: ignore[index]
+    if spec and prefix is not None:
+        return ModelSpec(prefix, spec[len(prefix) + 1 :])
     if weights is not None:
         hint = " or ".join(f"{name}:ARCH" for name, source in PREFIXED.items() if source.takes_weights)
         raise ModelError(f"--weights goes with --model {hint}", "model directories carry their own weights")
@@ -266,5 +266,10 @@ def load_model(
     if weights is not None and not source.takes_weights:
         raise ModelError(f"--weights does not go with --model {spec}", "the model carries its own weights")
     name = str(demo.model_dir(task)) if parsed.source == "demo" else parsed.name
-    request = ModelRequest(task, spec, name, device, weights, labels, dtype, device_map)
-    return source.load(request)
+    model = source.load(ModelRequest(task, spec, name, device, weights, labels, dtype, device_map))
+    if task != "generate" and not isinstance(model, VisionModel):  # a plugin's object, checked before any image
+        raise ModelError(
+            f"model source '{parsed.source}' returned {type(model).__name__}, not an image model",
+            "an image model has name, device, labels, preprocess and logits(images)",
+        )
+    return model
