@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, cast, runtime_checkable
 
 import torch
 from PIL import Image
@@ -37,7 +37,8 @@ class VisionModel(Model, Protocol):
 
 def transformers_forward(network: torch.nn.Module, pixels: torch.Tensor) -> Any:
     """How a transformers (or SemanticScores-wrapped) network is called: pixel_values in its own dtype."""
-    return getattr(network(pixel_values=pixels.to(network.dtype)), "logits", None)
+    dtype = cast(torch.dtype, network.dtype)  # a PreTrainedModel (or SemanticScores) property
+    return getattr(network(pixel_values=pixels.to(dtype)), "logits", None)
 
 
 def module_forward(network: torch.nn.Module, pixels: torch.Tensor) -> Any:

@@ -55,8 +55,15 @@ class ModelRequest:
 class ModelSource(Protocol):
     """Where models come from: the tasks it serves, whether it reads --weights, and how it loads one."""
 
-    tasks: tuple[str, ...]
-    takes_weights: bool
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks (classify, segment, generate) it has models for."""
+        ...
+
+    @property
+    def takes_weights(self) -> bool:
+        """Whether it builds an architecture that --weights fills."""
+        ...
 
     def load(self, request: ModelRequest) -> Model:
         """Load the model the request names, or raise ModelError with one clear line."""

@@ -119,6 +119,7 @@ def _load_folder(folder: Path, display: str, device: torch.device, labels_file: 
     model_args = {k: v for k, v in stored_args.items() if k not in _MANAGED_ARGS}
     names = config.get("label_names", pretrained_cfg.get("label_names", config.get("labels")))
     width = config.get("num_classes", pretrained_cfg.get("num_classes"))
+    labels: list[str] | None
     if labels_file is not None:
         labels, source = read_labels_file(labels_file), labels_file
     else:
