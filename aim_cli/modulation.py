@@ -262,8 +262,8 @@ def add_noise_(
 
     The one noise kernel: sigma * z on every class, then d * sigma_f * |z| on each focus target,
     from N(0,1) `draws` shaped like `out` but noise_width(...) wide on `class_dim` (utility columns
-    first). The focus columns of `draws` are overwritten. `modulate` writes into a new tensor;
-    the segmentation path adds to a strip of upsampled logits without copying it.
+    first); `draws` is left as it is. `modulate` writes into a new tensor; the segmentation path
+    adds to a strip of upsampled logits without copying it.
     """
     class_dim = class_dim % out.dim()
     source = out if clean is None else clean
@@ -277,7 +277,7 @@ def add_noise_(
         view = [1] * out.dim()
         view[class_dim] = len(targets)
         signs = torch.tensor([t.direction for t in targets], device=out.device, dtype=out.dtype).view(view)
-        focus = draws.narrow(class_dim, utility, len(targets)).abs_().mul_(signs * modulation.focus_sigma)
+        focus = draws.narrow(class_dim, utility, len(targets)).abs().mul_(signs * modulation.focus_sigma)
         index = torch.tensor([t.class_id for t in targets], device=out.device)
         out.index_add_(class_dim, index, focus)
     return out
