@@ -269,7 +269,9 @@ def add_noise_(
     source = out if clean is None else clean
     targets = modulation.targets if modulation.has_focus else ()
     utility = out.shape[class_dim] if modulation.sigma > 0 else 0
-    if utility:
+    if utility and source is out:
+        out.add_(draws.narrow(class_dim, 0, utility), alpha=modulation.sigma)
+    elif utility:
         torch.add(source, draws.narrow(class_dim, 0, utility), alpha=modulation.sigma, out=out)  # one fused pass
     elif source is not out:
         out.copy_(source)
