@@ -239,6 +239,52 @@ def exclude_padding_(logits: torch.Tensor, num_tokens: int | None) -> torch.Tens
     return logits
 
 
+def check_focus_classes(modulation: Modulation, num_classes: int) -> None:
+    """Every focus target must be one of the `num_classes` classes the logits have."""
+    for target in modulation.targets if modulation.has_focus else ():
+        if not 0 <= target.class_id < num_classes:
+            raise ValueError(f"focus class id {target.class_id} outside 0..{num_classes - 1}")
+
+
+def noise_width(modulation: Modulation, num_classes: int) -> int:
+    """Draws per item along the class axis: one per class for utility noise, then one per focus target."""
+    return (num_classes if modulation.sigma > 0 else 0) + (len(modulation.targets) if modulation.has_focus else 0)
+
+
+def add_noise_(
+    out: torch.Tensor,
+    modulation: Modulation,
+    draws: torch.Tensor,
+    class_dim: int = -1,
+    clean: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Write `clean` plus utility and focus noise into `out` IN PLACE (`clean` defaults to `out`); returns it.
+
+    The one noise kernel: sigma * z on every class, then d * sigma_f * |z| on each focus target,
+    from N(0,1) `draws` shaped like `out` but noise_width(...) wide on `class_dim` (utility columns
+    first); `draws` is left as it is. `modulate` writes into a new tensor; the segmentation path
+    adds to a strip of upsampled logits without copying it.
+    """
+    class_dim = class_dim % out.dim()
+    source = out if clean is None else clean
+    targets = modulation.targets if modulation.has_focus else ()
+    utility = out.shape[class_dim] if modulation.sigma > 0 else 0
+    if utility and source is out:
+        out.add_(draws.narrow(class_dim, 0, utility), alpha=modulation.sigma)
+    elif utility:
+        torch.add(source, draws.narrow(class_dim, 0, utility), alpha=modulation.sigma, out=out)  # one fused pass
+    elif source is not out:
+        out.copy_(source)
+    if targets:
+        view = [1] * out.dim()
+        view[class_dim] = len(targets)
+        signs = torch.tensor([t.direction for t in targets], device=out.device, dtype=out.dtype).view(view)
+        focus = draws.narrow(class_dim, utility, len(targets)).abs().mul_(signs * modulation.focus_sigma)
+        index = torch.tensor([t.class_id for t in targets], device=out.device)
+        out.index_add_(class_dim, index, focus)
+    return out
+
+
 def modulate(
     logits: torch.Tensor,
     modulation: Modulation,
@@ -254,25 +300,11 @@ def modulate(
     if modulation.is_identity:
         return logits
     class_dim = class_dim % logits.dim()
-    num_classes = logits.shape[class_dim]
-    targets = modulation.targets if modulation.has_focus else ()
-    for target in targets:
-        if not 0 <= target.class_id < num_classes:
-            raise ValueError(f"focus class id {target.class_id} outside 0..{num_classes - 1}")
-    utility_width = num_classes if modulation.sigma > 0 else 0
+    check_focus_classes(modulation, logits.shape[class_dim])
     shape = list(logits.shape)
-    shape[class_dim] = utility_width + len(targets)
+    shape[class_dim] = noise_width(modulation, logits.shape[class_dim])
     draws = noise.standard_normal(shape, logits, item_keys)
-    out = logits
-    if utility_width:
-        out = torch.add(out, draws.narrow(class_dim, 0, utility_width), alpha=modulation.sigma)  # one fused pass
-    if targets:
-        view = [1] * logits.dim()
-        view[class_dim] = len(targets)
-        signs = torch.tensor([t.direction for t in targets], device=logits.device, dtype=logits.dtype).view(view)
-        focus = modulation.focus_sigma * signs * draws.narrow(class_dim, utility_width, len(targets)).abs()
-        index = torch.tensor([t.class_id for t in targets], device=logits.device)
-        out = out.index_add(class_dim, index, focus)
+    out = add_noise_(torch.empty_like(logits), modulation, draws, class_dim, clean=logits)
     if torch.finfo(out.dtype).max < 1e6:
         # float16 tops out at 65504 and a rare draw past 6 sigma could reach it: saturate, never inf.
         # Logits that were already infinite (tokens masked with -inf) stay so.

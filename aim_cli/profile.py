@@ -360,23 +360,43 @@ def load_profile(path: str | Path) -> Profile:
     return Profile.load(path)
 
 
+@dataclass(frozen=True)
+class OverrideNames:
+    """How the overriding settings are spelled in messages: the command's flags, or a serving request's arguments."""
+
+    sigma: str = "--sigma"
+    focus: str = "--focus"
+    focus_sigma: str = "--focus-sigma"
+    seed: str = "--seed"
+
+
+FLAG_NAMES = OverrideNames()
+REQUEST_NAMES = OverrideNames("aim_sigma", "aim_focus", "aim_focus_sigma", "aim_seed")
+
+
 def apply_overrides(
     profile: Profile,
     sigma: float | None = None,
-    focus: list[str] | None = None,
+    focus: Sequence[str] | None = None,
     focus_sigma: float | None = None,
     seed: int | None = None,
+    names: OverrideNames = FLAG_NAMES,
 ) -> Profile:
-    """Return the profile with command-line flags taking precedence over file values."""
+    """Return the profile with the given values (command-line flags, request arguments) taking precedence.
+
+    The one merge of overrides into a profile; None (and an empty focus) leaves a value as it is.
+    A seed replaces a key, since the two exclude each other.
+    """
     changes: dict[str, Any] = {}
     if sigma is not None:
-        changes["sigma"] = check_sigma(sigma, "sigma", "--sigma")
+        changes["sigma"] = check_sigma(sigma, "sigma", names.sigma)
     if focus_sigma is not None:
-        changes["focus_sigma"] = check_sigma(focus_sigma, "focus sigma", "--focus-sigma")
+        changes["focus_sigma"] = check_sigma(focus_sigma, "focus sigma", names.focus_sigma)
     if focus:
-        changes["focus"] = tuple(parse_focus(item) for item in focus)
+        check_focus_count(len(focus), names.focus)
+        changes["focus"] = tuple(parse_focus(item, names.focus) for item in focus)
     if seed is not None:
-        changes["seed"], changes["key_env"] = check_seed(seed, "--seed"), None
+        changes["seed"], changes["key_env"] = check_seed(seed, names.seed), None
     return replace(profile, **changes)
 
 

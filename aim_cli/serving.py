@@ -27,7 +27,7 @@ import torch
 from aim_cli.errors import ProfileError
 from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, token_key
 from aim_cli.plans import plan_tokens
-from aim_cli.profile import FocusRequest, Profile, check_focus_count, check_seed, check_sigma, noise_key, parse_focus
+from aim_cli.profile import REQUEST_NAMES, Profile, apply_overrides, check_focus_count, noise_key
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
 PROFILES_ENV = "AIM_PROFILES_DIR"
@@ -101,15 +101,15 @@ def _preview(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _focus_requests(value: Any) -> tuple[FocusRequest, ...]:
+def _focus_words(value: Any) -> list[str]:
     """aim_focus: one 'WORD[:up|down]' string or a list of them."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
         raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
-    check_focus_count(len(items), "aim_focus")
+    check_focus_count(len(items), "aim_focus")  # before looking at each item: a client may send millions
     if not all(isinstance(item, str) for item in items):
         raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
-    return tuple(parse_focus(item, "aim_focus") for item in items)
+    return list(items)
 
 
 def _fixed_by_tier(args: Mapping[str, Any], name: str, tier: Profile) -> None:
@@ -163,17 +163,18 @@ def request_profile(
         raise ProfileError("the request sets no modulation", "give aim_profile, aim_sigma or aim_focus")
     if "aim_seed" in args and args.get("aim_keyed") in (True, "true"):
         raise ProfileError("aim_seed and aim_keyed exclude each other", "keep one")
-    # The flags' checks, with the request's own names in the messages.
-    changes: dict[str, Any] = {}
-    if "aim_sigma" in args:
-        changes["sigma"] = check_sigma(args["aim_sigma"], "sigma", "aim_sigma")
-    if "aim_focus_sigma" in args:
-        changes["focus_sigma"] = check_sigma(args["aim_focus_sigma"], "focus sigma", "aim_focus_sigma")
-    if "aim_focus" in args:
-        changes["focus"] = _focus_requests(args["aim_focus"])
-    if "aim_seed" in args:
-        changes["seed"], changes["key_env"] = check_seed(args["aim_seed"], "aim_seed"), None
-    profile = replace(base, **changes)
+    for name in ("aim_sigma", "aim_focus_sigma", "aim_seed"):
+        if name in args and args[name] is None:  # null is no value, and not "leave it as it is"
+            raise ProfileError(f"{name}: expected a number, got None")
+    # The flags' merge and checks, with the request's own names in the messages.
+    profile = apply_overrides(
+        base,
+        sigma=args.get("aim_sigma"),
+        focus=_focus_words(args["aim_focus"]) if "aim_focus" in args else None,
+        focus_sigma=args.get("aim_focus_sigma"),
+        seed=args.get("aim_seed"),
+        names=REQUEST_NAMES,
+    )
     keyed = args.get("aim_keyed")
     if keyed is not None:
         # vLLM's OpenAI server turns JSON true/false in vllm_xargs into 1/0 (its values are str | int | float).

@@ -55,11 +55,11 @@ def bench_classify(quick: bool, batch_size: int = 100) -> dict[str, object]:
     """Demo classifier on its evaluation set: reference sweep vs aim calibrate --target-acc 0.6."""
     from aim_cli.calibration.datasets import demo_classification_set
     from aim_cli.calibration.runner import CalibrationRequest, calibrate_classifier
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.models.registry import load_model
 
     count = 200 if quick else 1000
     dataset = demo_classification_set(count)
-    classifier = load_classifier(None, torch.device("cpu"))
+    classifier = load_model("classify", None, device=torch.device("cpu"))
     images = [item.image for item in dataset.items]
     labels = torch.tensor([classifier.labels.index(item.label) for item in dataset.items])
     classifier.logits(images[:8])  # warm-up outside both timings

@@ -49,9 +49,9 @@ class Case:
 def _demo_case(device: torch.device, quick: bool) -> Case:
     """The embedded demo LM on 16 arithmetic prompts."""
     from aim_cli.demo import arithmetic
-    from aim_cli.models.language import load_language_model
+    from aim_cli.models.registry import load_model
 
-    lm = load_language_model(None, device=str(device))
+    lm = load_model("generate", None, device=device)
     prompts = [p["prompt"] for p in arithmetic.evaluation_set(16)]
     batch = lm.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     return Case(

@@ -20,7 +20,7 @@ from PIL import Image
 
 from aim_cli.demo import shapes
 from aim_cli.images import pixel_key
-from aim_cli.models.classifier import load_classifier
+from aim_cli.models.registry import load_model
 from aim_cli.modulation import KeyedNoise, Modulation, modulate
 
 VOTES = 15
@@ -68,7 +68,7 @@ def _predict(classifier, noise: KeyedNoise, modulation: Modulation) -> Callable[
 def measure(sigma: float, n: int, kinds: tuple[str, ...]) -> dict[str, float]:
     """Accuracy of one keyed query and of majority votes over VOTES variants of each kind."""
     torch.set_num_threads(1)
-    classifier = load_classifier(None, torch.device("cpu"))
+    classifier = load_model("classify", None, device=torch.device("cpu"))
     predict = _predict(classifier, KeyedNoise(b"voting"), Modulation(sigma=sigma))
     rng = random.Random(0)
     data = shapes.evaluation_set(n)

@@ -16,7 +16,7 @@ repetitions A, B, A, B, ... in one process, single thread):
   Hugging Face path a user would otherwise run on the same model, images and thread: forward +
   SegformerImageProcessor.post_process_semantic_segmentation (per image: full-size bilinear
   F.interpolate of the logits, argmax over dim 0). A second row compares against a tuned plain
-  path: one batched F.interpolate + argmax(dim=1). All share `Segmenter.logits`
+  path: one batched F.interpolate + argmax(dim=1). All share `ImageModel.logits`
   (preprocessing + forward).
 - aim clean / plain: the same with no modulation.
 - calibrate vs sweep: `calibrate_segmenter` (mIoU target 0.5, Monte Carlo confirmation
@@ -57,10 +57,10 @@ FOCUS_IDS = (3, 12, 40)
 
 
 def _b0(peaked: bool, seed: int = 0):  # type: ignore[no-untyped-def]
-    """A SegFormer-B0-size segmenter with random weights, wrapped as aim's Segmenter."""
+    """A SegFormer-B0-size segmenter with random weights, wrapped as aim's ImageModel."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    from aim_cli.models.segmenter import Segmenter
+    from aim_cli.models.image_model import ImageModel, transformers_forward
 
     config = SegformerConfig(
         hidden_sizes=[32, 64, 160, 256],
@@ -82,9 +82,8 @@ def _b0(peaked: bool, seed: int = 0):  # type: ignore[no-untyped-def]
         return (pixels / 255.0 - mean) / std
 
     labels = [f"class_{i}" for i in range(CLASSES)]
-    return Segmenter(
-        "segformer-b0-size" + (" (peaked)" if peaked else ""), labels, torch.device("cpu"), network, preprocess, hf=True
-    )
+    name = "segformer-b0-size" + (" (peaked)" if peaked else "")
+    return ImageModel(name, labels, torch.device("cpu"), network, preprocess, transformers_forward, task="segment")
 
 
 def _images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -269,7 +268,7 @@ def _calibrate_row(
 def _calibration_rows(quick: bool) -> list[dict]:
     """calibrate vs sweep on the B0-size model (flat and peaked logits) and on the demo segmenter."""
     from aim_cli.calibration.datasets import demo_segmentation_set
-    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.models.registry import load_model
 
     size, count, timed, reps = (128, 2, 2, 1) if quick else (512, 8, 2, 2)
     rows = []
@@ -296,7 +295,7 @@ def _calibration_rows(quick: bool) -> list[dict]:
                 quick,
             )
         )
-    demo = load_segmenter(None, torch.device("cpu"))
+    demo = load_model("segment", None, device=torch.device("cpu"))
     scenes = demo_segmentation_set(20).scenes
     rows.append(
         _calibrate_row(

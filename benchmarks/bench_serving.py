@@ -53,7 +53,7 @@ def _steppers() -> tuple[str, dict]:
         from vllm import SamplingParams
         from vllm.v1.sample.logits_processor import BatchUpdate
 
-        from aim_cli.integrations.vllm import AimLogitsProcessor
+        from aim_cli.integrations.vllm import AimV1LogitsProcessor
     except ImportError:
         plans = serving.PlanCache(_Vocabulary)
 
@@ -71,7 +71,7 @@ def _steppers() -> tuple[str, dict]:
         return "serving core (vLLM not installed)", {"none": core(None), "seeded": core(seeded), "keyed": core(keyed)}
 
     def processor(args: dict | None):
-        proc = AimLogitsProcessor(
+        proc = AimV1LogitsProcessor(
             SimpleNamespace(model_config=SimpleNamespace(tokenizer="")), torch.device("cpu"), False
         )
         proc._plans = serving.PlanCache(_Vocabulary)  # no tokenizer files: a stand-in of the vocabulary's size

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from aim_cli.demo import streets
 from aim_cli.masks import colour_table, overlay_image
-from aim_cli.models.segmenter import load_segmenter
+from aim_cli.models.registry import load_model
 from aim_cli.plans import plan_modulation
 from aim_cli.profile import resolve_profile
 from aim_cli.tasks.segment import input_from_image, segment_inputs
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scenes = streets.evaluation_set(args.scenes)
     image, truth = max(scenes, key=lambda scene: int((scene[1] == streets.PERSON).sum()))
-    segmenter = load_segmenter(None, torch.device("cpu"))
+    segmenter = load_model("segment", None, device=torch.device("cpu"))
     plan = plan_modulation(resolve_profile(None, focus=["pedestrian"], seed=args.seed), segmenter.labels)
     item = input_from_image("scene.png", image, truth)
     result = next(iter(segment_inputs([item], segmenter, plan, clean=True)))

@@ -23,9 +23,9 @@ KEY_ENV = {"AIM_TEST_API_KEY": "api-secret"}
 @pytest.fixture(scope="module")
 def classifier():
     """The demo classifier (loaded once)."""
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.models.registry import load_model
 
-    return load_classifier(None, torch.device("cpu"))
+    return load_model("classify", None, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from aim_cli.calibration.classify import (
 from aim_cli.calibration.core import Target
 from aim_cli.calibration.datasets import demo_classification_set, read_classification_data
 from aim_cli.demo import shapes
-from aim_cli.models.classifier import load_classifier
+from aim_cli.models.registry import load_model
 from tests.conftest import run_aim
 
 EVAL_IMAGES = 1000
@@ -44,7 +44,7 @@ FAST = {"OMP_NUM_THREADS": "1"}  # tiny models on shared cores: one intra-op thr
 def demo_logits() -> tuple[torch.Tensor, torch.Tensor]:
     """Clean logits of the demo classifier on its own evaluation set (one forward pass)."""
     dataset = demo_classification_set(EVAL_IMAGES)
-    classifier = load_classifier(None, torch.device("cpu"))
+    classifier = load_model("classify", None, device=torch.device("cpu"))
     cached = collect_logits(classifier, dataset.items, dataset_label_ids(dataset, classifier.labels), 200)
     assert cached.logits.shape == (EVAL_IMAGES, 10)
     return cached.logits, cached.labels
@@ -105,7 +105,7 @@ def other_model(tmp_path_factory) -> dict[str, Path]:
 def other_logits(other_model) -> tuple[torch.Tensor, torch.Tensor]:
     """The trained ConvNeXt's logits on the exported ImageFolder, through the --model / --data path."""
     dataset = read_classification_data(other_model["data"])
-    classifier = load_classifier(str(other_model["model"]), torch.device("cpu"))
+    classifier = load_model("classify", str(other_model["model"]), device=torch.device("cpu"))
     cached = collect_logits(classifier, dataset.items, dataset_label_ids(dataset, classifier.labels), 200)
     return cached.logits, cached.labels
 

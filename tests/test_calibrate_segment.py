@@ -23,7 +23,7 @@ from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter
 from aim_cli.calibration.segment import SegmentationCalibrator
 from aim_cli.demo import streets
 from aim_cli.errors import AimError
-from aim_cli.models.segmenter import load_segmenter
+from aim_cli.models.registry import load_model
 from aim_cli.profile import FocusRequest
 from tests.conftest import assert_user_error, run_aim
 
@@ -35,7 +35,7 @@ PERSON = streets.LABELS.index("person")
 @pytest.fixture(scope="module")
 def segmenter():
     """The demo segmenter on the CPU."""
-    return load_segmenter(None, torch.device("cpu"))
+    return load_model("segment", None, device=torch.device("cpu"))
 
 
 def test_focus_person_recall_target_is_hit(segmenter):

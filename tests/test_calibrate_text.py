@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from aim_cli.calibration.core import Target
 from aim_cli.calibration.datasets import demo_text_set, read_text_data
 from aim_cli.calibration.text import calibrate_free_form, calibrate_multiple_choice, collect_next_token_logits
 from aim_cli.demo import arithmetic
 from aim_cli.errors import InputError
-from aim_cli.models.language import load_language_model
+from aim_cli.models.registry import load_model
 from tests.conftest import assert_user_error, run_aim
 
 FAST = {"OMP_NUM_THREADS": "1"}
@@ -26,7 +27,7 @@ FAST = {"OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def lm():
     """The demo arithmetic LM on the CPU."""
-    return load_language_model(None, "cpu")
+    return load_model("generate", None, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("target", [0.8, 0.5, 0.3])

@@ -9,7 +9,7 @@ import torch
 
 from aim_cli import theory
 from aim_cli.demo import shapes
-from aim_cli.models.classifier import load_classifier
+from aim_cli.models.registry import load_model
 from aim_cli.modulation import Modulation, SeededNoise, modulate
 
 SIGMAS = [0, 0.5, 1, 2, 4, 8, 16]
@@ -20,7 +20,7 @@ DRAWS = 5  # noise draws per sigma; accuracy is averaged over N_IMAGES * DRAWS d
 @pytest.fixture(scope="module")
 def clean_logits() -> tuple[torch.Tensor, torch.Tensor]:
     """One clean forward pass over the demo evaluation set."""
-    classifier = load_classifier(None, torch.device("cpu"))
+    classifier = load_model("classify", None, device=torch.device("cpu"))
     data = shapes.evaluation_set(N_IMAGES)
     logits = torch.cat([classifier.logits([img for img, _ in data[i : i + 250]]) for i in range(0, N_IMAGES, 250)])
     return logits, torch.tensor([label for _, label in data])

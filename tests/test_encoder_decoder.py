@@ -21,7 +21,8 @@ from aim_cli.calibration.core import Target
 from aim_cli.calibration.text import FreeFormScorer, calibrate_multiple_choice, collect_next_token_logits
 from aim_cli.errors import InputError
 from aim_cli.generation import ModulationProcessor, encoder_decoder_key
-from aim_cli.models.language import LanguageModel, load_language_model
+from aim_cli.models.language import LanguageModel
+from aim_cli.models.registry import load_model
 from aim_cli.modulation import BOOST, SUPPRESS, KeyedNoise, Modulation, SeededNoise, token_key
 from aim_cli.plans import ModulationPlan
 from aim_cli.profile import FocusRequest
@@ -116,7 +117,9 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def lms(model_dirs) -> dict[str, LanguageModel]:
     """The checkpoints loaded the way `aim generate` loads them."""
-    return {family: load_language_model(str(path), "cpu") for family, path in model_dirs.items()}
+    return {
+        family: load_model("generate", str(path), device=torch.device("cpu")) for family, path in model_dirs.items()
+    }
 
 
 def plan(sigma: float, seed: int = 0, key: bytes = b"") -> ModulationPlan:
@@ -448,7 +451,7 @@ def test_a_checkpoints_beam_search_default_is_not_inherited(tmp_path):
     model, _tokenizer = build_tiny_llama(tmp_path)
     model.generation_config.num_beams = 4
     model.generation_config.save_pretrained(tmp_path)
-    lm = load_language_model(str(tmp_path), "cpu")
+    lm = load_model("generate", str(tmp_path), device=torch.device("cpu"))
     assert lm.model.generation_config.num_beams == 4 and not lm.encoder_decoder
     prompts = ["Hello world", "Paris"]
     keyed = completions(lm, prompts, plan(1.0, key=b"secret"), batch_size=2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aim_cli.demo import arithmetic
-from aim_cli.models.language import load_language_model
+from aim_cli.models.registry import load_model
 from aim_cli.profile import Profile
 from aim_cli.tasks.generate import GenerationSettings, encode_prompts, generate_completions, plan_generation
 
@@ -27,7 +27,7 @@ DECODING = GenerationSettings(max_new_tokens=4, batch_size=N)
 @pytest.fixture(scope="module")
 def lm():
     """The demo LM on the CPU."""
-    return load_language_model(None, device="cpu")
+    return load_model("generate", None, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

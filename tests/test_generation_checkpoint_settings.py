@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aim_cli.models.language import load_language_model
+from aim_cli.models.registry import load_model
 from aim_cli.profile import Profile
 from aim_cli.tasks.generate import GenerationSettings, encode_prompts, generate_completions, plan_generation
 from tests.conftest import run_aim
@@ -55,7 +55,7 @@ def test_noise_never_picks_padding_columns_past_the_tokenizer(tmp_path, monkeypa
     # Half of the 600 columns are padding: at sigma 50 (every column about equally likely) half the
     # steps would pick one; the chance that none of 48 steps does is about 0.5^48 < 1e-14.
     size = build_llama(tmp_path, padding=PADDING)
-    lm = load_language_model(str(tmp_path), "cpu")
+    lm = load_model("generate", str(tmp_path), device=torch.device("cpu"))
     monkeypatch.setenv("AIM_TEST_KEY", "secret")
     profile = Profile(sigma=50.0, seed=0) if noise == "seeded" else Profile(sigma=50.0, key_env="AIM_TEST_KEY")
     ids = [i for row in generated_ids(lm, profile) for i in row]
@@ -64,7 +64,7 @@ def test_noise_never_picks_padding_columns_past_the_tokenizer(tmp_path, monkeypa
 
 def test_calibration_scores_only_the_tokenizers_columns(tmp_path):
     size = build_llama(tmp_path, padding=PADDING)
-    lm = load_language_model(str(tmp_path), "cpu")
+    lm = load_model("generate", str(tmp_path), device=torch.device("cpu"))
     ids = torch.tensor([lm.encode("12+7=", chat=False)])
     assert lm.first_token_logits(ids).shape == (1, size)
 
@@ -72,10 +72,11 @@ def test_calibration_scores_only_the_tokenizers_columns(tmp_path):
 def test_checkpoint_decoding_settings_are_dropped_and_named(tmp_path):
     # transformers runs these before any custom processor: aim's noise would land on penalised logits.
     build_llama(tmp_path, repetition_penalty=3.0, no_repeat_ngram_size=1, min_new_tokens=6)
-    lm = load_language_model(str(tmp_path), "cpu")
+    lm = load_model("generate", str(tmp_path), device=torch.device("cpu"))
     assert lm.dropped_settings == ("repetition_penalty=3.0", "no_repeat_ngram_size=1", "min_new_tokens=6")
     clean = generated_ids(lm, Profile(sigma=0.0, seed=0), max_new_tokens=6)
-    plain = load_language_model(str(tmp_path), "cpu").model  # a fresh copy: raw greedy, settings neutral
+    # A fresh copy: raw greedy, settings neutral.
+    plain = load_model("generate", str(tmp_path), device=torch.device("cpu")).model
     for prompt, ids in zip(PROMPTS, clean):
         encoded = torch.tensor([lm.encode(prompt, chat=False)])
         raw = plain.generate(

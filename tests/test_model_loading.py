@@ -16,8 +16,8 @@ import torch
 from aim_cli import demo
 from aim_cli.errors import ModelError
 from aim_cli.models import weights
-from aim_cli.models.classifier import load_classifier
 from aim_cli.models.hub import load_pretrained
+from aim_cli.models.registry import load_model
 from tests.conftest import REPO, aim_env, assert_user_error, run_aim
 
 SAMPLES = demo.samples_dir("classify")
@@ -162,19 +162,17 @@ def test_missing_weights_are_an_error_naming_them(tiny_dirs, tmp_path, name, pre
 
 @pytest.mark.parametrize("name, prefix", [("vit", "classifier."), ("segformer", "decode_head.classifier.")])
 def test_task_loaders_refuse_a_checkpoint_without_its_head(tiny_dirs, tmp_path, name, prefix):
-    from aim_cli.models.segmenter import load_segmenter
-
     without_tensors(tiny_dirs[name], tmp_path / name, prefix)
-    load = load_classifier if name == "vit" else load_segmenter
-    load(str(tiny_dirs[name]), torch.device("cpu"))  # the complete checkpoint loads
+    task = "classify" if name == "vit" else "segment"
+    load_model(task, str(tiny_dirs[name]), device=torch.device("cpu"))  # the complete checkpoint loads
     with pytest.raises(ModelError, match=rf"lacks 2 weight\(s\).*{prefix}bias, {prefix}weight"):
-        load(str(tmp_path / name), torch.device("cpu"))
+        load_model(task, str(tmp_path / name), device=torch.device("cpu"))
 
 
 def test_segmenter_checkpoint_given_to_classify_is_refused(tiny_dirs):
     # SegFormer has an image-classification head too, so transformers would build one at random.
     with pytest.raises(ModelError, match=r"lacks \d+ weight.*classifier"):
-        load_classifier(str(tiny_dirs["segformer"]), torch.device("cpu"))
+        load_model("classify", str(tiny_dirs["segformer"]), device=torch.device("cpu"))
 
 
 def _truncated(data: bytes) -> bytes:
@@ -200,7 +198,7 @@ def test_damaged_safetensors_is_a_model_error(tiny_dirs, tmp_path, damage):
     weights = broken / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
     with pytest.raises(ModelError, match="weights file is damaged") as caught:
-        load_classifier(str(broken), torch.device("cpu"))
+        load_model("classify", str(broken), device=torch.device("cpu"))
     assert_safe_one_line(str(caught.value))
 
 
@@ -220,7 +218,7 @@ def test_processor_asking_for_custom_code_is_refused(tiny_dirs, tmp_path):
     custom = {"image_processor_type": "Evil", "auto_map": {"AutoImageProcessor": "evil.Evil"}}
     (hostile / "preprocessor_config.json").write_text(json.dumps(custom))
     with pytest.raises(ModelError, match="needs custom code to load .*which aim never runs") as caught:
-        load_classifier(str(hostile), torch.device("cpu"))
+        load_model("classify", str(hostile), device=torch.device("cpu"))
     assert_safe_one_line(str(caught.value).replace("(trust_remote_code)", ""))
 
 
@@ -251,7 +249,7 @@ def test_torchvision_weights_missing_tensors_are_refused(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("classifier.3.")}, str(path))
     with pytest.raises(ModelError, match=r"2 tensor\(s\) missing \(classifier\.3\.weight, classifier\.3\.bias\)"):
-        load_classifier("torchvision:mobilenet_v3_small", torch.device("cpu"), weights=path)
+        load_model("classify", "torchvision:mobilenet_v3_small", device=torch.device("cpu"), weights=path)
 
 
 def test_mistyped_relative_path_names_both_fixes(tmp_path, monkeypatch):

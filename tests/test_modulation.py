@@ -14,9 +14,12 @@ from aim_cli.modulation import (
     KeyedNoise,
     Modulation,
     SeededNoise,
+    add_noise_,
     content_key,
     modulate,
+    noise_width,
 )
+from aim_cli.tasks.segment import add_strip_noise_
 
 
 @pytest.mark.parametrize("shape,class_dim", [((4, 10), 1), ((2, 7, 5, 6), 1), ((3, 50), -1)])
@@ -111,3 +114,26 @@ def test_invalid_sigma_rejected(bad):
 def test_focus_class_out_of_range_rejected():
     with pytest.raises(ValueError):
         modulate(torch.zeros(1, 3), Modulation(focus_sigma=1.0, targets=(FocusTarget(5),)), SeededNoise(0))
+
+
+@pytest.mark.parametrize("sigma, focus_sigma", [(0.8, 0.0), (0.8, 1.5), (0.0, 2.0)])
+def test_one_kernel_serves_modulate_and_the_segmentation_strips(sigma, focus_sigma):
+    """modulate, and the in-place strip path, are the same kernel: equal bits from the same keyed draws."""
+    targets = (FocusTarget(2, BOOST), FocusTarget(5, SUPPRESS))
+    modulation = Modulation(sigma, focus_sigma, targets)
+    strip = torch.randn(6, 9, 7)  # (rows, width, classes): one image, class-last
+    key = content_key(b"image")
+    expected = modulate(strip.unsqueeze(0), modulation, KeyedNoise(b"k"), class_dim=-1, item_keys=[key])[0]
+    assert torch.equal(add_strip_noise_(strip.clone(), modulation, KeyedNoise(b"k"), key), expected)
+    draws = torch.randn(6, 9, noise_width(modulation, 7))
+    kept = draws.clone()
+    in_place = strip.clone()
+    assert add_noise_(in_place, modulation, draws) is in_place and torch.equal(draws, kept)  # draws left as given
+    by_hand = strip.clone()
+    if sigma:
+        by_hand += sigma * draws[..., :7]
+    if focus_sigma:  # utility columns first, then one per target in the order given
+        width = 7 if sigma else 0
+        by_hand[..., 2] += focus_sigma * draws[..., width].abs()
+        by_hand[..., 5] -= focus_sigma * draws[..., width + 1].abs()
+    assert torch.allclose(in_place, by_hand, atol=1e-6)

@@ -182,12 +182,12 @@ def test_segmentation_calibration_names_the_image():
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """The tiny Llama of the generate tests, loaded as aim loads it."""
-    from aim_cli.models.language import load_language_model
+    from aim_cli.models.registry import load_model
     from tests.test_generate_cli import build_tiny_llama
 
     directory = tmp_path_factory.mktemp("nan_llama")
     build_tiny_llama(directory, hidden=16, layers=1)
-    return load_language_model(str(directory), device="cpu")
+    return load_model("generate", str(directory), device=torch.device("cpu"))
 
 
 def _poison_rows(lm, rows: set[int]):

@@ -15,7 +15,7 @@ import torch
 
 from aim_cli.demo import streets
 from aim_cli.metrics import mean_iou, pixel_accuracy, recall
-from aim_cli.models.segmenter import load_segmenter
+from aim_cli.models.registry import load_model
 from aim_cli.modulation import KeyedNoise, Modulation, SeededNoise
 from aim_cli.plans import ModulationPlan, plan_modulation
 from aim_cli.profile import resolve_profile
@@ -42,7 +42,7 @@ UTILITY_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 def demo():
     """The demo segmenter, the evaluation scenes as task inputs, and their decision logits."""
     torch.manual_seed(0)
-    segmenter = load_segmenter(None, torch.device("cpu"))
+    segmenter = load_model("segment", None, device=torch.device("cpu"))
     scenes = streets.evaluation_set(N_IMAGES)
     items = [input_from_image(f"eval_{i}.png", image, mask) for i, (image, mask) in enumerate(scenes)]
     # Per-pixel clean logits at the output resolution (N*H*W, C) with ground truth, for the theory.

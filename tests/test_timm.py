@@ -21,8 +21,7 @@ timm = pytest.importorskip("timm")  # an optional extra: aim-cli[timm]
 from safetensors.torch import save_file  # noqa: E402
 
 from aim_cli.errors import ModelError  # noqa: E402
-from aim_cli.models.classifier import load_classifier  # noqa: E402
-from aim_cli.models.segmenter import load_segmenter  # noqa: E402
+from aim_cli.models.registry import load_model  # noqa: E402
 from tests.conftest import assert_user_error, run_aim  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -102,7 +101,7 @@ def _hf_layout(folder: Path, arch: str, names: list[str], seed: int = 1) -> torc
 
 @pytest.mark.parametrize("kind", ["safetensors", "pth"])
 def test_arch_with_weights_gives_timms_own_logits(files, kind):
-    classifier = load_classifier(f"timm:{ARCH}", CPU, files[kind])
+    classifier = load_model("classify", f"timm:{ARCH}", device=CPU, weights=files[kind])
     assert classifier.name == f"timm:{ARCH}" and not classifier.network.training
     expected = _reference(_model(ARCH, len(LABELS), SEED), files["image"])
     got = classifier.logits([Image.open(files["image"]).convert("RGB")])[0]
@@ -114,21 +113,26 @@ def test_arch_with_weights_gives_timms_own_logits(files, kind):
 def test_labels_file_overrides_and_is_checked_against_the_head(files, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\nd\n")
-    assert load_classifier(f"timm:{ARCH}", CPU, files["pth"], names).labels == ["a", "b", "c", "d"]
+    assert load_model("classify", f"timm:{ARCH}", device=CPU, weights=files["pth"], labels=names).labels == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
     names.write_text("a\nb\n")
     with pytest.raises(ModelError, match="names 2 classes but the model has 4 outputs"):
-        load_classifier(f"timm:{ARCH}", CPU, files["pth"], names)
+        load_model("classify", f"timm:{ARCH}", device=CPU, weights=files["pth"], labels=names)
 
 
 def test_thousand_way_head_gets_imagenet_names(tmp_path):
     weights = tmp_path / "in1k.safetensors"
     save_file(_model("test_efficientnet", 1000).state_dict(), weights)
-    labels = load_classifier("timm:test_efficientnet", CPU, weights).labels
+    labels = load_model("classify", "timm:test_efficientnet", device=CPU, weights=weights).labels
     assert len(labels) == 1000 and labels[0].startswith("tench") and "goldfish" in labels[1]
 
 
 def test_pretrained_tag_picks_its_preprocessing(files):
-    tagged = load_classifier(f"timm:{ARCH}.r160_in1k", CPU, files["pth"])
+    tagged = load_model("classify", f"timm:{ARCH}.r160_in1k", device=CPU, weights=files["pth"])
     pixels = tagged.preprocess([Image.open(files["image"]).convert("RGB")])
     assert pixels.shape == (1, 3, 160, 160)
 
@@ -144,7 +148,7 @@ def test_hf_layout_folder_uses_its_labels_and_preprocessing(files, tmp_path):
     assert "num_classes" in config["model_args"]  # what broke transformers' TimmWrapper path
     config["pretrained_cfg"].update(input_size=[3, 96, 96], crop_pct=1.0, mean=[0, 0, 0], std=[1, 1, 1])
     (folder / "config.json").write_text(json.dumps(config))
-    classifier = load_classifier(str(folder), CPU)
+    classifier = load_model("classify", str(folder), device=CPU)
     assert classifier.labels == ["cat", "dog", "bird"] and not classifier.network.training
     image = Image.open(files["image"]).convert("RGB")
     pixels = classifier.preprocess([image])
@@ -164,7 +168,7 @@ def test_label_descriptions_replace_label_ids(tmp_path):
         safe_serialization=True,
         model_config={"label_names": list(descriptions), "label_descriptions": descriptions},
     )
-    assert load_classifier(str(folder), CPU).labels == list(descriptions.values())
+    assert load_model("classify", str(folder), device=CPU).labels == list(descriptions.values())
 
 
 def test_legacy_flat_hub_config_loads(files, tmp_path):
@@ -186,7 +190,7 @@ def test_legacy_flat_hub_config_loads(files, tmp_path):
             }
         )
     )
-    classifier = load_classifier(str(folder), CPU)
+    classifier = load_model("classify", str(folder), device=CPU)
     assert classifier.labels == ["x", "y", "z"]
     assert classifier.preprocess([Image.open(files["image"]).convert("RGB")]).shape == (1, 3, 64, 64)
 
@@ -199,7 +203,7 @@ def test_cached_hub_id_loads_from_the_local_cache(files, tmp_path, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    classifier = load_classifier("timm/tiny_resnet.test", CPU)
+    classifier = load_model("classify", "timm/tiny_resnet.test", device=CPU)
     assert classifier.name == "timm/tiny_resnet.test" and classifier.labels == ["p", "q"]
 
 
@@ -208,7 +212,7 @@ def test_hf_layout_without_weights_file_is_named(tmp_path):
     _hf_layout(folder, "test_resnet", ["p", "q"])
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="has no model.safetensors or pytorch_model.bin"):
-        load_classifier(str(folder), CPU)
+        load_model("classify", str(folder), device=CPU)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def test_hf_layout_without_weights_file_is_named(tmp_path):
 )
 def test_bad_specs_are_one_line_model_errors(files, spec, weights, fragments):
     with pytest.raises(ModelError) as caught:
-        load_classifier(spec, CPU, files[weights] if weights else None)
+        load_model("classify", spec, device=CPU, weights=files[weights] if weights else None)
     message = str(caught.value)
     assert "\n" not in message
     for fragment in fragments:
@@ -245,7 +249,7 @@ def test_pickle_needing_code_is_refused(tmp_path):
     weights = tmp_path / "hostile.pth"
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "extra": CodePickle()}, weights)
     with pytest.raises(ModelError, match="needs arbitrary code to load"):
-        load_classifier(f"timm:{ARCH}", CPU, weights)
+        load_model("classify", f"timm:{ARCH}", device=CPU, weights=weights)
 
 
 def test_missing_timm_names_the_extra(files, tmp_path, monkeypatch):
@@ -253,19 +257,19 @@ def test_missing_timm_names_the_extra(files, tmp_path, monkeypatch):
     _hf_layout(folder, "test_resnet", ["p", "q"])
     monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` meets when it is not installed
     with pytest.raises(ModelError) as caught:
-        load_classifier(f"timm:{ARCH}", CPU, files["pth"])
+        load_model("classify", f"timm:{ARCH}", device=CPU, weights=files["pth"])
     assert str(caught.value) == f"timm:{ARCH} needs the timm package (pip install 'aim-cli[timm]')"
     with pytest.raises(
         ModelError, match=r"\(a timm checkpoint\) needs the timm package \(pip install 'aim-cli\[timm\]'\)"
     ):
-        load_classifier(str(folder), CPU)
+        load_model("classify", str(folder), device=CPU)
 
 
 def test_weights_flag_with_a_checkpoint_folder_is_refused(files, tmp_path):
     folder = tmp_path / "folder"
     _hf_layout(folder, "test_resnet", ["p", "q"])
     with pytest.raises(ModelError, match="--weights goes with --model torchvision:ARCH or timm:ARCH"):
-        load_classifier(str(folder), CPU, files["pth"])
+        load_model("classify", str(folder), device=CPU, weights=files["pth"])
 
 
 def test_segment_refuses_timm_classifiers(files, tmp_path):
@@ -273,7 +277,7 @@ def test_segment_refuses_timm_classifiers(files, tmp_path):
     _hf_layout(folder, "test_resnet", ["p", "q"])
     for spec, weights in ((f"timm:{ARCH}", files["pth"]), (str(folder), None)):
         with pytest.raises(ModelError, match="is a timm image classifier, which aim segment cannot use"):
-            load_segmenter(spec, CPU, weights)
+            load_model("segment", spec, device=CPU, weights=weights)
 
 
 # --- the CLI --------------------------------------------------------------------------------------

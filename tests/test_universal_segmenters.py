@@ -32,7 +32,7 @@ from aim_cli.demo import streets  # noqa: E402
 from aim_cli.errors import ModelError  # noqa: E402
 from aim_cli.metrics import pixel_accuracy, recall  # noqa: E402
 from aim_cli.models import segmenter as segmenter_module  # noqa: E402
-from aim_cli.models.segmenter import load_segmenter  # noqa: E402
+from aim_cli.models.registry import load_model  # noqa: E402
 from aim_cli.models.universal_segmenter import log_semantic_scores  # noqa: E402
 from aim_cli.plans import plan_modulation  # noqa: E402
 from aim_cli.profile import FocusRequest, resolve_profile  # noqa: E402
@@ -159,7 +159,7 @@ def _raw_outputs(segmenter, images):
 def test_random_checkpoints_of_each_family_load_and_give_log_scores(family, tmp_path):
     """Loading works offline; logits are log(sum_q p_qc m_q) with masks upsampled to the processed size."""
     directory = _save_random(family, tmp_path / family)
-    segmenter = load_segmenter(str(directory), torch.device("cpu"))
+    segmenter = load_model("segment", str(directory), device=torch.device("cpu"))
     assert segmenter.labels == ["cat", "dog", "bird"]
     rng = np.random.default_rng(0)
     from PIL import Image
@@ -209,7 +209,7 @@ def test_missing_scipy_is_a_one_line_model_error(monkeypatch):
 
     monkeypatch.setattr(universal_segmenter, "_scipy_available", lambda: False)
     with pytest.raises(ModelError, match="needs scipy"):
-        load_segmenter(str(TRAINED), torch.device("cpu"))
+        load_model("segment", str(TRAINED), device=torch.device("cpu"))
 
 
 # --- the trained models: the same checks as the demo SegFormer ------------------------------------
@@ -230,7 +230,7 @@ class Trained(NamedTuple):
 def trained(request) -> Trained:
     """The tiny trained model of one family, loaded once per module."""
     directory = DATA / f"{request.param}_streets"
-    segmenter = load_segmenter(str(directory), torch.device("cpu"))
+    segmenter = load_model("segment", str(directory), device=torch.device("cpu"))
     scenes = streets.evaluation_set(N_IMAGES)
     items = [input_from_image(f"eval_{i}.png", image, mask) for i, (image, mask) in enumerate(scenes)]
     logits = decision_logits(segmenter, [image for image, _ in scenes])

@@ -33,7 +33,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import (  # noqa: E402
 from aim_cli import serving  # noqa: E402
 from aim_cli.errors import AimError  # noqa: E402
 from aim_cli.generation import ModulationProcessor  # noqa: E402
-from aim_cli.integrations.vllm import AimLogitsProcessor  # noqa: E402
+from aim_cli.integrations.vllm import AimLogitsProcessor, AimV1LogitsProcessor, AimV2LogitsProcessor  # noqa: E402
 from aim_cli.modulation import KeyedNoise, Modulation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +44,14 @@ DEMO_LM = REPO / "aim_cli" / "demo" / "lm"
 TOKENS = 52  # the demo tokenizer's size: logits columns 52..63 are padding (no token), as in T5 or Qwen2.5
 
 
-def config(vocab: int = VOCAB, speculative: object = None) -> SimpleNamespace:
-    """The parts of vLLM's VllmConfig the processor reads."""
+def config(vocab: int = VOCAB, speculative: object = None, v2: bool = True) -> SimpleNamespace:
+    """The parts of vLLM's VllmConfig the processor reads (v2: the runner, Model Runner V2 by default)."""
     model = SimpleNamespace(tokenizer=str(DEMO_LM), get_vocab_size=lambda: vocab)
-    return SimpleNamespace(model_config=model, speculative_config=speculative)
+    return SimpleNamespace(model_config=model, speculative_config=speculative, use_v2_model_runner=v2)
 
 
 CONFIG = config()
+V1_CONFIG = config(v2=False)
 PROMPTS = [[4, 5, 14, 6, 18], [7, 18], [8, 9, 10, 15, 11, 12, 18, 13]]
 
 
@@ -71,12 +72,12 @@ def params(**aim: object) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=8, extra_args=dict(aim) or None)
 
 
-def v1_processor() -> AimLogitsProcessor:
+def v1_processor() -> AimV1LogitsProcessor:
     """Built as the V1 model runner builds custom processors: (vllm_config, device, is_pin_memory)."""
-    return AimLogitsProcessor(CONFIG, torch.device("cpu"), False)
+    return AimLogitsProcessor(V1_CONFIG, torch.device("cpu"), False)
 
 
-def v1_step(proc: AimLogitsProcessor, clean: torch.Tensor, update: BatchUpdate | None = None) -> torch.Tensor:
+def v1_step(proc: AimV1LogitsProcessor, clean: torch.Tensor, update: BatchUpdate | None = None) -> torch.Tensor:
     """One V1 engine step: state update, then apply on a copy of the clean logits."""
     proc.update_state(update)
     return proc.apply(clean.clone())
@@ -94,6 +95,15 @@ def test_both_model_runners_load_the_class():
     assert _load_v2_logitsprocs_by_fqcns([FQCN]) == [AimLogitsProcessor]  # checks the V2 subclass
     assert _load_logitsprocs_by_fqcns([FQCN]) == [AimLogitsProcessor]
     assert v1_processor().is_argmax_invariant() is False  # so V1 applies it in greedy decoding too
+
+
+def test_the_registered_class_builds_the_processor_of_the_runner_in_use():
+    """The engine config names the runner; each gets a processor of its own interface only."""
+    v1 = v1_processor()
+    v2, _ = v2_setup()
+    assert type(v1) is AimV1LogitsProcessor and not isinstance(v1, AimV2LogitsProcessor)
+    assert isinstance(v2, AimV2LogitsProcessor) and not hasattr(v2, "update_state")
+    assert not hasattr(v1, "add_request")
 
 
 @pytest.mark.parametrize(
@@ -399,12 +409,12 @@ def test_focus_word_past_the_output_layer_stops_the_server_at_start(tmp_path, mo
     for name in ("focus-pedestrian", "full-example"):  # tiers whose focus words need wider logits
         (tmp_path / f"{name}.yaml").unlink()
     with pytest.raises(AimError, match="focus 7:up: token id 11 is past the model's 11 output columns"):
-        AimLogitsProcessor(config(vocab=11), torch.device("cpu"), False)  # the 'sevens' tier focuses token 11
+        AimLogitsProcessor(config(vocab=11, v2=False), torch.device("cpu"), False)  # the 'sevens' tier focuses token 11
     narrow = tmp_path / "narrow"
     narrow.mkdir()
     (narrow / "free-tier.yaml").write_bytes((tmp_path / "free-tier.yaml").read_bytes())
     monkeypatch.setenv(serving.PROFILES_ENV, str(narrow))
-    proc = AimLogitsProcessor(config(vocab=11), torch.device("cpu"), False)
+    proc = AimLogitsProcessor(config(vocab=11, v2=False), torch.device("cpu"), False)
     # A request's own focus word can only be checked in the worker: dropped there (never an engine crash).
     out = v1_step(
         proc,
@@ -456,7 +466,7 @@ def test_v2_keys_of_requests_at_different_lengths_equal_token_key_each_step():
         proc.add_request(slot, params(aim_profile="keyed-tier"))
     for step in range(12):
         lengths = [20 + step, 4 + step]
-        rows = proc._rows_v2(torch.zeros(2, VOCAB), v2_context(state, [1, 4], lengths))
+        rows = proc._rows(torch.zeros(2, VOCAB), v2_context(state, [1, 4], lengths))
         assert [key for _, _, key in rows] == [token_key(tokens[s, :n].tolist()) for s, n in zip((1, 4), lengths)], step
 
 

@@ -3,7 +3,6 @@
 Not part of the public API (aim_cli.api.__all__): names here may change with the CLI. Each
 name loads its home module on first use, so a command pays only for what it runs (`aim
 classify` never imports transformers' generation stack) and `aim --help` imports none of it.
-The model loaders are the seam for one model registry: swap a home here, the CLI follows.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads each 
 
 # Each name and the module that defines it, grouped by command.
 _HOMES = {
-    # models (one loader per task until the model registry serves them all)
-    "load_classifier": "aim_cli.models.classifier",
-    "load_segmenter": "aim_cli.models.segmenter",
-    "load_language_model": "aim_cli.models.language",
+    # models: one registry of model sources serves every task
+    "load_model": "aim_cli.models.registry",
     "parse_dtype": "aim_cli.models.language",
     "LanguageModel": "aim_cli.models.language",
     "Segmenter": "aim_cli.models.segmenter",

@@ -179,9 +179,9 @@ def load_segmenter_for_calibration(
     spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
 ) -> Segmenter:
     """The segmenter (demo, HF directory, cached hub id or torchvision:ARCH) to stream through."""
-    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.models.registry import load_model
 
-    return load_segmenter(spec, device, weights, labels_file)
+    return load_model("segment", spec, device=device, weights=weights, labels=labels_file)
 
 
 def calibrate_segmenter(

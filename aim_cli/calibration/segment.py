@@ -45,7 +45,7 @@ from aim_cli.models.segmenter import Segmenter
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
 from aim_cli.tasks import segment as segment_task
 from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
-from aim_cli.tasks.segment import SegmentInput, add_noise_, truth_problem, upsample_at, upsampled_pixels
+from aim_cli.tasks.segment import SegmentInput, add_strip_noise_, truth_problem, upsample_at, upsampled_pixels
 
 # The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and
 # tests; calibration uses the common-random-numbers curve, which is far cheaper at many classes.
@@ -676,14 +676,14 @@ class SegmentationCalibrator:
             start = time.perf_counter()
             for strip, truth in _strips(group):
                 for matrix in chosen:
-                    matrix.update(add_noise_(strip.clone(), modulation(value), noise).argmax(dim=-1), truth)
+                    matrix.update(add_strip_noise_(strip.clone(), modulation(value), noise).argmax(dim=-1), truth)
                 # Curve points illustrate: measured on the data's first rows only (about one check draw's worth).
                 rows = min(strip.shape[0], -(-(curve_budget - curve_pixels) // strip.shape[1]))
                 if rows > 0:
                     for s, matrices in curve_mats.items():
                         for matrix in matrices:
                             matrix.update(
-                                add_noise_(strip[:rows].clone(), modulation(s), curve_noise).argmax(dim=-1),
+                                add_strip_noise_(strip[:rows].clone(), modulation(s), curve_noise).argmax(dim=-1),
                                 truth[:rows],
                             )
                     curve_pixels += rows * strip.shape[1]

@@ -149,7 +149,7 @@ def calibrate(
             request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths
         )
     else:
-        calibration, failures = _generate(request, model, data, limit, device, quiet)
+        calibration, failures = _generate(request, model, data, limit, torch_device, quiet)
     with RunOutputs() as run:
         run.success(calibration.items)  # a calibration exists only if some items were scored
         if write_profile_to is not None:
@@ -194,7 +194,7 @@ def _classify(
     from aim_cli.api.commands import (
         calibrate_classifier,
         demo_classification_set,
-        load_classifier,
+        load_model,
         read_classification_data,
     )
 
@@ -204,7 +204,7 @@ def _classify(
     dataset.items = _limited(dataset.items, limit)
     # A manifest may list images anywhere: none of them may be an output (e.g. --plot).
     guard_outputs(outputs, [("--data image", item.path) for item in dataset.items if item.path is not None])
-    classifier = load_classifier(model, torch_device, weights, labels)
+    classifier = load_model("classify", model, device=torch_device, weights=weights, labels=labels)
     say(f"model: {classifier.name} ({len(classifier.labels)} classes) | data: {dataset.description}", quiet)
     with progress_bar("forward pass", len(dataset.items), quiet) as advance:
         return calibrate_classifier(classifier, dataset, request, advance)
@@ -238,14 +238,19 @@ def _segment(
 
 
 def _generate(
-    request: CalibrationRequest, model: str | None, data: Path | None, limit: int | None, device: str, quiet: bool
+    request: CalibrationRequest,
+    model: str | None,
+    data: Path | None,
+    limit: int | None,
+    device: torch.device,
+    quiet: bool,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the language model and its prompts, then calibrate."""
-    from aim_cli.api.commands import calibrate_language_model, demo_text_set, load_language_model, read_text_data
+    from aim_cli.api.commands import calibrate_language_model, demo_text_set, load_model, read_text_data
 
     dataset = read_text_data(data) if data is not None else demo_text_set(limit or 200)
     dataset.items = _limited(dataset.items, limit)
-    lm = load_language_model(model, device)
+    lm = load_model("generate", model, device=device)
     say(f"model: {lm.name} | data: {dataset.description}", quiet)
     with progress_bar("scoring" if dataset.multiple_choice else "generating", None, quiet) as advance:
         return calibrate_language_model(lm, dataset, request, advance)

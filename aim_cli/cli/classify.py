@@ -97,7 +97,7 @@ def classify(
 ) -> None:
     """Classify images with a modulated classifier."""
     from aim_cli import api
-    from aim_cli.api.commands import classify_images, load_classifier
+    from aim_cli.api.commands import classify_images, load_model
     from aim_cli.devices import resolve_device
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
@@ -114,7 +114,7 @@ def classify(
     kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
-    classifier = load_classifier(model, resolve_device(device), weights, labels)
+    classifier = load_model("classify", model, device=resolve_device(device), weights=weights, labels=labels)
     plan = api.plan(settings_profile, classifier.labels)
     settings = plan.describe()
     say(f"model: {classifier.name} ({len(classifier.labels)} classes) | {plan.summary()}", quiet)

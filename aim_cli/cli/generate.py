@@ -142,10 +142,11 @@ def generate(
         fitting_max_new_tokens,
         generate_completions,
         length_note,
-        load_language_model,
+        load_model,
         parse_dtype,
         plan_generation,
     )
+    from aim_cli.devices import resolve_device
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     if top_p is not None and not 0 < top_p <= 1:
@@ -170,7 +171,7 @@ def generate(
     if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
         say(f"nothing to do: every prompt is already answered in {output}", quiet)
         return
-    lm = load_language_model(model, device=device, dtype=dtype, device_map=device_map)
+    lm = load_model("generate", model, device=resolve_device(device), dtype=dtype, device_map=device_map)
     plan = plan_generation(settings_profile, lm)
     encoded = encode_prompts(lm, texts, chat=chat)
     requested = max_new_tokens or lm.default_max_new_tokens

@@ -162,7 +162,7 @@ def segment(
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
     from aim_cli import api
-    from aim_cli.api.commands import SegmentationEvaluation, find_mask, load_segmenter, segment_files
+    from aim_cli.api.commands import SegmentationEvaluation, find_mask, load_model, segment_files
     from aim_cli.devices import resolve_device
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
@@ -190,7 +190,7 @@ def segment(
         model,
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
-    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
+    segmenter = load_model("segment", model, device=resolve_device(device), weights=weights, labels=labels)
     plan = api.plan(settings_profile, segmenter.labels)
     run = RunOutputs()
     if not output_dir.is_dir():

@@ -14,10 +14,20 @@ get the clean model unless AIM_DEFAULT_PROFILE names a tier for them.
 This module only adapts vLLM's batch bookkeeping; what a request means and how its rows are
 modulated lives in aim_cli/serving.py (tested without vLLM).
 
-vLLM 0.33 has two model runners with two processor interfaces that share the entry-point group:
-Model Runner V2 (the default; vllm.v1.worker.gpu.sample.logits_processor) and the V1 runner
-(vllm.v1.sample.logits_processor, used with VLLM_USE_V2_MODEL_RUNNER=0 or where V2 lacks a
-feature). AimLogitsProcessor implements both, so the one registered class loads under either.
+vLLM 0.33 has two model runners with two processor interfaces that share the entry-point group,
+so there is one thin class per runner over serving's engine-neutral core:
+
+- AimV2LogitsProcessor, Model Runner V2 (the default; vllm.v1.worker.gpu.sample.logits_processor):
+  the noise runs after the grammar bitmask (model runner) and the sampler's logit bias,
+  penalties and bad-words stages, before thinking-budget forcing, temperature, min_p and top-k/top-p.
+- AimV1LogitsProcessor, the V1 runner (vllm.v1.sample.logits_processor; VLLM_USE_V2_MODEL_RUNNER=0):
+  the noise runs after the grammar bitmask, allowed_token_ids, bad words, min_tokens and
+  logit_bias, and BEFORE the presence/frequency/repetition penalties (which V1 applies after
+  every non-argmax-invariant processor), thinking-budget forcing, temperature, min_p and top-k/top-p.
+
+The group holds one class, AimLogitsProcessor: the V2 loader requires a V2 subclass and the V1
+runner calls it with its own arguments, so it returns the processor of the runner that
+vllm_config.use_v2_model_runner names.
 """
 
 from __future__ import annotations
@@ -28,20 +38,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+from vllm.v1.sample.logits_processor import BatchUpdate, process_dict_updates
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
 
 from aim_cli import serving
 from aim_cli.errors import AimError
-
-try:  # Model Runner V2's interface (vLLM >= 0.32)
-    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
-    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
-
-    _BASES: tuple[type, ...] = (V2LogitsProcessor, V1LogitsProcessor)
-except ImportError:  # older vLLM: the V1 interface only
-    LogitsContext = Any  # type: ignore[misc,assignment]
-    _BASES = (V1LogitsProcessor,)
 
 logger = logging.getLogger("aim.vllm")
 # The V1 runner's stand-in for a sampled token not yet copied back under async scheduling.
@@ -127,8 +130,10 @@ def register() -> None:
     VllmConfig.__post_init__ = post_init  # type: ignore[method-assign]
 
 
-class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
-    """aim's utility/focus noise on the raw logits of the requests that ask for it."""
+class _AimRequests:
+    """What both runners' processors share: admission checks, the server's tiers, each request's plan."""
+
+    _slots: dict[int, _Slot]
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -143,23 +148,21 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         if args is not None:
             sampling_params.extra_args = args
 
-    def __init__(self, vllm_config: Any, state: Any, is_pin_memory: bool | None = None) -> None:
-        # V1 runner: (vllm_config, device, is_pin_memory); V2 runner: (vllm_config, req_states).
+    def _setup(self, vllm_config: Any) -> None:
+        """Load the tiers and resolve each one, so a bad tier stops the server at start."""
         # The V1 runner never builds entry-point processors under speculative decoding; V2 would,
         # with draft rows aim cannot key yet: refuse, rather than serve tiers it cannot honour.
         if getattr(vllm_config, "speculative_config", None):
             raise AimError(
                 SPECULATIVE_REFUSED, "serve without a speculative config, or from an environment without aim-cli"
             )
-        self._req_states = None if is_pin_memory is not None else state
         self._plans = serving.PlanCache(_tokenizer_loader(vllm_config), _vocab_size(vllm_config))
         self._profiles = serving.server_profiles()
         self._default = serving.default_tier(self._profiles)
         # Every tier resolves now: an unencodable focus word, or one past the output layer, stops the server at start.
         for profile in self._profiles.values():
             self._plans.resolve(profile)
-        self._slots: dict[int, _Slot] = {}
-        self._warned = False
+        self._slots = {}
 
     def _plan(self, sampling_params: Any) -> serving.RowPlan | None:
         """The plan of a request's aim_* arguments (None: untouched); validate_params already checked them."""
@@ -175,56 +178,39 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
             logger.warning("aim: %s; the request runs without its focus words", exc)
             return self._plans.resolve(replace(profile, focus=()))
 
-    # ---- V1 runner interface -------------------------------------------------------------
+
+class AimV1LogitsProcessor(_AimRequests, V1LogitsProcessor):
+    """The V1 runner's processor: slots follow vLLM's persistent batch; row i is batch index i.
+
+    Runs in Sampler.apply_logits_processors among the non-argmax-invariant processors, after
+    the grammar bitmask, allowed_token_ids, bad words, min_tokens and logit_bias, and before
+    the presence/frequency/repetition penalties, temperature, min_p and top-k/top-p.
+    """
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self._setup(vllm_config)
+        self._warned = False
 
     def is_argmax_invariant(self) -> bool:
         """False: noise changes which token wins, so vLLM must apply it in greedy decoding too."""
         return False
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Follow the persistent batch: removed, then added, then moved (vLLM's documented order)."""
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self._slots.pop(index, None)
-        for index, params, prompt_ids, output_ids in batch_update.added:
-            plan = self._plan(params)
-            if plan is None:
-                self._slots.pop(index, None)  # a new request may replace an aim one at this index
-            else:
-                self._slots[index] = _Slot(plan, list(prompt_ids or ()), output_ids)
-        for first, second, direction in batch_update.moved:
-            a, b = self._slots.pop(first, None), self._slots.pop(second, None)
-            if a is not None:
-                self._slots[second] = a
-            if direction == MoveDirectionality.SWAP and b is not None:
-                self._slots[first] = b
+        """Follow the persistent batch (added, removed, moved) with vLLM's own dict bookkeeping."""
+        process_dict_updates(self._slots, batch_update, self._new_slot)
 
-    # ---- V2 runner interface -------------------------------------------------------------
+    def _new_slot(self, params: Any, prompt_ids: list[int] | None, output_ids: list[int]) -> _Slot | None:
+        """A request entering the batch: its plan and token lists, or None when it has no aim_* arguments."""
+        plan = self._plan(params)
+        return None if plan is None else _Slot(plan, list(prompt_ids or ()), output_ids)
 
-    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
-        """A request enters slot req_idx (the slot may hold an old request's state: overwrite it)."""
-        plan = self._plan(sampling_params)
-        if plan is None:
-            self._slots.pop(req_idx, None)
-            return False
-        self._slots[req_idx] = _Slot(plan)
-        return True
-
-    def apply_staged_writes(self) -> None:
-        """Nothing staged: aim keeps its per-request state on the host."""
-
-    # ---- both ----------------------------------------------------------------------------
-
-    def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Modulate the rows of requests with a tier, in place (rows of other requests untouched)."""
-        if not self._slots:
-            return logits
-        rows = self._rows_v1(logits) if ctx is None else self._rows_v2(logits, ctx)
+        rows = self._rows(logits) if self._slots else []
         return serving.modulate_rows(logits, rows) if rows else logits
 
-    def _rows_v1(self, logits: torch.Tensor) -> list[tuple[int, serving.RowPlan, bytes]]:
-        """V1: row i is persistent-batch index i; tokens are the request's prompt + live output list."""
+    def _rows(self, logits: torch.Tensor) -> list[tuple[int, serving.RowPlan, bytes]]:
+        """Row i is persistent-batch index i; tokens are the request's prompt + live output list."""
         rows = []
         for index, slot in self._slots.items():
             if index < logits.shape[0]:
@@ -240,7 +226,7 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         return rows
 
     def _warn_placeholder(self) -> None:
-        """V1 runner with async scheduling: the newest token is not known yet when the processor runs."""
+        """Async scheduling: the newest token is not known yet when the processor runs."""
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -249,13 +235,42 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
                 "Model Runner V2)"
             )
 
-    def _rows_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> list[tuple[int, serving.RowPlan, bytes]]:
-        """V2: rows map to request slots through ctx; token history is read from req_states."""
+
+class AimV2LogitsProcessor(_AimRequests, V2LogitsProcessor):
+    """Model Runner V2's processor: slots set by add_request; rows map to slots through the step's LogitsContext.
+
+    Runs in the sampler's processor list after the grammar bitmask, logit bias, penalties and bad
+    words, and before thinking-budget forcing, temperature, min_p and top-k/top-p.
+    """
+
+    def __init__(self, vllm_config: Any, req_states: LogitsProcRequestState) -> None:
+        self._setup(vllm_config)
+        self._req_states = req_states
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        """A request enters slot req_idx (the slot may hold an old request's state: overwrite it)."""
+        plan = self._plan(sampling_params)
+        if plan is None:
+            self._slots.pop(req_idx, None)
+            return False
+        self._slots[req_idx] = _Slot(plan)
+        return True
+
+    def apply_staged_writes(self) -> None:
+        """Nothing staged: aim keeps its per-request state on the host."""
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        """Modulate the rows of requests with a tier, in place (rows of other requests untouched)."""
+        rows = self._rows(logits, ctx) if self._slots else []
+        return serving.modulate_rows(logits, rows) if rows else logits
+
+    def _rows(self, logits: torch.Tensor, ctx: LogitsContext) -> list[tuple[int, serving.RowPlan, bytes]]:
+        """Rows map to request slots through ctx; token history is read from req_states."""
         slots_np = ctx.idx_mapping_np
-        if logits.shape[0] != len(slots_np):  # several rows per request (speculative decoding, refused in __init__)
+        if logits.shape[0] != len(slots_np):  # several rows per request (speculative decoding, refused at start)
             slots = [int(s) for s in ctx.expanded_idx_mapping.tolist()]
         else:
-            slots = [int(s) for s in slots_np]
+            slots = [int(s) for s in slots_np]  # one row per request: the host copy, no device sync
         wanted = [(row, slot) for row, slot in enumerate(slots) if slot in self._slots]
         if not wanted:
             return []
@@ -263,10 +278,9 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
         # One transfer for positions and current tokens; history only for keyed rows.
         positions = ctx.pos.index_select(0, row_index).tolist()
         current = ctx.input_ids.index_select(0, row_index).tolist()
-        states = self._req_states
-        prompt_lens = states.prompt_len.np
+        prompt_lens = self._req_states.prompt_len.np
         keyed = [i for i, (_, slot) in enumerate(wanted) if self._slots[slot].plan.keyed]
-        keys = self._keys_v2(wanted, keyed, positions, current) if keyed else {}
+        keys = self._keys(wanted, keyed, positions, current) if keyed else {}
         rows = []
         for i, (row, slot) in enumerate(wanted):
             plan = self._slots[slot].plan
@@ -278,19 +292,17 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
             rows.append((row, plan, key))
         return rows
 
-    def _keys_v2(
+    def _keys(
         self, wanted: list[tuple[int, int]], keyed: list[int], positions: list[int], current: list[int]
     ) -> dict[int, bytes]:
-        """Keys of keyed V2 rows: tokens 0..pos-1 from the slot's committed history, then the token fed at pos.
+        """Keys of keyed rows: tokens 0..pos-1 from the slot's committed history, then the token fed at pos.
 
         Each row copies from the device only history[resume_at:pos], the tokens its hasher has
         not seen (plus the last one it has, to check), gathered per row, so a step costs O(new
         tokens) whatever the context lengths. Requests new to their hasher are gathered apart:
         their whole history would otherwise widen every other row's window.
         """
-        tokens = (
-            self._req_states.all_token_ids.gpu
-        )  # [max_num_reqs, max_model_len]; sampled ids are written here each step
+        tokens = self._req_states.all_token_ids.gpu  # [max_num_reqs, max_model_len]; sampled ids land here
         keys: dict[int, bytes] = {}
         fresh = {i for i in keyed if self._slots[wanted[i][1]].hasher.resume_at == 0}
         for group in ([i for i in keyed if i in fresh], [i for i in keyed if i not in fresh]):
@@ -309,6 +321,26 @@ class AimLogitsProcessor(*_BASES):  # type: ignore[misc]
                 # the hasher rehashes in full.
                 keys[i] = hashers[k].key(windows[k] + [fed], starts[k], full)
         return keys
+
+
+class AimLogitsProcessor(AimV2LogitsProcessor):
+    """The class registered under `vllm.logits_processors`: builds the processor of the runner in use.
+
+    vLLM loads one class from the group for both runners. The V2 loader accepts only V2
+    subclasses (this is one); the V1 runner calls it as (vllm_config, device, is_pin_memory)
+    without a type check, and gets an AimV1LogitsProcessor, chosen by the engine's own
+    vllm_config.use_v2_model_runner rather than by the shape of the arguments.
+    """
+
+    def __new__(cls, vllm_config: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(vllm_config, "use_v2_model_runner", True):
+            return AimV1LogitsProcessor(vllm_config, *args, **kwargs)
+        return super().__new__(cls)
+
+
+# A virtual V1 subclass too (no V1 method is inherited), so vLLM's V1 FQCN loader
+# (--logits-processors aim_cli.integrations.vllm:AimLogitsProcessor) accepts the same name.
+V1LogitsProcessor.register(AimLogitsProcessor)
 
 
 def _gather_windows(tokens: torch.Tensor, slots: list[int], starts: list[int], stops: list[int]) -> list[list[int]]:
@@ -330,4 +362,4 @@ def _window(prompt: list[int], output: list[int], start: int) -> tuple[list[int]
     return prompt[start:] + list(output), start
 
 
-__all__ = ["AimLogitsProcessor"]
+__all__ = ["AimLogitsProcessor", "AimV1LogitsProcessor", "AimV2LogitsProcessor"]

@@ -98,12 +98,12 @@ _SHOWN = 40  # characters of an offending value quoted in a message
 
 def checkpoint_folder(spec: str) -> Path | None:
     """The folder a --model value loads from: a local directory or a cached hub snapshot; None if neither."""
-    from aim_cli.models.hub import _looks_like_path, force_offline
+    from aim_cli.models.hub import force_offline, looks_like_path
 
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or _looks_like_path(spec):
+    if path.exists() or looks_like_path(spec):
         return None
     force_offline()
     from huggingface_hub import try_to_load_from_cache

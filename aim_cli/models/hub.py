@@ -13,7 +13,7 @@ from aim_cli.errors import ModelError
 T = TypeVar("T")
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     """Hub ids are NAME or ORG/NAME; anything else is meant as a filesystem path."""
     return spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec
 
@@ -46,7 +46,7 @@ def locate(spec: str) -> tuple[str, bool]:
             f"--model {spec} is a file, not a model directory",
             "for a weights file use --model torchvision:ARCH --weights FILE",
         )
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise ModelError(f"model directory {spec} does not exist", "check the path")
     return spec, False
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from aim_cli import demo
-from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, InputError, ModelError
 from aim_cli.models.chat_template import render_chat
 from aim_cli.models.hub import load_pretrained, locate
@@ -164,15 +162,16 @@ def parse_dtype(name: str) -> torch.dtype | None:
 
 
 def load_language_model(
-    spec: str | None, device: str = "auto", dtype: str = "auto", device_map: str | None = None
+    source: str, display: str, device: torch.device, dtype: str = "auto", device_map: str | None = None
 ) -> LanguageModel:
-    """Load the demo LM, a local Hugging Face directory or a cached hub id, offline."""
+    """Load a causal or encoder-decoder LM from a local Hugging Face directory or a cached hub id, offline.
+
+    With `device_map` the layers are spread by accelerate and `device` is not used.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
-    target = _check_device_map(device_map) if device_map else resolve_device(device)
-    source = spec or str(demo.model_dir("generate"))
-    display = spec or "demo lm"
+    target = _check_device_map(device_map) if device_map else device
     config = load_pretrained(AutoConfig.from_pretrained, source, "model configuration")
     factory, what, encoder_decoder = _model_class(config, display)
     _check_tokenizer_files(source)

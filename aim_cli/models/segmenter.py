@@ -1,24 +1,18 @@
-"""Semantic segmenters behind one interface: same-size PIL images in, (N, C, h, w) logits out."""
+"""Semantic segmenters from transformers checkpoints and torchvision architectures: (N, C, h, w) logits out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
-from aim_cli.models.checkpoint_files import Resize, check_batch_sizes, hf_resize, mismatched_settings
+from aim_cli.models.checkpoint_files import hf_resize
 from aim_cli.models.hub import load_pretrained
-from aim_cli.models.torchvision_common import (
-    checked_labels,
-    default_labels,
-    load_by_spec,
-    standard_preprocess,
-    standard_resize,
-)
+from aim_cli.models.image_model import ImageModel, module_forward, transformers_forward
+from aim_cli.models.torchvision_models import checked_labels, default_labels, standard_preprocess, standard_resize
 from aim_cli.models.universal_segmenter import is_universal, load_universal
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
@@ -26,58 +20,11 @@ from aim_cli.models.weights import load_into, load_state_dict, module_key_order,
 SEMANTIC, UNIVERSAL = "semantic", "universal"
 
 
-@dataclass
-class Segmenter:
-    """A loaded segmentation model: preprocessing, network, labels and device."""
-
-    name: str
-    labels: list[str]
-    device: torch.device
-    network: torch.nn.Module
-    preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
-    hf: bool
-    resize: Resize | None = None  # how preprocess sizes an image; None: not known, not checked
-
-    @torch.inference_mode()
-    def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Clean per-pixel logits (N, C, h, w) at the model's own resolution, float32, on its device.
-
-        The images must share one size (the task groups them), so any processor stacks them.
-        """
-        check_batch_sizes(self.resize, images)  # tasks check each image first; this guards every other caller
-        with mismatched_settings(self.name):
-            pixels = self.preprocess(images).to(self.device)
-            if self.hf:
-                out = self.network(pixel_values=pixels.to(self.network.dtype))
-                logits = getattr(out, "logits", None)
-            else:
-                out = self.network(pixels)
-                # torchvision segmentation models return {'out': ..., 'aux': ...}.
-                logits = out.get("out") if isinstance(out, dict) else out
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != len(self.labels):
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ModelError(
-                f"{self.name} does not output per-pixel class logits (got {shape}, "
-                f"expected (batch, {len(self.labels)}, height, width))",
-                "aim segment needs a semantic segmentation model",
-            )
-        return logits.float()
+# A segmenter is an ImageModel whose task is "segment"; the name stays for the tasks' type hints.
+Segmenter = ImageModel
 
 
-def load_segmenter(
-    spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
-) -> Segmenter:
-    """Load the demo, a Hugging Face checkpoint, or torchvision:ARCH with --weights."""
-    return load_by_spec(
-        spec,
-        "segment",
-        weights,
-        lambda arch: _load_torchvision(arch, device, weights, labels_file),
-        lambda source, display: _load_hf(source, device, labels_file, display=display),
-    )
-
-
-def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display: str) -> Segmenter:
+def load_hf_segmenter(spec: str, device: torch.device, labels_file: Path | None, display: str) -> ImageModel:
     """Load a semantic (AutoModelForSemanticSegmentation) or universal segmenter offline."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
@@ -99,7 +46,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     if labels_file is not None:
         labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
     model.eval().to(device)
-    return Segmenter(display, labels, device, model, preprocess, hf=True, resize=resize)
+    return ImageModel(display, labels, device, model, preprocess, transformers_forward, resize, task="segment")
 
 
 def _check_segmentation_config(config: object, display: str) -> str:
@@ -142,7 +89,9 @@ def _build(arch: str, num_classes: int) -> torch.nn.Module:
     return torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes)
 
 
-def _load_torchvision(arch: str, device: torch.device, weights: Path | None, labels_file: Path | None) -> Segmenter:
+def load_torchvision_segmenter(
+    arch: str, device: torch.device, weights: Path | None, labels_file: Path | None
+) -> ImageModel:
     """Build a torchvision segmentation model and load a local weights file into it."""
     known = segmentation_architectures()
     if arch not in known:
@@ -168,12 +117,13 @@ def _load_torchvision(arch: str, device: torch.device, weights: Path | None, lab
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None
     load_into(network, state, f"torchvision:{arch}", weights)
     network.eval().to(device)
-    return Segmenter(
+    return ImageModel(
         f"torchvision:{arch}",
         labels,
         device,
         network,
         standard_preprocess(arch),
-        hf=False,
-        resize=standard_resize(arch),
+        module_forward,
+        standard_resize(arch),
+        task="segment",
     )

@@ -13,20 +13,19 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 
 from aim_cli.errors import ModelError
 from aim_cli.models.checkpoint_files import Resize, check_checkpoint, read_json, timm_resize
-from aim_cli.models.hub import _looks_like_path, force_offline
-from aim_cli.models.torchvision_common import TIMM_PREFIX, checked_labels
+from aim_cli.models.hub import force_offline, looks_like_path
+from aim_cli.models.image_model import ImageModel, module_forward
+from aim_cli.models.torchvision_models import checked_labels
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 
-if TYPE_CHECKING:
-    from aim_cli.models.classifier import ImageClassifier
-
+TIMM_PREFIX = "timm:"
 INSTALL_HINT = "pip install 'aim-cli[timm]'"
 # Weights files a Hugging Face layout timm checkpoint may hold, the safe format first.
 _WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -66,7 +65,7 @@ def _config_file(spec: str) -> Path | None:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path / "config.json" if (path / "config.json").is_file() else None
-    if path.exists() or _looks_like_path(spec):
+    if path.exists() or looks_like_path(spec):
         return None
     force_offline()
     from huggingface_hub import try_to_load_from_cache
@@ -78,19 +77,15 @@ def _config_file(spec: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def load_timm_classifier(
-    spec: str, device: torch.device, weights: Path | None, labels_file: Path | None
-) -> ImageClassifier:
-    """Load `timm:ARCH` with --weights, or a timm checkpoint folder / cached hub id."""
-    if spec.startswith(TIMM_PREFIX):
-        return _load_arch(spec[len(TIMM_PREFIX) :], device, weights, labels_file)
+def load_timm_checkpoint(spec: str, device: torch.device, labels_file: Path | None) -> ImageModel:
+    """Load a timm checkpoint folder in Hugging Face layout, or such a cached hub id."""
     folder = timm_checkpoint(spec)
     if folder is None:
         raise ModelError(f"{spec} is not a timm checkpoint (its config.json names no 'architecture')")
     return _load_folder(folder, spec, device, labels_file)
 
 
-def _load_arch(arch: str, device: torch.device, weights: Path | None, labels_file: Path | None) -> ImageClassifier:
+def load_timm_arch(arch: str, device: torch.device, weights: Path | None, labels_file: Path | None) -> ImageModel:
     """timm.create_model(ARCH, pretrained=False) filled from a local weights file."""
     display = f"{TIMM_PREFIX}{arch}"
     timm = require_timm(display)
@@ -102,7 +97,7 @@ def _load_arch(arch: str, device: torch.device, weights: Path | None, labels_fil
     return _build(timm, arch, display, state, weights, labels, labels_file or weights, device, {}, None)
 
 
-def _load_folder(folder: Path, display: str, device: torch.device, labels_file: Path | None) -> ImageClassifier:
+def _load_folder(folder: Path, display: str, device: torch.device, labels_file: Path | None) -> ImageModel:
     """A timm checkpoint saved in Hugging Face layout: config.json plus model.safetensors."""
     check_checkpoint(str(folder), display)  # every value below is checked before it sizes anything
     config = read_json(folder / "config.json", display)
@@ -124,6 +119,7 @@ def _load_folder(folder: Path, display: str, device: torch.device, labels_file: 
     model_args = {k: v for k, v in stored_args.items() if k not in _MANAGED_ARGS}
     names = config.get("label_names", pretrained_cfg.get("label_names", config.get("labels")))
     width = config.get("num_classes", pretrained_cfg.get("num_classes"))
+    labels: list[str] | None
     if labels_file is not None:
         labels, source = read_labels_file(labels_file), labels_file
     else:
@@ -162,10 +158,8 @@ def _build(
     device: torch.device,
     model_args: dict[str, Any],
     pretrained_cfg: dict[str, Any] | None,
-) -> ImageClassifier:
+) -> ImageModel:
     """Create the network with as many outputs as the weights' head, load them, eval mode."""
-    from aim_cli.models.classifier import ImageClassifier
-
     width = _head_width(timm, arch, state, model_args)
     if labels is None:
         labels = imagenet_labels(timm, width or _default_classes(timm, arch))
@@ -180,7 +174,7 @@ def _build(
         raise ModelError(exc.message, "check that the weights were trained with this timm architecture") from None
     network.eval().to(device)
     preprocess, resize = _preprocess(timm, network, pretrained_cfg)
-    return ImageClassifier(display, labels, device, network, preprocess, hf=False, resize=resize)
+    return ImageModel(display, labels, device, network, preprocess, module_forward, resize, task="classify")
 
 
 def _check_arch(timm: ModuleType, arch: str, problem: str, upgrade: bool = False) -> None:

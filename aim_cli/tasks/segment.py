@@ -27,7 +27,7 @@ from aim_cli.masks import read_mask
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix
 from aim_cli.models.checkpoint_files import check_model_input
 from aim_cli.models.segmenter import Segmenter
-from aim_cli.modulation import Modulation, NoiseSource
+from aim_cli.modulation import Modulation, NoiseSource, add_noise_, check_focus_classes, noise_width
 from aim_cli.plans import ModulationPlan
 from aim_cli.tasks.batches import ProgressCallback, batched, drop_nonfinite
 
@@ -166,14 +166,7 @@ def _mask_dtype(num_classes: int) -> type:
     return np.uint8 if num_classes <= 256 else np.int32
 
 
-def _check_targets(modulation: Modulation, num_classes: int) -> None:
-    """Focus class ids must be classes of the model (the same check modulate() makes)."""
-    for target in modulation.targets if modulation.has_focus else ():
-        if not 0 <= target.class_id < num_classes:
-            raise ValueError(f"focus class id {target.class_id} outside 0..{num_classes - 1}")
-
-
-def add_noise_(
+def add_strip_noise_(
     pixels: torch.Tensor,
     modulation: Modulation,
     noise: NoiseSource,
@@ -183,32 +176,22 @@ def add_noise_(
 ) -> torch.Tensor:
     """Add utility and focus noise IN PLACE to one image's class-last logits (rows, W, C); returns them.
 
-    The same method as aim_cli.modulation.modulate (one N(0,1) draw per pixel for each class,
-    then one per focus target: sigma * z on every class, d * sigma_f * |z| on each target), but
-    drawn in chunks of NOISE_ELEMENTS and added in place, so it costs no copy of the strip.
-    Chunk boundaries depend only on the image's width and the class count, never on the batch.
+    modulation.add_noise_ (the kernel `modulate` uses) applied to chunks of NOISE_ELEMENTS draws,
+    so the noise costs no copy of the strip. Chunk boundaries depend only on the image's width
+    and the class count, never on the batch.
     """
     if modulation.is_identity:
         return pixels
     rows, width, num_classes = pixels.shape
-    targets = modulation.targets if modulation.has_focus else ()
-    utility = num_classes if modulation.sigma > 0 else 0
-    depth = utility + len(targets)
+    depth = noise_width(modulation, num_classes)
     step = max(1, NOISE_ELEMENTS // max(1, depth * width))
-    index = torch.tensor([t.class_id for t in targets], device=pixels.device, dtype=torch.long)
-    signs = torch.tensor([t.direction for t in targets], device=pixels.device, dtype=pixels.dtype)
     for top in range(0, rows, step):
         bottom = min(rows, top + step)
         chunk_whole = whole and top == 0 and bottom == rows
         draws = noise.standard_normal(
             (1, bottom - top, width, depth), pixels, _chunk_key(key, first_row + top, chunk_whole)
         )[0]
-        view = pixels[top:bottom]
-        if utility:
-            view.add_(draws[..., :utility], alpha=modulation.sigma)
-        if targets:
-            focus = draws[..., utility:].abs_().mul_(signs * modulation.focus_sigma)
-            view.index_add_(2, index, focus)
+        add_noise_(pixels[top:bottom], modulation, draws, class_dim=-1)
     return pixels
 
 
@@ -228,7 +211,7 @@ def decide(
     gives an image the same answer whatever it is batched with.
     """
     count, num_classes = low.shape[:2]
-    _check_targets(modulation, num_classes)
+    check_focus_classes(modulation, num_classes)
     height, width = size
     dtype = _mask_dtype(num_classes)
     prediction = np.empty((count, height, width), dtype=dtype)
@@ -244,7 +227,7 @@ def decide(
                 ids = clean_ids
             else:
                 whole = start == 0 and stop == height
-                ids = add_noise_(strip, modulation, noise, key, start, whole).argmax(dim=-1)
+                ids = add_strip_noise_(strip, modulation, noise, key, start, whole).argmax(dim=-1)
             prediction[i, start:stop] = ids.cpu().numpy()
             if clean is not None:
                 clean[i, start:stop] = clean_ids.cpu().numpy()
