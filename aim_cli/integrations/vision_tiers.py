@@ -90,8 +90,10 @@ def per_item_plan(plan: Any) -> Any:
     return replace(plan, noise=seeded_noise(int(plan.seed or 0)), seed=None)
 
 
-def _scalar(text: str) -> Any:
+def _scalar(text: Any) -> Any:
     """A query-string or form value as JSON when it parses (0.5, true, 3), else the text itself."""
+    if not isinstance(text, str):
+        return text
     try:
         return json.loads(text)
     except ValueError:
