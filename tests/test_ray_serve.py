@@ -52,8 +52,10 @@ def url(tiers):
     classify = EndpointSpec("classify", str(DEMO / "classifier"), profiles=str(tiers), device="cpu")
     try:
         start(vision_app(classify, **common), host="127.0.0.1", port=port, route_prefix="/classify")
-        segment = EndpointSpec("segment", str(DEMO / "segmenter"), profiles=str(tiers), device="cpu")
-        serve.run(vision_app(segment, **common), name="segment", route_prefix="/segment")
+        import aim_cli as aim  # the API's Application, as an owner's own Ray app would mount it
+
+        segment = aim.vision_app("segment", str(DEMO / "segmenter"), profiles=str(tiers), device="cpu", **common)
+        serve.run(segment, name="segment", route_prefix="/segment")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
