@@ -63,7 +63,7 @@ def connect(address: str | None = None) -> Any:
     import logging
 
     # Ray's own progress and plan messages would drown aim's one-line output; its errors still show.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
     return ray
