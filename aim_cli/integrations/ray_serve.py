@@ -15,7 +15,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from aim_cli.integrations.vision_tiers import REQUEST_BYTES, EndpointSpec, ImageJob, RequestError, VisionTiers
+from aim_cli.integrations.vision_tiers import EndpointSpec, ImageJob, RequestError, VisionTiers
+from aim_cli.limits import REQUEST_BYTES
 
 # Ray Serve's own defaults for @serve.batch are 10 and 10 ms; aim's are the CLI's defaults.
 DEFAULT_BATCH = 8

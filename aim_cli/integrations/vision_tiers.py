@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from aim_cli.errors import AimError, InputError, ProfileError
-from aim_cli.limits import IMAGE_BYTES, Limit
+from aim_cli.limits import IMAGE_BYTES
 
 TASKS = ("classify", "segment")
 MASK_FORMATS = ("png", "ids")
@@ -39,9 +39,6 @@ MASK_FORMATS = ("png", "ids")
 ANSWER_FIELDS = ("topk", "mask_format")
 # How a request's image is named in messages: never a path (nothing a client sends is a path).
 REQUEST_NAME = Path("request image")
-_MiB = 1024 * 1024
-# A request body (the image, base64 or multipart included) larger than this is refused unread.
-REQUEST_BYTES = Limit("AIM_MAX_REQUEST_BYTES", 64 * _MiB, "the size of one request body to an image endpoint in bytes")
 
 
 class RequestError(AimError):
@@ -358,7 +355,6 @@ class VisionTiers:
 
 
 __all__ = [
-    "REQUEST_BYTES",
     "EndpointSpec",
     "ImageJob",
     "RequestError",
