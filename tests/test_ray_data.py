@@ -123,3 +123,13 @@ def test_keyed_segment_on_two_workers_writes_the_same_masks_and_summary(run, tie
     assert len(written) == len(SEGMENT_SAMPLES) + 1  # the masks and summary.jsonl
     for name in written:
         assert (spread / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_evaluation_against_masks_stays_local(run, tmp_path, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    assert (
+        run("segment", str(SEGMENT_SAMPLES[0]), "--masks", str(masks), "--engine", "ray", "-o", str(tmp_path / "o"))
+        == 2
+    )
+    assert not (tmp_path / "o").exists()

@@ -15,6 +15,7 @@ which depends on the order of the whole run.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from dataclasses import dataclass, replace
@@ -60,10 +61,6 @@ def require_ray() -> Any:
 def connect(address: str | None = None) -> Any:
     """Join the running Ray (RAY_ADDRESS or `address`), or start a local one without its dashboard."""
     ray = require_ray()
-    import logging
-
-    # Ray's own progress and plan messages would drown aim's one-line output; its errors still show.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
     return ray
@@ -138,6 +135,9 @@ def run_job(
     ray = connect(address)
     from ray import data as ray_data
 
+    # Set after importing ray.data, which configures its loggers: Ray's progress and plan messages
+    # would drown aim's one-line output; its errors still show.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray_data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as a local run writes them
     context.enable_progress_bars = False  # aim has its own progress bar
