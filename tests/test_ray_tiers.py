@@ -273,3 +273,25 @@ def test_engine_options_are_checked_before_any_work(aim):
         missing = aim("segment", "--engine", "ray")
         assert_user_error(missing, 2, "needs Ray", "pip install 'aim-cli[ray]'")
         assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_per_item_plans_travel_to_workers_by_pickle():
+    """Ray ships a worker's plan pickled: a keyed plan (and a seeded one, made per-item) draws the same noise after."""
+    import pickle
+
+    import torch
+
+    import aim_cli as aim
+
+    logits = torch.zeros(3, 10)
+    keys = [b"a", b"b", b"c"]
+    for profile in (
+        {"utility": {"sigma": 2.0}, "noise": {"key_env": "AIM_TEST_RAY_KEY"}},
+        {"utility": {"sigma": 2.0}, "noise": {"seed": 5}},
+    ):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AIM_TEST_RAY_KEY", KEY)
+            plan = per_item_plan(aim.plan(profile, num_classes=10))
+        copy = pickle.loads(pickle.dumps(plan))
+        assert torch.equal(copy.apply(logits, 1, keys), plan.apply(logits, 1, keys))
+        assert not torch.equal(plan.apply(logits, 1, keys)[0], plan.apply(logits, 1, keys)[1])
