@@ -106,13 +106,15 @@ def start(
 
 
 def serve_until_interrupted() -> None:
-    """Block while Ray Serve serves; Ctrl-C shuts the application and the local Ray down."""
+    """Block while Ray Serve serves; Ctrl-C or SIGTERM (the normal end of a server) shuts Serve and Ray down."""
     import ray
+
+    from aim_cli.errors import Interrupted
 
     try:
         while True:
             time.sleep(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         pass
     finally:
         serve.shutdown()
