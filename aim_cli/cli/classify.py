@@ -119,7 +119,8 @@ def classify(
     kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
-    classifier = load_classifier(model, resolve_device(device), weights, labels)
+    # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
+    classifier = load_classifier(model, resolve_device(device if engine is Engine.local else "cpu"), weights, labels)
     plan = plan_modulation(settings_profile, classifier.labels)
     settings = plan.describe()
     say(

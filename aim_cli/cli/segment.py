@@ -198,7 +198,8 @@ def segment(
         model,
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
-    segmenter = load_segmenter(model, resolve_device(device), weights, labels)
+    # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
+    segmenter = load_segmenter(model, resolve_device(device if engine is Engine.local else "cpu"), weights, labels)
     plan = plan_modulation(settings_profile, segmenter.labels)
     run = RunOutputs()
     if not output_dir.is_dir():
