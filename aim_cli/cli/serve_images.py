@@ -115,4 +115,3 @@ def serve_images(
     ray_serve.start(app, address=options.address, host=options.host, port=options.port)
     say(f"aim: ready at http://{options.host}:{options.port}/ (Ctrl-C stops it)")
     ray_serve.serve_until_interrupted()
-    say("aim: stopped serving")

@@ -106,16 +106,12 @@ def start(
 
 
 def serve_until_interrupted() -> None:
-    """Block while Ray Serve serves; Ctrl-C or SIGTERM (the normal end of a server) shuts Serve and Ray down."""
+    """Block while Ray Serve serves; Ctrl-C or SIGTERM shuts Serve and Ray down, then goes on up (the CLI reports it)."""
     import ray
-
-    from aim_cli.errors import Interrupted
 
     try:
         while True:
             time.sleep(1)
-    except (KeyboardInterrupt, Interrupted):
-        pass
     finally:
         serve.shutdown()
         ray.shutdown()
