@@ -61,6 +61,15 @@ test-vllm:
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev,vllm]'
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_plugin.py tests/test_serving.py
 
+# Image tiers on Ray Serve and offline jobs on Ray Data, in their own venv (Ray's wheels; a local
+# 2-CPU Ray is started and stopped by the tests; a few minutes on a shared 2-core machine).
+RAY_VENV ?= .venv-ray
+.PHONY: test-ray
+test-ray:
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py
+
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 

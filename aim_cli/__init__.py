@@ -2,7 +2,8 @@
 
 `import aim_cli as aim` gives the Python API (aim_cli.api): aim.Profile, aim.modulate,
 aim.plan, aim.logits_processor, aim.expected_accuracy, aim.win_probability,
-aim.expected_recall, aim.accuracy_curve, aim.calibrate_logits and the error classes.
+aim.expected_recall, aim.accuracy_curve, aim.calibrate_logits, the error classes, and image tiers
+on Ray (aim.vision_app, aim.vision_job; with the ray extra).
 Its names load on first use, so `import aim_cli` (and the CLI's start-up) stays cheap.
 """
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         logits_processor,
         modulate,
         plan,
+        vision_app,
+        vision_job,
         win_probability,
     )
 
@@ -59,6 +62,8 @@ __all__ = [
     "logits_processor",
     "modulate",
     "plan",
+    "vision_app",
+    "vision_job",
     "win_probability",
 ]
 

@@ -46,6 +46,9 @@ IMAGE_BYTES = Limit("AIM_MAX_IMAGE_BYTES", 512 * _MiB, "the size of one image fi
 TEXT_BYTES = Limit(
     "AIM_MAX_TEXT_BYTES", 256 * _MiB, "the size of one text input (prompts, labels, manifests, datasets) in bytes"
 )
+REQUEST_BYTES = Limit(
+    "AIM_MAX_REQUEST_BYTES", 64 * _MiB, "the size of one request body to an image endpoint (aim serve) in bytes"
+)
 CONFIG_BYTES = Limit("AIM_MAX_CONFIG_BYTES", 64 * _MiB, "the size of one checkpoint config or label file in bytes")
 INPUT_PIXELS = Limit(
     "AIM_MAX_INPUT_PIXELS", 4096 * 4096, "the height x width a checkpoint's preprocessing may resize an image to"

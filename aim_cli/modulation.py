@@ -114,6 +114,10 @@ class KeyedNoise(NoiseSource):
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
 
+    def __reduce__(self) -> tuple[type, tuple[bytes]]:
+        """Pickled as its key (hash states do not pickle): keyed plans travel to Ray workers."""
+        return (KeyedNoise, (self._key,))
+
     def _mac(self, item_key: bytes) -> bytes:
         """HMAC-SHA256(key, item_key), identical to hmac.new(key, item_key, sha256).digest()."""
         inner = self._inner.copy()

@@ -36,6 +36,7 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.cli.engine import Engine, EngineOption, WorkersOption, check_engine, ray_items
 from aim_cli.errors import FailedInput
 from aim_cli.io import check_output_file
 
@@ -94,6 +95,8 @@ def classify(
     compare: CompareOption = False,
     resume: ResumeOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = Engine.local,
+    workers: WorkersOption = None,
 ) -> None:
     """Classify images with a modulated classifier."""
     from aim_cli import api
@@ -101,6 +104,7 @@ def classify(
     from aim_cli.devices import resolve_device
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
+    check_engine(engine, workers)
     if output is not None:
         check_output_file(output, OUTPUT_SUFFIXES)
     else:
@@ -114,7 +118,10 @@ def classify(
     kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
-    classifier = load_model("classify", model, device=resolve_device(device), weights=weights, labels=labels)
+    # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
+    classifier = load_model(
+        "classify", model, device=resolve_device(device if engine is Engine.local else "cpu"), weights=weights, labels=labels
+    )
     plan = api.plan(settings_profile, classifier.labels)
     settings = plan.describe()
     say(f"model: {classifier.name} ({len(classifier.labels)} classes) | {plan.summary()}", quiet)
@@ -126,7 +133,12 @@ def classify(
             for record in kept:
                 writer.write(record)
         with progress_bar("classifying", len(paths), quiet) as advance:
-            for item in classify_images(paths, classifier, plan, batch_size, topk, compare, advance):
+            if engine is Engine.ray:
+                spec = dict(model=model, weights=weights, labels=labels, device=device, batch_size=batch_size)
+                items = ray_items("classify", paths, plan, workers, advance, topk=topk, compare=compare, **spec)
+            else:
+                items = classify_images(paths, classifier, plan, batch_size, topk, compare, advance)
+            for item in items:
                 if isinstance(item, FailedInput):
                     failures.append(item)
                     continue

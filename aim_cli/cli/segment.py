@@ -37,6 +37,7 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.cli.engine import Engine, EngineOption, WorkersOption, check_engine, ray_items
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
@@ -159,6 +160,8 @@ def segment(
     compare: CompareOption = False,
     resume: ResumeOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = Engine.local,
+    workers: WorkersOption = None,
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
     from aim_cli import api
@@ -167,6 +170,9 @@ def segment(
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     check_output_dir(output_dir, create=False)
+    check_engine(engine, workers)
+    if engine is Engine.ray and masks is not None:
+        raise AimError("--engine ray does not evaluate against --masks", "evaluate with --engine local")
     if resume and masks is not None:
         raise AimError("--resume cannot be combined with --masks", "the evaluation needs every image in one run")
     if masks is not None and not masks.is_dir():
@@ -190,7 +196,10 @@ def segment(
         model,
     )
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
-    segmenter = load_model("segment", model, device=resolve_device(device), weights=weights, labels=labels)
+    # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
+    segmenter = load_model(
+        "segment", model, device=resolve_device(device if engine is Engine.local else "cpu"), weights=weights, labels=labels
+    )
     plan = api.plan(settings_profile, segmenter.labels)
     run = RunOutputs()
     if not output_dir.is_dir():
@@ -215,7 +224,11 @@ def segment(
             report = output_dir / EVALUATION_FILE
             run.document(lambda: write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), report))
         with progress_bar("segmenting", len(paths), quiet) as advance:
-            results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
+            if engine is Engine.ray:
+                spec = dict(model=model, weights=weights, labels=labels, device=device, batch_size=batch_size)
+                results = ray_items("segment", paths, plan, workers, advance, compare=compare, **spec)
+            else:
+                results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
             for item in results:
                 if isinstance(item, FailedInput):
                     failures.append(item)

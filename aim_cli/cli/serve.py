@@ -1,4 +1,5 @@
-"""`aim serve`: start vLLM's OpenAI-compatible server with aim's tiers (vLLM does all the serving)."""
+"""`aim serve`: tiers behind a real server. Language models: vLLM's OpenAI-compatible server (vLLM does
+all the serving). Image classifiers and segmenters: a Ray Serve deployment (Ray does the serving)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Sequence
+from typing import Annotated, Optional, Sequence
 
 import typer
 
 from aim_cli.cli.common import app, say
-from aim_cli.errors import AimError
+from aim_cli.errors import AimError, InputError
 from aim_cli.profile import noise_key
 
 VLLM_HINT = "pip install 'aim-cli[vllm]'"
+RAY_HINT = "pip install 'aim-cli[ray]'"
+TASKS = ("auto", "generate", "classify", "segment")
 # vLLM's speculative-decoding options: under it the V1 runner silently skips plugins, and aim
 # cannot key V2's draft rows. Refused here, before vLLM starts, as a courtesy; the guard that
 # holds for every form (a --config file included) is on the final engine config (integrations.vllm).
@@ -67,6 +70,37 @@ def refuse_speculative(vllm_args: Sequence[str]) -> None:
             raise AimError(f"{name}: aim's tiers do not support speculative decoding", "serve without it")
 
 
+def model_task(model: str) -> str:
+    """What a model serves: classify or segment (image models, on Ray Serve), else generate (vLLM).
+
+    torchvision:/timm: specs by their architecture; a local checkpoint folder by the architectures
+    its config.json names; anything else (a hub id) goes to vLLM, as before.
+    """
+    if model.startswith("timm:"):
+        return "classify"
+    if model.startswith("torchvision:"):
+        from aim_cli.models.segmenter import segmentation_architectures
+
+        return "segment" if model.split(":", 1)[1] in segmentation_architectures() else "classify"
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return "generate"
+    from aim_cli.errors import ModelError
+    from aim_cli.io import read_text_file
+    from aim_cli.limits import CONFIG_BYTES
+
+    try:
+        names = json.loads(read_text_file(config, CONFIG_BYTES, ModelError, "config")).get("architectures") or []
+    except (ValueError, AttributeError):
+        return "generate"  # vLLM gives its own message for a config it cannot read
+    names = [str(name) for name in names] if isinstance(names, list) else []
+    if any("Segmentation" in name for name in names):
+        return "segment"
+    if any("ImageClassification" in name for name in names):
+        return "classify"
+    return "generate"
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
     ctx: typer.Context,
@@ -80,12 +114,92 @@ def serve(
             "--default-profile", help="Tier of requests without aim_* arguments (default: they get the clean model)."
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the vLLM command and exit.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the vLLM command (or the Ray Serve settings) and exit.")
+    ] = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="auto (the model decides), generate (vLLM), classify or segment (Ray Serve).",
+            show_default=True,
+        ),
+    ] = "auto",
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
+    address: Annotated[
+        Optional[str],
+        typer.Option("--address", help="Images: a running Ray cluster (default: RAY_ADDRESS, or a local Ray)."),
+    ] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="Images: weights for torchvision:ARCH / timm:ARCH.")
+    ] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Images: class names (.txt or .json).")] = None,
+    replicas: Annotated[
+        Optional[int], typer.Option("--replicas", min=1, help="Images: Ray Serve replicas (default 1).")
+    ] = None,
+    max_replicas: Annotated[
+        Optional[int], typer.Option("--max-replicas", min=1, help="Images: autoscale between --replicas and this.")
+    ] = None,
+    num_cpus: Annotated[
+        Optional[float], typer.Option("--num-cpus", min=0, help="Images: CPUs per replica (default 1).")
+    ] = None,
+    num_gpus: Annotated[
+        Optional[float],
+        typer.Option("--num-gpus", min=0, help="Images: GPUs per replica (default 0; > 0 runs on cuda)."),
+    ] = None,
+    max_batch_size: Annotated[
+        Optional[int],
+        typer.Option("--max-batch-size", min=1, help="Images: Ray Serve's dynamic batch size (default 8)."),
+    ] = None,
+    batch_wait_ms: Annotated[
+        Optional[float],
+        typer.Option("--batch-wait-ms", min=0, help="Images: longest wait to fill a batch (default 5)."),
+    ] = None,
 ) -> None:
-    """Serve tiers with vLLM's OpenAI server; other options (after --) go to `vllm serve`."""
+    """Serve tiers: vLLM's OpenAI server for language models (options after -- go to `vllm serve`), Ray Serve for images."""
     # torch-backed: loaded when the command runs, so `aim --help` stays fast
     from aim_cli.api.commands import DEFAULT_ENV, PROFILES_ENV, default_tier, load_profile_dir, profile_summary
 
+    if task not in TASKS:
+        raise InputError(f"--task {task}: not a task aim serves", f"choose one of {', '.join(TASKS)}")
+    kind = model_task(model) if task == "auto" else task
+    image_options = {
+        "--address": address,
+        "--weights": weights,
+        "--labels": labels,
+        "--replicas": replicas,
+        "--max-replicas": max_replicas,
+        "--num-cpus": num_cpus,
+        "--num-gpus": num_gpus,
+        "--max-batch-size": max_batch_size,
+        "--batch-wait-ms": batch_wait_ms,
+    }
+    if kind != "generate":
+        from aim_cli.cli.serve_images import ImageServeOptions, serve_images
+
+        options = ImageServeOptions(
+            host or "127.0.0.1",
+            port or 8000,
+            address,
+            weights,
+            labels,
+            replicas or 1,
+            max_replicas,
+            1.0 if num_cpus is None else num_cpus,
+            num_gpus or 0.0,
+            max_batch_size or 8,
+            5.0 if batch_wait_ms is None else batch_wait_ms,
+        )
+        serve_images(kind, model, profiles, default_profile, options, list(ctx.args), dry_run)
+        return
+    given = [name for name, value in image_options.items() if value is not None]
+    if given:
+        raise InputError(
+            f"{given[0]} is for image models on Ray Serve", "vLLM options go after --, e.g. -- --port 9000"
+        )
+    # --host / --port before -- mean what they always meant: vLLM's own.
+    ctx.args[:0] = [*(["--host", host] if host else []), *(["--port", str(port)] if port else [])]
     if importlib.util.find_spec("vllm") is None:
         raise AimError("aim serve needs vLLM, which is not installed here", VLLM_HINT)
     vllm_args = list(ctx.args)

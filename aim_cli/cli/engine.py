@@ -1,0 +1,55 @@
+"""`--engine {local,ray}` and `--workers` for `aim classify` / `aim segment`: where the batches run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from aim_cli.tasks.common import ModulationPlan
+
+
+class Engine(str, Enum):
+    """Where a classify or segment run computes: this process, or a pool of Ray Data workers."""
+
+    local = "local"
+    ray = "ray"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="local: this process. ray: Ray Data workers on the running Ray (RAY_ADDRESS) or a local one;"
+        " same files and records (pip install 'aim-cli[ray]').",
+    ),
+]
+WorkersOption = Annotated[
+    Optional[int],
+    typer.Option("--workers", min=1, help="With --engine ray: worker processes (default: one per CPU of the cluster)."),
+]
+
+
+def check_engine(engine: Engine, workers: int | None) -> None:
+    """Before any work: --workers only with --engine ray, and Ray installed when it is asked for."""
+    from aim_cli.errors import InputError
+
+    if workers is not None and engine is not Engine.ray:
+        raise InputError("--workers goes with --engine ray", "add --engine ray, or drop --workers")
+    if engine is Engine.ray:
+        from aim_cli.integrations.ray_data import require_ray
+
+        require_ray()
+
+
+def ray_items(
+    task: str, paths: list[Path], plan: ModulationPlan, workers: int | None, progress: Any, **spec: Any
+) -> Any:
+    """The task's results over `paths` from Ray Data workers, in input order (what the local task yields)."""
+    from aim_cli.integrations.ray_data import JobSpec, run_job
+
+    named = {name: (str(value) if isinstance(value, Path) else value) for name, value in spec.items()}
+    return run_job(JobSpec(task, **named), paths, plan, workers, progress)

@@ -1,0 +1,365 @@
+"""Tiered image classification and segmentation for servers: request bytes -> admitted tier -> answer.
+
+Engine-neutral (this module never imports Ray): aim_cli.integrations.ray_serve only wraps it in
+a Ray Serve deployment, so everything here is tested without Ray. Admission is the vLLM path's
+(aim_cli.serving.request_profile): a tier fixes its noise, a request cannot weaken it, requests
+without aim_* fields get the default tier or the clean model. Answers come from the same task
+code as `aim classify` / `aim segment`, and keyed tiers are keyed on the decoded pixels, so an
+endpoint and the CLI with the same key and profile give the same answer.
+
+Every item's noise depends only on its tier and its pixels: seeded tiers (and requests with
+aim_seed, and fresh-seed requests with the seed drawn at admission) draw from the counter-based
+generator keyed on (seed, pixels), never on the other requests of a batch.
+
+Nothing a client sends reaches the file system: bodies are read into memory under a bound,
+multipart bodies are parsed in memory, and images are decoded from bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.parser
+import email.policy
+import io
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from aim_cli.errors import AimError, InputError, ProfileError
+from aim_cli.limits import IMAGE_BYTES
+
+TASKS = ("classify", "segment")
+MASK_FORMATS = ("png", "ids")
+# Answer options a request may set beside its aim_* arguments.
+ANSWER_FIELDS = ("topk", "mask_format")
+# How a request's image is named in messages: never a path (nothing a client sends is a path).
+REQUEST_NAME = Path("request image")
+
+
+class RequestError(AimError):
+    """A request the endpoint refuses: an HTTP status (4xx) and aim's one-line message."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What a replica loads: the model, its task, the tiers directory and the default tier (plain values)."""
+
+    task: str
+    model: str | None = None
+    weights: str | None = None
+    labels: str | None = None
+    device: str = "auto"
+    profiles: str | None = None
+    default_profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One admitted request: its decoded image, pixel key, resolved plan, tier and answer options."""
+
+    image: Image.Image
+    key: bytes
+    plan: Any  # ModulationPlan (torch-backed, imported lazily)
+    tier: str | None
+    topk: int = 1
+    mask_format: str = "png"
+
+
+def per_item_plan(plan: Any) -> Any:
+    """A plan whose noise depends only on the item: keyed plans as they are; a seeded one keyed on (seed, pixels).
+
+    The one rule of every engine that batches items as they come (Ray Serve replicas, Ray Data
+    workers): seed=None marks the plan keyed, so the tasks pass each image's pixel key.
+    """
+    if plan.keyed:
+        return plan
+    from aim_cli.serving import seeded_noise
+
+    return replace(plan, noise=seeded_noise(int(plan.seed or 0)), seed=None)
+
+
+def _scalar(text: Any) -> Any:
+    """A query-string or form value as JSON when it parses (0.5, true, 3), else the text itself."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[bytes | None, dict[str, Any]]:
+    """The 'image' part and the other fields of a multipart/form-data body, parsed in memory."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise RequestError(400, "the multipart body has no parts", "send the image in a part named 'image'")
+    image: bytes | None = None
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "image":
+            image = payload
+        elif name:
+            fields[str(name)] = _scalar(payload.decode("utf-8", "replace"))
+    return image, fields
+
+
+def parse_request(content_type: str, body: bytes, query: Mapping[str, str]) -> tuple[bytes, dict[str, Any]]:
+    """The image bytes and the request's fields, from raw image bytes, multipart/form-data or JSON with base64."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    fields: dict[str, Any] = {str(k): _scalar(v) for k, v in query.items()}
+    data: bytes | None
+    if kind == "application/json":
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise RequestError(400, "the body is not valid JSON", 'send {"image": "<base64>", ...}') from None
+        if not isinstance(document, dict):
+            raise RequestError(400, "the JSON body must be an object", 'send {"image": "<base64>", ...}')
+        encoded = document.pop("image", None)
+        if not isinstance(encoded, str):
+            raise RequestError(400, "a JSON request carries its image as base64 text in 'image'")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, "'image' is not valid base64", "encode the image file's bytes as base64") from None
+        fields.update(document)
+    elif kind == "multipart/form-data":
+        data, form = _multipart(content_type, body)
+        fields.update(form)
+    elif kind.startswith("image/") or kind in ("application/octet-stream", ""):
+        data = body
+    else:
+        raise RequestError(
+            415, f"unsupported content type {kind!r}", "send image bytes, multipart/form-data or application/json"
+        )
+    if not data:
+        raise RequestError(400, "the request carries no image", "send the image bytes (or 'image' in JSON / multipart)")
+    return data, fields
+
+
+def decode_request_image(data: bytes) -> Image.Image:
+    """Decode a request's image bytes to RGB under the CLI's bounds; 413 past a bound, 400 when not an image."""
+    from aim_cli.images import decode_image
+
+    if len(data) > IMAGE_BYTES.value():
+        raise RequestError(413, f"the image is {len(data):,} bytes, over the bound", IMAGE_BYTES.hint())
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # the header only: the size before any pixel is decoded
+            width, height = probe.size
+    except Image.DecompressionBombError:
+        raise RequestError(413, "the image declares more pixels than the server decodes (decompression bomb)") from None
+    except Exception:  # noqa: BLE001 - PIL raises many types for bytes that are not an image
+        raise RequestError(400, "the request body is not an image (or it is corrupt)") from None
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise RequestError(
+            413, f"the image is {width}x{height} pixels, more than the server decodes ({Image.MAX_IMAGE_PIXELS:,})"
+        )
+    try:
+        return decode_image(data, REQUEST_NAME)
+    except InputError as exc:
+        raise RequestError(400, exc.message, exc.hint) from None
+
+
+def _topk(value: Any) -> int:
+    """The topk answer option: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(400, f"topk: expected an integer >= 1, got {str(value)[:40]!r}")
+    return value
+
+
+class VisionTiers:
+    """One replica's model, tiers and plans: admits requests and answers batches of them."""
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        from aim_cli import serving
+        from aim_cli.devices import resolve_device
+
+        if spec.task not in TASKS:
+            raise AimError(f"unknown image task {spec.task!r}", f"choose one of {', '.join(TASKS)}")
+        self.spec = spec
+        self.tiers = serving.load_profile_dir(spec.profiles) if spec.profiles else {}
+        environ = {serving.DEFAULT_ENV: spec.default_profile or ""}
+        self.default = serving.default_tier(self.tiers, environ)
+        device = resolve_device(spec.device)
+        weights = Path(spec.weights) if spec.weights else None
+        labels = Path(spec.labels) if spec.labels else None
+        if spec.task == "classify":
+            from aim_cli.models.classifier import load_classifier
+
+            self.model: Any = load_classifier(spec.model, device, weights, labels)
+        else:
+            from aim_cli.masks import colour_table
+            from aim_cli.models.segmenter import load_segmenter
+
+            self.model = load_segmenter(spec.model, device, weights, labels)
+            self.colours = colour_table(self.model.labels)
+        self._plans: dict[Any, Any] = {}
+
+    def info(self) -> dict[str, Any]:
+        """What a GET on the endpoint answers: task, model, classes, tiers and the default tier."""
+        from aim_cli.serving import profile_summary
+
+        return {
+            "task": self.spec.task,
+            "model": self.model.name,
+            "classes": len(self.model.labels),
+            "tiers": profile_summary(self.tiers),
+            "default_tier": self.default,
+        }
+
+    def plan(self, profile: Any) -> Any:
+        """The per-item plan of a validated profile (None: the clean model), cached unless its seed is fresh."""
+        from aim_cli.profile import Profile
+        from aim_cli.tasks.common import plan_modulation
+
+        profile = profile if profile is not None else Profile()
+        fresh = profile.seed is None and profile.key_env is None
+        cached = None if fresh else self._plans.get(profile)
+        if cached is None:
+            try:
+                cached = per_item_plan(plan_modulation(profile, self.model.labels))
+            except ProfileError as exc:  # e.g. a focus class this model does not have
+                raise RequestError(400, exc.message, exc.hint) from None
+            if not fresh:
+                if len(self._plans) >= 1024:  # requests bring their own sigmas and seeds: bounded
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[profile] = cached
+        return cached
+
+    def admit(self, content_type: str, body: bytes, query: Mapping[str, str]) -> ImageJob:
+        """Parse, validate and decode one request; RequestError (4xx, one line) for anything wrong."""
+        from aim_cli import serving
+        from aim_cli.images import pixel_key
+        from aim_cli.models.checkpoint_files import check_model_input
+
+        data, fields = parse_request(content_type, body, query)
+        options = {name: fields.pop(name) for name in ANSWER_FIELDS if name in fields}
+        unknown = sorted(name for name in fields if not name.startswith(serving.ARG_PREFIX))
+        if unknown:
+            allowed = ", ".join((*serving.REQUEST_ARGS, *ANSWER_FIELDS))
+            raise RequestError(400, f"unknown request field {unknown[0][:40]!r}", f"allowed: {allowed}")
+        try:
+            profile = serving.request_profile(fields, self.tiers, self.default)
+        except ProfileError as exc:
+            raise RequestError(400, exc.message, exc.hint) from None
+        tier = fields.get("aim_profile") if serving.has_aim_args(fields) else self.default
+        mask_format = options.get("mask_format", "png")
+        if mask_format not in MASK_FORMATS:
+            raise RequestError(400, f"mask_format: expected png or ids, got {str(mask_format)[:40]!r}")
+        topk = _topk(options.get("topk", 1))
+        plan = self.plan(profile)
+        image = decode_request_image(data)
+        try:
+            check_model_input(self.model, image, REQUEST_NAME)
+        except InputError as exc:  # the model would resize it past the pixel bound
+            raise RequestError(413, exc.message, exc.hint) from None
+        return ImageJob(image, pixel_key(image), plan, tier, topk, mask_format)
+
+    def answer(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
+        """(HTTP status, answer) per job, in order; one forward pass per batch (per image size when segmenting)."""
+        if self.spec.task == "classify":
+            return self._classify(jobs)
+        return self._segment(jobs)
+
+    def _classify(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
+        """Top-k classes with probabilities, each image modulated by its own tier."""
+        import torch
+
+        from aim_cli.modulation import nonfinite_items
+        from aim_cli.tasks.classify import top_predictions
+        from aim_cli.tasks.common import nonfinite_error
+
+        clean = self.model.logits([job.image for job in jobs])
+        broken = set(nonfinite_items(clean))
+        answers: list[tuple[int, dict[str, Any]]] = [(500, {"error": str(nonfinite_error("the image"))})] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            if index not in broken:
+                groups.setdefault(id(job.plan), []).append(index)
+        for members in groups.values():
+            plan = jobs[members[0]].plan
+            rows = clean.index_select(0, torch.tensor(members, dtype=torch.long, device=clean.device))
+            noisy = plan.apply(rows, 1, [jobs[i].key for i in members])
+            ranked = top_predictions(noisy, self.model.labels, max(jobs[i].topk for i in members))
+            for index, top in zip(members, ranked):
+                top = top[: jobs[index].topk]
+                answers[index] = (
+                    200,
+                    {
+                        "tier": jobs[index].tier,
+                        "prediction": top[0].label,
+                        "class_id": top[0].class_id,
+                        "probability": round(top[0].probability, 6),
+                        "topk": [
+                            {"label": p.label, "class_id": p.class_id, "probability": round(p.probability, 6)}
+                            for p in top
+                        ],
+                    },
+                )
+        return answers
+
+    def _segment(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
+        """Each image's mask (palette PNG or class ids) and class shares, modulated by its own tier."""
+        from aim_cli.modulation import nonfinite_items
+        from aim_cli.tasks.common import nonfinite_error
+        from aim_cli.tasks.segment import decide
+
+        answers: list[tuple[int, dict[str, Any]]] = [(500, {"error": "not answered"})] * len(jobs)
+        sizes: dict[tuple[int, int], list[int]] = {}
+        for index, job in enumerate(jobs):  # images of one size share a forward pass, as in `aim segment`
+            sizes.setdefault((job.image.height, job.image.width), []).append(index)
+        for size, members in sizes.items():
+            low = self.model.logits([jobs[i].image for i in members])
+            broken = set(nonfinite_items(low))
+            for row, index in enumerate(members):
+                if row in broken:
+                    answers[index] = (500, {"error": str(nonfinite_error("the image"))})
+                    continue
+                job = jobs[index]
+                mask, _ = decide(low[row : row + 1], size, job.plan.modulation, job.plan.noise, [job.key])
+                answers[index] = (200, self._mask_answer(job, mask[0]))
+        return answers
+
+    def _mask_answer(self, job: ImageJob, mask: np.ndarray) -> dict[str, Any]:
+        """The JSON answer for one mask: size, class shares of the classes present, and the mask itself."""
+        from aim_cli.masks import mask_image
+
+        counts = np.bincount(mask.ravel(), minlength=len(self.model.labels))
+        total = max(1, int(counts.sum()))
+        labels = self.model.labels
+        answer: dict[str, Any] = {
+            "tier": job.tier,
+            "width": int(mask.shape[1]),
+            "height": int(mask.shape[0]),
+            "fractions": {labels[k]: round(int(counts[k]) / total, 6) for k in np.flatnonzero(counts)},
+        }
+        if job.mask_format == "ids":
+            answer["class_ids"] = mask.astype(np.int64).tolist()
+        else:
+            buffer = io.BytesIO()
+            mask_image(mask, self.colours).save(buffer, format="PNG")
+            answer["mask_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return answer
+
+
+__all__ = [
+    "EndpointSpec",
+    "ImageJob",
+    "RequestError",
+    "VisionTiers",
+    "decode_request_image",
+    "parse_request",
+    "per_item_plan",
+]
