@@ -9,7 +9,7 @@ replica/worker, on a local Ray of 2 CPUs.
    the same preprocessing and forward, softmax top-1), both with @serve.batch at the same
    max_batch_size and wait, one replica of 1 CPU each, the same concurrent HTTP clients;
    interleaved rounds, medians.
-2. Images/s of `--engine ray` (aim_cli.integrations.ray_data.run_job) on 2 workers over 1
+2. Images/s of `--engine ray` (aim_cli.engines.ray_data.run_job) on 2 workers over 1
    worker, keyed tier, steady state: from the first result to the last (the first chunk,
    which carries the workers' start-up, is left out); whole-job times are in the detail.
 
@@ -94,9 +94,11 @@ def _plain_app(weights: Path, env: dict[str, str]):
         def __init__(self, weights: str) -> None:
             import torch
 
-            from aim_cli.models.classifier import load_classifier
+            from aim_cli.models.registry import load_model
 
-            self.model = load_classifier("torchvision:resnet50", torch.device("cpu"), Path(weights))
+            self.model = load_model(
+                "classify", "torchvision:resnet50", device=torch.device("cpu"), weights=Path(weights)
+            )
 
         async def __call__(self, request: Request) -> JSONResponse:
             from PIL import Image
@@ -135,8 +137,8 @@ def run_serve(weights: Path, image: bytes, quick: bool) -> dict:
     """Tiered endpoint req/s over plain deployment req/s, interleaved rounds."""
     from ray import serve
 
-    from aim_cli.integrations.ray_serve import vision_app
-    from aim_cli.integrations.vision_tiers import EndpointSpec
+    from aim_cli.engines.ray_serve import vision_app
+    from aim_cli.engines.vision_tiers import EndpointSpec
 
     folder = weights.parent / "tiers"
     folder.mkdir()
@@ -177,13 +179,13 @@ def _job_rate(paths: list[Path], weights: Path, workers: int) -> tuple[float, fl
     """(steady images/s after the first chunk, whole-job seconds) of a keyed --engine ray job."""
     import torch
 
-    from aim_cli.integrations.ray_data import JobSpec, run_job
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.engines.ray_data import JobSpec, run_job
+    from aim_cli.models.registry import load_model
+    from aim_cli.plans import plan_modulation
     from aim_cli.profile import Profile
-    from aim_cli.tasks.common import plan_modulation
 
     os.environ["AIM_NOISE_KEY"] = KEY
-    labels = load_classifier("torchvision:resnet50", torch.device("cpu"), weights).labels
+    labels = load_model("classify", "torchvision:resnet50", device=torch.device("cpu"), weights=weights).labels
     plan = plan_modulation(Profile(sigma=2.0, key_env="AIM_NOISE_KEY"), labels)
     spec = JobSpec("classify", "torchvision:resnet50", str(weights), None, "cpu", BATCH)
     stamps: list[float] = []

@@ -122,7 +122,10 @@ def test_a_plugin_source_states_its_tasks_and_weights(zoo, tmp_path):
 
 
 def test_a_plugin_that_returns_no_image_model_is_refused(tmp_path, monkeypatch):
-    module = "class Source:\n    tasks = ('classify',)\n    takes_weights = False\n    def load(self, request):\n        return 42\n"
+    module = (
+        "class Source:\n    tasks = ('classify',)\n    takes_weights = False\n"
+        "    def load(self, request):\n        return 42\n"
+    )
     _install_plugin(tmp_path, "odd", "aimzoo_odd:Source", module=module)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelError, match="model source 'odd' returned int, not an image model"):

@@ -74,9 +74,9 @@ def test_interrupted_keyed_job_resumes_on_two_workers_to_what_one_process_writes
 
 def test_seeded_job_on_two_workers_is_the_single_process_batch_function(run, inputs, tmp_path):
     """Seeded noise on Ray is keyed on (seed, pixels): neither the worker count nor the chunking changes a record."""
-    from aim_cli.integrations.ray_data import JobSpec, TaskWorker
+    from aim_cli.engines.ray_data import JobSpec, TaskWorker
+    from aim_cli.plans import plan_modulation
     from aim_cli.profile import Profile
-    from aim_cli.tasks.common import plan_modulation
 
     spread = tmp_path / "two.jsonl"
     assert (

@@ -42,8 +42,8 @@ def tiers(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def url(tiers):
     """A classifier at /classify and a segmenter at /segment, on a local Ray of 2 CPUs; shut down after."""
-    from aim_cli.integrations.ray_serve import start, vision_app
-    from aim_cli.integrations.vision_tiers import EndpointSpec
+    from aim_cli.engines.ray_serve import start, vision_app
+    from aim_cli.engines.vision_tiers import EndpointSpec
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     port = free_port()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aim_cli.integrations.vision_tiers import (
+from aim_cli.engines.vision_tiers import (
     EndpointSpec,
     RequestError,
     VisionTiers,

@@ -319,10 +319,10 @@ def vision_app(
     application. ray_options: replicas, max_replicas (autoscaling), num_cpus, num_gpus,
     max_batch_size, batch_wait_s (Ray Serve's dynamic batching) and env (for every replica).
     """
-    from aim_cli.integrations.vision_tiers import EndpointSpec
+    from aim_cli.engines.vision_tiers import EndpointSpec
 
     try:
-        from aim_cli.integrations import ray_serve
+        from aim_cli.engines import ray_serve
     except ImportError:
         raise AimError(
             "vision_app needs Ray Serve, which is not installed here", "pip install 'aim-cli[ray]'"
@@ -354,7 +354,7 @@ def vision_job(
     """
     from pathlib import Path
 
-    from aim_cli.integrations.ray_data import JobSpec, run_job
+    from aim_cli.engines.ray_data import JobSpec, run_job
 
     spec = JobSpec(task, model, weights, labels, device, batch_size, topk, compare)
     return run_job(spec, [Path(p) for p in paths], plan, workers)

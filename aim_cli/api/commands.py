@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads each 
 _HOMES = {
     # models: one registry of model sources serves every task
     "load_model": "aim_cli.models.registry",
+    "segmentation_architectures": "aim_cli.models.segmenter",
     "parse_dtype": "aim_cli.models.language",
     "LanguageModel": "aim_cli.models.language",
     "Segmenter": "aim_cli.models.segmenter",
@@ -67,13 +68,24 @@ _HOMES = {
     "profile_summary": "aim_cli.serving",
     "PROFILES_ENV": "aim_cli.serving",
     "DEFAULT_ENV": "aim_cli.serving",
+    "KEY_ENV": "aim_cli.serving",
+    # aim serve (images) and --engine ray: the Ray engines (ray_serve imports Ray itself)
+    "EndpointSpec": "aim_cli.engines.vision_tiers",
+    "JobSpec": "aim_cli.engines.ray_data",
+    "require_ray": "aim_cli.engines.ray_data",
+    "run_job": "aim_cli.engines.ray_data",
 }
 
-__all__ = sorted(_HOMES)
+# Whole modules the CLI uses by name (importing one may raise ImportError: an extra is missing).
+_MODULES = {"ray_serve": "aim_cli.engines.ray_serve"}
+
+__all__ = sorted([*_HOMES, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
     """Load a command's name from its home module on first use."""
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'aim_cli.api.commands' has no attribute {name!r}")

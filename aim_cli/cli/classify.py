@@ -120,7 +120,11 @@ def classify(
     paths = [p for p in paths if str(p) not in recorded]
     # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
     classifier = load_model(
-        "classify", model, device=resolve_device(device if engine is Engine.local else "cpu"), weights=weights, labels=labels
+        "classify",
+        model,
+        device=resolve_device(device if engine is Engine.local else "cpu"),
+        weights=weights,
+        labels=labels,
     )
     plan = api.plan(settings_profile, classifier.labels)
     settings = plan.describe()

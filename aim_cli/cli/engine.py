@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 if TYPE_CHECKING:
-    from aim_cli.tasks.common import ModulationPlan
+    from aim_cli.api import ModulationPlan
 
 
 class Engine(str, Enum):
@@ -40,7 +40,7 @@ def check_engine(engine: Engine, workers: int | None) -> None:
     if workers is not None and engine is not Engine.ray:
         raise InputError("--workers goes with --engine ray", "add --engine ray, or drop --workers")
     if engine is Engine.ray:
-        from aim_cli.integrations.ray_data import require_ray
+        from aim_cli.api.commands import require_ray
 
         require_ray()
 
@@ -49,7 +49,7 @@ def ray_items(
     task: str, paths: list[Path], plan: ModulationPlan, workers: int | None, progress: Any, **spec: Any
 ) -> Any:
     """The task's results over `paths` from Ray Data workers, in input order (what the local task yields)."""
-    from aim_cli.integrations.ray_data import JobSpec, run_job
+    from aim_cli.api.commands import JobSpec, run_job
 
     named = {name: (str(value) if isinstance(value, Path) else value) for name, value in spec.items()}
     return run_job(JobSpec(task, **named), paths, plan, workers, progress)

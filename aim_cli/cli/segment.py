@@ -198,7 +198,11 @@ def segment(
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
     # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.
     segmenter = load_model(
-        "segment", model, device=resolve_device(device if engine is Engine.local else "cpu"), weights=weights, labels=labels
+        "segment",
+        model,
+        device=resolve_device(device if engine is Engine.local else "cpu"),
+        weights=weights,
+        labels=labels,
     )
     plan = api.plan(settings_profile, segmenter.labels)
     run = RunOutputs()

@@ -79,7 +79,7 @@ def model_task(model: str) -> str:
     if model.startswith("timm:"):
         return "classify"
     if model.startswith("torchvision:"):
-        from aim_cli.models.segmenter import segmentation_architectures
+        from aim_cli.api.commands import segmentation_architectures
 
         return "segment" if model.split(":", 1)[1] in segmentation_architectures() else "classify"
     config = Path(model) / "config.json"
@@ -157,7 +157,8 @@ def serve(
         typer.Option("--batch-wait-ms", min=0, help="Images: longest wait to fill a batch (default 5)."),
     ] = None,
 ) -> None:
-    """Serve tiers: vLLM's OpenAI server for language models (options after -- go to `vllm serve`), Ray Serve for images."""
+    """Serve tiers: vLLM's OpenAI server for language models (options after -- go to `vllm serve`), or Ray Serve
+    for image models."""
     # torch-backed: loaded when the command runs, so `aim --help` stays fast
     from aim_cli.api.commands import DEFAULT_ENV, PROFILES_ENV, default_tier, load_profile_dir, profile_summary
 

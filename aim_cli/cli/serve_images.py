@@ -57,22 +57,28 @@ def serve_images(
     dry_run: bool,
 ) -> None:
     """Check the tiers, then deploy the tiered endpoint on Ray Serve and serve until Ctrl-C."""
-    from aim_cli import serving
-    from aim_cli.integrations.vision_tiers import EndpointSpec
+    from aim_cli.api.commands import (
+        DEFAULT_ENV,
+        KEY_ENV,
+        EndpointSpec,
+        default_tier,
+        load_profile_dir,
+        profile_summary,
+    )
 
     if extra:
         raise InputError(f"unexpected argument {extra[0]!r} for an image model", "see aim serve --help")
     if options.max_replicas is not None and options.max_replicas < options.replicas:
         raise InputError("--max-replicas is below --replicas", "give --max-replicas >= --replicas")
-    tiers = serving.load_profile_dir(profiles)
+    tiers = load_profile_dir(profiles)
     secrets: dict[str, str] = {}
     for name, tier in tiers.items():  # keyed tiers need their secret before the server starts
         if tier.key_env:
             noise_key(tier, f"tier '{name}'")
             secrets[tier.key_env] = os.environ[tier.key_env]
-    if os.environ.get(serving.KEY_ENV):  # requests with aim_keyed: true
-        secrets[serving.KEY_ENV] = os.environ[serving.KEY_ENV]
-    default = serving.default_tier(tiers, {serving.DEFAULT_ENV: default_profile or ""})
+    if os.environ.get(KEY_ENV):  # requests with aim_keyed: true
+        secrets[KEY_ENV] = os.environ[KEY_ENV]
+    default = default_tier(tiers, {DEFAULT_ENV: default_profile or ""})
     spec = EndpointSpec(
         task,
         _local(model),
@@ -83,7 +89,7 @@ def serve_images(
         default,
     )
     say(f"aim: serving {model} ({task}) on Ray Serve at http://{options.host}:{options.port}/; tiers from {profiles}:")
-    for line in serving.profile_summary(tiers):
+    for line in profile_summary(tiers):
         say(f"  {line}")
     say("aim: clients POST an image (raw, multipart or JSON with base64) and choose a tier with aim_profile, e.g.")
     say("  " + client_example(options.host, options.port, sorted(tiers)[0]))
@@ -99,7 +105,7 @@ def serve_images(
         typer.echo(json.dumps(settings, default=str, sort_keys=True))
         return
     try:
-        from aim_cli.integrations import ray_serve
+        from aim_cli.api.commands import ray_serve
     except ImportError:
         raise AimError("aim serve for image models needs Ray Serve, which is not installed here", RAY_HINT) from None
     app = ray_serve.vision_app(

@@ -1,6 +1,6 @@
 """Tiered image classification and segmentation for servers: request bytes -> admitted tier -> answer.
 
-Engine-neutral (this module never imports Ray): aim_cli.integrations.ray_serve only wraps it in
+Engine-neutral (this module never imports Ray): aim_cli.engines.ray_serve only wraps it in
 a Ray Serve deployment, so everything here is tested without Ray. Admission is the vLLM path's
 (aim_cli.serving.request_profile): a tier fixes its noise, a request cannot weaken it, requests
 without aim_* fields get the default tier or the clean model. Answers come from the same task
@@ -82,9 +82,9 @@ def per_item_plan(plan: Any) -> Any:
     """
     if plan.keyed:
         return plan
-    from aim_cli.serving import seeded_noise
+    from aim_cli.serving import seed_keyed_noise
 
-    return replace(plan, noise=seeded_noise(int(plan.seed or 0)), seed=None)
+    return replace(plan, noise=seed_keyed_noise(int(plan.seed or 0)), seed=None)
 
 
 def _scalar(text: Any) -> Any:
@@ -107,7 +107,8 @@ def _multipart(content_type: str, body: bytes) -> tuple[bytes | None, dict[str, 
     fields: dict[str, Any] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        payload = payload if isinstance(payload, bytes) else b""  # a nested multipart part carries no bytes
         if name == "image":
             image = payload
         elif name:
@@ -196,14 +197,14 @@ class VisionTiers:
         weights = Path(spec.weights) if spec.weights else None
         labels = Path(spec.labels) if spec.labels else None
         if spec.task == "classify":
-            from aim_cli.models.classifier import load_classifier
+            from aim_cli.models.registry import load_model
 
-            self.model: Any = load_classifier(spec.model, device, weights, labels)
+            self.model: Any = load_model("classify", spec.model, device=device, weights=weights, labels=labels)
         else:
             from aim_cli.masks import colour_table
-            from aim_cli.models.segmenter import load_segmenter
+            from aim_cli.models.registry import load_model
 
-            self.model = load_segmenter(spec.model, device, weights, labels)
+            self.model = load_model("segment", spec.model, device=device, weights=weights, labels=labels)
             self.colours = colour_table(self.model.labels)
         self._plans: dict[Any, Any] = {}
 
@@ -221,8 +222,8 @@ class VisionTiers:
 
     def plan(self, profile: Any) -> Any:
         """The per-item plan of a validated profile (None: the clean model), cached unless its seed is fresh."""
+        from aim_cli.plans import plan_modulation
         from aim_cli.profile import Profile
-        from aim_cli.tasks.common import plan_modulation
 
         profile = profile if profile is not None else Profile()
         fresh = profile.seed is None and profile.key_env is None
@@ -278,8 +279,8 @@ class VisionTiers:
         import torch
 
         from aim_cli.modulation import nonfinite_items
+        from aim_cli.tasks.batches import nonfinite_error
         from aim_cli.tasks.classify import top_predictions
-        from aim_cli.tasks.common import nonfinite_error
 
         clean = self.model.logits([job.image for job in jobs])
         broken = set(nonfinite_items(clean))
@@ -313,7 +314,7 @@ class VisionTiers:
     def _segment(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
         """Each image's mask (palette PNG or class ids) and class shares, modulated by its own tier."""
         from aim_cli.modulation import nonfinite_items
-        from aim_cli.tasks.common import nonfinite_error
+        from aim_cli.tasks.batches import nonfinite_error
         from aim_cli.tasks.segment import decide
 
         answers: list[tuple[int, dict[str, Any]]] = [(500, {"error": "not answered"})] * len(jobs)

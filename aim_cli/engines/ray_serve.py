@@ -1,4 +1,4 @@
-"""Tiered image endpoints on Ray Serve: the deployment around aim_cli.integrations.vision_tiers.
+"""Tiered image endpoints on Ray Serve: the deployment around aim_cli.engines.vision_tiers.
 
 Ray Serve does the serving: HTTP, replicas, autoscaling, CPUs/GPUs per replica and dynamic
 batching (@serve.batch); aim admits each request (its tier, in one line when refused) and
@@ -15,7 +15,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from aim_cli.integrations.vision_tiers import EndpointSpec, ImageJob, RequestError, VisionTiers
+from aim_cli.engines.vision_tiers import EndpointSpec, ImageJob, RequestError, VisionTiers
 from aim_cli.limits import REQUEST_BYTES
 
 # Ray Serve's own defaults for @serve.batch are 10 and 10 ms; aim's are the CLI's defaults.
@@ -91,14 +91,15 @@ def vision_app(
         options["num_replicas"] = "auto"
     else:
         options["num_replicas"] = replicas
-    return AimVisionEndpoint.options(**options).bind(spec, max_batch_size, batch_wait_s)
+    deployment: Any = AimVisionEndpoint  # serve.deployment's class: its type has .options, which mypy cannot see
+    return deployment.options(**options).bind(spec, max_batch_size, batch_wait_s)
 
 
 def start(
     app: Any, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/"
 ) -> None:
     """Connect to Ray (local by default), start Serve's HTTP proxy on host:port and deploy `app` (returns once up)."""
-    from aim_cli.integrations.ray_data import connect
+    from aim_cli.engines.ray_data import connect
 
     connect(address)
     serve.start(http_options={"host": host, "port": port})
@@ -106,7 +107,7 @@ def start(
 
 
 def serve_until_interrupted() -> None:
-    """Block while Ray Serve serves; Ctrl-C or SIGTERM shuts Serve and Ray down, then goes on up (the CLI reports it)."""
+    """Block while Ray Serve serves; Ctrl-C or SIGTERM shuts Serve and Ray down, then re-raises (the CLI reports it)."""
     import ray
 
     try:

@@ -8,7 +8,7 @@ writes for a local run. Ray does the scheduling, retries and backpressure; aim a
 Every item's noise depends only on the profile and the item, never on the chunk, the worker or
 a retry: keyed profiles key each image on its decoded pixels (as locally), and seeded profiles
 draw each image's noise from the counter-based generator keyed on (seed, pixels)
-(serving.seeded_noise, the per-request rule of the servers). A seeded job therefore writes the
+(serving.seed_keyed_noise, the per-request rule of the servers). A seeded job therefore writes the
 same bytes on any number of workers; it does not reproduce the local engine's single stream,
 which depends on the order of the whole run.
 """
@@ -24,9 +24,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from aim_cli.engines.vision_tiers import per_item_plan
 from aim_cli.errors import AimError
-from aim_cli.integrations.vision_tiers import per_item_plan
-from aim_cli.tasks.common import ModulationPlan, ProgressCallback
+from aim_cli.plans import ModulationPlan
+from aim_cli.tasks.batches import ProgressCallback
 
 RAY_HINT = "pip install 'aim-cli[ray]'"
 TASKS = ("classify", "segment")
@@ -80,20 +81,20 @@ class TaskWorker:
         weights = Path(spec.weights) if spec.weights else None
         labels = Path(spec.labels) if spec.labels else None
         if spec.task == "classify":
-            from aim_cli.models.classifier import load_classifier
+            from aim_cli.models.registry import load_model
 
-            self.model = load_classifier(spec.model, device, weights, labels)
+            self.model = load_model("classify", spec.model, device=device, weights=weights, labels=labels)
         else:
-            from aim_cli.models.segmenter import load_segmenter
+            from aim_cli.models.registry import load_model
 
-            self.model = load_segmenter(spec.model, device, weights, labels)
+            self.model = load_model("segment", spec.model, device=device, weights=weights, labels=labels)
 
     def run(self, paths: Sequence[Path]) -> list[Any]:
         """The task's results for one chunk, in its order (ClassifiedImage / SegmentedImage / FailedInput)."""
         if self.spec.task == "classify":
             from aim_cli.tasks.classify import classify_images
 
-            items = classify_images(
+            items: Iterator[Any] = classify_images(
                 paths, self.model, self.plan, self.spec.batch_size, self.spec.topk, self.spec.compare
             )
         else:
