@@ -18,7 +18,9 @@ from aim_cli.errors import AimError, InputError, ModelError
 from aim_cli.profile import Profile, check_sigma
 
 if TYPE_CHECKING:
+    from aim_cli.calibration.core import Calibration
     from aim_cli.integrations.lm_eval import AimLM
+    from aim_cli.tasks.calibrate import CalibrationRequest
 
 EXTRA_HINT = "pip install 'aim-cli[eval]'"
 # lm-eval's per-task metric entries that are not metrics.
@@ -254,3 +256,24 @@ def run_eval(
         if progress:
             progress(1)
     return report
+
+
+def calibrate_on_tasks(
+    lm: AimLM,
+    names: Sequence[str],
+    manager: Any,
+    request: CalibrationRequest,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Calibration:
+    """The sigma for a target accuracy on lm-eval tasks (analytic for single-token multiple choice)."""
+    from aim_cli.calibration.core import Target
+    from aim_cli.calibration.lm_eval import calibrate_lm_eval
+
+    if request.metric != "accuracy":
+        raise AimError("lm-eval calibration reaches a target task accuracy", "use --target-acc")
+    calibration = calibrate_lm_eval(
+        lm, names, manager, Target("accuracy", request.value), request.draws, request.seed, limit, progress
+    )
+    calibration.model = str(getattr(lm, "aim_model_name", ""))
+    return calibration
