@@ -127,9 +127,12 @@ def collect_choice_logits(
 
 def build_tasks(names: Sequence[str], manager: Any, limit: int | None) -> list[Any]:
     """lm-eval's leaf tasks of `names`, each with its requests built (lm-eval's own prompt and fewshot)."""
-    from lm_eval.tasks import get_task_dict
+    if hasattr(manager, "load"):  # lm-eval >= 0.4.10: a flat dict of the leaf tasks
+        tasks = list(manager.load(list(names))["tasks"].values())
+    else:
+        from lm_eval.tasks import get_task_dict
 
-    tasks = flatten_tasks(get_task_dict(list(names), manager))
+        tasks = flatten_tasks(get_task_dict(list(names), manager))
     for task in tasks:
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         if not task.instances:
