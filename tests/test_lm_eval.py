@@ -162,6 +162,43 @@ def test_focus_words_resolve_against_the_tokenizer(aim_lm):
         aim_lm.set_profile(eval_profile(focus="\u4e2d", seed=0))
 
 
+def test_choice_logits_are_the_ones_lm_eval_scores(manager, aim_lm):
+    """The analytic path reads the position and tokens lm-eval scores: differences of its loglikelihoods."""
+    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, single_token_questions
+
+    aim_lm.set_profile(Profile(sigma=0.0, seed=0))
+    (task,) = build_tasks(["toy_mc"], manager, 10)
+    questions = single_token_questions(aim_lm, task)
+    assert questions is not None and len(questions) == 10
+    cached = collect_choice_logits(aim_lm, questions)
+    instances = sorted(task.instances, key=lambda i: (i.doc_id, i.idx))
+    lls = torch.tensor([ll for ll, _ in aim_lm.loglikelihood(instances, disable_tqdm=True)]).view(10, 4)
+    torch.testing.assert_close(lls - lls[:, :1], cached.logits - cached.logits[:, :1], atol=1e-4, rtol=0)
+    golds = torch.tensor([task.doc_to_target(doc) for doc in task.eval_docs][:10])
+    assert torch.equal(cached.answers, golds)
+
+
+def test_generate_until_and_multi_token_tasks_are_not_analytic(manager, aim_lm):
+    """Only one-token choices after one shared context qualify for the exact curve."""
+    from aim_cli.calibration.lm_eval import build_tasks, single_token_questions
+
+    (task,) = build_tasks(["toy_gen"], manager, 4)
+    assert single_token_questions(aim_lm, task) is None
+
+
+@pytest.mark.slow
+def test_monte_carlo_calibration_on_a_generate_until_task(manager, aim_lm):
+    """A GSM8K-style task is calibrated by seeded lm-eval runs; the chosen sigma's runs sit near the target."""
+    from aim_cli.calibration.core import Target
+    from aim_cli.calibration.lm_eval import calibrate_lm_eval
+
+    calibration = calibrate_lm_eval(aim_lm, ["toy_gen"], manager, Target("accuracy", 0.5), draws=3, seed=0)
+    assert not calibration.analytic and calibration.value > 0
+    assert calibration.clean == 1.0
+    # 12 documents x 3 draws: a generous band, but a sigma off by a factor of two lands outside it.
+    assert 0.2 <= calibration.check.mean <= 0.8, calibration.check.values
+
+
 @pytest.mark.slow
 def test_measured_mc_accuracy_matches_the_analytic_prediction(manager, aim_lm):
     """lm-eval's accuracy over seeds agrees with the exact curve from one clean pass, within Monte Carlo error."""

@@ -59,11 +59,25 @@ def _gold_index(task: Any, doc: dict, choices: Sequence[str]) -> int | None:
     return None
 
 
+def encode_request(lm: AimLM, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) exactly as lm-eval's loglikelihood encodes a request.
+
+    An empty context is conditioned on the prefix token (BOS or EOS), as TemplateLM.loglikelihood does.
+    """
+    if context == "":
+        continuation_ids = lm.tok_encode(continuation, add_special_tokens=False)
+        if continuation_ids and lm.prefix_token_id == continuation_ids[0]:
+            return list(continuation_ids[:1]), list(continuation_ids[1:])
+        return [lm.prefix_token_id], list(continuation_ids)
+    context_ids, continuation_ids = lm._encode_pair(context, continuation)
+    return list(context_ids), list(continuation_ids)
+
+
 def single_token_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[int], int]] | None:
     """(context ids, one token per choice, gold) per question, or None where the task is not single-token MC.
 
-    The requests are lm-eval's own (task.instances, fewshot context and all), encoded by lm-eval's
-    _encode_pair; a task qualifies when every choice adds exactly one token to one shared context
+    The requests are lm-eval's own (task.instances, fewshot context and all), encoded as lm-eval
+    encodes them (encode_request); a task qualifies when every choice adds exactly one token to one shared context
     and the score is plain argmax accuracy against one gold index.
     """
     config = task.config
@@ -84,7 +98,7 @@ def single_token_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[i
         contexts, tokens = set(), []
         for instance in instances:
             context, continuation = instance.arguments
-            context_ids, continuation_ids = lm._encode_pair(context, continuation)
+            context_ids, continuation_ids = encode_request(lm, context, continuation)
             if len(continuation_ids) != 1:
                 return None
             contexts.add(tuple(context_ids[-lm.max_length :]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,9 +68,27 @@ def parse_task_names(text: str) -> list[str]:
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task it builds at INFO; aim shows its own summary instead."""
+    """lm-eval logs every task it builds at INFO; aim shows its own summary instead.
+
+    lm-eval also records `git describe` of the working folder, and outside a repository git's
+    "fatal: not a git repository" would reach the terminal as if aim had failed: the same
+    lookup runs here with git's stderr discarded.
+    """
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import lm_eval.evaluator
+
+    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+        lm_eval.evaluator.get_git_commit_hash = _git_hash
+
+
+def _git_hash() -> str | None:
+    """`git describe --always` of the working folder, or None (no repository, no git)."""
+    try:
+        found = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None if found.returncode == 0 else None
 
 
 def task_manager(include_path: Path | None) -> Any:
