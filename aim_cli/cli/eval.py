@@ -89,8 +89,11 @@ def eval_command(
         require_matplotlib()
     require_lm_eval()
     quiet_lm_eval()
+    from aim_cli.models.hub import locate
     from aim_cli.tasks.evaluate import check_tasks, load_eval_model, task_manager
 
+    if model is not None:
+        locate(model)  # a missing model fails before lm-eval indexes its thousands of tasks
     manager = task_manager(include_path)
     check_tasks(names, manager)
     lm = load_eval_model(model, device, batch_size)

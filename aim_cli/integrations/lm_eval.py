@@ -6,10 +6,11 @@ Importing this module registers the model with lm-eval's registry, so after
     lm_eval.simple_evaluate(model="aim", model_args="pretrained=DIR,sigma=1.5,seed=0", tasks=[...])
 
 Tokenisation, batching, truncation and scoring stay lm-eval's (the class subclasses HFLM); aim
-hooks the two places HFLM gets logits from the network: `_model_call` (loglikelihood and rolling
-loglikelihood: every position of the batch) and `_model_generate` (generate_until: aim's
-transformers LogitsProcessor, before any sampling warper). With no modulation (sigma 0, no
-focus) neither hook touches anything, so the numbers are lm-eval's own, bit for bit.
+hooks where HFLM turns the network's logits into scores: `_select_cont_toks` (loglikelihood and
+rolling loglikelihood: the positions lm-eval scores, after its log-softmax, renormalised) and
+`_model_generate` (generate_until: aim's transformers LogitsProcessor, before any sampling
+warper). With no modulation (sigma 0, no focus) neither hook touches anything, so the numbers
+are lm-eval's own, bit for bit.
 
 The noise of a decision depends only on the tokens before it: position t of a sequence gets
 the keyed draw of token_key(tokens[: t + 1]), in scoring and in generation alike. lm-eval sorts
@@ -106,6 +107,17 @@ def position_keys(rows: torch.Tensor) -> list[bytes]:
     return keys
 
 
+def prefix_keys(row: torch.Tensor, first: int) -> list[bytes]:
+    """token_key(row[: t + 1]) for t = first .. len(row) - 1: one hash of the shared prefix, then one step each."""
+    ids = row.detach().to("cpu", torch.int64).numpy().astype("<i8")
+    state = hashlib.sha256(ids[:first].tobytes())
+    keys = []
+    for token in ids[first:]:
+        state.update(token.tobytes())
+        keys.append(state.copy().digest())
+    return keys
+
+
 def modulate_positions(logits: torch.Tensor, tokens: torch.Tensor, plan: EvalPlan) -> torch.Tensor:
     """(batch, length, vocab) logits plus each position's keyed noise; padding columns -inf."""
     batch, length, vocab = logits.shape
@@ -136,6 +148,7 @@ class AimLM(HFLM):
         **kwargs: Any,
     ) -> None:
         wanted = eval_profile(profile, sigma, focus, focus_sigma, seed)  # bad settings fail before the model loads
+        self._aim_batch: tuple[torch.Tensor, int] = (torch.empty((0, 0), dtype=torch.long), 0)
         super().__init__(pretrained=pretrained, **kwargs)
         if self.backend != "causal":
             raise ModelError(
@@ -154,11 +167,33 @@ class AimLM(HFLM):
     def _model_call(
         self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """HFLM's logits for every position, each position plus the noise keyed on the tokens up to it."""
+        """HFLM's logits, unchanged; the batch's tokens are kept for the rows _select_cont_toks picks next."""
         logits = super()._model_call(inps, attn_mask, labels)
+        self._aim_batch = (inps, 0)
+        return logits
+
+    def _select_cont_toks(
+        self, logits: torch.Tensor, contlen: int | None = None, inplen: int | None = None
+    ) -> torch.Tensor:
+        """The scored positions of one row, each plus the noise keyed on the tokens up to it, renormalised.
+
+        lm-eval log-softmaxes the whole batch and then calls this once per row, in batch order,
+        to cut out the continuation's positions: only those are scored, so only those get noise
+        (on a 128k vocabulary, noising every context position would cost more than the forward
+        pass). log_softmax(log_softmax(y) + e) = log_softmax(y + e): the same numbers as noise on
+        the raw logits, up to float rounding.
+        """
+        selected = super()._select_cont_toks(logits, contlen, inplen)
         if self.aim_plan.modulation.is_identity:
-            return logits
-        return modulate_positions(logits, inps, self.aim_plan)
+            return selected
+        tokens, row = self._aim_batch
+        if row >= tokens.shape[0] or contlen is None or inplen is None:
+            raise RuntimeError("lm-eval scored more rows than its batch had: this lm-eval version is not supported")
+        self._aim_batch = (tokens, row + 1)
+        first = inplen - contlen
+        keys = prefix_keys(tokens[row, :inplen], first)
+        noisy = modulate(selected, self.aim_plan.modulation, self.aim_plan.noise, class_dim=-1, item_keys=keys)
+        return torch.log_softmax(exclude_padding_(noisy, self.aim_plan.num_tokens), dim=-1)
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
         """HFLM's generate with aim's logits processor first in the chain (keyed on each row's tokens)."""
@@ -180,4 +215,13 @@ class AimLM(HFLM):
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 
-__all__ = ["MODEL_NAME", "AimLM", "EvalPlan", "eval_profile", "modulate_positions", "plan_for", "position_keys"]
+__all__ = [
+    "MODEL_NAME",
+    "AimLM",
+    "EvalPlan",
+    "eval_profile",
+    "modulate_positions",
+    "plan_for",
+    "position_keys",
+    "prefix_keys",
+]
