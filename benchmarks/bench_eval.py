@@ -1,9 +1,10 @@
 """Benchmark: `aim eval` against lm-eval's own run, and lm-eval calibration against a 101-sigma sweep.
 
 Rows (needs aim-cli[eval]; without lm-eval one row says so and nothing is timed):
-- aim eval at sigma 2 / lm-eval's `hf` model, the same two local tasks (a one-token multiple-choice
-  task and a generate_until task with answer extraction), both models loaded once, full
-  simple_evaluate runs, medians of interleaved repetitions. Goal <= 1.05.
+- aim eval at sigma 2 / lm-eval's `hf` model on a local one-token multiple-choice task, both
+  models loaded once, full simple_evaluate runs, medians of interleaved repetitions. Goal <= 1.05.
+  The same on a generate_until task with answer extraction: informational (noisy generations
+  stop at other lengths than clean ones, so the work differs).
 - the loglikelihood requests alone (the forward passes plus aim's per-position noise): informational,
   the hook's cost without lm-eval's task building and metrics around it.
 - `aim calibrate --task lm-eval` on the single-token multiple-choice task (one clean pass, exact
@@ -99,7 +100,7 @@ def _skipped(reason: str) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    """The three rows (or one skip row)."""
+    """The four rows (or one skip row)."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -136,18 +137,24 @@ def run(quick: bool = False) -> list[dict]:
             return lm_eval.simple_evaluate(model=model, tasks=names, task_manager=manager, log_samples=False)
 
         evaluate(plain), evaluate(aim)  # warm-up: dataset caches, first-call costs
-        base, ours = (statistics.median(t) for t in interleaved([lambda: evaluate(plain), lambda: evaluate(aim)], reps))
-        ratio = ours / base
-        rows.append(
-            {
-                "name": "aim eval sigma 2 / lm-eval hf (same tasks)",
-                "measured": round(ratio, 3),
-                "goal": f"<= {EVAL_GOAL}",
-                "met": ratio <= EVAL_GOAL,
-                "detail": f"lm-eval hf {base:.2f} s, aim {ours:.2f} s per run of {mc_items} MC + {gen_items} "
-                f"generate_until docs (demo LM, CPU), median of {reps} interleaved",
-            }
-        )
+        for name, goal in (("bench_mc", EVAL_GOAL), ("bench_gen", None)):
+            base, ours = (
+                statistics.median(t)
+                for t in interleaved([lambda n=name: evaluate(plain, [n]), lambda n=name: evaluate(aim, [n])], reps)
+            )
+            ratio = ours / base
+            what = f"{mc_items} one-token MC docs" if name == "bench_mc" else f"{gen_items} generate_until docs"
+            rows.append(
+                {
+                    "name": f"aim eval sigma 2 / lm-eval hf: {name} (full runs)",
+                    "measured": round(ratio, 3),
+                    "goal": f"<= {goal}" if goal else "",
+                    "met": ratio <= goal if goal else True,
+                    "detail": f"lm-eval hf {base:.2f} s, aim {ours:.2f} s per simple_evaluate of {what} (demo LM, "
+                    f"CPU), median of {reps} interleaved"
+                    + ("" if goal else "; informational: noisy generations stop at other lengths than clean ones"),
+                }
+            )
 
         (task,) = build_tasks(["bench_mc"], manager, None)
         requests = task.instances

@@ -293,6 +293,21 @@ def test_aim_eval_end_to_end(cli, task_dir, manager, tmp_path):
 
 
 @pytest.mark.slow
+def test_aim_eval_runs_a_profile_at_its_own_sigma(cli, task_dir, tmp_path):
+    """Without --sigma, the profile's tier is what runs (not the clean model), with its seed."""
+    tier = tmp_path / "tier.yaml"
+    tier.write_text("version: 1\nutility: {sigma: 3.5}\nnoise: {seed: 11}\n", encoding="utf-8")
+    out = tmp_path / "eval.json"
+    code, _, stderr = cli(
+        "eval", "--tasks", "toy_mc", "--include-path", str(task_dir), "--profile", str(tier),
+        "--limit", "20", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["sigmas"] == [3.5] and report["noise"]["seed"] == 11 and report["limit"] == 20
+
+
+@pytest.mark.slow
 def test_calibrate_on_a_single_token_mc_task_is_analytic(cli, task_dir, tmp_path):
     """`aim calibrate --task lm-eval` on one-token choices: exact curve, a sigma, and a check that agrees."""
     report = tmp_path / "cal.json"

@@ -39,8 +39,13 @@ def eval_command(
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")],
     model: ModelOption = None,
     sigma: Annotated[
-        str, typer.Option("--sigma", "-s", help="Utility sigmas to run, comma-separated (0 is the clean model).")
-    ] = "0",
+        Optional[str],
+        typer.Option(
+            "--sigma",
+            "-s",
+            help="Utility sigmas to run, comma-separated (0 is the clean model; default: the profile's).",
+        ),
+    ] = None,
     profile: ProfileOption = None,
     focus: FocusOption = None,
     focus_sigma: FocusSigmaOption = None,
@@ -77,8 +82,8 @@ def eval_command(
     )
 
     names = parse_task_names(tasks)
-    sigmas = parse_sigmas(sigma)
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
+    sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
     for path, suffixes in ((output, (".json",)), (plot, (".png",))):
         if path is not None:
             check_output_file(path, suffixes)
