@@ -112,6 +112,17 @@ def evaluate(model, manager, tasks=("toy_mc", "toy_gen"), **kwargs):
     return out["results"]
 
 
+def test_position_keys_are_the_token_keys_of_each_prefix():
+    """Position t of a row is keyed like `aim generate` keys the prefix row[:t+1] (token_key)."""
+    from aim_cli.integrations.lm_eval import position_keys, prefix_keys
+    from aim_cli.modulation import token_key
+
+    rows = torch.randint(0, 50, (3, 7))
+    keys = position_keys(rows)
+    assert keys == [token_key(rows[r, : t + 1].tolist()) for r in range(3) for t in range(7)]
+    assert prefix_keys(rows[1], 3) == keys[7 + 3 : 14]
+
+
 def test_sigma_zero_is_lm_evals_own_hf_model_bit_for_bit(manager):
     """The registered `aim` model at sigma 0 reports exactly what lm-eval's `hf` model reports."""
     import aim_cli.integrations.lm_eval  # noqa: F401  (registers `aim`)

@@ -93,22 +93,16 @@ def eval_profile(
 
 
 def position_keys(rows: torch.Tensor) -> list[bytes]:
-    """token_key(row[: t + 1]) for every row and position of a (batch, length) tensor, row-major.
-
-    One running sha256 per row, copied at each position: the same bytes token_key hashes
-    (little-endian int64 ids), so a prefix gets the key `aim generate` gives it.
-    """
-    keys: list[bytes] = []
-    for row in rows.detach().to("cpu", torch.int64).numpy().astype("<i8"):
-        state = hashlib.sha256()
-        for token in row:
-            state.update(token.tobytes())
-            keys.append(state.copy().digest())
-    return keys
+    """token_key(row[: t + 1]) for every row and position of a (batch, length) tensor, row-major."""
+    return [key for row in rows for key in prefix_keys(row, 0)]
 
 
 def prefix_keys(row: torch.Tensor, first: int) -> list[bytes]:
-    """token_key(row[: t + 1]) for t = first .. len(row) - 1: one hash of the shared prefix, then one step each."""
+    """token_key(row[: t + 1]) for t = first .. len(row) - 1: one hash of the shared prefix, then one step each.
+
+    A running sha256 over the same bytes token_key hashes (little-endian int64 ids), so a prefix
+    gets the key `aim generate`'s logits processor gives it.
+    """
     ids = row.detach().to("cpu", torch.int64).numpy().astype("<i8")
     state = hashlib.sha256(ids[:first].tobytes())
     keys = []
