@@ -151,33 +151,39 @@ def test_noise_is_reproducible_and_independent_of_batching(manager, aim_lm):
 
 def test_generation_sees_the_noise_scoring_sees(aim_lm):
     """generate_until's first token is the argmax of the noisy logits loglikelihood scores at that prefix."""
-    from aim_cli.integrations.lm_eval import modulate_positions
-
-    plan = aim_lm.set_profile(Profile(sigma=4.0, seed=5))
+    aim_lm.set_profile(Profile(sigma=4.0, seed=5))
     prompts = [aim_lm.tok_encode(p) for p in ("12+30=", "7+8=", "40+9=", "33+3=")]
     for ids in prompts:
         context = torch.tensor([ids])
-        scored = modulate_positions(aim_lm._model_call(context), context, plan)[0, -1]
+        scored = aim_lm._model_call(context)[0, -1]  # outside a scoring run: every position is noised
         generated = aim_lm._model_generate(
             context, max_length=len(ids) + 1, stop=[], attention_mask=torch.ones_like(context), do_sample=False
         )
         assert int(generated[0, len(ids)]) == int(scored.argmax())
 
 
-def test_scored_loglikelihoods_are_log_softmax_of_noisy_logits(aim_lm):
-    """lm-eval's loglikelihood at sigma > 0 is log_softmax(logits + keyed noise) at the continuation positions."""
-    from lm_eval.api.instance import Instance
+def test_scored_loglikelihoods_are_log_softmax_of_noisy_logits(aim_lm, monkeypatch):
+    """lm-eval's loglikelihood at sigma > 0 is log_softmax(logits + keyed noise) at the continuation positions.
 
-    from aim_cli.integrations.lm_eval import modulate_positions
+    The reference noises every position (modulate_positions); the model draws only the scored ones.
+    """
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
 
     plan = aim_lm.set_profile(Profile(sigma=2.0, seed=9))
     pairs = [("12+30=", "42"), ("7+8=", "15"), ("40+9=", "4"), ("33+3=", "36")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
-    scored = aim_lm.loglikelihood(requests, disable_tqdm=True)
+    import aim_cli.integrations.lm_eval as integration
+
+    reference = integration.modulate_positions
+    with monkeypatch.context() as patch:  # scoring draws only the scored positions, never the all-positions path
+        patch.setattr(integration, "modulate_positions", lambda *a: pytest.fail("noised every position"))
+        scored = aim_lm.loglikelihood(requests, disable_tqdm=True)
     for (context, continuation), (ll, _) in zip(pairs, scored):
         context_ids, continuation_ids = aim_lm._encode_pair(context, continuation)
         ids = torch.tensor([context_ids + continuation_ids[:-1]])
-        noisy = torch.log_softmax(modulate_positions(aim_lm._model_call(ids), ids, plan)[0], dim=-1)
+        clean = HFLM._model_call(aim_lm, ids)
+        noisy = torch.log_softmax(reference(clean, ids, plan)[0], dim=-1)
         positions = range(len(context_ids) - 1, ids.shape[1])
         expected = sum(float(noisy[t, token]) for t, token in zip(positions, continuation_ids))
         assert ll == pytest.approx(expected, abs=1e-4)

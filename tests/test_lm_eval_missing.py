@@ -19,6 +19,8 @@ def test_missing_lm_eval_is_one_line_naming_the_extra(args, capsys, monkeypatch)
     """lm_eval not importable: exit 2, one line naming pip install 'aim-cli[eval]', no traceback."""
     from aim_cli.cli import main
 
+    for name in [n for n in sys.modules if n.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)  # restored after the test (a venv with the extra)
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
     monkeypatch.delitem(sys.modules, "aim_cli.integrations.lm_eval", raising=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))

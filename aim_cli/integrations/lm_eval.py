@@ -6,11 +6,11 @@ Importing this module registers the model with lm-eval's registry, so after
     lm_eval.simple_evaluate(model="aim", model_args="pretrained=DIR,sigma=1.5,seed=0", tasks=[...])
 
 Tokenisation, batching, truncation and scoring stay lm-eval's (the class subclasses HFLM); aim
-hooks where HFLM turns the network's logits into scores: `_select_cont_toks` (loglikelihood and
-rolling loglikelihood: the positions lm-eval scores, after its log-softmax, renormalised) and
-`_model_generate` (generate_until: aim's transformers LogitsProcessor, before any sampling
-warper). With no modulation (sigma 0, no focus) neither hook touches anything, so the numbers
-are lm-eval's own, bit for bit.
+hooks the two places HFLM gets logits from the network: `_model_call` (loglikelihood and rolling
+loglikelihood: the positions lm-eval scores, before its log-softmax) and `_model_generate`
+(generate_until: aim's transformers LogitsProcessor, before any sampling warper). With no
+modulation (sigma 0, no focus) neither hook touches anything, so the numbers are lm-eval's own,
+bit for bit.
 
 The noise of a decision depends only on the tokens before it: position t of a sequence gets
 the keyed draw of token_key(tokens[: t + 1]), in scoring and in generation alike. lm-eval sorts
@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from aim_cli.errors import ModelError, ProfileError
@@ -112,6 +113,33 @@ def prefix_keys(row: torch.Tensor, first: int) -> list[bytes]:
     return keys
 
 
+def scored_positions(
+    inps: torch.Tensor, table: dict[tuple[int, ...], int]
+) -> tuple[list[int], list[int], list[bytes]] | None:
+    """(row, position, key) of every position lm-eval will score in a right-padded batch; None if a row is unknown.
+
+    A row's real length is where its zero padding starts (or later, if the input itself ends in
+    token 0): the first length whose tokens are in the table is the row's input.
+    """
+    rows: list[int] = []
+    positions: list[int] = []
+    keys: list[bytes] = []
+    for index, row in enumerate(inps.detach().to("cpu", torch.int64).numpy()):
+        nonzero = np.flatnonzero(row)
+        shortest = int(nonzero[-1]) + 1 if len(nonzero) else 1
+        for length in range(shortest, len(row) + 1):
+            count = table.get(tuple(row[:length].tolist()))
+            if count is not None:
+                break
+        else:
+            return None
+        first = length - count
+        rows.extend([index] * count)
+        positions.extend(range(first, length))
+        keys.extend(prefix_keys(torch.from_numpy(row[:length]), first))
+    return rows, positions, keys
+
+
 def modulate_positions(logits: torch.Tensor, tokens: torch.Tensor, plan: EvalPlan) -> torch.Tensor:
     """(batch, length, vocab) logits plus each position's keyed noise; padding columns -inf."""
     batch, length, vocab = logits.shape
@@ -127,7 +155,6 @@ def first_real_positions(attention_mask: torch.Tensor | None, batch: int) -> lis
     return attention_mask.to(torch.int64).argmax(dim=1).tolist()
 
 
-@register_model(MODEL_NAME)
 class AimLM(HFLM):
     """lm-eval's HFLM with aim's utility and focus noise on the logits it scores and generates from."""
 
@@ -142,7 +169,7 @@ class AimLM(HFLM):
         **kwargs: Any,
     ) -> None:
         wanted = eval_profile(profile, sigma, focus, focus_sigma, seed)  # bad settings fail before the model loads
-        self._aim_batch: tuple[torch.Tensor, int] = (torch.empty((0, 0), dtype=torch.long), 0)
+        self._aim_scored: dict[tuple[int, ...], int] | None = None
         super().__init__(pretrained=pretrained, **kwargs)
         if self.backend != "causal":
             raise ModelError(
@@ -158,36 +185,48 @@ class AimLM(HFLM):
         self.aim_plan = plan_for(profile, self.tokenizer)
         return self.aim_plan
 
+    def _loglikelihood_tokens(self, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        """HFLM's scoring, with a table of which positions each input row will have scored.
+
+        Row input -> continuation length, computed as lm-eval builds its rows (context +
+        continuation, left-truncated to max_length + 1, last token dropped): _model_call uses
+        it to noise only the scored positions of a batch, in one draw.
+        """
+        if self.aim_plan.modulation.is_identity:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        table: dict[tuple[int, ...], int] = {}
+        for _, context_ids, continuation_ids in requests:
+            row = tuple((list(context_ids) + list(continuation_ids))[-(self.max_length + 1) :][:-1])
+            table[row] = max(table.get(row, 0), len(continuation_ids))
+        self._aim_scored = table
+        try:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        finally:
+            self._aim_scored = None
+
     def _model_call(
         self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """HFLM's logits, unchanged; the batch's tokens are kept for the rows _select_cont_toks picks next."""
-        logits = super()._model_call(inps, attn_mask, labels)
-        self._aim_batch = (inps, 0)
-        return logits
+        """HFLM's logits, each scored position plus the noise keyed on the tokens up to it.
 
-    def _select_cont_toks(
-        self, logits: torch.Tensor, contlen: int | None = None, inplen: int | None = None
-    ) -> torch.Tensor:
-        """The scored positions of one row, each plus the noise keyed on the tokens up to it, renormalised.
-
-        lm-eval log-softmaxes the whole batch and then calls this once per row, in batch order,
-        to cut out the continuation's positions: only those are scored, so only those get noise
-        (on a 128k vocabulary, noising every context position would cost more than the forward
-        pass). log_softmax(log_softmax(y) + e) = log_softmax(y + e): the same numbers as noise on
-        the raw logits, up to float rounding.
+        Only the positions lm-eval scores get noise (on a 128k vocabulary, drawing for every
+        context position would cost more than the forward pass); they are found in the table
+        _loglikelihood_tokens made. A batch that does not match it (another caller, another
+        lm-eval) gets noise at every position: the same numbers, more draws.
         """
-        selected = super()._select_cont_toks(logits, contlen, inplen)
+        logits = super()._model_call(inps, attn_mask, labels)
         if self.aim_plan.modulation.is_identity:
-            return selected
-        tokens, row = self._aim_batch
-        if row >= tokens.shape[0] or contlen is None or inplen is None:
-            raise RuntimeError("lm-eval scored more rows than its batch had: this lm-eval version is not supported")
-        self._aim_batch = (tokens, row + 1)
-        first = inplen - contlen
-        keys = prefix_keys(tokens[row, :inplen], first)
-        noisy = modulate(selected, self.aim_plan.modulation, self.aim_plan.noise, class_dim=-1, item_keys=keys)
-        return torch.log_softmax(exclude_padding_(noisy, self.aim_plan.num_tokens), dim=-1)
+            return logits
+        scored = scored_positions(inps, self._aim_scored) if self._aim_scored else None
+        if scored is None:
+            return modulate_positions(logits, inps, self.aim_plan)
+        rows, positions, keys = scored
+        plan = self.aim_plan
+        index = (torch.tensor(rows, device=logits.device), torch.tensor(positions, device=logits.device))
+        noisy = modulate(logits[index], plan.modulation, plan.noise, class_dim=-1, item_keys=keys)
+        logits = logits.clone() if logits.requires_grad else logits
+        logits[index] = exclude_padding_(noisy, plan.num_tokens)
+        return logits
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
         """HFLM's generate with aim's logits processor first in the chain (keyed on each row's tokens)."""
@@ -208,6 +247,16 @@ class AimLM(HFLM):
             generation_kwargs["logits_processor"] = LogitsProcessorList([processor, *given])
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
+
+def _register() -> None:
+    """Register AimLM as lm-eval model `aim`; a second import of this module (a reload) keeps the first."""
+    try:
+        register_model(MODEL_NAME)(AimLM)
+    except ValueError:  # already registered by an earlier import of this module
+        pass
+
+
+_register()
 
 __all__ = [
     "MODEL_NAME",
