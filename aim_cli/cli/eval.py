@@ -84,6 +84,10 @@ def eval_command(
     names = parse_task_names(tasks)
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
     sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
+    if base.key_env is not None:
+        from aim_cli.profile import noise_key
+
+        noise_key(base)  # an unset key fails now, not after the model has loaded
     for path, suffixes in ((output, (".json",)), (plot, (".png",))):
         if path is not None:
             check_output_file(path, suffixes)
