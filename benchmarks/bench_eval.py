@@ -170,8 +170,8 @@ def run(quick: bool = False) -> list[dict]:
                 "measured": round(ours / base, 3),
                 "goal": "",
                 "met": True,
-                "detail": f"{len(requests)} requests: hf {base:.3f} s, aim {ours:.3f} s (forward passes + "
-                "per-position keyed noise on a 52-token vocabulary; informational)",
+                "detail": f"{len(requests)} requests: hf {base:.3f} s, aim {ours:.3f} s (forward passes + keyed "
+                "noise at the scored positions, 52-token vocabulary, a model of ~0.7M parameters; informational)",
             }
         )
 
