@@ -70,6 +70,15 @@ test-ray:
 	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py
 
+# The lm-evaluation-harness tests (`aim eval`, calibration on lm-eval tasks), in their own venv:
+# lm-eval pulls datasets, evaluate and more, so `make test` runs without it (those tests skip there).
+EVAL_VENV ?= .venv-eval
+.PHONY: test-eval
+test-eval:
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install --quiet -e '.[dev,eval]'
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(EVAL_VENV)/bin/python -m pytest -q tests/test_lm_eval.py tests/test_lm_eval_missing.py
+
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 

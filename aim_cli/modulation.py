@@ -150,6 +150,15 @@ _LOW24 = (1 << 24) - 1
 _BLOCK_ELEMENTS = 1 << 15  # pairs per block, all items together
 
 
+# Domain separation: a seeded stream can never coincide with a keyed one.
+_SEEDED_DOMAIN = b"aim-seeded-request\x00"
+
+
+def seed_keyed_noise(seed: int) -> KeyedNoise:
+    """Seeded noise as a public key: the counter-based generator keyed on the seed; draws depend on (seed, item)."""
+    return KeyedNoise(_SEEDED_DOMAIN + int(seed).to_bytes(8, "little"))
+
+
 def _signed64(value: int) -> int:
     """Reinterpret an unsigned 64-bit integer as torch's signed int64 (same bits)."""
     value &= (1 << 64) - 1

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from aim_cli.errors import ProfileError
-from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, token_key
+from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, seed_keyed_noise, token_key
 from aim_cli.plans import plan_tokens
 from aim_cli.profile import REQUEST_NAMES, Profile, apply_overrides, check_focus_count, noise_key
 
@@ -38,8 +38,6 @@ PROFILE_SUFFIXES = (".yaml", ".yml")
 # The per-request arguments (SamplingParams.extra_args, the OpenAI server's vllm_xargs).
 ARG_PREFIX = "aim_"
 REQUEST_ARGS = ("aim_profile", "aim_sigma", "aim_focus", "aim_focus_sigma", "aim_seed", "aim_keyed")
-# Domain separation: a seeded request's stream can never coincide with a keyed one.
-_SEEDED_DOMAIN = b"aim-seeded-request\x00"
 
 
 def load_profile_dir(directory: str | Path) -> dict[str, Profile]:
@@ -295,11 +293,6 @@ def step_key(step: int) -> bytes:
     will do there, so they share step 0's.
     """
     return max(int(step), 0).to_bytes(8, "little", signed=False)
-
-
-def seed_keyed_noise(seed: int) -> KeyedNoise:
-    """A request's seeded noise: the counter-based generator keyed on the seed, so draws depend on (seed, step) only."""
-    return KeyedNoise(_SEEDED_DOMAIN + int(seed).to_bytes(8, "little"))
 
 
 class PlanCache:

@@ -28,7 +28,7 @@ sys.exit(code)
     [
         ["--help"],
         ["--version"],
-        *([command, "--help"] for command in ("classify", "segment", "generate", "calibrate", "serve")),
+        *([command, "--help"] for command in ("classify", "segment", "generate", "calibrate", "serve", "eval")),
     ],
 )
 def test_help_and_version_leave_torch_unloaded(args):

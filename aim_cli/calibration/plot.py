@@ -73,3 +73,36 @@ def plot_calibration(calibration: Calibration, path: Path) -> None:
     figure.tight_layout()
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png")
+
+
+def plot_metric_curves(series: dict[str, list[tuple[float, float, float | None]]], path: Path, title: str) -> None:
+    """Draw task metrics against sigma (one line per 'task metric', stderr bars), atomically, to a PNG."""
+    require_matplotlib()
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # a broken install: still one clear line
+        raise AimError(f"--plot: matplotlib cannot be imported ({exc})", "pip install 'aim-cli[plot]'") from None
+
+    figure = Figure(figsize=(7.0, 4.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, points in series.items():
+        points = sorted(points)
+        axes.errorbar(
+            [s for s, _, _ in points],
+            [v for _, v, _ in points],
+            yerr=[e if e is not None else 0.0 for _, _, e in points],
+            fmt="o-",
+            markersize=4,
+            capsize=3,
+            label=label,
+        )
+    axes.set_xlabel("sigma")  # linear: sigma 0, the clean model, belongs on the axis
+    axes.set_ylabel("task metric")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.25)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png")

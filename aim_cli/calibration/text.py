@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -182,7 +182,28 @@ def calibrate_free_form(
     clean = scorer.accuracy(0.0, seed)
     limit = 0.0  # random tokens essentially never spell the answer
     check_reachable(target, clean, limit, "random tokens")
-    scale = _logit_scale(lm, scorer)
+    return search_sigma(scorer, target, draws, seed, clean, _logit_scale(lm, scorer), len(items))
+
+
+class SigmaScorer(Protocol):
+    """What the Monte Carlo search measures: a metric per (sigma, seed), and its running cost."""
+
+    passes: int
+    seconds: float
+
+    def check(self, sigma: float, draws: int, seed: int) -> MonteCarloCheck:
+        """`draws` seeded measurements at one sigma."""
+        ...
+
+
+def search_sigma(
+    scorer: SigmaScorer, target: Target, draws: int, seed: int, clean: float, scale: float, items: int
+) -> Calibration:
+    """Bracket the target by a coarse seeded scan from `scale`, bisect in log-sigma, fit, then check with `draws`.
+
+    Shared by free-form text and lm-eval tasks: anything whose metric at a sigma must be measured.
+    """
+    limit = 0.0
     # From a tenth of the logit spread (where answers barely change) up by half decades.
     scan = [scale * 10 ** (k / SCAN_PER_DECADE) for k in range(-SCAN_PER_DECADE, 3 * SCAN_PER_DECADE + 1)]
     points: list[MonteCarloCheck] = []
@@ -250,7 +271,7 @@ def calibrate_free_form(
         curve=curve,
         check=check,
         points=others,
-        items=len(items),
+        items=items,
         seed=seed,
         timing={"generation_s": scorer.seconds},
         warnings=warnings,

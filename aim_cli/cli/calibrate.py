@@ -43,6 +43,7 @@ class Task(str, enum.Enum):
     classify = "classify"
     segment = "segment"
     generate = "generate"
+    lm_eval = "lm-eval"
 
 
 @app.command()
@@ -81,6 +82,12 @@ def calibrate(
     ] = False,
     limit: Annotated[
         Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
+    ] = None,
+    lm_tasks: Annotated[
+        Optional[str], typer.Option("--tasks", help="lm-eval task or group names, comma-separated (--task lm-eval).")
+    ] = None,
+    include_path: Annotated[
+        Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML (--task lm-eval).")
     ] = None,
     draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
@@ -130,7 +137,11 @@ def calibrate(
         require_matplotlib()
     if (weights is not None or labels is not None) and task == Task.generate:
         raise AimError("--weights and --labels apply to --task classify and segment")
-    if model is not None and data is None:
+    if (lm_tasks is not None or include_path is not None) != (task == Task.lm_eval) or (
+        task == Task.lm_eval and data is not None
+    ):
+        raise AimError("--task lm-eval takes --tasks (and --include-path), not --data; the other tasks take --data")
+    if model is not None and data is None and task != Task.lm_eval:
         raise AimError(
             "--model needs --data: the default evaluation set belongs to the demo model",
             {
@@ -148,6 +159,10 @@ def calibrate(
         calibration, failures = _segment(
             request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths
         )
+    elif task == Task.lm_eval:
+        from aim_cli.cli.eval import lm_eval_calibration
+
+        calibration, failures = lm_eval_calibration(request, model, lm_tasks or "", include_path, limit, device, quiet)
     else:
         calibration, failures = _generate(request, model, data, limit, torch_device, quiet)
     with RunOutputs() as run:

@@ -82,7 +82,7 @@ def per_item_plan(plan: Any) -> Any:
     """
     if plan.keyed:
         return plan
-    from aim_cli.serving import seed_keyed_noise
+    from aim_cli.modulation import seed_keyed_noise
 
     return replace(plan, noise=seed_keyed_noise(int(plan.seed or 0)), seed=None)
 

@@ -1,0 +1,300 @@
+"""Calibration on an lm-evaluation-harness task: analytic for single-token multiple choice, else Monte Carlo.
+
+lm-eval scores a multiple-choice question by the loglikelihood of each choice after the shared
+context. When every choice is one token (MMLU's " A".." D"), the choices are columns of the
+same next-token logits, and aim's lm-eval model gives that position the same noise in every
+choice's request (aim_cli.integrations.lm_eval): the noisy log-softmax shifts every choice by
+the same normaliser, so lm-eval's pick is the argmax of the choices' noisy logits. Accuracy at
+any sigma is then classification accuracy over the C choice columns, which
+calibration.classify computes exactly from one clean forward pass. Every other task (several
+tokens per choice, generate_until, custom scoring) is calibrated by the seeded Monte Carlo
+search of free-form text, each measurement one lm-eval run of the task.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from aim_cli.calibration.classify import calibrate_target
+from aim_cli.calibration.core import Calibration, MonteCarloCheck, Target
+from aim_cli.calibration.text import search_sigma
+from aim_cli.errors import AimError, InputError
+from aim_cli.profile import Profile
+
+if TYPE_CHECKING:
+    from aim_cli.calibration.runner import CalibrationRequest
+    from aim_cli.integrations.lm_eval import AimLM
+
+
+@dataclass
+class ChoiceLogits:
+    """Clean logits of each question's choice tokens at the answer position, and the right choice."""
+
+    logits: torch.Tensor  # (N, C) float32
+    answers: torch.Tensor  # (N,) choice indices
+    seconds: float
+
+
+def flatten_tasks(task_dict: dict) -> list[Any]:
+    """The leaf Task objects of lm-eval's (possibly nested, for groups like mmlu) task dict."""
+    leaves: list[Any] = []
+    for value in task_dict.values():
+        if isinstance(value, dict):
+            leaves.extend(flatten_tasks(value))
+        elif value is not None:
+            leaves.append(value)
+    return leaves
+
+
+def _gold_index(task: Any, doc: dict, choices: Sequence[str]) -> int | None:
+    """The right choice's index as lm-eval's multiple-choice scoring reads it; None if not one index."""
+    gold = task.doc_to_target(doc)
+    if isinstance(gold, str):
+        return choices.index(gold) if gold in choices else None
+    if isinstance(gold, int) and not isinstance(gold, bool) and 0 <= gold < len(choices):
+        return gold
+    return None
+
+
+def encode_request(lm: AimLM, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) exactly as lm-eval's loglikelihood encodes a request.
+
+    An empty context is conditioned on the prefix token (BOS or EOS), as TemplateLM.loglikelihood does.
+    """
+    if context == "":
+        continuation_ids = lm.tok_encode(continuation, add_special_tokens=False)
+        if continuation_ids and lm.prefix_token_id == continuation_ids[0]:
+            return list(continuation_ids[:1]), list(continuation_ids[1:])
+        return [lm.prefix_token_id], list(continuation_ids)
+    context_ids, continuation_ids = lm._encode_pair(context, continuation)
+    return list(context_ids), list(continuation_ids)
+
+
+def single_token_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[int], int]] | None:
+    """(context ids, one token per choice, gold) per question, or None where the task is not single-token MC.
+
+    The requests are lm-eval's own (task.instances, fewshot context and all), encoded as lm-eval
+    encodes them (encode_request); a task qualifies when every choice adds exactly one token to one shared context
+    and the score is plain argmax accuracy against one gold index.
+    """
+    config = task.config
+    if task.OUTPUT_TYPE != "multiple_choice" or callable(getattr(config, "process_results", None)):
+        return None
+    if task.multiple_input or task.multiple_target:
+        return None
+    by_doc: dict[int, list[Any]] = {}
+    for instance in task.instances:
+        by_doc.setdefault(instance.doc_id, []).append(instance)
+    questions = []
+    for doc_id in sorted(by_doc):
+        instances = sorted(by_doc[doc_id], key=lambda i: i.idx)
+        doc = instances[0].doc
+        choices = task.doc_to_choice(doc)
+        if len(instances) != len(choices):  # e.g. acc_mutual_info adds unconditional requests
+            return None
+        contexts, tokens = set(), []
+        for instance in instances:
+            context, continuation = instance.arguments
+            context_ids, continuation_ids = encode_request(lm, context, continuation)
+            if len(continuation_ids) != 1:
+                return None
+            contexts.add(tuple(context_ids[-lm.max_length :]))
+            tokens.append(int(continuation_ids[0]))
+        gold = _gold_index(task, doc, choices)
+        if len(contexts) != 1 or gold is None or len(set(tokens)) != len(tokens):
+            return None
+        questions.append((list(contexts.pop()), tokens, gold))
+    return questions
+
+
+@torch.inference_mode()
+def collect_choice_logits(
+    lm: AimLM, questions: Sequence[tuple[list[int], list[int], int]], progress: Callable[[int], None] | None = None
+) -> ChoiceLogits:
+    """One clean forward pass per batch (lm-eval's, without aim's hook); the choices' logits at the answer position."""
+    from lm_eval.models.huggingface import HFLM
+
+    start = time.perf_counter()
+    batch_size = lm.batch_size if isinstance(lm.batch_size, int) else 16
+    widths = {len(q[1]) for q in questions}
+    if len(widths) != 1:
+        raise InputError("the questions have different numbers of choices", "calibrate such a task by Monte Carlo")
+    rows: list[torch.Tensor] = []
+    for offset in range(0, len(questions), batch_size):
+        chunk = questions[offset : offset + batch_size]
+        width = max(len(q[0]) for q in chunk)
+        # Right padding, as lm-eval pads loglikelihood batches: a causal model's earlier positions ignore it.
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (context, _, _) in enumerate(chunk):
+            ids[row, : len(context)] = torch.tensor(context)
+        logits = HFLM._model_call(lm, ids.to(lm.device))
+        for row, (context, tokens, _) in enumerate(chunk):
+            rows.append(logits[row, len(context) - 1, tokens].float().cpu())
+        if progress:
+            progress(len(chunk))
+    answers = torch.tensor([q[2] for q in questions])
+    return ChoiceLogits(torch.stack(rows), answers, time.perf_counter() - start)
+
+
+def build_tasks(names: Sequence[str], manager: Any, limit: int | None) -> list[Any]:
+    """lm-eval's leaf tasks of `names`, each with its requests built (lm-eval's own prompt and fewshot)."""
+    if hasattr(manager, "load"):  # lm-eval >= 0.4.10: a flat dict of the leaf tasks
+        tasks = list(manager.load(list(names))["tasks"].values())
+    else:
+        from lm_eval.tasks import get_task_dict
+
+        tasks = flatten_tasks(get_task_dict(list(names), manager))
+    for task in tasks:
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
+        if not task.instances:
+            raise InputError(f"lm-eval task {task.config.task}: no documents to score", "check its data files")
+    return tasks
+
+
+def task_metric(results: dict, name: str) -> tuple[str, float]:
+    """The first metric lm-eval reports for a task ('acc,none', 'exact_match,strict-match', ...)."""
+    entry = results.get(name) or {}
+    for key, value in entry.items():
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float)):
+            return key, float(value)
+    raise InputError(f"lm-eval reported no numeric metric for task {name}")
+
+
+class LmEvalScorer:
+    """The task's lm-eval metric at (sigma, seed): one full lm-eval run of the task per measurement."""
+
+    def __init__(self, lm: AimLM, names: Sequence[str], manager: Any, limit: int | None, progress: Any = None):
+        self.lm = lm
+        self.names = list(names)
+        self.manager = manager
+        self.limit = limit
+        self.progress = progress
+        self.passes = 0
+        self.seconds = 0.0
+        self.metric = ""
+
+    def accuracy(self, sigma: float, seed: int) -> float:
+        """Mean of the named tasks' first metrics, measured by lm-eval at utility sigma with this seed."""
+        import lm_eval
+
+        start = time.perf_counter()
+        self.lm.set_profile(Profile(sigma=sigma, seed=seed))
+        out = lm_eval.simple_evaluate(
+            model=self.lm, tasks=self.names, task_manager=self.manager, limit=self.limit, log_samples=False
+        )
+        metrics = [task_metric(out["results"], name) for name in self.names]
+        self.metric = metrics[0][0]
+        self.passes += 1
+        self.seconds += time.perf_counter() - start
+        if self.progress:
+            self.progress(1)
+        return sum(v for _, v in metrics) / len(metrics)
+
+    def check(self, sigma: float, draws: int, seed: int) -> MonteCarloCheck:
+        """`draws` seeded lm-eval runs at one sigma."""
+        return MonteCarloCheck(sigma, [self.accuracy(sigma, seed + k) for k in range(draws)])
+
+
+def calibrate_lm_eval(
+    lm: AimLM,
+    names: Sequence[str],
+    manager: Any,
+    target: Target,
+    draws: int,
+    seed: int,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Calibration:
+    """The sigma at which the tasks' accuracy meets the target: analytic when every task is single-token MC."""
+    start = time.perf_counter()
+    tasks = build_tasks(names, manager, limit)
+    questions: list[tuple[list[int], list[int], int]] = []
+    for task in tasks:
+        found = single_token_questions(lm, task)
+        if found is None:
+            questions = []
+            break
+        questions.extend(found)
+    if questions and len({len(q[1]) for q in questions}) == 1:
+        calibration = _analytic(lm, questions, target, draws, seed, progress)
+    else:
+        documents = sum(len({i.doc_id for i in task.instances}) for task in tasks)
+        calibration = _monte_carlo(lm, names, manager, target, draws, seed, limit, documents, progress)
+    calibration.task = "lm-eval"
+    calibration.model = str(getattr(lm, "aim_model_name", "") or "")
+    calibration.data = ",".join(names)
+    calibration.timing["total_s"] = time.perf_counter() - start
+    return calibration
+
+
+def _analytic(
+    lm: AimLM,
+    questions: Sequence[tuple[list[int], list[int], int]],
+    target: Target,
+    draws: int,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> Calibration:
+    """Exact accuracy over the choice columns from one clean pass (calibration.classify), then its check."""
+    cached = collect_choice_logits(lm, questions, progress)
+    calibration = calibrate_target(cached.logits, cached.answers, target, draws=draws, seed=seed)
+    choices = cached.logits.shape[1]
+    calibration.limit_label = f"chance (1/{choices} choices)"
+    calibration.timing = {"forward_s": cached.seconds, **calibration.timing}
+    calibration.notes.append(
+        f"1 forward pass over {len(questions)} questions whose {choices} choices are one token each: lm-eval picks "
+        "the argmax of the choices' noisy logits, so every sigma after that is analytic"
+    )
+    return calibration
+
+
+def _monte_carlo(
+    lm: AimLM,
+    names: Sequence[str],
+    manager: Any,
+    target: Target,
+    draws: int,
+    seed: int,
+    limit: int | None,
+    documents: int,
+    progress: Callable[[int], None] | None,
+) -> Calibration:
+    """Seeded lm-eval runs: a scan from the logit scale, bisection in log-sigma, then `draws` runs at the root."""
+    from aim_cli.calibration.core import check_reachable
+
+    scorer = LmEvalScorer(lm, names, manager, limit, progress)
+    clean = scorer.accuracy(0.0, seed)
+    check_reachable(target, clean, 0.0, "no right answers")
+    calibration = search_sigma(scorer, target, draws, seed, clean, 1.0, documents)
+    calibration.limit_label = "no right answers"
+    calibration.timing = {"lm_eval_s": scorer.seconds}
+    calibration.notes = [
+        f"the tasks are not single-token multiple choice, so the curve is measured: {scorer.passes} seeded lm-eval "
+        f"runs of {', '.join(names)} (metric {scorer.metric}; scan, bisection and {draws} checking draws)"
+    ]
+    return calibration
+
+
+__all__ = ["ChoiceLogits", "LmEvalScorer", "calibrate_lm_eval", "collect_choice_logits", "single_token_questions"]
+
+
+def calibrate_on_tasks(
+    lm: AimLM,
+    names: Sequence[str],
+    manager: Any,
+    request: CalibrationRequest,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Calibration:
+    """The sigma for a target accuracy on lm-eval tasks (analytic for single-token multiple choice)."""
+    if request.metric != "accuracy":
+        raise AimError("lm-eval calibration reaches a target task accuracy", "use --target-acc")
+    calibration = calibrate_lm_eval(
+        lm, names, manager, Target("accuracy", request.value), request.draws, request.seed, limit, progress
+    )
+    calibration.model = str(getattr(lm, "aim_model_name", ""))
+    return calibration

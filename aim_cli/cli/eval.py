@@ -1,0 +1,190 @@
+"""`aim eval`: lm-evaluation-harness tasks at one tier or a sweep of tiers (needs aim-cli[eval])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from aim_cli.cli.common import (
+    BatchOption,
+    DeviceOption,
+    FocusOption,
+    FocusSigmaOption,
+    ModelOption,
+    ProfileOption,
+    QuietOption,
+    SeedOption,
+    app,
+    guard_outputs,
+    out_console,
+    profile_from_options,
+    progress_bar,
+    say,
+    writing_stdout,
+)
+from aim_cli.io import check_output_file
+
+if TYPE_CHECKING:
+    from aim_cli.api.commands import Calibration, CalibrationRequest, EvalReport
+    from aim_cli.errors import FailedInput
+
+
+@app.command(name="eval")
+def eval_command(
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")],
+    model: ModelOption = None,
+    sigma: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sigma",
+            "-s",
+            help="Utility sigmas to run, comma-separated (0 is the clean model; default: the profile's).",
+        ),
+    ] = None,
+    profile: ProfileOption = None,
+    focus: FocusOption = None,
+    focus_sigma: FocusSigmaOption = None,
+    seed: SeedOption = None,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, help="Score only the first N documents per task.")
+    ] = None,
+    num_fewshot: Annotated[
+        Optional[int], typer.Option("--num-fewshot", min=0, help="Few-shot examples (default: each task's own).")
+    ] = None,
+    include_path: Annotated[
+        Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
+    ] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Draw each task metric against sigma to a PNG (aim-cli\\[plot]).")
+    ] = None,
+    batch_size: BatchOption = 16,
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Run lm-evaluation-harness tasks at each sigma (lm-eval's own prompts, batching and scoring).
+
+    The table (task, metric, sigma, value, stderr) goes to stdout; progress to stderr.
+    """
+    from aim_cli.api.commands import (
+        parse_sigmas,
+        parse_task_names,
+        quiet_lm_eval,
+        require_lm_eval,
+        run_eval,
+    )
+
+    names = parse_task_names(tasks)
+    base = profile_from_options(profile, None, focus, focus_sigma, seed)
+    sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
+    if base.key_env is not None:
+        from aim_cli.profile import noise_key
+
+        noise_key(base)  # an unset key fails now, not after the model has loaded
+    for path, suffixes in ((output, (".json",)), (plot, (".png",))):
+        if path is not None:
+            check_output_file(path, suffixes)
+    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile)], model)
+    if plot is not None:
+        from aim_cli.api.commands import require_matplotlib
+
+        require_matplotlib()
+    require_lm_eval()
+    quiet_lm_eval()
+    from aim_cli.api.commands import check_tasks, load_eval_model, locate, task_manager
+
+    if model is not None:
+        locate(model)  # a missing model fails before lm-eval indexes its thousands of tasks
+    manager = task_manager(include_path)
+    check_tasks(names, manager)
+    lm = load_eval_model(model, device, batch_size)
+    say(f"model: {lm.aim_model_name} | tasks: {', '.join(names)} | sigma: {', '.join(f'{s:g}' for s in sigmas)}", quiet)
+    with progress_bar("tiers", len(sigmas), quiet) as advance:
+        report = run_eval(lm, names, sigmas, base, manager, limit, num_fewshot, advance)
+    if not report.rows:
+        from aim_cli.errors import AimError
+
+        raise AimError(f"lm-eval reported no metrics for {', '.join(names)}", "check the tasks' metric_list")
+    if output is not None:
+        from aim_cli.io import write_json_atomic
+
+        write_json_atomic(report.to_dict(), output)
+    if plot is not None:
+        _plot(report, plot)
+    with writing_stdout():
+        out_console.print(_table(report))
+    noise = report.noise
+    say(
+        "noise: "
+        + ("keyed (secret)" if noise.get("keyed") else f"seed {noise.get('seed')}")
+        + (f" | focus {', '.join(map(str, noise.get('focus') or []))}" if noise.get("focus") else ""),
+        quiet,
+    )
+    for path, what in ((output, "results"), (plot, "plot")):
+        if path is not None:
+            say(f"wrote {what} to {path}", quiet)
+
+
+def _table(report: EvalReport) -> Table:
+    """The rows as a table: task, metric (with its filter), sigma, value, stderr."""
+    table = Table(show_header=True, header_style="bold")
+    for column, justify in (
+        ("task", "left"),
+        ("metric", "left"),
+        ("sigma", "right"),
+        ("value", "right"),
+        ("stderr", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        metric = row.metric if row.filter in ("none", "") else f"{row.metric} ({row.filter})"
+        stderr = f"{row.stderr:.4f}" if row.stderr is not None else "-"
+        table.add_row(row.task, metric, f"{row.sigma:g}", f"{row.value:.4f}", stderr)
+    return table
+
+
+def _plot(report: EvalReport, path: Path) -> None:
+    """Each task metric against sigma (lm-eval's stderr as bars)."""
+    from aim_cli.api.commands import plot_metric_curves
+
+    series: dict[str, list[tuple[float, float, float | None]]] = {}
+    for row in report.rows:
+        label = f"{row.task} {row.metric}" + ("" if row.filter in ("none", "") else f" ({row.filter})")
+        series.setdefault(label, []).append((row.sigma, row.value, row.stderr))
+    plot_metric_curves(series, path, f"aim eval: {report.model}")
+
+
+def lm_eval_calibration(
+    request: CalibrationRequest,
+    model: str | None,
+    tasks: str,
+    include_path: Path | None,
+    limit: int | None,
+    device: str,
+    quiet: bool,
+) -> tuple[Calibration, list[FailedInput]]:
+    """`aim calibrate --task lm-eval`: load the model into aim's lm-eval model, then calibrate on the tasks."""
+    from aim_cli.api.commands import (
+        calibrate_on_tasks,
+        check_tasks,
+        load_eval_model,
+        parse_task_names,
+        quiet_lm_eval,
+        require_lm_eval,
+        task_manager,
+    )
+
+    names = parse_task_names(tasks)
+    require_lm_eval()
+    quiet_lm_eval()
+    manager = task_manager(include_path)
+    check_tasks(names, manager)
+    lm = load_eval_model(model, device, request.batch_size)
+    say(f"model: {lm.aim_model_name} | lm-eval tasks: {', '.join(names)}", quiet)
+    with progress_bar("lm-eval", None, quiet) as advance:
+        return calibrate_on_tasks(lm, names, manager, request, limit, advance), []
