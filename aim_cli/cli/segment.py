@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import numpy as np
 import typer
@@ -37,12 +38,14 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
 from aim_cli.masks import colour_table, save_mask, save_overlay
 
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
+    from aim_cli.layouts.common import MaskConverter
     from aim_cli.models.segmenter import Segmenter
     from aim_cli.tasks.common import ModulationPlan
     from aim_cli.tasks.segment import SegmentationEvaluation, SegmentedImage
@@ -155,6 +158,8 @@ def segment(
             help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.",
         ),
     ] = None,
+    layout: LayoutOption = Layout.auto,
+    split: SplitOption = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     compare: CompareOption = False,
@@ -165,7 +170,7 @@ def segment(
     from aim_cli.devices import resolve_device
     from aim_cli.models.segmenter import load_segmenter
     from aim_cli.tasks.common import plan_modulation
-    from aim_cli.tasks.segment import SegmentationEvaluation, find_mask, segment_files
+    from aim_cli.tasks.segment import SegmentationEvaluation, read_inputs, segment_inputs
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     check_output_dir(output_dir, create=False)
@@ -174,13 +179,16 @@ def segment(
     if masks is not None and not masks.is_dir():
         problem = "is not a directory" if masks.exists() else "does not exist"
         raise InputError(f"masks directory {masks} {problem}", "pass the folder of ground-truth masks")
-    paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
+    if masks is None and (layout != Layout.auto or split is not None):
+        raise AimError("--layout and --split describe the --masks data", "add --masks DIR")
+    truth = _truth_source(inputs, masks, layout.value, split)
+    paths, failures = (truth.paths, []) if truth.paths else image_paths(resolve_inputs(inputs, model, "segment"))
     names = output_names(paths)
     overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
     too_long = _unwritable_names(names, overlay_names if overlay else None, output_dir)
     failures += too_long.values()
     paths = [path for path in paths if path not in too_long]
-    truths = [("ground-truth mask", find_mask(path, masks)) for path in paths] if masks is not None else []
+    truths = [("ground-truth mask", truth.find(path)) for path in paths] if masks is not None else []
     planned = [("mask", output_dir / names[path]) for path in paths]
     planned += [("overlay", output_dir / overlay_names[path]) for path in paths] if overlay else []
     planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]
@@ -194,6 +202,7 @@ def segment(
     check_output_paths(planned, output_dir)  # e.g. a folder named summary.jsonl: found now, not after the work
     segmenter = load_segmenter(model, resolve_device(device), weights, labels)
     plan = plan_modulation(settings_profile, segmenter.labels)
+    convert = truth.prepare(paths, segmenter) if masks is not None else None
     run = RunOutputs()
     if not output_dir.is_dir():
         run.created(output_dir)
@@ -227,7 +236,8 @@ def segment(
             report = output_dir / EVALUATION_FILE
             run.document(lambda: write_json_atomic(_evaluation_report(evaluation, segmenter, plan, masks), report))
         with progress_bar("segmenting", len(paths), quiet) as advance:
-            results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
+            items = read_inputs(paths, truth.masks, truth.mask_of, convert) if masks is not None else read_inputs(paths)
+            results = segment_inputs(items, segmenter, plan, batch_size, compare, evaluation, advance)
             for item in results:
                 if isinstance(item, FailedInput):
                     failures.append(item)
@@ -261,6 +271,56 @@ def segment(
     if evaluation is not None and evaluation.images:
         say(f"evaluation written to {output_dir / EVALUATION_FILE}", quiet)
     report_failures(failures)
+
+
+@dataclass
+class _TruthSource:
+    """Where each image's ground truth is (a masks folder, or a data set root) and in which layout."""
+
+    masks: Path | None
+    layout: str
+    paths: list[Path]  # the images of a data set root; empty when the images are the inputs
+    mask_of: Callable[[Path], Path | None] | None = None  # a layout's pairing; None: same base name in `masks`
+    detected: bool = True  # the layout was found from the folders, not named with --layout
+
+    def find(self, path: Path) -> Path | None:
+        """The ground-truth mask of an image."""
+        from aim_cli.tasks.segment import find_mask
+
+        if self.mask_of is not None:
+            return self.mask_of(path)
+        return find_mask(path, self.masks) if self.masks is not None else None
+
+    def prepare(self, paths: list[Path], segmenter: Segmenter) -> MaskConverter | None:
+        """Refuse masks whose ids follow a convention the layout leaves unmapped; the value mapping for this model."""
+        from aim_cli.layouts.segmentation import check_masks, converter
+
+        classes = len(segmenter.labels)
+        check_masks([self.find(p) for p in paths], self.layout, classes, segmenter.do_reduce_labels, self.detected)
+        return converter(self.layout, classes, segmenter.do_reduce_labels)
+
+
+def _truth_source(inputs: list[str] | None, masks: Path | None, layout: str, split: str | None) -> _TruthSource:
+    """With no inputs, --masks may be a data set root (its images and masks); with inputs, the folder of masks."""
+    from aim_cli.layouts.segmentation import folder_layout, folder_lookup, open_root, root_layout
+
+    detected = layout == "auto"
+    if masks is None:
+        return _TruthSource(None, "plain", [])
+    if layout == "imagenet":
+        raise InputError("--layout imagenet is for classification data (aim calibrate --data)")
+    if not inputs and (root_layout(masks) is not None or layout not in ("auto", "plain")):
+        listing = open_root(masks, layout, split)
+        if listing is None:  # aim's own root: DIR/images with DIR/masks
+            from aim_cli.calibration.datasets import read_segmentation_data
+
+            plain = read_segmentation_data(masks, allow_outside=True, layout="plain")
+            return _TruthSource(plain.masks_dir, "plain", plain.paths, detected=detected)
+        return _TruthSource(masks, listing.layout, listing.images, listing.mask_of, detected)
+    if split is not None:
+        raise AimError("--split selects from a data set root given as --masks with no images named")
+    chosen = folder_layout(masks) if layout == "auto" else layout
+    return _TruthSource(masks, chosen, [], folder_lookup(masks, chosen), detected)
 
 
 def _make_parent(path: Path) -> None:

@@ -37,6 +37,7 @@ class Segmenter:
     preprocess: Callable[[Sequence[Image.Image]], torch.Tensor]
     hf: bool
     resize: Resize | None = None  # how preprocess sizes an image; None: not known, not checked
+    do_reduce_labels: bool | None = None  # the processor's own setting (ADE20K's 0 = other), None: not said
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -82,6 +83,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
     config = load_pretrained(AutoConfig.from_pretrained, spec, "model configuration")
+    reduce_labels = None
     if _check_segmentation_config(config, display) == UNIVERSAL:
         model, preprocess, labels, resize = load_universal(spec, config, device, display)
     else:
@@ -92,6 +94,7 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
         id2label = getattr(model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
         resize = hf_resize(processor)
+        reduce_labels = getattr(processor, "do_reduce_labels", None)
 
         def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
             return processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -99,7 +102,8 @@ def _load_hf(spec: str, device: torch.device, labels_file: Path | None, display:
     if labels_file is not None:
         labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
     model.eval().to(device)
-    return Segmenter(display, labels, device, model, preprocess, hf=True, resize=resize)
+    reduce = reduce_labels if isinstance(reduce_labels, bool) else None
+    return Segmenter(display, labels, device, model, preprocess, hf=True, resize=resize, do_reduce_labels=reduce)
 
 
 def _check_segmentation_config(config: object, display: str) -> str:
