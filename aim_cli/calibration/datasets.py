@@ -331,7 +331,8 @@ def read_segmentation_data(
         raise InputError(
             f"data {root} is not a directory", "segmentation data is DIR with images/ and masks/ sub-folders"
         )
-    if layout not in ("plain", "auto") or (layout == "auto" and root_layout(root) not in (None, "plain")):
+    structure = root_layout(root)
+    if structure != "plain" and (layout not in ("plain", "auto") or structure is not None):
         listing = open_root(root, layout, split)
         if listing is not None:
             return SegmentationDataset(
@@ -359,8 +360,14 @@ def read_segmentation_data(
             "e.g. images/0001.png with masks/0001.png (single-channel class ids)",
         )
     within = None if allow_outside else root
+    # A named layout on aim's own folders still says what the mask values mean (e.g. ADE20K's 0 = other).
     return SegmentationDataset(
-        f"{root} ({len(paths)} images)", paths=paths, masks_dir=masks_dir, within=within, detected=layout == "auto"
+        f"{root} ({len(paths)} images)",
+        paths=paths,
+        masks_dir=masks_dir,
+        within=within,
+        layout="plain" if layout == "auto" else layout,
+        detected=layout == "auto",
     )
 
 

@@ -309,13 +309,14 @@ def _truth_source(inputs: list[str] | None, masks: Path | None, layout: str, spl
         return _TruthSource(None, "plain", [])
     if layout == "imagenet":
         raise InputError("--layout imagenet is for classification data (aim calibrate --data)")
-    if not inputs and (root_layout(masks) is not None or layout not in ("auto", "plain")):
-        listing = open_root(masks, layout, split)
+    structure = root_layout(masks)
+    if not inputs and (structure is not None or layout not in ("auto", "plain")):
+        listing = None if structure == "plain" else open_root(masks, layout, split)
         if listing is None:  # aim's own root: DIR/images with DIR/masks
             from aim_cli.calibration.datasets import read_segmentation_data
 
-            plain = read_segmentation_data(masks, allow_outside=True, layout="plain")
-            return _TruthSource(plain.masks_dir, "plain", plain.paths, detected=detected)
+            plain = read_segmentation_data(masks, allow_outside=True, layout="plain" if detected else layout)
+            return _TruthSource(plain.masks_dir, plain.layout, plain.paths, detected=detected)
         return _TruthSource(masks, listing.layout, listing.images, listing.mask_of, detected)
     if split is not None:
         raise AimError("--split selects from a data set root given as --masks with no images named")

@@ -12,7 +12,7 @@ from aim_cli.metrics import IGNORE_INDEX
 IMAGE_SUFFIX = "_leftImg8bit"
 # labelTrainIds (made by cityscapesscripts' createTrainIdLabelImgs) already hold train ids: preferred.
 MASK_SUFFIXES = ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png")
-LABEL_IDS = "_gtFine_labelIds.png"
+TRAIN_IDS = "_gtFine_labelTrainIds.png"
 TRAIN_CLASSES = 19
 
 
@@ -87,10 +87,10 @@ def train_id_table() -> np.ndarray:
 
 
 def converter() -> object:
-    """labelIds masks mapped to train ids; labelTrainIds masks read as they are."""
+    """Label-id masks mapped to train ids; labelTrainIds masks read as they are."""
     table = train_id_table()
 
     def convert(mask: np.ndarray, path: Path) -> np.ndarray:
-        return remap(mask, table) if path.name.endswith(LABEL_IDS) else mask
+        return mask if path.name.endswith(TRAIN_IDS) else remap(mask, table)
 
     return convert
