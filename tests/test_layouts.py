@@ -252,6 +252,14 @@ def test_images_named_with_their_mask_folders(cli, models, tmp_path):
     assert _evaluation(cli, tmp_path, models["ade20k"], images, "--masks", masks) == reference
 
 
+def test_images_named_with_a_data_set_root(cli, models, tmp_path):
+    """Images given on the command line find their masks through the root's own listing."""
+    root, plain = _voc(tmp_path, models["voc"])
+    reference = _evaluation(cli, tmp_path, models["voc"], "--masks", str(plain))
+    images = [str(root / "VOC2012" / "JPEGImages" / f"2007_{i:06d}.jpg") for i in (0, 2, 3)]
+    assert _evaluation(cli, tmp_path, models["voc"], *images, "--masks", str(root)) == reference
+
+
 def test_cityscapes_train_ids_win_over_label_ids(cli, models, tmp_path):
     root, plain = _cityscapes(tmp_path, models["cityscapes"], train_ids_for=1)
     reference = _evaluation(cli, tmp_path, models["cityscapes"], "--masks", str(plain))

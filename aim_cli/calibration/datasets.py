@@ -324,7 +324,7 @@ def read_segmentation_data(
 
     A file linked from outside DIR fails alone unless `allow_outside`.
     """
-    from aim_cli.layouts.segmentation import open_root, root_layout
+    from aim_cli.layouts.segmentation import ROOT_HINT, open_root, root_layout
     from aim_cli.tasks.segment import find_mask
 
     if not root.is_dir():
@@ -344,6 +344,8 @@ def read_segmentation_data(
                 detected=layout == "auto",
                 mask_of=listing.mask_of,
             )
+    if split is not None:
+        raise InputError(f"--split {split}: {root} is not an ADE20K, Cityscapes or Pascal VOC root", ROOT_HINT)
     images_dir, masks_dir = root / "images", root / "masks"
     missing = [d.name + "/" for d in (images_dir, masks_dir) if not d.is_dir()]
     if missing:

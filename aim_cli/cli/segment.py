@@ -315,11 +315,16 @@ def _truth_source(inputs: list[str] | None, masks: Path | None, layout: str, spl
         if listing is None:  # aim's own root: DIR/images with DIR/masks
             from aim_cli.calibration.datasets import read_segmentation_data
 
-            plain = read_segmentation_data(masks, allow_outside=True, layout="plain" if detected else layout)
+            plain = read_segmentation_data(masks, True, "plain" if detected else layout, split)
             return _TruthSource(plain.masks_dir, plain.layout, plain.paths, detected=detected)
         return _TruthSource(masks, listing.layout, listing.images, listing.mask_of, detected)
+    if structure not in (None, "plain"):  # images named, masks from a data set root: pair through its listing
+        listing = open_root(masks, layout, split)
+        assert listing is not None
+        by_file = {image.resolve(): mask for image, mask in listing.masks.items()}
+        return _TruthSource(masks, listing.layout, [], lambda image: by_file.get(image.resolve()), detected)
     if split is not None:
-        raise AimError("--split selects from a data set root given as --masks with no images named")
+        raise AimError("--split selects from a data set root given as --masks")
     chosen = folder_layout(masks) if layout == "auto" else layout
     return _TruthSource(masks, chosen, [], folder_lookup(masks, chosen), detected)
 
