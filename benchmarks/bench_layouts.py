@@ -235,7 +235,9 @@ def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, t
     )  # fmt: skip
     ratio = shipped / own
     return [
-        _row(f"{name}: aim segment --masks, seconds per image", shipped / count, f"{count} image(s), model load included"),
+        _row(
+            f"{name}: aim segment --masks, seconds per image", shipped / count, f"{count} image(s), model load included"
+        ),
         _row(f"{name}: aim calibrate --task segment, seconds per image", calibrate / count, f"{count} image(s)"),
         _row(
             f"{name} as shipped / plain layout (aim segment --masks)",
