@@ -90,13 +90,16 @@ def _field(width: int, height: int, rng: np.random.Generator) -> Image.Image:
 
 
 def _truth(model: Path, images: list[Path]) -> list[np.ndarray]:
-    """The model's clean class-id masks."""
+    """The model's clean class-id masks, with a ring of ignored pixels (255) as real masks have."""
     from aim_cli.images import load_image
     from aim_cli.models.segmenter import load_segmenter
     from aim_cli.tasks.segment import decision_logits
 
     segmenter = load_segmenter(str(model), torch.device("cpu"))
-    return [decision_logits(segmenter, [load_image(p).image]).argmax(1)[0].numpy() for p in images]
+    masks = [decision_logits(segmenter, [load_image(p).image]).argmax(1)[0].numpy() for p in images]
+    for mask in masks:
+        mask[:8], mask[-8:], mask[:, :8], mask[:, -8:] = 255, 255, 255, 255
+    return masks
 
 
 def _save(mask: np.ndarray, path: Path) -> None:
@@ -127,7 +130,7 @@ def _ade20k(base: Path, count: int) -> tuple[Path, Path, Path]:
         paths.append(path)
     truths = _truth(model, paths)
     for path, truth in zip(paths, truths):
-        _save(truth + 1, root / "annotations" / "validation" / f"{path.stem}.png")
+        _save(np.where(truth == 255, 0, truth + 1), root / "annotations" / "validation" / f"{path.stem}.png")
     return model, root, _plain(base / "ade_plain", paths, truths)
 
 
@@ -135,7 +138,7 @@ def _cityscapes(base: Path, count: int) -> tuple[Path, Path, Path]:
     """(model, Cityscapes root with labelIds masks, plain twin)."""
     from cityscapesscripts.helpers.labels import labels
 
-    to_label = np.zeros(256, dtype=np.int64)
+    to_label = np.zeros(256, dtype=np.int64)  # train id -> a label id; 255 -> 0 ('unlabeled', ignored)
     for label in reversed(labels):
         if 0 <= label.trainId < 255:
             to_label[label.trainId] = label.id
@@ -151,7 +154,7 @@ def _cityscapes(base: Path, count: int) -> tuple[Path, Path, Path]:
     truths = _truth(model, paths)
     for path, truth in zip(paths, truths):
         stem = path.name.removesuffix("_leftImg8bit.png")
-        _save(to_label[truth], root / "gtFine" / "val" / "frankfurt" / f"{stem}_gtFine_labelIds.png")
+        _save(to_label[truth], root / "gtFine" / "val" / "frankfurt" / f"{stem}_gtFine_labelIds.png")  # 255 -> 0
     return model, root, _plain(base / "cs_plain", paths, truths)
 
 

@@ -273,3 +273,21 @@ def test_voc_split_names_the_images(cli, models, tmp_path):
     assert json.loads((out / "evaluation.json").read_text())["images"] == 1
     records = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["2007_000001.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("module", "layout"), [("cityscapesscripts.helpers.labels", "cityscapes"), ("timm.data", "imagenet")]
+)
+def test_layout_without_its_extra_names_the_extra(monkeypatch, module, layout):
+    """Without aim-cli[datasets], a layout that needs its official table is one line naming the extra."""
+    import sys
+
+    from aim_cli.errors import InputError
+    from aim_cli.layouts import cityscapes, imagenet
+
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails as if not installed
+    imagenet.synsets.cache_clear()
+    with pytest.raises(InputError) as error:
+        cityscapes.train_id_table() if layout == "cityscapes" else imagenet.synsets()
+    assert f"--layout {layout} needs" in str(error.value) and "aim-cli[datasets]" in error.value.hint
+    imagenet.synsets.cache_clear()

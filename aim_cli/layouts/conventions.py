@@ -58,7 +58,7 @@ def mask_problem(
         return (
             f"the masks hold 0 and no ignored pixel ({IGNORE_INDEX}) on a {ADE20K_CLASSES}-class model: "
             "they look like ADE20K annotations, where 0 is 'other' and class k is stored as k+1",
-            "--layout ade20k reads them so (--layout plain scores them as they are)",
+            "--layout ade20k reads them so; --layout plain scores them as they are",
         )
     return None
 

@@ -98,4 +98,4 @@ def check_masks(
     reduced = layout == "ade20k" and ade20k.reduces(num_classes, do_reduce_labels)
     problem = mask_problem(values, layout, num_classes, reduced, detected)
     if problem is not None:
-        raise InputError(f"{problem[0]} (--layout {layout})", problem[1])
+        raise InputError(*problem)
