@@ -11,17 +11,17 @@ classes, the processor at 512x512 (ADE20K, VOC) or 1024x1024 (Cityscapes; inputs
 to it, and the logits are upsampled back to 2048x1024 before the noise, as aim always does);
 and a ResNet-50 (Hugging Face's ResNetConfig defaults) with 1000 classes at 224x224.
 
-Rows (`run(quick) -> list[dict]`, one thread, wall time of `aim_cli.cli.main` in this process,
-model loading included once per command, so per-image numbers are an upper bound that falls
-with more images):
+Rows (`run(quick) -> list[dict]`, one thread, wall time of `aim_cli.cli.main` in this process):
 
-- seconds per image of `aim segment --masks ROOT --sigma 1` (evaluation.json written) and of
+- seconds per image (the time for N images minus the time for the first alone, over N - 1,
+  so model loading and start-up are left out) of `aim segment --masks ROOT --sigma 1` (evaluation.json written) and of
   `aim calibrate --task segment --data ROOT --target-miou ...` for ADE20K, Cityscapes and VOC;
   of `aim calibrate --data val/` (ImageNet synset folders) for ImageNet;
 - the layout's cost: the same images in aim's plain layout against the layout as shipped
   (goal <= 1.05: finding, pairing and mapping masks must cost nothing next to the model).
 
-Full mode: 4 images a data set (about 6 minutes on one core); quick: 1 image (about 2 minutes).
+Full mode: 4 images a data set, 3 repetitions; quick: 2 images, 1 repetition (about 10 minutes
+on a loaded 2-core machine, most of it the ADE20K calibration's 150-class passes).
 
     python benchmarks/bench_layouts.py [--quick]
 """
@@ -221,27 +221,44 @@ def _row(name: str, measured: float, detail: str, goal: str = "", met: bool = Tr
 
 
 def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, tmp: Path, reps: int) -> list[dict]:
-    """Per-image seconds of segment and calibrate on a layout, and the layout's cost against plain."""
+    """Seconds per image of segment and calibrate on a layout (the marginal cost, past the first image,
+    so model loading is left out), and the layout's cost against the same images in the plain layout."""
+    one = tmp / f"{name}_one"  # the first image alone, to take the fixed cost out of the per-image time
+    (one / "images").mkdir(parents=True)
+    first = sorted((plain / "images").iterdir())[0]
+    shutil.copyfile(first, one / "images" / first.name)
+    shutil.copytree(plain / "masks", one / "masks")
 
     def segment(data: Path) -> float:
         out = tmp / f"out_{name}_{data.name}"
         shutil.rmtree(out, ignore_errors=True)
         return _cli("segment", "--model", str(model), "--masks", str(data), "--sigma", "1", "-o", str(out))
 
-    layout_times, plain_times = [], []
-    for _ in range(reps):  # interleaved, so load drifts hit both alike
-        layout_times.append(segment(root))
+    def calibrate(data: Path) -> float:
+        return _cli(
+            "calibrate", "--task", "segment", "--model", str(model), "--data", str(data), "--target-miou", "0.5"
+        )
+
+    shipped_times, plain_times, one_times = [], [], []
+    for _ in range(reps):  # interleaved, so load drifts hit all alike
+        shipped_times.append(segment(root))
         plain_times.append(segment(plain))
-    shipped, own = statistics.median(layout_times), statistics.median(plain_times)
-    calibrate = _cli(
-        "calibrate", "--task", "segment", "--model", str(model), "--data", str(root), "--target-miou", "0.5"
-    )  # fmt: skip
+        one_times.append(segment(one))
+    shipped, own, single = (statistics.median(t) for t in (shipped_times, plain_times, one_times))
+    calibrate_all, calibrate_one = calibrate(root), calibrate(one)
     ratio = shipped / own
+    extra = count - 1
     return [
         _row(
-            f"{name}: aim segment --masks, seconds per image", shipped / count, f"{count} image(s), model load included"
+            f"{name}: aim segment --masks, seconds per image",
+            (shipped - single) / extra,
+            f"({shipped:.1f} s for {count} images - {single:.1f} s for 1) / {extra}; fixed cost {single:.1f} s",
         ),
-        _row(f"{name}: aim calibrate --task segment, seconds per image", calibrate / count, f"{count} image(s)"),
+        _row(
+            f"{name}: aim calibrate --task segment, seconds per image",
+            (calibrate_all - calibrate_one) / extra,
+            f"({calibrate_all:.1f} s for {count} images - {calibrate_one:.1f} s for 1) / {extra}",
+        ),
         _row(
             f"{name} as shipped / plain layout (aim segment --masks)",
             ratio,
@@ -255,7 +272,7 @@ def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, t
 def run(quick: bool = False) -> list[dict]:
     """All rows; `quick` builds one image per data set and times each command once."""
     torch.set_num_threads(1)
-    count, reps = (1, 1) if quick else (4, 3)
+    count, reps = (2, 1) if quick else (4, 3)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as name:
         base = Path(name)
@@ -265,14 +282,19 @@ def run(quick: bool = False) -> list[dict]:
         model, val, index = _imagenet(base / "imagenet", count)
         shipped = _cli("calibrate", "--model", str(model), "--data", str(val), "--target-acc", "0.5")
         own = _cli("calibrate", "--model", str(model), "--data", str(index), "--target-acc", "0.5")
+        single = _cli("calibrate", "--model", str(model), "--data", str(index), "--target-acc", "0.5", "--limit", "1")
         rows.append(
-            _row("ImageNet: aim calibrate --data val/, seconds per image", shipped / count, f"{count} image(s)")
+            _row(
+                "ImageNet: aim calibrate --data val/, seconds per image",
+                (own - single) / (count - 1),
+                f"({own:.1f} s for {count} images - {single:.1f} s for 1) / {count - 1}",
+            )
         )
         rows.append(
             _row(
                 "ImageNet synset folders / class-index folders (aim calibrate)",
                 shipped / own,
-                f"{shipped:.2f} s vs {own:.2f} s (one run each; includes loading the ILSVRC table from timm)",
+                f"{shipped:.2f} s vs {own:.2f} s (one run each; includes importing timm for the ILSVRC table)",
             )
         )
     return rows
