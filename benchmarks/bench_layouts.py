@@ -17,8 +17,10 @@ Rows (`run(quick) -> list[dict]`, one thread, wall time of `aim_cli.cli.main` in
   so model loading and start-up are left out) of `aim segment --masks ROOT --sigma 1` (evaluation.json written) and of
   `aim calibrate --task segment --data ROOT --target-miou ...` for ADE20K, Cityscapes and VOC;
   of `aim calibrate --data val/` (ImageNet synset folders) for ImageNet;
-- the layout's cost: the same images in aim's plain layout against the layout as shipped
-  (goal <= 1.05: finding, pairing and mapping masks must cost nothing next to the model).
+- the layout's cost: the extra time reading the layout as shipped takes per image (finding,
+  pairing and mapping its masks, the convention check included) against the same images in
+  aim's plain layout, as a share of the whole per-image time (goal <= 0.05); and, for
+  information, whole `aim segment` runs of both (noisy on a shared machine).
 
 Full mode: 4 images a data set, 3 repetitions; quick: 2 images, 1 repetition (about 10 minutes
 on a loaded 2-core machine, most of it the ADE20K calibration's 150-class passes).
@@ -220,6 +222,26 @@ def _row(name: str, measured: float, detail: str, goal: str = "", met: bool = Tr
     return {"name": name, "measured": round(measured, 3), "goal": goal, "met": met, "detail": detail}
 
 
+def _reading_overhead(root: Path, plain: Path, model: Path, reps: int) -> float:
+    """Seconds per image the layout adds to reading (decode image and mask, pair, map ids), against plain."""
+    import json
+
+    from aim_cli.calibration.datasets import read_segmentation_data
+
+    config = json.loads((model / "config.json").read_text())
+    reduce = json.loads((model / "preprocessor_config.json").read_text()).get("do_reduce_labels")
+    classes = len(config["id2label"])
+    times: dict[str, list[float]] = {"shipped": [], "plain": []}
+    for _ in range(reps):
+        for name, data in (("shipped", root), ("plain", plain)):
+            start = time.perf_counter()
+            dataset = read_segmentation_data(data)
+            dataset.prepare(classes, reduce)
+            items = list(dataset.inputs())
+            times[name].append((time.perf_counter() - start) / len(items))
+    return statistics.median(times["shipped"]) - statistics.median(times["plain"])
+
+
 def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, tmp: Path, reps: int) -> list[dict]:
     """Seconds per image of segment and calibrate on a layout (the marginal cost, past the first image,
     so model loading is left out), and the layout's cost against the same images in the plain layout."""
@@ -239,6 +261,7 @@ def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, t
             "calibrate", "--task", "segment", "--model", str(model), "--data", str(data), "--target-miou", "0.5"
         )
 
+    reading = _reading_overhead(root, plain, model, reps * 3)
     shipped_times, plain_times, one_times = [], [], []
     for _ in range(reps):  # interleaved, so load drifts hit all alike
         shipped_times.append(segment(root))
@@ -248,7 +271,17 @@ def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, t
     calibrate_all, calibrate_one = calibrate(root), calibrate(one)
     ratio = shipped / own
     extra = count - 1
+    per_image = (shipped - single) / extra
+    share = reading / per_image if per_image > 0 else float("nan")
     return [
+        _row(
+            f"{name}: reading the layout as shipped / the whole per-image time",
+            share,
+            f"{1000 * reading:.1f} ms more per image than reading the plain twin (find, pair, map the mask; "
+            f"median of {reps * 3}) against {per_image:.2f} s per image",
+            f"<= {OVERHEAD_GOAL - 1:.2f}",
+            share <= OVERHEAD_GOAL - 1,
+        ),
         _row(
             f"{name}: aim segment --masks, seconds per image",
             (shipped - single) / extra,
@@ -263,8 +296,8 @@ def _segment_rows(name: str, model: Path, root: Path, plain: Path, count: int, t
             f"{name} as shipped / plain layout (aim segment --masks)",
             ratio,
             f"median of {reps}: {shipped:.2f} s vs {own:.2f} s",
-            f"<= {OVERHEAD_GOAL}",
-            ratio <= OVERHEAD_GOAL,
+            "",
+            True,
         ),
     ]
 
