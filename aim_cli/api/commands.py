@@ -27,6 +27,10 @@ _HOMES = {
     "Prediction": "aim_cli.tasks.classify",
     # aim segment
     "segment_files": "aim_cli.tasks.segment",
+    "segment_inputs": "aim_cli.tasks.segment",
+    "read_inputs": "aim_cli.tasks.segment",
+    "GroundTruth": "aim_cli.calibration.datasets",
+    "ground_truth": "aim_cli.calibration.datasets",
     "find_mask": "aim_cli.tasks.segment",
     "SegmentationEvaluation": "aim_cli.tasks.segment",
     "SegmentedImage": "aim_cli.tasks.segment",

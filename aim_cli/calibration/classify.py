@@ -452,4 +452,5 @@ def dataset_label_ids(dataset: ImageDataset, model_labels: Sequence[str]) -> lis
     """Resolve the data set's label names against the model (all unknown labels at once)."""
     from aim_cli.calibration.datasets import resolve_labels
 
-    return resolve_labels([item.label for item in dataset.items], model_labels, dataset.source or "the data")
+    labels = [item.label for item in dataset.items]
+    return resolve_labels(labels, model_labels, dataset.source or "the data", dataset.layout)

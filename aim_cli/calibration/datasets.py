@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,10 @@ from aim_cli.images import LoadedImage, load_image, loaded_from_image
 from aim_cli.io import IMAGE_SUFFIXES, check_inside, read_text_file
 from aim_cli.labels import resolve_class
 from aim_cli.limits import TEXT_BYTES
+
+if TYPE_CHECKING:
+    from aim_cli.layouts.common import MaskConverter
+    from aim_cli.models.image_model import ImageModel
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
@@ -54,6 +58,7 @@ class ImageDataset:
     description: str
     failures: list[FailedInput] = field(default_factory=list)
     source: str = ""
+    layout: str = "plain"  # how labels become class ids: by name (plain) or by ILSVRC order (imagenet)
 
 
 def _is_image(path: Path) -> bool:
@@ -72,13 +77,27 @@ def demo_classification_set(n: int = 1000) -> ImageDataset:
     return ImageDataset(items, f"demo evaluation set ({n} shape images)", source="the demo evaluation set")
 
 
-def read_classification_data(path: Path, allow_outside: bool = False) -> ImageDataset:
+def read_classification_data(path: Path, allow_outside: bool = False, layout: str = "auto") -> ImageDataset:
     """An ImageFolder tree (one sub-folder per label) or a CSV/JSONL manifest of path,label.
 
     Every image must really lie inside the tree, or the manifest's folder, unless `allow_outside`.
+    `layout` imagenet (detected when every folder is an ILSVRC synset) maps synsets by class order.
     """
+    from aim_cli.layouts.imagenet import is_synset
+
+    if layout not in ("auto", "plain", "imagenet"):
+        raise InputError(
+            f"--layout {layout} is for segmentation data", "classification data takes --layout auto, plain or imagenet"
+        )
     if path.is_dir():
-        return image_folder(path, allow_outside)
+        dataset = image_folder(path, allow_outside)
+        synsets = all(is_synset(item.label) for item in dataset.items)
+        dataset.layout = "imagenet" if layout == "imagenet" or (layout == "auto" and synsets) else "plain"
+        if dataset.layout == "imagenet":
+            dataset.description += " as ImageNet synset folders"
+        return dataset
+    if layout == "imagenet":
+        raise InputError(f"--layout imagenet reads a folder (val/<wnid>/*.JPEG), not {path}", "pass ImageNet's val/")
     if not path.exists():
         raise InputError(f"data {path} does not exist", "pass an ImageFolder directory or a .csv/.jsonl manifest")
     if path.suffix.lower() in MANIFEST_SUFFIXES:
@@ -187,8 +206,19 @@ def manifest(path: Path, allow_outside: bool = False) -> ImageDataset:
     return ImageDataset(items, f"{path} ({len(items)} images)", failures, source=str(path))
 
 
-def resolve_labels(labels: Sequence[str], model_labels: Sequence[str], source: str) -> list[int]:
-    """Class ids for data labels; every label the model does not know is reported at once."""
+def resolve_labels(labels: Sequence[str], model_labels: Sequence[str], source: str, layout: str = "plain") -> list[int]:
+    """Class ids for data labels; every label the model does not know is reported at once.
+
+    The imagenet layout maps synsets by class order; a known convention the layout leaves
+    unmapped (synset folders on a model named otherwise) is refused, naming the layout that fits.
+    """
+    from aim_cli.layouts import conventions, imagenet
+
+    if layout == "imagenet":
+        return imagenet.class_ids(labels, model_labels, source)
+    problem = conventions.label_problem(set(labels), layout, model_labels)
+    if problem is not None:
+        raise InputError(f"{source}: {problem[0]}", problem[1])
     ids: dict[str, int] = {}
     unknown: list[str] = []
     for label in dict.fromkeys(labels):
@@ -222,6 +252,27 @@ class SegmentationDataset:
     masks_dir: Path | None = None
     scenes: list[tuple[str, Image.Image, np.ndarray]] = field(default_factory=list)
     within: Path | None = None  # the folder images and masks must really lie in (None: anywhere)
+    layout: str = "plain"
+    detected: bool = True  # the layout was found from the folders, not named with --layout
+    mask_of: Callable[[Path], Path | None] | None = None  # a layout's pairing; None: same base name in masks_dir
+    convert: Callable[[np.ndarray, Path], np.ndarray] | None = None  # set by prepare(), for one model
+
+    def prepare(self, num_classes: int, do_reduce_labels: bool | None = None) -> None:
+        """Map this layout's mask values to the model's class ids; refuse a known convention left unmapped."""
+        from aim_cli.layouts.segmentation import check_masks, converter
+
+        if self.scenes:
+            return
+        check_masks([self._find(p) for p in self.paths], self.layout, num_classes, do_reduce_labels, self.detected)
+        self.convert = converter(self.layout, num_classes, do_reduce_labels)
+
+    def _find(self, path: Path) -> Path | None:
+        """The ground-truth mask of one image."""
+        from aim_cli.tasks.segment import find_mask
+
+        if self.mask_of is not None:
+            return self.mask_of(path)
+        return find_mask(path, self.masks_dir) if self.masks_dir is not None else None
 
     def __len__(self) -> int:
         return len(self.scenes) if self.scenes else len(self.paths)
@@ -240,18 +291,18 @@ class SegmentationDataset:
                 yield input_from_image(name, image, mask)
             return
         if self.within is None:
-            yield from read_inputs(self.paths, self.masks_dir)
+            yield from read_inputs(self.paths, self.masks_dir, self.mask_of, self.convert)
             return
         for path in self.paths:
             escape = self._outside(path)
-            yield from [escape] if escape is not None else read_inputs([path], self.masks_dir)
+            yield from (
+                [escape] if escape is not None else read_inputs([path], self.masks_dir, self.mask_of, self.convert)
+            )
 
     def _outside(self, path: Path) -> FailedInput | None:
         """A failure when the image, or the mask it would be scored against, lies outside `within`."""
-        from aim_cli.tasks.segment import find_mask
-
         assert self.within is not None and self.masks_dir is not None
-        mask = find_mask(path, self.masks_dir)
+        mask = self._find(path)
         for what, candidate in (("image", path), ("mask", mask)):
             if candidate is None:
                 continue
@@ -270,14 +321,35 @@ def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
     return SegmentationDataset(f"demo evaluation set ({n} street scenes)", scenes=scenes)
 
 
-def read_segmentation_data(root: Path, allow_outside: bool = False) -> SegmentationDataset:
-    """DIR/images/* with same-named DIR/masks/*; a file linked from outside DIR fails alone unless `allow_outside`."""
+def read_segmentation_data(
+    root: Path, allow_outside: bool = False, layout: str = "auto", split: str | None = None
+) -> SegmentationDataset:
+    """DIR/images/* with DIR/masks/* of the same basename, or an ADE20K, Cityscapes or VOC root as it ships.
+
+    A file linked from outside DIR fails alone unless `allow_outside`.
+    """
+    from aim_cli.layouts.segmentation import ROOT_HINT, open_root, root_layout
     from aim_cli.tasks.segment import find_mask
 
     if not root.is_dir():
         raise InputError(
             f"data {root} is not a directory", "segmentation data is DIR with images/ and masks/ sub-folders"
         )
+    structure = root_layout(root)
+    if structure != "plain" and (layout not in ("plain", "auto") or structure is not None):
+        listing = open_root(root, layout, split)
+        if listing is not None:
+            return SegmentationDataset(
+                f"{root}: {listing.description}",
+                paths=listing.images,
+                masks_dir=root,
+                within=None if allow_outside else root,
+                layout=listing.layout,
+                detected=layout == "auto",
+                mask_of=listing.mask_of,
+            )
+    if split is not None:
+        raise InputError(f"--split {split}: {root} is not an ADE20K, Cityscapes or Pascal VOC root", ROOT_HINT)
     images_dir, masks_dir = root / "images", root / "masks"
     missing = [d.name + "/" for d in (images_dir, masks_dir) if not d.is_dir()]
     if missing:
@@ -294,7 +366,15 @@ def read_segmentation_data(root: Path, allow_outside: bool = False) -> Segmentat
             "e.g. images/0001.png with masks/0001.png (single-channel class ids)",
         )
     within = None if allow_outside else root
-    return SegmentationDataset(f"{root} ({len(paths)} images)", paths=paths, masks_dir=masks_dir, within=within)
+    # A named layout on aim's own folders still says what the mask values mean (e.g. ADE20K's 0 = other).
+    return SegmentationDataset(
+        f"{root} ({len(paths)} images)",
+        paths=paths,
+        masks_dir=masks_dir,
+        within=within,
+        layout="plain" if layout == "auto" else layout,
+        detected=layout == "auto",
+    )
 
 
 # --- text ----------------------------------------------------------------------------------
@@ -354,3 +434,57 @@ def read_text_data(path: Path) -> TextDataset:
     if len(kinds) > 1:
         raise InputError(f"data {path} mixes multiple-choice and free-form items", "calibrate one kind per file")
     return TextDataset(items, kinds.pop(), f"{path} ({len(items)} items)")
+
+
+@dataclass
+class GroundTruth:
+    """Where each image's ground truth is (a masks folder, or a data set root) and in which layout."""
+
+    masks: Path | None
+    layout: str
+    paths: list[Path]  # the images of a data set root; empty when the images are the inputs
+    mask_of: Callable[[Path], Path | None] | None = None  # a layout's pairing; None: same base name in `masks`
+    detected: bool = True  # the layout was found from the folders, not named with --layout
+
+    def find(self, path: Path) -> Path | None:
+        """The ground-truth mask of an image."""
+        from aim_cli.tasks.segment import find_mask
+
+        if self.mask_of is not None:
+            return self.mask_of(path)
+        return find_mask(path, self.masks) if self.masks is not None else None
+
+    def prepare(self, paths: list[Path], segmenter: ImageModel) -> MaskConverter | None:
+        """Refuse masks whose ids follow a convention the layout leaves unmapped; the value mapping for this model."""
+        from aim_cli.layouts.segmentation import check_masks, converter
+
+        classes = len(segmenter.labels)
+        check_masks([self.find(p) for p in paths], self.layout, classes, segmenter.do_reduce_labels, self.detected)
+        return converter(self.layout, classes, segmenter.do_reduce_labels)
+
+
+def ground_truth(inputs_given: bool, masks: Path | None, layout: str, split: str | None) -> GroundTruth:
+    """With no inputs, --masks may be a data set root (its images and masks); with inputs, the folder of masks."""
+    from aim_cli.layouts.segmentation import folder_layout, folder_lookup, open_root, root_layout
+
+    detected = layout == "auto"
+    if masks is None:
+        return GroundTruth(None, "plain", [])
+    if layout == "imagenet":
+        raise InputError("--layout imagenet is for classification data (aim calibrate --data)")
+    structure = root_layout(masks)
+    if not inputs_given and (structure is not None or layout not in ("auto", "plain")):
+        listing = None if structure == "plain" else open_root(masks, layout, split)
+        if listing is None:  # aim's own root: DIR/images with DIR/masks
+            plain = read_segmentation_data(masks, True, "plain" if detected else layout, split)
+            return GroundTruth(plain.masks_dir, plain.layout, plain.paths, detected=detected)
+        return GroundTruth(masks, listing.layout, listing.images, listing.mask_of, detected)
+    if structure not in (None, "plain"):  # images named, masks from a data set root: pair through its listing
+        listing = open_root(masks, layout, split)
+        assert listing is not None
+        by_file = {image.resolve(): mask for image, mask in listing.masks.items()}
+        return GroundTruth(masks, listing.layout, [], lambda image: by_file.get(image.resolve()), detected)
+    if split is not None:
+        raise AimError("--split selects from a data set root given as --masks")
+    chosen = folder_layout(masks) if layout == "auto" else layout
+    return GroundTruth(masks, chosen, [], folder_lookup(masks, chosen), detected)

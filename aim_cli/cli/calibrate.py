@@ -26,6 +26,7 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
 from aim_cli.errors import AimError, FailedInput
 from aim_cli.io import check_output_file
 
@@ -80,6 +81,8 @@ def calibrate(
             help="Let --data name images outside its folder (absolute paths, .., symlinks out).",
         ),
     ] = False,
+    layout: LayoutOption = Layout.auto,
+    split: SplitOption = None,
     limit: Annotated[
         Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
     ] = None,
@@ -150,14 +153,26 @@ def calibrate(
                 "generate": "a .jsonl file of {prompt, answer} or {prompt, choices, answer}",
             }[task.value],
         )
+    if (layout != Layout.auto or split is not None) and (data is None or task == Task.generate):
+        raise AimError("--layout and --split describe --data of --task classify or segment")
     torch_device = resolve_device(device)
     if task == Task.classify:
         calibration, failures = _classify(
-            request, model, weights, labels, data, limit, torch_device, quiet, outputs, allow_outside_paths
+            request,
+            model,
+            weights,
+            labels,
+            data,
+            limit,
+            torch_device,
+            quiet,
+            outputs,
+            allow_outside_paths,
+            layout.value,
         )
     elif task == Task.segment:
         calibration, failures = _segment(
-            request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths
+            request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths, layout.value, split
         )
     elif task == Task.lm_eval:
         from aim_cli.cli.eval import lm_eval_calibration
@@ -204,6 +219,7 @@ def _classify(
     quiet: bool,
     outputs: list[tuple[str, Path | None]],
     allow_outside: bool = False,
+    layout: str = "auto",
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the classifier and its data, then calibrate."""
     from aim_cli.api.commands import (
@@ -214,7 +230,9 @@ def _classify(
     )
 
     dataset = (
-        read_classification_data(data, allow_outside) if data is not None else demo_classification_set(limit or 1000)
+        read_classification_data(data, allow_outside, layout)
+        if data is not None
+        else demo_classification_set(limit or 1000)
     )
     dataset.items = _limited(dataset.items, limit)
     # A manifest may list images anywhere: none of them may be an output (e.g. --plot).
@@ -235,6 +253,8 @@ def _segment(
     torch_device: torch.device,
     quiet: bool,
     allow_outside: bool = False,
+    layout: str = "auto",
+    split: str | None = None,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the segmenter and its data, then calibrate in streaming passes."""
     from aim_cli.api.commands import (
@@ -244,9 +264,14 @@ def _segment(
         read_segmentation_data,
     )
 
-    dataset = read_segmentation_data(data, allow_outside) if data is not None else demo_segmentation_set(limit or 50)
+    dataset = (
+        read_segmentation_data(data, allow_outside, layout, split)
+        if data is not None
+        else demo_segmentation_set(limit or 50)
+    )
     dataset.limit(limit)
     segmenter = load_segmenter_for_calibration(model, torch_device, weights, labels)
+    dataset.prepare(len(segmenter.labels), segmenter.do_reduce_labels)
     say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | data: {dataset.description}", quiet)
     with progress_bar("streaming passes", None, quiet) as advance:
         return calibrate_segmenter(segmenter, dataset, request, advance)

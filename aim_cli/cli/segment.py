@@ -38,6 +38,7 @@ from aim_cli.cli.common import (
     writing_stdout,
 )
 from aim_cli.cli.engine import Engine, EngineOption, WorkersOption, check_engine, ray_items
+from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
@@ -155,6 +156,8 @@ def segment(
             help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.",
         ),
     ] = None,
+    layout: LayoutOption = Layout.auto,
+    split: SplitOption = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     compare: CompareOption = False,
@@ -165,7 +168,13 @@ def segment(
 ) -> None:
     """Segment images with a modulated segmentation model; write palette PNG masks."""
     from aim_cli import api
-    from aim_cli.api.commands import SegmentationEvaluation, find_mask, load_model, segment_files
+    from aim_cli.api.commands import (
+        SegmentationEvaluation,
+        ground_truth,
+        load_model,
+        read_inputs,
+        segment_inputs,
+    )
     from aim_cli.devices import resolve_device
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
@@ -178,13 +187,16 @@ def segment(
     if masks is not None and not masks.is_dir():
         problem = "is not a directory" if masks.exists() else "does not exist"
         raise InputError(f"masks directory {masks} {problem}", "pass the folder of ground-truth masks")
-    paths, failures = image_paths(resolve_inputs(inputs, model, "segment"))
+    if masks is None and (layout != Layout.auto or split is not None):
+        raise AimError("--layout and --split describe the --masks data", "add --masks DIR")
+    truth = ground_truth(bool(inputs), masks, layout.value, split)
+    paths, failures = (truth.paths, []) if truth.paths else image_paths(resolve_inputs(inputs, model, "segment"))
     names = output_names(paths)
     overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
     too_long = _unwritable_names(names, overlay_names if overlay else None, output_dir)
     failures += too_long.values()
     paths = [path for path in paths if path not in too_long]
-    truths = [("ground-truth mask", find_mask(path, masks)) for path in paths] if masks is not None else []
+    truths = [("ground-truth mask", truth.find(path)) for path in paths] if masks is not None else []
     planned = [("mask", output_dir / names[path]) for path in paths]
     planned += [("overlay", output_dir / overlay_names[path]) for path in paths] if overlay else []
     planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]
@@ -205,6 +217,7 @@ def segment(
         labels=labels,
     )
     plan = api.plan(settings_profile, segmenter.labels)
+    convert = truth.prepare(paths, segmenter) if masks is not None else None
     run = RunOutputs()
     if not output_dir.is_dir():
         run.created(output_dir)
@@ -232,7 +245,10 @@ def segment(
                 spec = dict(model=model, weights=weights, labels=labels, device=device, batch_size=batch_size)
                 results = ray_items("segment", paths, plan, workers, advance, compare=compare, **spec)
             else:
-                results = segment_files(paths, segmenter, plan, masks, batch_size, compare, evaluation, advance)
+                items = (
+                    read_inputs(paths, truth.masks, truth.mask_of, convert) if masks is not None else read_inputs(paths)
+                )
+                results = segment_inputs(items, segmenter, plan, batch_size, compare, evaluation, advance)
             for item in results:
                 if isinstance(item, FailedInput):
                     failures.append(item)

@@ -59,6 +59,7 @@ class ImageModel:
     forward: Callable[[torch.nn.Module, torch.Tensor], Any] = module_forward  # the source's calling convention
     resize: Resize | None = None  # how preprocess sizes an image; None: not known, not checked
     task: str = "classify"  # "classify": (N, C) logits; "segment": (N, C, h, w)
+    do_reduce_labels: bool | None = None  # a segmenter processor's own setting (ADE20K's 0 = other); None: not said
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -29,6 +29,7 @@ def load_hf_segmenter(spec: str, device: torch.device, labels_file: Path | None,
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
     config = load_pretrained(AutoConfig.from_pretrained, spec, "model configuration")
+    reduce_labels = None
     if _check_segmentation_config(config, display) == UNIVERSAL:
         model, preprocess, labels, resize = load_universal(spec, config, device, display)
     else:
@@ -39,6 +40,7 @@ def load_hf_segmenter(spec: str, device: torch.device, labels_file: Path | None,
         id2label = getattr(model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
         resize = hf_resize(processor)
+        reduce_labels = getattr(processor, "do_reduce_labels", None)
 
         def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
             return processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -46,7 +48,18 @@ def load_hf_segmenter(spec: str, device: torch.device, labels_file: Path | None,
     if labels_file is not None:
         labels = checked_labels(read_labels_file(labels_file), len(labels), labels_file)
     model.eval().to(device)
-    return ImageModel(display, labels, device, model, preprocess, transformers_forward, resize, task="segment")
+    reduce = reduce_labels if isinstance(reduce_labels, bool) else None
+    return ImageModel(
+        display,
+        labels,
+        device,
+        model,
+        preprocess,
+        transformers_forward,
+        resize,
+        task="segment",
+        do_reduce_labels=reduce,
+    )
 
 
 def _check_segmentation_config(config: object, display: str) -> str:

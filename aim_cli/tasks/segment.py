@@ -13,7 +13,7 @@ import glob
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -245,20 +245,32 @@ def find_mask(image_path: Path, masks_dir: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def read_inputs(paths: Iterable[Path], masks_dir: Path | None = None) -> Iterator[SegmentInput | FailedInput]:
-    """Decode images (and their masks) lazily; a bad image or mask fails alone, with the reason."""
+def read_inputs(
+    paths: Iterable[Path],
+    masks_dir: Path | None = None,
+    mask_of: Callable[[Path], Path | None] | None = None,
+    convert: Callable[[np.ndarray, Path], np.ndarray] | None = None,
+) -> Iterator[SegmentInput | FailedInput]:
+    """Decode images (and their masks) lazily; a bad image or mask fails alone, with the reason.
+
+    Masks are found by base name in `masks_dir`, or by a data set layout's `mask_of`; `convert`
+    maps a layout's mask values to the model's class ids.
+    """
     for path in paths:
         try:
             loaded = load_image(path)
             truth, truth_path = None, None
-            if masks_dir is not None:
-                truth_path = find_mask(path, masks_dir)
+            if masks_dir is not None or mask_of is not None:
+                truth_path = mask_of(path) if mask_of is not None else find_mask(path, masks_dir)  # type: ignore[arg-type]
                 if truth_path is None:
-                    raise InputError(f"{path}: no ground-truth mask named {path.stem}.png in {masks_dir}")
+                    named = f"named {path.stem}.png " if mask_of is None else ""
+                    raise InputError(f"{path}: no ground-truth mask {named}in {masks_dir}")
                 try:
                     truth = read_mask(truth_path)
                 except InputError as exc:
                     raise InputError(f"{path}: {exc}") from None
+                if convert is not None:
+                    truth = convert(truth, truth_path)
                 width, height = loaded.image.size
                 if truth.shape != (height, width):
                     raise InputError(
