@@ -94,10 +94,10 @@ def _field(width: int, height: int, rng: np.random.Generator) -> Image.Image:
 def _truth(model: Path, images: list[Path]) -> list[np.ndarray]:
     """The model's clean class-id masks, with a ring of ignored pixels (255) as real masks have."""
     from aim_cli.images import load_image
-    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.models.registry import load_model
     from aim_cli.tasks.segment import decision_logits
 
-    segmenter = load_segmenter(str(model), torch.device("cpu"))
+    segmenter = load_model("segment", str(model), device=torch.device("cpu"))
     masks = [decision_logits(segmenter, [load_image(p).image]).argmax(1)[0].numpy() for p in images]
     for mask in masks:
         mask[:8], mask[-8:], mask[:, :8], mask[:, -8:] = 255, 255, 255, 255
@@ -187,10 +187,10 @@ def _imagenet(base: Path, count: int) -> tuple[Path, Path, Path]:
     from timm.data import ImageNetInfo
 
     from aim_cli.images import load_image
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.models.registry import load_model
 
     model = _resnet50(base / "resnet50")
-    classifier = load_classifier(str(model), torch.device("cpu"))
+    classifier = load_model("classify", str(model), device=torch.device("cpu"))
     synsets = ImageNetInfo("imagenet-1k").label_names()
     rng = np.random.default_rng(3)
     for i in range(count):

@@ -71,10 +71,10 @@ def _images(count: int = IMAGES, seed: int = 0) -> list[Image.Image]:
 def _predictions(model: Path, paths: list[Path]) -> list[np.ndarray]:
     """The model's clean class-id masks of image files (decoded as aim decodes them)."""
     from aim_cli.images import load_image
-    from aim_cli.models.segmenter import load_segmenter
+    from aim_cli.models.registry import load_model
     from aim_cli.tasks.segment import decision_logits
 
-    segmenter = load_segmenter(str(model), torch.device("cpu"))
+    segmenter = load_model("segment", str(model), device=torch.device("cpu"))
     return [decision_logits(segmenter, [load_image(p).image]).argmax(1)[0].numpy() for p in paths]
 
 

@@ -76,7 +76,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     from timm.data import ImageNetInfo
 
     from aim_cli.images import load_image
-    from aim_cli.models.classifier import load_classifier
+    from aim_cli.models.registry import load_model
 
     base = tmp_path_factory.mktemp("imagenet")
     model = _resnet(base / "model", _names("generic"))
@@ -86,7 +86,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     for i in range(IMAGES):
         pixels = rng.integers(0, 256, (SIZE // 4, SIZE // 4, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
         Image.fromarray(pixels).save(loose / f"ILSVRC2012_val_{i:08d}.JPEG", format="JPEG", quality=90)
-    classifier = load_classifier(str(model), torch.device("cpu"))
+    classifier = load_model("classify", str(model), device=torch.device("cpu"))
     synsets = ImageNetInfo("imagenet-1k").label_names()
     classes = set()
     for path in sorted(loose.iterdir()):
