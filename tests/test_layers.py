@@ -51,6 +51,23 @@ def test_the_import_contracts_hold():
     assert "2 kept, 0 broken" in result.stdout
 
 
+@pytest.mark.skipif(importlib.util.find_spec("grimp") is None, reason="grimp comes with import-linter (dev extra)")
+def test_no_module_imports_itself_through_others():
+    """No import cycle between any two modules, not only between folders (the package root re-exports
+    the API, which reads its list of public names back: that pair is the one allowed)."""
+    import grimp
+
+    graph = grimp.build_graph("aim_cli")
+    allowed = {"aim_cli", "aim_cli.api"}
+    cycles = [
+        (importer, imported)
+        for importer in sorted(graph.modules)
+        for imported in sorted(graph.find_modules_directly_imported_by(importer))
+        if not {importer, imported} <= allowed and graph.chain_exists(importer=imported, imported=importer)
+    ]
+    assert cycles == []
+
+
 def test_summary_line_of_a_seeded_plan_without_focus():
     plan = api.plan({"utility": {"sigma": 1.5}, "noise": {"seed": 7}}, ["a", "b"])
     assert plan.summary() == "sigma 1.5 | seed 7"

@@ -98,7 +98,7 @@ _SHOWN = 40  # characters of an offending value quoted in a message
 
 def checkpoint_folder(spec: str) -> Path | None:
     """The folder a --model value loads from: a local directory or a cached hub snapshot; None if neither."""
-    from aim_cli.models.hub import force_offline, looks_like_path
+    from aim_cli.models.local import force_offline, looks_like_path
 
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from aim_cli.errors import ModelError
+from aim_cli.models.local import force_offline, looks_like_path
 
 T = TypeVar("T")
-
-
-def looks_like_path(spec: str) -> bool:
-    """Hub ids are NAME or ORG/NAME; anything else is meant as a filesystem path."""
-    return spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec
-
-
-def force_offline() -> None:
-    """Make every Hugging Face hub call in this process resolve from the local cache only.
-
-    huggingface_hub reads HF_HUB_OFFLINE once, at import, into a constant that transformers
-    consults on each call: set both, so it holds whether or not the hub was imported already.
-    """
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import huggingface_hub.constants
-
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def locate(spec: str) -> tuple[str, bool]:
@@ -84,6 +67,7 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
     """
     source, local = locate(spec)
     from aim_cli.models.checkpoint_files import check_checkpoint
+    from aim_cli.models.weights import scrub_advice
 
     # The root check: every settings file of the folder is checked before transformers parses one.
     check_checkpoint(source)
@@ -151,17 +135,6 @@ def _code_pickle(spec: str, detail: str) -> ModelError:
         "which aim refuses to run",
         "use the checkpoint's model.safetensors, or convert it with safetensors on a machine you trust",
     )
-
-
-# Library advice that would switch a safety check off; aim never passes it on.
-_UNSAFE_ADVICE = re.compile(r"re-?run|weights_only|trust_remote_code|safe_globals|trusted source", re.IGNORECASE)
-
-
-def scrub_advice(message: str) -> str:
-    """Drop every sentence of a library's message that advises switching a safety check off."""
-    sentences = re.split(r"(?<=[.!?])\s+", message.strip())
-    kept = [sentence for sentence in sentences if not _UNSAFE_ADVICE.search(sentence)]
-    return " ".join(kept) or "the loader refused the file"
 
 
 def _quiet_transformers() -> None:

@@ -191,7 +191,7 @@ def parse_spec(spec: str | None, weights: Path | None = None, task: str = "class
         raise ModelError(f"--weights goes with --model {hint}", "model directories carry their own weights")
     if not spec:
         return ModelSpec("demo", "")
-    from aim_cli.models.hub import looks_like_path
+    from aim_cli.models.local import looks_like_path
     from aim_cli.models.timm_classifier import timm_checkpoint
 
     # Language models are read by transformers alone (its own config checks); image tasks tell timm

@@ -20,8 +20,8 @@ from PIL import Image
 
 from aim_cli.errors import ModelError
 from aim_cli.models.checkpoint_files import Resize, check_checkpoint, read_json, timm_resize
-from aim_cli.models.hub import force_offline, looks_like_path
 from aim_cli.models.image_model import ImageModel, module_forward
+from aim_cli.models.local import force_offline, looks_like_path
 from aim_cli.models.torchvision_models import checked_labels
 from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
 

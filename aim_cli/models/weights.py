@@ -13,11 +13,21 @@ import torch
 from aim_cli.errors import InputError, ModelError
 from aim_cli.io import read_text_file
 from aim_cli.limits import TEXT_BYTES
-from aim_cli.models.hub import scrub_advice
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _LABEL_KEYS = ("labels", "classes", "categories", "class_names", "id2label")
+
+
+# Library advice that would switch a safety check off; aim never passes it on.
+_UNSAFE_ADVICE = re.compile(r"re-?run|weights_only|trust_remote_code|safe_globals|trusted source", re.IGNORECASE)
+
+
+def scrub_advice(message: str) -> str:
+    """Drop every sentence of a library's message that advises switching a safety check off."""
+    sentences = re.split(r"(?<=[.!?])\s+", message.strip())
+    kept = [sentence for sentence in sentences if not _UNSAFE_ADVICE.search(sentence)]
+    return " ".join(kept) or "the loader refused the file"
 
 
 def load_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
