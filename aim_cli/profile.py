@@ -6,11 +6,10 @@ import math
 import numbers
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
-
-import numpy as np
 
 from aim_cli import limits, plain_yaml
 from aim_cli.directions import BOOST, SUPPRESS, direction_name
@@ -147,14 +146,20 @@ def _where(source: str, key: str, line: int | None) -> str:
     return f"{source}, line {line}, key '{key}'" if line else f"{source}, key '{key}'"
 
 
+def _is_bool(value: Any) -> bool:
+    """Python's bool or numpy's (numpy is looked up, not imported: `aim --help` must stay fast)."""
+    numpy = sys.modules.get("numpy")
+    return isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_))
+
+
 def is_real_number(value: Any) -> bool:
     """A real number other than a bool: Python int/float and numpy scalars alike (numbers.Real)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Real) and not _is_bool(value)
 
 
 def is_integer_number(value: Any) -> bool:
     """An integer other than a bool: Python int and numpy integer scalars alike (numbers.Integral)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def one_or_many(value: Any, what: str, error: type[AimError] = ProfileError) -> Sequence[Any]:

@@ -1,4 +1,5 @@
-"""`aim --help`, `aim --version` and every `aim COMMAND --help` start without torch (it loads when a command runs)."""
+"""`aim --help`, `aim --version` and every `aim COMMAND --help` start without torch, numpy or PIL (they load when a
+command runs), which keeps them under half a second."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ try:
     main()
 except SystemExit as exit:
     code = exit.code
-heavy = sorted(name for name in ("torch", "transformers", "timm", "torchvision") if name in sys.modules)
+HEAVY = ("torch", "transformers", "timm", "torchvision", "numpy", "PIL", "ray", "lm_eval")
+heavy = sorted(name for name in HEAVY if name in sys.modules)
 print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -42,9 +41,10 @@ from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
-from aim_cli.masks import colour_table, save_mask, save_overlay
 
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
+    import numpy as np
+
     from aim_cli.api import ModulationPlan
     from aim_cli.api.commands import SegmentationEvaluation, SegmentedImage, Segmenter
 
@@ -100,7 +100,7 @@ def _unwritable_names(
 def _fractions(counts: np.ndarray, labels: list[str], keep: np.ndarray) -> dict[str, float]:
     """Class pixel fractions of one mask, for the classes in `keep`."""
     total = max(1, int(counts.sum()))
-    return {labels[k]: round(int(counts[k]) / total, 6) for k in np.flatnonzero(keep)}
+    return {labels[k]: round(int(counts[k]) / total, 6) for k in keep.nonzero()[0]}
 
 
 def _record(
@@ -176,6 +176,7 @@ def segment(
         segment_inputs,
     )
     from aim_cli.devices import resolve_device
+    from aim_cli.masks import colour_table, save_mask, save_overlay  # numpy and PIL: not for `aim --help`
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     check_output_dir(output_dir, create=False)
@@ -231,6 +232,8 @@ def segment(
     colours = colour_table(segmenter.labels)
     num_classes = len(segmenter.labels)
     evaluation = SegmentationEvaluation(num_classes) if masks is not None else None
+    import numpy as np
+
     totals = np.zeros(num_classes, dtype=np.int64)
     clean_totals = np.zeros(num_classes, dtype=np.int64)
     with run:
@@ -369,7 +372,7 @@ def _print_share_table(totals: np.ndarray, clean_totals: np.ndarray | None, labe
         table.add_column("clean", justify="right")
     table.add_column("modulated" if clean_totals is not None else "share", justify="right")
     present = totals > 0 if clean_totals is None else (totals > 0) | (clean_totals > 0)
-    for k in np.flatnonzero(present):
+    for k in present.nonzero()[0]:
         row = [escape(printable(labels[k]))]
         if clean_totals is not None:
             row.append(_share(int(clean_totals[k]), total))
