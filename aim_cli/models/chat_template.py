@@ -132,7 +132,7 @@ def _environment_class() -> type:
     """An ImmutableSandboxedEnvironment whose operators and calls check sizes before building them."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    class BoundedEnvironment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
         """Intercepting these operators also keeps Jinja from folding them into constants at compile time."""
 
         intercepted_binops = frozenset({"*", "**", "+", "%"})
