@@ -50,7 +50,6 @@ _HOMES = {
     "calibrate_classifier": "aim_cli.calibration.runner",
     "calibrate_segmenter": "aim_cli.calibration.runner",
     "calibrate_language_model": "aim_cli.calibration.runner",
-    "load_segmenter_for_calibration": "aim_cli.calibration.runner",
     "demo_classification_set": "aim_cli.calibration.datasets",
     "demo_segmentation_set": "aim_cli.calibration.datasets",
     "demo_text_set": "aim_cli.calibration.datasets",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from aim_cli import limits
@@ -173,15 +172,6 @@ def calibrate_classifier(
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing, "total_s": time.perf_counter() - start}
     calibration.notes.append(f"1 forward pass over {calibration.items} images; every sigma after that is analytic")
     return calibration, [*dataset.failures, *cached.failures]
-
-
-def load_segmenter_for_calibration(
-    spec: str | None, device: torch.device, weights: Path | None = None, labels_file: Path | None = None
-) -> Segmenter:
-    """The segmenter (demo, HF directory, cached hub id or torchvision:ARCH) to stream through."""
-    from aim_cli.models.registry import load_model
-
-    return load_model("segment", spec, device=device, weights=weights, labels=labels_file)
 
 
 def calibrate_segmenter(

@@ -260,7 +260,7 @@ def _segment(
     from aim_cli.api.commands import (
         calibrate_segmenter,
         demo_segmentation_set,
-        load_segmenter_for_calibration,
+        load_model,
         read_segmentation_data,
     )
 
@@ -270,7 +270,7 @@ def _segment(
         else demo_segmentation_set(limit or 50)
     )
     dataset.limit(limit)
-    segmenter = load_segmenter_for_calibration(model, torch_device, weights, labels)
+    segmenter = load_model("segment", model, device=torch_device, weights=weights, labels=labels)
     dataset.prepare(len(segmenter.labels), segmenter.do_reduce_labels)
     say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | data: {dataset.description}", quiet)
     with progress_bar("streaming passes", None, quiet) as advance:
