@@ -89,3 +89,10 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .import_linter_cache
+
+# `aim report` pages in a real headless browser (tests/test_report_browser.py): no console error,
+# every figure and image decoded, a screenshot that is not blank. Needs the system's Chromium
+# (Debian: apt-get install chromium; this target installs nothing) and skips cleanly without it.
+.PHONY: test-browser
+test-browser: $(STAMP)
+	AIM_BROWSER_TESTS=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs tests/test_report_browser.py

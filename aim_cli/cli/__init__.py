@@ -18,6 +18,7 @@ from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
 from aim_cli.cli import classify as _classify  # noqa: E402,F401
 from aim_cli.cli import eval as _eval  # noqa: E402,F401
 from aim_cli.cli import generate as _generate  # noqa: E402,F401
+from aim_cli.cli import report as _report  # noqa: E402,F401
 from aim_cli.cli import segment as _segment  # noqa: E402,F401
 from aim_cli.cli import serve as _serve  # noqa: E402,F401
 from aim_cli.cli.common import app, err_console, printable

@@ -1,0 +1,362 @@
+"""One clean pass over labelled data, then the curve, every tier's metrics and examples from it.
+
+Classification: the accuracy curve and each tier's accuracy and per-class recall are exact
+(aim_cli.theory on the cached logits); a tier with several focus targets, which no formula
+covers, is measured over seeded draws. Segmentation: the curves are the exact expected
+confusion on a random sample of scored pixels; each tier is measured under its own noise on
+every pixel of the data (the segment task's path).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aim_cli import theory
+from aim_cli.calibration.classify import (
+    COMMON_NOISE_SE,
+    accuracy_metric,
+    collect_logits,
+    common_noise_accuracy_metric,
+    common_noise_draws,
+    dataset_label_ids,
+    exact_is_affordable,
+    expected_correct,
+)
+from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
+from aim_cli.calibration.segment import expected_class_probabilities, present_miou
+from aim_cli.errors import AimError, FailedInput, InputError
+from aim_cli.masks import colour_table, overlay_image
+from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, pixel_accuracy, recall
+from aim_cli.models.image_model import ImageModel
+from aim_cli.modulation import Modulation, SeededNoise, modulate
+from aim_cli.plans import ModulationPlan, plan_modulation
+from aim_cli.report.model import Cell, Example, ReportData, TierResult
+from aim_cli.report.noise import example_profile
+from aim_cli.report.tiers import Tier
+from aim_cli.tasks.batches import ProgressCallback, check_model_logits
+from aim_cli.tasks.segment import decide, truth_problem, upsample_at
+
+# Curve points between where the metric starts to fall and where it reaches chance.
+CURVE_POINTS = 60
+# A tier with several focus targets (no closed form): seeded draws over the cached logits.
+FOCUS_DRAWS = 64
+# Scored pixels whose exact expected confusion draws the segmentation curves.
+CURVE_PIXELS = 1 << 16
+# Example thumbnails are drawn at least this wide (small inputs are enlarged, pixels kept sharp).
+THUMBNAIL = 128
+
+
+def _display_grid(metric: Callable[[float], float], clean: float, chance: float, keep: Sequence[float]) -> list[float]:
+    """Sigmas from just before the metric leaves its clean value to where it is near chance (and every tier's)."""
+    coarse = theory.sigma_grid(1e-3, 1e3, 25)[1:]
+    values = [metric(s) for s in coarse]
+    span = max(clean - chance, 1e-9)
+    start = next((s for s, v in zip(coarse, values) if clean - v > 0.005 * span), coarse[0])
+    stop = next((s for s, v in zip(coarse, values) if v - chance < 0.02 * span), coarse[-1])
+    low = min([start / 3, *(s / 1.5 for s in keep if s > 0)])
+    high = max([stop * 1.5, *(s * 1.5 for s in keep if s > 0)])
+    return [float(s) for s in np.geomspace(low, high, CURVE_POINTS)]
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    """The image enlarged (nearest neighbour) when it is smaller than a thumbnail."""
+    if image.width >= THUMBNAIL:
+        return image
+    factor = math.ceil(THUMBNAIL / image.width)
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def _plans(tiers: Sequence[Tier], labels: Sequence[str], seed: int) -> list[tuple[TierResult, ModulationPlan | None]]:
+    """Each tier resolved against the model's classes; a tier that cannot be is kept, with its reason."""
+    out: list[tuple[TierResult, ModulationPlan | None]] = []
+    for tier in tiers:
+        profile, noise = example_profile(tier.profile, seed)
+        try:
+            plan = plan_modulation(profile, labels)
+        except AimError as exc:
+            out.append((TierResult(tier, problem=exc.message), None))
+            continue
+        out.append((TierResult(tier, noise=noise, focus_labels=list(plan.target_names)), plan))
+    return out
+
+
+def _class_means(values: torch.Tensor, labels: torch.Tensor, classes: int) -> list[float]:
+    """Mean of `values` over the rows of each class (NaN for a class without rows)."""
+    sums = torch.zeros(classes, dtype=torch.float64).index_add_(0, labels.cpu(), values.double().cpu())
+    counts = torch.bincount(labels.cpu(), minlength=classes).double()
+    return [float(s / c) if c > 0 else math.nan for s, c in zip(sums, counts)]
+
+
+def _expected_correct(logits: torch.Tensor, labels: torch.Tensor, modulation: Modulation, seed: int) -> tuple[torch.Tensor, bool]:
+    """Per-row P(prediction == label) under a tier: exact where a formula applies, else seeded draws."""
+    if not modulation.has_focus:
+        return expected_correct(logits, labels, modulation.sigma), True
+    if len(modulation.targets) == 1:
+        target = modulation.targets[0]
+        if modulation.sigma > 0:
+            rows = theory.win_probability_with_focus(
+                logits, labels, modulation.sigma, target.class_id, modulation.focus_sigma, target.direction
+            )
+        else:  # focus alone: the target or the clean runner-up wins, in closed form
+            probabilities = theory.focus_class_probabilities(
+                logits, target.class_id, modulation.focus_sigma, target.direction
+            )
+            rows = probabilities.gather(1, labels[:, None]).squeeze(1)
+        return rows, True
+    noise = SeededNoise(seed)
+    hits = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
+    for _ in range(FOCUS_DRAWS):
+        hits += (modulate(logits, modulation, noise).argmax(dim=1) == labels).double()
+    return hits / FOCUS_DRAWS, False
+
+
+def collect_classification(
+    classifier: ImageModel,
+    dataset: ImageDataset,
+    tiers: Sequence[Tier],
+    examples: int = 6,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: ProgressCallback | None = None,
+) -> tuple[ReportData, list[FailedInput]]:
+    """Cache the logits once; the exact accuracy curve, each tier's accuracy and recall, and examples."""
+    started = time.perf_counter()
+    labels_text = list(classifier.labels)
+    classes = len(labels_text)
+    label_ids = dataset_label_ids(dataset, labels_text)
+    cached = collect_logits(classifier, dataset.items, label_ids, batch_size, progress)
+    logits, labels = cached.logits, cached.labels
+    forward = time.perf_counter() - started
+    notes: list[str] = []
+    if exact_is_affordable(logits):
+        metric = accuracy_metric(logits, labels)
+        method = f"exact: the expected accuracy over {logits.shape[0]} images, from one clean pass"
+    else:
+        draws = common_noise_draws(logits.shape[0])
+        metric = common_noise_accuracy_metric(logits, labels, draws, seed=seed + 7919)
+        method = (
+            f"common random numbers ({draws} draw(s) per image, standard error <= {COMMON_NOISE_SE}): "
+            f"the exact formula would cost {logits.shape[0]:,} x {classes:,} quadratures per sigma"
+        )
+    clean_rows = (logits.argmax(dim=1) == labels).double()
+    clean = float(clean_rows.mean())
+    plans = _plans(tiers, labels_text, seed)
+    grid = _display_grid(metric, clean, 1.0 / classes, [t.tier.profile.sigma for t, _ in plans])
+    curve = [(0.0, clean), *((s, metric(s)) for s in grid)]
+    for result, plan in plans:
+        if plan is None:
+            continue
+        rows, result.exact = _expected_correct(logits, labels, plan.modulation, seed)
+        result.metrics = {"accuracy": float(rows.mean())}
+        result.recall = _class_means(rows, labels, classes)
+    shown = _classification_examples(classifier, dataset, label_ids, plans, examples)
+    data = ReportData(
+        task="classify",
+        model=classifier.name,
+        data=dataset.description,
+        items=int(logits.shape[0]),
+        labels=labels_text,
+        curves={"accuracy": curve},
+        curve_method=method,
+        clean={"accuracy": clean},
+        clean_recall=_class_means(clean_rows, labels, classes),
+        support=torch.bincount(labels.cpu(), minlength=classes).tolist(),
+        tiers=[result for result, _ in plans],
+        examples=shown,
+        notes=notes,
+        seconds={"forward": forward, "total": time.perf_counter() - started},
+    )
+    return data, [*dataset.failures, *cached.failures]
+
+
+def _classification_examples(
+    classifier: ImageModel,
+    dataset: ImageDataset,
+    label_ids: Sequence[int],
+    plans: Sequence[tuple[TierResult, ModulationPlan | None]],
+    count: int,
+) -> list[Example]:
+    """The first readable images, predicted clean and under every tier's noise."""
+    loaded, truths = [], []
+    for item, label in zip(dataset.items, label_ids):
+        if len(loaded) == count:
+            break
+        try:
+            loaded.append(item.load())
+        except InputError:
+            continue  # listed among the failures by the clean pass
+        truths.append(label)
+    if not loaded:
+        return []
+    clean = classifier.logits([item.image for item in loaded])
+    check_model_logits(clean, [item.path for item in loaded])
+    columns = [clean.argmax(dim=1)]
+    for _result, plan in plans:
+        if plan is None:
+            continue  # a tier that does not apply gets no column
+        keys = [item.key for item in loaded] if plan.keyed else None
+        columns.append(plan.apply(clean.clone(), class_dim=1, keys=keys).argmax(dim=1))
+    examples = []
+    for index, (item, truth) in enumerate(zip(loaded, truths)):
+        thumb = _thumbnail(item.image)
+        example = Example(name=item.path.name, truth=classifier.labels[truth])
+        for column in columns:
+            predicted = int(column[index])
+            example.cells.append(Cell(thumb, classifier.labels[predicted], predicted == truth))
+        examples.append(example)
+    return examples
+
+
+def _segment_metrics(matrix: torch.Tensor) -> dict[str, float]:
+    """The segmentation curves' metrics read off a confusion matrix."""
+    return {"miou": present_miou(matrix), "pixel_accuracy": pixel_accuracy(matrix)}
+
+
+def _scored_inputs(
+    segmenter: ImageModel, dataset: SegmentationDataset, failures: list[FailedInput], progress: ProgressCallback | None
+) -> list[tuple[object, torch.Tensor]]:
+    """Every input with a usable mask and its low-resolution logits (one forward pass each)."""
+    classes = len(segmenter.labels)
+    kept: list[tuple[object, torch.Tensor]] = []
+    for item in dataset.inputs():
+        if progress:
+            progress(1)
+        if isinstance(item, FailedInput):
+            failures.append(item)
+            continue
+        path = getattr(item, "path")
+        problem = truth_problem(item, classes)  # type: ignore[arg-type]
+        if getattr(item, "truth") is None or problem:
+            failures.append(FailedInput(path, problem or "no ground-truth mask"))
+            continue
+        low = segmenter.logits([getattr(item, "image")])
+        check_model_logits(low, [path])
+        kept.append((item, low))
+    if not kept:
+        first = f" (first: {failures[0].reason})" if failures else ""
+        raise InputError(f"no image of the data could be scored{first}", "fix or remove the failing images and run again")
+    return kept
+
+
+def _pixel_sample(kept: Sequence[tuple[object, torch.Tensor]], seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Up to CURVE_PIXELS scored pixels drawn evenly from every image: logits (P, C), truth (P,), and all scored."""
+    generator = torch.Generator().manual_seed(seed)
+    share = max(1, CURVE_PIXELS // len(kept))
+    pixels, truths, total = [], [], 0
+    for item, low in kept:
+        truth = torch.as_tensor(np.asarray(getattr(item, "truth"))).reshape(-1).long()
+        scored = (truth != IGNORE_INDEX).nonzero().squeeze(1)
+        total += scored.numel()
+        if scored.numel() > share:
+            scored = scored[torch.randperm(scored.numel(), generator=generator)[:share]]
+        height, width = np.asarray(getattr(item, "truth")).shape
+        pixels.append(upsample_at(low, (height, width), scored.to(low.device)).float().cpu())
+        truths.append(truth[scored])
+    return torch.cat(pixels), torch.cat(truths), total
+
+
+def collect_segmentation(
+    segmenter: ImageModel,
+    dataset: SegmentationDataset,
+    tiers: Sequence[Tier],
+    examples: int = 4,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> tuple[ReportData, list[FailedInput]]:
+    """Logits once per image; exact expected curves on a pixel sample, each tier measured on every pixel."""
+    started = time.perf_counter()
+    labels_text = list(segmenter.labels)
+    classes = len(labels_text)
+    failures: list[FailedInput] = []
+    kept = _scored_inputs(segmenter, dataset, failures, progress)
+    forward = time.perf_counter() - started
+    pixels, truth, scored = _pixel_sample(kept, seed)
+
+    def expected(sigma: float) -> dict[str, float]:
+        matrix = ConfusionMatrix(classes)
+        matrix.update_expected(expected_class_probabilities(pixels, sigma), truth)
+        return _segment_metrics(matrix.matrix)
+
+    plans = _plans(tiers, labels_text, seed)
+    masks: list[list[np.ndarray]] = []  # per column (clean, tiers), the first images' masks
+    identity, unused = Modulation(), SeededNoise(seed)
+    clean_matrix = ConfusionMatrix(classes)
+    clean_masks = []
+    for index, (item, low) in enumerate(kept):
+        height, width = np.asarray(getattr(item, "truth")).shape
+        prediction, _ = decide(low, (height, width), identity, unused)
+        clean_matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(getattr(item, "truth")))
+        if index < examples:
+            clean_masks.append(prediction[0])
+    masks.append(clean_masks)
+    clean = _segment_metrics(clean_matrix.matrix)
+    for result, plan in plans:
+        if plan is None:
+            continue  # a tier that does not apply gets no column
+        matrix = ConfusionMatrix(classes)
+        shown = []
+        for index, (item, low) in enumerate(kept):
+            height, width = np.asarray(getattr(item, "truth")).shape
+            keys = [getattr(item, "key")] if plan.keyed else None
+            prediction, _ = decide(low, (height, width), plan.modulation, plan.noise, keys)
+            matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(getattr(item, "truth")))
+            if index < examples:
+                shown.append(prediction[0])
+        result.metrics = _segment_metrics(matrix.matrix)
+        result.recall = [float(v) for v in recall(matrix.matrix)]
+        masks.append(shown)
+
+    sample = pixels.shape[0]
+    grid_metric = lambda sigma: expected(sigma)["miou"]  # noqa: E731  (the grid follows mIoU)
+    chance = expected(1e4)["miou"]
+    sample_clean = expected(0.0)
+    grid = _display_grid(grid_metric, sample_clean["miou"], chance, [t.tier.profile.sigma for t, _ in plans])
+    points = [(s, expected(s)) for s in grid]
+    curves = {
+        name: [(0.0, clean[name]), *((s, values[name]) for s, values in points)] for name in ("miou", "pixel_accuracy")
+    }
+    colours = colour_table(labels_text)
+    shown_examples = []
+    for index, (item, _low) in enumerate(kept[:examples]):
+        image = getattr(item, "image")
+        truth_mask = np.asarray(getattr(item, "truth"))
+        visible = np.where(truth_mask == IGNORE_INDEX, 0, truth_mask)
+        example = Example(
+            name=getattr(item, "path").name,
+            truth="",
+            reference=[("input", _thumbnail(image)), ("ground truth", _thumbnail(overlay_image(image, visible, colours, 0.7)))],
+        )
+        for column in masks:
+            mask = column[index]
+            valid = truth_mask != IGNORE_INDEX
+            accuracy = float((mask[valid] == truth_mask[valid]).mean()) if valid.any() else math.nan
+            example.cells.append(Cell(_thumbnail(overlay_image(image, mask, colours)), f"pixel accuracy {accuracy:.0%}"))
+        shown_examples.append(example)
+    support = clean_matrix.matrix.sum(dim=1)
+    method = (
+        f"exact expected confusion (per-pixel formula) on {sample:,} scored pixels drawn evenly from "
+        f"{len(kept)} images ({scored:,} scored pixels in all); each tier measured under its own noise on every pixel"
+    )
+    data = ReportData(
+        task="segment",
+        model=segmenter.name,
+        data=dataset.description,
+        items=len(kept),
+        labels=labels_text,
+        curves=curves,
+        curve_method=method,
+        clean=clean,
+        clean_recall=[float(v) for v in recall(clean_matrix.matrix)],
+        support=[int(v) for v in support.tolist()],
+        tiers=[result for result, _ in plans],
+        examples=shown_examples,
+        colours=[tuple(int(c) for c in row) for row in colours],  # type: ignore[misc]
+        seconds={"forward": forward, "total": time.perf_counter() - started},
+    )
+    return data, failures

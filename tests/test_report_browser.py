@@ -1,0 +1,113 @@
+"""`aim report` pages in a real headless browser: the system's Chromium, driven over the DevTools pipe.
+
+Run by `make test-browser` (which sets AIM_BROWSER_TESTS=1); `make test` skips it. Needs the
+system's Chromium (Debian: `apt-get install chromium`); without it the test skips and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+
+from tests.chromium import Chromium, find_chromium
+from tests.conftest import REPO, run_aim
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(os.environ.get("AIM_BROWSER_TESTS") != "1", reason="browser test: run `make test-browser`"),
+]
+
+# A screenshot of a real page has text, figures and images: its grey levels vary far more than this.
+MIN_VARIANCE = 200.0
+# `aim report` on the demo models, on a shared CI machine (measured: well under this).
+REPORT_SECONDS = 60.0
+
+CERTIFIED = """\
+version: 1
+name: tier-60
+description: A certified tier (a sample certificate, as aim calibrate --write-profile records one).
+utility: {sigma: %s}
+noise: {seed: 0}
+certificate:
+  aim_version: "0.0.0"
+  metric: %s
+  target: %s
+  method: exact
+  predicted: %s
+  interval: {low: %s, high: %s, confidence: 0.95, sample_size: 1000, meaning: "a fresh sample of the same size"}
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system Chromium, or a clean skip."""
+    found = find_chromium()
+    if found is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    return found
+
+
+def _tiers(folder: Path, certified: tuple[str, ...]) -> Path:
+    """The repository's example tiers plus one certified tier."""
+    folder.mkdir()
+    for path in (REPO / "profiles").glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    (folder / "tier-60.yaml").write_text(CERTIFIED % certified, encoding="utf-8")
+    return folder
+
+
+def _check_page(browser: str, page: Path, screenshot: Path) -> dict[str, object]:
+    """Load the page: no console error, every image decoded with a size, a screenshot that is not blank."""
+    with Chromium(browser) as chrome:
+        chrome.open(page.resolve().as_uri())
+        images = chrome.evaluate(
+            "Promise.all(Array.from(document.images).map(i => i.decode().then(() => true, () => false)))"
+            ".then(ok => Array.from(document.images).map((i, k) => ({ok: ok[k], complete: i.complete,"
+            " width: i.naturalWidth, height: i.naturalHeight, data: i.src.startsWith('data:'),"
+            " figure: i.classList.contains('figure')})))"
+        )
+        errors = chrome.errors()
+        chrome.screenshot(screenshot)
+    assert errors == [], errors
+    assert images, "the page shows no image"
+    broken = [i for i, image in enumerate(images) if not (image["ok"] and image["complete"] and image["width"] > 0)]
+    assert broken == [], f"images not decoded: {broken} of {len(images)}"
+    assert all(image["data"] for image in images), "an image is not embedded"
+    figures = sum(1 for image in images if image["figure"])
+    with Image.open(screenshot) as shot:
+        variance = sum(ImageStat.Stat(shot.convert("L")).var)
+        size = shot.size
+    assert variance > MIN_VARIANCE, f"screenshot looks blank (grey-level variance {variance:.1f})"
+    return {"images": len(images), "figures": figures, "variance": variance, "size": size}
+
+
+@pytest.mark.parametrize(
+    ("task", "certified", "figures"),
+    [
+        ("classify", ("2.56", "accuracy", "0.6", "0.601", "0.57", "0.63"), 2),
+        ("segment", ("1.0", "miou", "0.5", "0.52", "0.49", "0.55"), 2),
+    ],
+)
+def test_demo_report_renders(
+    chromium: str, tmp_path: Path, task: str, certified: tuple[str, ...], figures: int
+) -> None:
+    """The demo report of each task: made in under a minute, and whole in the browser."""
+    tiers = _tiers(tmp_path / "tiers", certified)
+    page = tmp_path / f"report-{task}.html"
+    start = time.perf_counter()
+    result = run_aim("report", "--task", task, "--tiers", str(tiers), "-o", str(page), "--quiet")
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert seconds < REPORT_SECONDS, f"aim report --task {task} took {seconds:.1f} s"
+    screenshot = tmp_path / f"report-{task}.png"
+    seen = _check_page(chromium, page, screenshot)
+    assert seen["figures"] == figures
+    print(f"\n{task}: report {seconds:.1f} s, {seen}")  # shown with -s: the numbers behind the docs
+    keep = os.environ.get("AIM_SCREENSHOT_DIR")
+    if keep:  # e.g. the docs' screenshot: AIM_SCREENSHOT_DIR=docs/images make test-browser
+        shutil.copy(screenshot, Path(keep) / f"report-{task}.png")
