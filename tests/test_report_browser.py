@@ -41,6 +41,7 @@ certificate:
   predicted: %s
   interval: {low: %s, high: %s, confidence: 0.95, sample_size: 1000, meaning: "a fresh sample of the same size"}
 """
+FOCUS_CIRCLE = "version: 1\nfocus:\n  sigma: 3.0\n  targets:\n    - {class: circle, direction: up}\nnoise: {seed: 1}\n"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,7 @@ def _tiers(folder: Path, certified: tuple[str, ...]) -> Path:
     for path in (REPO / "profiles").glob("*.yaml"):
         shutil.copy(path, folder / path.name)
     (folder / "tier-60.yaml").write_text(CERTIFIED % certified, encoding="utf-8")
+    (folder / "focus-circle.yaml").write_text(FOCUS_CIRCLE, encoding="utf-8")  # a focus tier for the classifier
     return folder
 
 
@@ -89,8 +91,10 @@ def _check_page(browser: str, page: Path, screenshot: Path) -> dict[str, object]
 @pytest.mark.parametrize(
     ("task", "certified", "figures"),
     [
-        ("classify", ("2.56", "accuracy", "0.6", "0.601", "0.57", "0.63"), 2),
-        ("segment", ("1.0", "miou", "0.5", "0.52", "0.49", "0.55"), 2),
+        # sigma and prediction from `aim calibrate --target-acc 0.6` (and --task segment --target-miou 0.6);
+        # the interval: 1.96 sqrt(2 p (1 - p) / n), a fresh sample's spread plus the calibration set's.
+        ("classify", ("2.5605", "accuracy", "0.6", "0.600", "0.557", "0.643"), 2),
+        ("segment", ("3.2078", "miou", "0.6", "0.600", "0.56", "0.64"), 2),
     ],
 )
 def test_demo_report_renders(

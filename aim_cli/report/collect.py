@@ -83,7 +83,8 @@ def _plans(tiers: Sequence[Tier], labels: Sequence[str], seed: int) -> list[tupl
         try:
             plan = plan_modulation(profile, labels)
         except AimError as exc:
-            out.append((TierResult(tier, problem=exc.message), None))
+            # The page names the file by its name only: no path of this machine in a page that travels.
+            out.append((TierResult(tier, problem=exc.message.replace(str(tier.path), tier.path.name)), None))
             continue
         out.append((TierResult(tier, noise=noise, focus_labels=list(plan.target_names)), plan))
     return out

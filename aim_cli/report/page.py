@@ -19,7 +19,7 @@ from aim_cli.report.model import METRIC_NAMES, Cell, ReportData, TierResult
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; background: #f6f7f9;
        color: #1d2330; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
 header { background: #1d2330; color: #fff; padding: 20px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header p { margin: 0; color: #c5cad6; font-size: 14px; }
@@ -27,15 +27,18 @@ section { background: #fff; border: 1px solid #e1e4ea; border-radius: 8px; paddi
 h2 { font-size: 17px; margin: 0 0 10px; }
 p.method, p.note { color: #596173; font-size: 13px; margin: 6px 0 0; }
 table { border-collapse: collapse; font-size: 13px; }
+table.tiers { width: 100%; }
+table.tiers td:first-child { white-space: nowrap; }
+table.tiers td:last-child { min-width: 170px; }
 th, td { padding: 6px 10px; border-bottom: 1px solid #eceef2; text-align: left; vertical-align: top; }
 th { background: #f1f3f6; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 6px;
           vertical-align: -1px; }
 .figure { width: 100%; height: auto; display: block; }
-.grid { overflow-x: auto; }
-.grid td, .grid th { text-align: center; border-bottom: none; }
-.grid img { width: 128px; height: auto; image-rendering: pixelated; border-radius: 4px; display: block;
+.grid table { width: 100%; table-layout: fixed; }
+.grid td, .grid th { text-align: center; border-bottom: none; padding: 5px 4px; overflow-wrap: anywhere; }
+.grid img { width: 100%; max-width: 128px; height: auto; image-rendering: pixelated; border-radius: 4px; display: block;
             margin: 0 auto; }
 .caption { font-size: 12px; margin-top: 3px; }
 .ok { color: #1a7f37; } .wrong { color: #c62828; font-weight: 600; } .na { color: #8a91a1; }
@@ -111,7 +114,7 @@ def _tiers_table(data: ReportData) -> str:
             f"<td>{_focus_text(result)}</td>{cells}<td>{_certificate_text(result)}</td></tr>"
         )
     return (
-        "<table><thead><tr><th>tier</th><th>utility sigma</th><th>focus</th>"
+        "<table class='tiers'><thead><tr><th>tier</th><th>utility sigma</th><th>focus</th>"
         f"{head}<th>how</th><th>examples' noise</th><th>certificate</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
