@@ -38,9 +38,9 @@ class ReportTask(str, enum.Enum):
 def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write (.html).")],
     task: Annotated[ReportTask, typer.Option("--task", "-t", help="Kind of model.")] = ReportTask.classify,
-    tiers: Annotated[
-        Path, typer.Option("--tiers", help="Folder of tier profiles (*.yaml), certified or not.")
-    ] = Path("profiles"),
+    tiers: Annotated[Path, typer.Option("--tiers", help="Folder of tier profiles (*.yaml), certified or not.")] = Path(
+        "profiles"
+    ),
     model: ModelOption = None,
     weights: Annotated[
         Optional[Path],
@@ -99,8 +99,12 @@ def report(
     tier_list = load_tiers(tiers)
     torch_device = resolve_device(device)
     if task == ReportTask.classify:
-        from aim_cli.api.commands import collect_classification, demo_classification_set, load_model
-        from aim_cli.api.commands import read_classification_data
+        from aim_cli.api.commands import (
+            collect_classification,
+            demo_classification_set,
+            load_model,
+            read_classification_data,
+        )
 
         dataset = (
             read_classification_data(data, allow_outside_paths, layout.value)
@@ -117,8 +121,7 @@ def report(
                 classifier, dataset, tier_list, examples, seed, batch_size, advance
             )
     else:
-        from aim_cli.api.commands import collect_segmentation, demo_segmentation_set, load_model
-        from aim_cli.api.commands import read_segmentation_data
+        from aim_cli.api.commands import collect_segmentation, demo_segmentation_set, load_model, read_segmentation_data
 
         segment_set = (
             read_segmentation_data(data, allow_outside_paths, layout.value, split)
@@ -133,11 +136,12 @@ def report(
             collected, failures = collect_segmentation(
                 segmenter, segment_set, tier_list, min(examples, 6), seed, advance
             )
+    from aim_cli import __version__
     from aim_cli.api.commands import write_html_report
 
     with RunOutputs() as run:
         run.success(collected.items)
-        run.document(lambda: write_html_report(collected, output))
+        run.document(lambda: write_html_report(collected, output, __version__))
     run.publish()
     say(
         f"wrote report to {output} ({len(tier_list)} tier(s), {collected.items} items, "

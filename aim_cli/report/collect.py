@@ -31,6 +31,7 @@ from aim_cli.calibration.classify import (
 from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
 from aim_cli.calibration.segment import expected_class_probabilities, present_miou
 from aim_cli.errors import AimError, FailedInput, InputError
+from aim_cli.images import LoadedImage
 from aim_cli.masks import colour_table, overlay_image
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, pixel_accuracy, recall
 from aim_cli.models.image_model import ImageModel
@@ -40,7 +41,7 @@ from aim_cli.report.model import Cell, Example, ReportData, TierResult
 from aim_cli.report.noise import example_profile
 from aim_cli.report.tiers import Tier
 from aim_cli.tasks.batches import ProgressCallback, check_model_logits
-from aim_cli.tasks.segment import decide, truth_problem, upsample_at
+from aim_cli.tasks.segment import SegmentInput, decide, truth_problem, upsample_at
 
 # Curve points between where the metric starts to fall and where it reaches chance, and the
 # coarse grid (1e-3 to 1e3) that finds that range.
@@ -97,7 +98,9 @@ def _class_means(values: torch.Tensor, labels: torch.Tensor, classes: int) -> li
     return [float(s / c) if c > 0 else math.nan for s, c in zip(sums, counts)]
 
 
-def _expected_correct(logits: torch.Tensor, labels: torch.Tensor, modulation: Modulation, seed: int) -> tuple[torch.Tensor, bool]:
+def _expected_correct(
+    logits: torch.Tensor, labels: torch.Tensor, modulation: Modulation, seed: int
+) -> tuple[torch.Tensor, bool]:
     """Per-row P(prediction == label) under a tier: exact where a formula applies, else seeded draws."""
     if not modulation.has_focus:
         return expected_correct(logits, labels, modulation.sigma), True
@@ -187,7 +190,8 @@ def _classification_examples(
     count: int,
 ) -> list[Example]:
     """The first readable images, predicted clean and under every tier's noise."""
-    loaded, truths = [], []
+    loaded: list[LoadedImage] = []
+    truths: list[int] = []
     for item, label in zip(dataset.items, label_ids):
         if len(loaded) == count:
             break
@@ -207,9 +211,9 @@ def _classification_examples(
         keys = [item.key for item in loaded] if plan.keyed else None
         columns.append(plan.apply(clean.clone(), class_dim=1, keys=keys).argmax(dim=1))
     examples = []
-    for index, (item, truth) in enumerate(zip(loaded, truths)):
-        thumb = _thumbnail(item.image)
-        example = Example(name=item.path.name, truth=classifier.labels[truth])
+    for index, (image, truth) in enumerate(zip(loaded, truths)):
+        thumb = _thumbnail(image.image)
+        example = Example(name=image.path.name, truth=classifier.labels[truth])
         for column in columns:
             predicted = int(column[index])
             example.cells.append(Cell(thumb, classifier.labels[predicted], predicted == truth))
@@ -224,42 +228,47 @@ def _segment_metrics(matrix: torch.Tensor) -> dict[str, float]:
 
 def _scored_inputs(
     segmenter: ImageModel, dataset: SegmentationDataset, failures: list[FailedInput], progress: ProgressCallback | None
-) -> list[tuple[object, torch.Tensor]]:
+) -> list[tuple[SegmentInput, torch.Tensor]]:
     """Every input with a usable mask and its low-resolution logits (one forward pass each)."""
     classes = len(segmenter.labels)
-    kept: list[tuple[object, torch.Tensor]] = []
+    kept: list[tuple[SegmentInput, torch.Tensor]] = []
     for item in dataset.inputs():
         if progress:
             progress(1)
-        if isinstance(item, FailedInput):
-            failures.append(item)
+        if not isinstance(item, SegmentInput):  # the data set's reader yields a FailedInput instead
+            if isinstance(item, FailedInput):
+                failures.append(item)
             continue
-        path = getattr(item, "path")
-        problem = truth_problem(item, classes)  # type: ignore[arg-type]
-        if getattr(item, "truth") is None or problem:
+        path = item.path
+        problem = truth_problem(item, classes)
+        if item.truth is None or problem:
             failures.append(FailedInput(path, problem or "no ground-truth mask"))
             continue
-        low = segmenter.logits([getattr(item, "image")])
+        low = segmenter.logits([item.image])
         check_model_logits(low, [path])
         kept.append((item, low))
     if not kept:
         first = f" (first: {failures[0].reason})" if failures else ""
-        raise InputError(f"no image of the data could be scored{first}", "fix or remove the failing images and run again")
+        raise InputError(
+            f"no image of the data could be scored{first}", "fix or remove the failing images and run again"
+        )
     return kept
 
 
-def _pixel_sample(kept: Sequence[tuple[object, torch.Tensor]], seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _pixel_sample(
+    kept: Sequence[tuple[SegmentInput, torch.Tensor]], seed: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Up to CURVE_PIXELS scored pixels drawn evenly from every image: logits (P, C), truth (P,), and all scored."""
     generator = torch.Generator().manual_seed(seed)
     share = max(1, CURVE_PIXELS // len(kept))
     pixels, truths, total = [], [], 0
     for item, low in kept:
-        truth = torch.as_tensor(np.asarray(getattr(item, "truth"))).reshape(-1).long()
+        truth = torch.as_tensor(np.asarray(item.truth)).reshape(-1).long()
         scored = (truth != IGNORE_INDEX).nonzero().squeeze(1)
         total += scored.numel()
         if scored.numel() > share:
             scored = scored[torch.randperm(scored.numel(), generator=generator)[:share]]
-        height, width = np.asarray(getattr(item, "truth")).shape
+        height, width = np.asarray(item.truth).shape
         pixels.append(upsample_at(low, (height, width), scored.to(low.device)).float().cpu())
         truths.append(truth[scored])
     return torch.cat(pixels), torch.cat(truths), total
@@ -293,9 +302,9 @@ def collect_segmentation(
     clean_matrix = ConfusionMatrix(classes)
     clean_masks = []
     for index, (item, low) in enumerate(kept):
-        height, width = np.asarray(getattr(item, "truth")).shape
+        height, width = np.asarray(item.truth).shape
         prediction, _ = decide(low, (height, width), identity, unused)
-        clean_matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(getattr(item, "truth")))
+        clean_matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(item.truth))
         if index < examples:
             clean_masks.append(prediction[0])
     masks.append(clean_masks)
@@ -306,10 +315,10 @@ def collect_segmentation(
         matrix = ConfusionMatrix(classes)
         shown = []
         for index, (item, low) in enumerate(kept):
-            height, width = np.asarray(getattr(item, "truth")).shape
-            keys = [getattr(item, "key")] if plan.keyed else None
+            height, width = np.asarray(item.truth).shape
+            keys = [item.key] if plan.keyed else None
             prediction, _ = decide(low, (height, width), plan.modulation, plan.noise, keys)
-            matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(getattr(item, "truth")))
+            matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(item.truth))
             if index < examples:
                 shown.append(prediction[0])
         result.metrics = _segment_metrics(matrix.matrix)
@@ -328,19 +337,24 @@ def collect_segmentation(
     colours = colour_table(labels_text)
     shown_examples = []
     for index, (item, _low) in enumerate(kept[:examples]):
-        image = getattr(item, "image")
-        truth_mask = np.asarray(getattr(item, "truth"))
+        image = item.image
+        truth_mask = np.asarray(item.truth)
         visible = np.where(truth_mask == IGNORE_INDEX, 0, truth_mask)
         example = Example(
-            name=getattr(item, "path").name,
+            name=item.path.name,
             truth="",
-            reference=[("input", _thumbnail(image)), ("ground truth", _thumbnail(overlay_image(image, visible, colours, 0.7)))],
+            reference=[
+                ("input", _thumbnail(image)),
+                ("ground truth", _thumbnail(overlay_image(image, visible, colours, 0.7))),
+            ],
         )
         for column in masks:
             mask = column[index]
             valid = truth_mask != IGNORE_INDEX
             accuracy = float((mask[valid] == truth_mask[valid]).mean()) if valid.any() else math.nan
-            example.cells.append(Cell(_thumbnail(overlay_image(image, mask, colours)), f"pixel accuracy {accuracy:.0%}"))
+            example.cells.append(
+                Cell(_thumbnail(overlay_image(image, mask, colours)), f"pixel accuracy {accuracy:.0%}")
+            )
         shown_examples.append(example)
     support = clean_matrix.matrix.sum(dim=1)
     method = (

@@ -70,8 +70,14 @@ def curve_figure(data: ReportData) -> str:
                 continue
             marker = "o" if result.exact else "s"
             axes.plot(
-                [x], [value], marker=marker, color=colour, markersize=8, linestyle="none",
-                label=result.tier.name if name == primary else None, zorder=4,
+                [x],
+                [value],
+                marker=marker,
+                color=colour,
+                markersize=8,
+                linestyle="none",
+                label=result.tier.name if name == primary else None,
+                zorder=4,
             )
             if name == primary:
                 axes.annotate(
@@ -80,10 +86,21 @@ def curve_figure(data: ReportData) -> str:
         certificate = result.tier.certificate
         if certificate is not None and certificate.has_interval and certificate.metric in data.curves:
             assert certificate.low is not None and certificate.high is not None
-            centre = certificate.predicted if certificate.predicted is not None else (certificate.low + certificate.high) / 2
+            centre = (
+                certificate.predicted if certificate.predicted is not None else (certificate.low + certificate.high) / 2
+            )
             axes.errorbar(
-                [x], [centre], yerr=[[centre - certificate.low], [certificate.high - centre]],
-                fmt="D", color=colour, mfc="white", capsize=6, capthick=1.5, elinewidth=1.5, markersize=6, zorder=5,
+                [x],
+                [centre],
+                yerr=[[centre - certificate.low], [certificate.high - centre]],
+                fmt="D",
+                color=colour,
+                mfc="white",
+                capsize=6,
+                capthick=1.5,
+                elinewidth=1.5,
+                markersize=6,
+                zorder=5,
             )
     axes.set_xscale("log")
     axes.set_xlabel("utility sigma (log scale)")
@@ -112,11 +129,15 @@ def recall_figure(data: ReportData) -> str | None:
         axes.bar(
             [p - 0.4 + width * (offset + 0.5) for p in positions],
             [0.0 if not math.isfinite(v) else v for v in values],
-            width=width, color=colour, label=name,
+            width=width,
+            color=colour,
+            label=name,
         )
     targets = {name.rsplit(":", 1)[0] for _, r in focused for name in r.focus_labels}
     axes.set_xticks(list(positions))
-    axes.set_xticklabels(data.labels, rotation=30 if classes > 6 else 0, ha="right" if classes > 6 else "center", fontsize=8)
+    axes.set_xticklabels(
+        data.labels, rotation=30 if classes > 6 else 0, ha="right" if classes > 6 else "center", fontsize=8
+    )
     for tick, label in zip(axes.get_xticklabels(), data.labels):
         if label in targets:
             tick.set_fontweight("bold")

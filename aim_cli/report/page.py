@@ -11,7 +11,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from aim_cli import __version__
 from aim_cli.io import atomic_open
 from aim_cli.report.figures import curve_figure, recall_figure, tier_colour
 from aim_cli.report.model import METRIC_NAMES, Cell, ReportData, TierResult
@@ -161,8 +160,8 @@ def _legend(data: ReportData) -> str:
     return f"<p class='legend'>{spans}</p>"
 
 
-def render(data: ReportData) -> str:
-    """The whole page."""
+def render(data: ReportData, version: str) -> str:
+    """The whole page (`version`: aim's, named in the header)."""
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     curve = curve_figure(data)
     recall = recall_figure(data)
@@ -181,7 +180,8 @@ def render(data: ReportData) -> str:
 <style>{STYLE}</style></head>
 <body>
 <header><h1>aim report: {_e(data.model)}</h1>
-<p>{_e(data.task)} | {_e(data.data)} | {data.items} {unit} scored | {len(data.tiers)} tier(s) | aim {_e(__version__)} | {when}</p>
+<p>{_e(data.task)} | {_e(data.data)} | {data.items} {unit} scored | {len(data.tiers)} tier(s) |
+aim {_e(version)} | {when}</p>
 </header>
 <main>
 <section><h2>Tiers</h2>{_tiers_table(data)}
@@ -195,13 +195,13 @@ squares: measured; a tier without utility noise sits at the left edge.</p></sect
 <section><h2>Per-class effects of focus tiers</h2>{focus_section}</section>
 <section><h2>Examples under every tier</h2>{_legend(data)}{_examples(data)}
 <p class="method">The same inputs, clean and under each tier's noise (one draw, as the tier serves it).</p></section>
-{''.join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)}
+{"".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)}
 </main></body></html>
 """
 
 
-def write_html_report(data: ReportData, path: Path) -> None:
+def write_html_report(data: ReportData, path: Path, version: str) -> None:
     """Render and write the page atomically (temp file + rename)."""
-    text = render(data)
+    text = render(data, version)
     with atomic_open(path, "w") as handle:
         handle.write(text)
