@@ -151,3 +151,28 @@ def test_bad_requests_are_one_line(tmp_path: Path, args: list[str], fragments: l
     result = run_aim("report", *filled, cwd=tmp_path)
     assert_user_error(result, 2, *fragments)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "key_set", "seed", "note"),
+    [
+        ({"seed": 7}, False, 7, "seed 7"),  # a seeded tier keeps its seed
+        ({}, False, 3, "seed 3 (the tier draws a fresh seed per run)"),  # no seed: the report's, so pages repeat
+        ({"key_env": "AIM_REPORT_TEST_KEY"}, True, None, "keyed noise (AIM_REPORT_TEST_KEY)"),
+        ({"key_env": "AIM_REPORT_TEST_KEY"}, False, 3, "AIM_REPORT_TEST_KEY not set: seed 3 shown instead"),
+    ],
+)
+def test_examples_noise_is_repeatable_and_said(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], key_set: bool, seed: int | None, note: str
+) -> None:
+    """Every tier's examples are drawn with noise the page can name; a keyed tier without its key still shows."""
+    from aim_cli.profile import Profile
+    from aim_cli.report.noise import example_profile
+
+    monkeypatch.delenv("AIM_REPORT_TEST_KEY", raising=False)
+    if key_set:
+        monkeypatch.setenv("AIM_REPORT_TEST_KEY", "secret")
+    profile, said = example_profile(Profile(sigma=1.0, **settings), 3)
+    assert said == note
+    assert profile.seed == seed
+    assert profile.sigma == 1.0 and (profile.key_env is None) == (not key_set)
