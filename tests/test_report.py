@@ -133,6 +133,21 @@ def test_segment_report_shows_overlays(tiers: Path, tmp_path: Path) -> None:
     assert len(sources) == 2 + 2 * (2 + 1 + 5)
 
 
+def test_generate_report_shows_answers(tiers: Path, tmp_path: Path) -> None:
+    """Demo LM, multiple choice: the accuracy curve, and each prompt's answer under every tier, as text."""
+    page = tmp_path / "generate.html"
+    result = run_aim(
+        "report", "--task", "generate", "--tiers", str(tiers), "--limit", "40", "--examples", "2", "-o", str(page)
+    )
+    assert result.returncode == 0, result.stderr
+    text = page.read_text(encoding="utf-8")
+    assert len(_self_contained(text)) == 1  # the curve; answers are text
+    assert "<th>prompt</th><th>right answer</th><th>clean</th>" in text
+    assert text.count("<td class='prompt'>") == 2
+    # Focus words become token sets, so every tier of the folder applies to a language model.
+    assert all(f"<th>{path.stem}</th>" in text for path in tiers.glob("*.yaml"))
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -140,14 +155,17 @@ def test_segment_report_shows_overlays(tiers: Path, tmp_path: Path) -> None:
         (["-o", "{out}", "--tiers", "{tmp}/missing"], ["tiers folder", "not a directory"]),
         (["-o", "{out}", "--model", "demo"], ["--model needs --data"]),
         (["-o", "{out}", "--layout", "plain"], ["--layout and --split describe --data"]),
-        (["-o", "{out}", "--tiers", "{tmp}", "--task", "generate"], ["generate"]),
+        (["-o", "{out}", "--tiers", "{tiers}", "--task", "lm-eval"], ["lm-eval"]),
+        (["-o", "{out}", "--tiers", "{tiers}", "--task", "generate", "--labels", "l.txt"], ["--labels apply to"]),
+        (["-o", "{tiers}/report.html", "--tiers", "{tiers}"], ["would write inside --tiers"]),
     ],
 )
 def test_bad_requests_are_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     """Usage and input errors: exit 2, one line, no traceback, no page."""
-    (tmp_path / "t.yaml").write_text(TIER, encoding="utf-8")
+    (tmp_path / "tiers").mkdir()
+    (tmp_path / "tiers" / "t.yaml").write_text(TIER, encoding="utf-8")
     out = tmp_path / "out.html"
-    filled = [a.format(out=out, tmp=tmp_path) for a in args]
+    filled = [a.format(out=out, tmp=tmp_path, tiers=tmp_path / "tiers") for a in args]
     result = run_aim("report", *filled, cwd=tmp_path)
     assert_user_error(result, 2, *fragments)
     assert not out.exists()

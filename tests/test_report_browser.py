@@ -95,6 +95,7 @@ def _check_page(browser: str, page: Path, screenshot: Path) -> dict[str, object]
         # the interval: 1.96 sqrt(2 p (1 - p) / n), a fresh sample's spread plus the calibration set's.
         ("classify", ("2.5605", "accuracy", "0.6", "0.600", "0.557", "0.643"), 2),
         ("segment", ("3.2078", "miou", "0.6", "0.600", "0.56", "0.64"), 2),
+        ("generate", ("2.0", "accuracy", "0.75", "0.756", "0.69", "0.82"), 1),
     ],
 )
 def test_demo_report_renders(

@@ -70,6 +70,7 @@ _HOMES = {
     "load_tiers": "aim_cli.report.tiers",
     "collect_classification": "aim_cli.report.collect",
     "collect_segmentation": "aim_cli.report.collect",
+    "collect_text": "aim_cli.report.collect",
     "write_html_report": "aim_cli.report.page",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",

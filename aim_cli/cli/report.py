@@ -32,6 +32,7 @@ class ReportTask(str, enum.Enum):
 
     classify = "classify"
     segment = "segment"
+    generate = "generate"
 
 
 @app.command()
@@ -92,6 +93,7 @@ def report(
             {
                 "classify": "an ImageFolder directory or a .csv/.jsonl manifest of path,label",
                 "segment": "a directory with images/ and masks/ sub-folders",
+                "generate": "a .jsonl file of {prompt, choices, answer}",
             }[task.value],
         )
     if (layout != Layout.auto or split is not None) and data is None:
@@ -120,6 +122,18 @@ def report(
             collected, failures = collect_classification(
                 classifier, dataset, tier_list, examples, seed, batch_size, advance
             )
+    elif task == ReportTask.generate:
+        from aim_cli.api.commands import collect_text, demo_text_set, load_model, read_text_data
+
+        if layout != Layout.auto or split is not None or weights is not None or labels is not None:
+            raise AimError("--layout, --split, --weights and --labels apply to --task classify and segment")
+        text_set = read_text_data(data) if data is not None else demo_text_set(limit or 200)
+        if limit:
+            text_set.items = text_set.items[:limit]
+        lm = load_model("generate", model, device=torch_device)
+        say(f"model: {lm.name} | data: {text_set.description}", quiet)
+        with progress_bar("forward pass", len(text_set.items), quiet) as advance:
+            collected, failures = collect_text(lm, text_set, tier_list, examples, seed, batch_size, advance)
     else:
         from aim_cli.api.commands import collect_segmentation, demo_segmentation_set, load_model, read_segmentation_data
 

@@ -28,15 +28,17 @@ from aim_cli.calibration.classify import (
     exact_is_affordable,
     expected_correct,
 )
-from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
+from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset, TextDataset
 from aim_cli.calibration.segment import expected_class_probabilities, present_miou
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.images import LoadedImage
 from aim_cli.masks import colour_table, overlay_image
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, pixel_accuracy, recall
 from aim_cli.models.image_model import ImageModel
+from aim_cli.models.language import LanguageModel
 from aim_cli.modulation import Modulation, SeededNoise, modulate
 from aim_cli.plans import ModulationPlan, plan_modulation
+from aim_cli.profile import Profile
 from aim_cli.report.model import Cell, Example, ReportData, TierResult
 from aim_cli.report.noise import example_profile
 from aim_cli.report.tiers import Tier
@@ -76,13 +78,18 @@ def _thumbnail(image: Image.Image) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-def _plans(tiers: Sequence[Tier], labels: Sequence[str], seed: int) -> list[tuple[TierResult, ModulationPlan | None]]:
-    """Each tier resolved against the model's classes; a tier that cannot be is kept, with its reason."""
+def _plans(
+    tiers: Sequence[Tier], labels: Sequence[str] | Callable[[Profile], ModulationPlan], seed: int
+) -> list[tuple[TierResult, ModulationPlan | None]]:
+    """Each tier resolved against the model's classes (or by `labels` itself, e.g. a tokenizer's planner).
+
+    A tier that cannot be resolved is kept, with its reason.
+    """
     out: list[tuple[TierResult, ModulationPlan | None]] = []
     for tier in tiers:
         profile, noise = example_profile(tier.profile, seed)
         try:
-            plan = plan_modulation(profile, labels)
+            plan = labels(profile) if callable(labels) else plan_modulation(profile, labels)
         except AimError as exc:
             # The page names the file by its name only: no path of this machine in a page that travels.
             out.append((TierResult(tier, problem=exc.message.replace(str(tier.path), tier.path.name)), None))
@@ -123,6 +130,22 @@ def _expected_correct(
     return hits / FOCUS_DRAWS, False
 
 
+def _accuracy_curve(
+    logits: torch.Tensor, labels: torch.Tensor, seed: int, unit: str
+) -> tuple[Callable[[float], float], str]:
+    """Expected accuracy against sigma from cached logits (exact when affordable, as calibration does) and how."""
+    if exact_is_affordable(logits):
+        return accuracy_metric(
+            logits, labels
+        ), f"exact: the expected accuracy over {logits.shape[0]} {unit}, from one clean pass"
+    draws = common_noise_draws(logits.shape[0])
+    method = (
+        f"common random numbers ({draws} draw(s) per item, standard error <= {COMMON_NOISE_SE}): "
+        f"the exact formula would cost {logits.shape[0]:,} x {logits.shape[1]:,} quadratures per sigma"
+    )
+    return common_noise_accuracy_metric(logits, labels, draws, seed=seed + 7919), method
+
+
 def collect_classification(
     classifier: ImageModel,
     dataset: ImageDataset,
@@ -141,16 +164,7 @@ def collect_classification(
     logits, labels = cached.logits, cached.labels
     forward = time.perf_counter() - started
     notes: list[str] = []
-    if exact_is_affordable(logits):
-        metric = accuracy_metric(logits, labels)
-        method = f"exact: the expected accuracy over {logits.shape[0]} images, from one clean pass"
-    else:
-        draws = common_noise_draws(logits.shape[0])
-        metric = common_noise_accuracy_metric(logits, labels, draws, seed=seed + 7919)
-        method = (
-            f"common random numbers ({draws} draw(s) per image, standard error <= {COMMON_NOISE_SE}): "
-            f"the exact formula would cost {logits.shape[0]:,} x {classes:,} quadratures per sigma"
-        )
+    metric, method = _accuracy_curve(logits, labels, seed, "images")
     clean_rows = (logits.argmax(dim=1) == labels).double()
     clean = float(clean_rows.mean())
     plans = _plans(tiers, labels_text, seed)
@@ -378,3 +392,67 @@ def collect_segmentation(
         seconds={"forward": forward, "total": time.perf_counter() - started},
     )
     return data, failures
+
+
+def collect_text(
+    lm: LanguageModel,
+    dataset: TextDataset,
+    tiers: Sequence[Tier],
+    examples: int = 6,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> tuple[ReportData, list[FailedInput]]:
+    """Multiple choice: next-token logits once; the exact accuracy curve, each tier's accuracy, answers shown."""
+    from aim_cli.calibration.text import collect_next_token_logits
+    from aim_cli.tasks.generate import encode_prompts, plan_generation
+
+    if not dataset.multiple_choice:
+        raise InputError(
+            "aim report --task generate reads multiple-choice data ({prompt, choices, answer} lines)",
+            "free-form answers have no exact curve: aim calibrate --task generate measures them by Monte Carlo",
+        )
+    started = time.perf_counter()
+    cached = collect_next_token_logits(lm, dataset.items, batch_size, progress)
+    logits, answers = cached.logits, cached.answers
+    metric, method = _accuracy_curve(logits, answers, seed, "prompts")
+    clean = float((logits.argmax(dim=1) == answers).double().mean())
+    plans = _plans(tiers, lambda profile: plan_generation(profile, lm), seed)
+    grid = _display_grid(metric, clean, 1.0 / logits.shape[1], [t.tier.profile.sigma for t, _ in plans])
+    for result, plan in plans:
+        if plan is not None:
+            rows, result.exact = _expected_correct(logits, answers, plan.modulation, seed)
+            result.metrics = {"accuracy": float(rows.mean())}
+    shown = dataset.items[:examples]
+    prompts = encode_prompts(lm, [str(item["prompt"]) for item in shown])
+    columns = [logits[: len(shown)].argmax(dim=1)]
+    for _result, plan in plans:
+        if plan is not None:
+            keys = [list(prompt.ids) for prompt in prompts] if plan.keyed else None
+            columns.append(plan.apply(logits[: len(shown)].clone(), class_dim=1, keys=keys).argmax(dim=1))
+    cells = []
+    for index, item in enumerate(shown):
+        choices = [str(choice) for choice in item["choices"]]  # type: ignore[attr-defined]
+        example = Example(name=str(item["prompt"]), truth=choices[int(item["answer"])])  # type: ignore[call-overload]
+        for column in columns:
+            token = int(column[index])
+            text = lm.tokenizer.decode([token])
+            example.cells.append(Cell(None, text, token == int(answers[index])))
+        cells.append(example)
+    data = ReportData(
+        task="generate",
+        model=lm.name,
+        data=dataset.description,
+        items=int(logits.shape[0]),
+        labels=[],
+        curves={"accuracy": [(0.0, clean), *((s, metric(s)) for s in grid)]},
+        curve_method=method
+        + "; a prompt counts as right when the next token (argmax over the vocabulary) is the right choice's",
+        clean={"accuracy": clean},
+        clean_recall=[],
+        support=[],
+        tiers=[result for result, _ in plans],
+        examples=cells,
+        seconds={"forward": cached.seconds, "total": time.perf_counter() - started},
+    )
+    return data, []

@@ -14,9 +14,9 @@ METRIC_NAMES = {"accuracy": "accuracy", "pixel_accuracy": "pixel accuracy", "mio
 
 @dataclass
 class Cell:
-    """One example under one column (clean or a tier): an image and its caption."""
+    """One example under one column (clean or a tier): an image and its caption, or a text answer alone."""
 
-    image: Image.Image
+    image: Image.Image | None
     caption: str
     correct: bool | None = None  # green or red caption; None: no verdict (e.g. a pixel score)
 

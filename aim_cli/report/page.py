@@ -42,6 +42,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .caption { font-size: 12px; margin-top: 3px; }
 .ok { color: #1a7f37; } .wrong { color: #c62828; font-weight: 600; } .na { color: #8a91a1; }
 .problem { color: #b35c00; }
+.answer { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 14px; }
+td.prompt { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; text-align: left; white-space: pre-wrap; }
 .legend span { margin-right: 14px; font-size: 12px; white-space: nowrap; }
 """
 
@@ -123,6 +125,8 @@ def _tiers_table(data: ReportData) -> str:
 def _cell(cell: Cell) -> str:
     """One example under one column: the image and its caption."""
     style = {True: "ok", False: "wrong", None: ""}[cell.correct]
+    if cell.image is None:  # text: the answer itself
+        return f"<td><div class='answer {style}'>{_e(cell.caption)}</div></td>"
     return (
         f"<td><img src='{image_uri(cell.image)}' alt='{_e(cell.caption)}'>"
         f"<div class='caption {style}'>{_e(cell.caption)}</div></td>"
@@ -137,16 +141,20 @@ def _examples(data: ReportData) -> str:
     head = "".join(f"<th>{_e(t)}</th>" for t in reference)
     shown = [r for r in data.tiers if r.problem is None]
     head += "<th>clean</th>" + "".join(f"<th>{_e(r.tier.name)}</th>" for r in shown)
-    truth_column = data.task == "classify"
+    lead = {"classify": ["true class"], "generate": ["prompt", "right answer"]}.get(data.task, [])
     rows = []
     for example in data.examples:
-        first = f"<td class='caption'>{_e(example.truth)}</td>" if truth_column else ""
+        first = {
+            "classify": f"<td class='caption'>{_e(example.truth)}</td>",
+            "generate": f"<td class='prompt'>{_e(example.name)}</td><td class='answer'>{_e(example.truth)}</td>",
+        }.get(data.task, "")
         refs = "".join(
             f"<td><img src='{image_uri(image)}' alt='{_e(title)}'></td>" for title, image in example.reference
         )
         rows.append(f"<tr>{first}{refs}{''.join(_cell(c) for c in example.cells)}</tr>")
-    lead = "<th>true class</th>" if truth_column else ""
-    return f"<div class='grid'><table><thead><tr>{lead}{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    lead_head = "".join(f"<th>{_e(name)}</th>" for name in lead)
+    body = "".join(rows)
+    return f"<div class='grid'><table><thead><tr>{lead_head}{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _legend(data: ReportData) -> str:
@@ -165,13 +173,15 @@ def render(data: ReportData, version: str) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     curve = curve_figure(data)
     recall = recall_figure(data)
-    unit = "images" if data.task in ("classify", "segment") else "items"
+    unit = "images" if data.task in ("classify", "segment") else "prompts"
     focus_section = (
         f"<img class='figure' src='{recall}' alt='per-class recall, clean and under each focus tier'>"
         "<p class='method'>Recall of every class on this data, clean and under each focus tier "
         "(focus classes in bold). A focus tier trades other classes' recall for its targets'.</p>"
         if recall
         else "<p class='note'>No tier of this folder shifts focus.</p>"
+        if data.task != "generate"
+        else "<p class='note'>Per-class effects are drawn for image tiers; a text tier's accuracy is in the table.</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
