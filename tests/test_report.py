@@ -158,12 +158,17 @@ def test_generate_report_shows_answers(tiers: Path, tmp_path: Path) -> None:
         (["-o", "{out}", "--tiers", "{tiers}", "--task", "lm-eval"], ["lm-eval"]),
         (["-o", "{out}", "--tiers", "{tiers}", "--task", "generate", "--labels", "l.txt"], ["--labels apply to"]),
         (["-o", "{tiers}/report.html", "--tiers", "{tiers}"], ["would write inside --tiers"]),
+        (
+            ["-o", "{out}", "--tiers", "{tiers}", "--task", "generate", "--data", "{tmp}/free.jsonl"],
+            ["multiple-choice"],
+        ),
     ],
 )
 def test_bad_requests_are_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     """Usage and input errors: exit 2, one line, no traceback, no page."""
     (tmp_path / "tiers").mkdir()
     (tmp_path / "tiers" / "t.yaml").write_text(TIER, encoding="utf-8")
+    (tmp_path / "free.jsonl").write_text('{"prompt": "2+2=", "answer": "4"}\n', encoding="utf-8")
     out = tmp_path / "out.html"
     filled = [a.format(out=out, tmp=tmp_path, tiers=tmp_path / "tiers") for a in args]
     result = run_aim("report", *filled, cwd=tmp_path)
