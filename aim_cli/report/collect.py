@@ -36,7 +36,7 @@ from aim_cli.masks import colour_table, overlay_image
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, pixel_accuracy, recall
 from aim_cli.models.image_model import ImageModel
 from aim_cli.models.language import LanguageModel
-from aim_cli.modulation import Modulation, SeededNoise, modulate
+from aim_cli.modulation import Modulation, NoiseSource, SeededNoise, modulate
 from aim_cli.plans import ModulationPlan, plan_modulation
 from aim_cli.profile import Profile
 from aim_cli.report.model import Cell, Example, ReportData, TierResult
@@ -288,6 +288,26 @@ def _pixel_sample(
     return torch.cat(pixels), torch.cat(truths), total
 
 
+def _decide_all(
+    kept: Sequence[tuple[SegmentInput, torch.Tensor]],
+    classes: int,
+    modulation: Modulation,
+    noise: NoiseSource,
+    keyed: bool,
+    examples: int,
+) -> tuple[ConfusionMatrix, list[np.ndarray]]:
+    """Every image decided as the segment task decides it (one draw of the noise): the confusion and the first masks."""
+    matrix = ConfusionMatrix(classes)
+    shown = []
+    for index, (item, low) in enumerate(kept):
+        truth = np.asarray(item.truth)
+        prediction, _ = decide(low, truth.shape, modulation, noise, [item.key] if keyed else None)
+        matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(truth))
+        if index < examples:
+            shown.append(prediction[0])
+    return matrix, shown
+
+
 def collect_segmentation(
     segmenter: ImageModel,
     dataset: SegmentationDataset,
@@ -311,30 +331,13 @@ def collect_segmentation(
         return _segment_metrics(matrix.matrix)
 
     plans = _plans(tiers, labels_text, seed)
-    masks: list[list[np.ndarray]] = []  # per column (clean, tiers), the first images' masks
-    identity, unused = Modulation(), SeededNoise(seed)
-    clean_matrix = ConfusionMatrix(classes)
-    clean_masks = []
-    for index, (item, low) in enumerate(kept):
-        height, width = np.asarray(item.truth).shape
-        prediction, _ = decide(low, (height, width), identity, unused)
-        clean_matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(item.truth))
-        if index < examples:
-            clean_masks.append(prediction[0])
-    masks.append(clean_masks)
+    clean_matrix, clean_masks = _decide_all(kept, classes, Modulation(), SeededNoise(seed), False, examples)
+    masks = [clean_masks]  # per column (clean, then every tier that applies), the first images' masks
     clean = _segment_metrics(clean_matrix.matrix)
     for result, plan in plans:
         if plan is None:
             continue  # a tier that does not apply gets no column
-        matrix = ConfusionMatrix(classes)
-        shown = []
-        for index, (item, low) in enumerate(kept):
-            height, width = np.asarray(item.truth).shape
-            keys = [item.key] if plan.keyed else None
-            prediction, _ = decide(low, (height, width), plan.modulation, plan.noise, keys)
-            matrix.update(torch.from_numpy(prediction[0].astype(np.int64)), torch.as_tensor(item.truth))
-            if index < examples:
-                shown.append(prediction[0])
+        matrix, shown = _decide_all(kept, classes, plan.modulation, plan.noise, plan.keyed, examples)
         result.metrics = _segment_metrics(matrix.matrix)
         result.recall = [float(v) for v in recall(matrix.matrix)]
         masks.append(shown)
