@@ -66,6 +66,11 @@ _HOMES = {
     "plot_calibration": "aim_cli.calibration.plot",
     "plot_metric_curves": "aim_cli.calibration.plot",
     "require_matplotlib": "aim_cli.calibration.plot",
+    # aim verify
+    "Verification": "aim_cli.calibration.verify",
+    "certified": "aim_cli.calibration.verify",
+    "verify_classifier": "aim_cli.calibration.verify",
+    "verify_segmenter": "aim_cli.calibration.verify",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",
     "check_tasks": "aim_cli.tasks.evaluate",
