@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -84,8 +85,6 @@ def verify(
     task = certificate.task
     if task not in ("classify", "segment"):
         raise AimError(f"{profile}: aim verify checks classify and segment certificates, not {task}")
-    if model is not None and data is None:
-        raise AimError("--model needs --data: the default evaluation set belongs to the demo model")
     if (layout != Layout.auto or split is not None) and data is None:
         raise AimError("--layout and --split describe --data")
     torch_device = resolve_device(device)
@@ -104,7 +103,7 @@ def verify(
 
         write_json_atomic(result.to_dict(), output)
     with writing_stdout():
-        Console(soft_wrap=True, highlight=False).print(table(result))
+        Console(highlight=False, width=None if sys.stdout.isatty() else 120).print(table(result))
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(printable(warning))}", highlight=False)
     if output is not None:
