@@ -134,7 +134,9 @@ class Certificate:
         return data
 
     @classmethod
-    def from_mapping(cls, data: Any, source: str = "certificate", lines: Mapping[str, int] | None = None) -> Certificate:
+    def from_mapping(
+        cls, data: Any, source: str = "certificate", lines: Mapping[str, int] | None = None
+    ) -> Certificate:
         """Validate a `certificate:` mapping strictly: unknown keys, wrong types and bad ranges are errors."""
         reader = _Reader(source, lines or {})
         top = reader.mapping(data, "certificate", _SCHEMA)
@@ -153,7 +155,9 @@ class Certificate:
             reader.fail("certificate.interval", f"low {low:g} <= predicted {predicted:g} <= high {high:g} fails")
         confidence = reader.fraction(interval["confidence"], "certificate.interval.confidence")
         if not 0 < confidence < 1:
-            reader.fail("certificate.interval.confidence", f"expected a fraction strictly between 0 and 1, got {confidence:g}")
+            reader.fail(
+                "certificate.interval.confidence", f"expected a fraction strictly between 0 and 1, got {confidence:g}"
+            )
         return cls(
             aim_version=reader.text(top["aim_version"], "certificate.aim_version"),
             created=reader.text(top["created"], "certificate.created"),
@@ -232,7 +236,9 @@ class _Reader:
             if sub not in schema:
                 self.fail(f"{key}.{sub}", f"unknown key (allowed: {', '.join(schema)})")
         for sub, required in schema.items():
-            if (required is True or (isinstance(required, dict) and sub not in _OPTIONAL_MAPPINGS)) and sub not in value:
+            if (
+                required is True or (isinstance(required, dict) and sub not in _OPTIONAL_MAPPINGS)
+            ) and sub not in value:
                 self.fail(f"{key}.{sub}", "missing")
         return dict(value)
 
@@ -279,7 +285,11 @@ class _Reader:
         """'sha256:' and 64 hex digits."""
         text = value if isinstance(value, str) else ""
         digits = text.removeprefix(FINGERPRINT_PREFIX)
-        if not text.startswith(FINGERPRINT_PREFIX) or len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        if (
+            not text.startswith(FINGERPRINT_PREFIX)
+            or len(digits) != 64
+            or any(c not in "0123456789abcdef" for c in digits)
+        ):
             self.fail(key, f"expected 'sha256:' and 64 lower-case hex digits, got {value!r}")
         return text
 
@@ -337,7 +347,9 @@ def _digest_update_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def network_fingerprint(network: torch.nn.Module, labels: Iterable[str], config: Mapping[str, Any] | None = None) -> str:
+def network_fingerprint(
+    network: torch.nn.Module, labels: Iterable[str], config: Mapping[str, Any] | None = None
+) -> str:
     """Content hash of a loaded network: its class, every parameter and buffer, its labels and config.
 
     Hashes the tensors already in memory (no second read of the weights files); the same
@@ -362,7 +374,7 @@ def model_fingerprint(model: Any) -> str | None:
     if not isinstance(network, torch.nn.Module):
         return None
     config = getattr(network, "config", None)
-    mapping = config.to_dict() if hasattr(config, "to_dict") else None
+    mapping = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
     return network_fingerprint(network, getattr(model, "labels", []), _jsonable(mapping))
 
 
@@ -383,7 +395,9 @@ def directory_fingerprint(path: Path) -> str:
     Reads the files' bytes (vLLM loads the weights itself, so there is nothing in memory to hash).
     """
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(path).iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _CONFIG_NAMES))
+    files = sorted(
+        p for p in Path(path).iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _CONFIG_NAMES)
+    )
     for file in files:
         digest.update(f"{file.name}\n".encode())
         with open(file, "rb") as handle:
@@ -411,7 +425,10 @@ def check_served_tiers(
         for name in mismatched
     )
     if allow_other_model:
-        return [f"serving certified tier(s) {listed} on another model, {what}: their certificates do not hold ({ALLOW_FLAG})"]
+        return [
+            f"serving certified tier(s) {listed} on another model, {what}: their certificates do not hold "
+            f"({ALLOW_FLAG})"
+        ]
     raise AimError(
         f"certified tier(s) {listed} were certified on another model than {what}",
         f"serve the certified model, re-certify with aim calibrate --write-profile, or pass {ALLOW_FLAG}",

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from aim_cli import __version__
 from aim_cli.certificates import Certificate, Interval, normal_quantile, settings_hash
 from aim_cli.directions import direction_name
 from aim_cli.errors import ModelError
@@ -183,8 +182,11 @@ def segmentation_counts(
     for group in calibrator.certification_pass():
         for i in range(group.low.shape[0]):
             truth = group.truth[i].reshape(-1)
-            scored = (truth == target_id) if recall else (truth != calibrator_ignore_index())
-            index = scored.nonzero().squeeze(1)
+            if recall:
+                scored = torch.eq(truth, int(target_id or 0))
+            else:
+                scored = torch.ne(truth, calibrator_ignore_index())
+            index = torch.nonzero(scored).squeeze(1)
             pixels = upsample_at(group.low[i : i + 1], group.size, index)
             exact = exact_budget >= pixels.numel()
             exact_budget -= pixels.numel() if exact else 0
@@ -344,7 +346,7 @@ def build_certificate(
     low, high = estimate.interval(confidence)
     settings = {k: v for k, v in profile.to_dict().items() if k != "certificate"}
     return Certificate(
-        aim_version=__version__,
+        aim_version=aim_version(),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         task=calibration.task,
         model_spec=model_spec or "demo",
@@ -370,6 +372,16 @@ def build_certificate(
         focus_direction=direction_name(target.focus_direction) if target.metric == "recall" else None,
         units=units,
     )
+
+
+def aim_version() -> str:
+    """The installed aim's version (the package metadata: aim_cli/__init__ would import the API)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aim-cli")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _round6(value: float) -> float:

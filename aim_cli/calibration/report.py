@@ -15,7 +15,9 @@ REPORT_SUFFIXES = (".json",)
 PLOT_SUFFIXES = (".png",)
 
 
-def write_profile(calibration: Calibration, path: Path, name: str | None = None, confidence: float | None = None) -> None:
+def write_profile(
+    calibration: Calibration, path: Path, name: str | None = None, confidence: float | None = None
+) -> None:
     """Write the calibrated profile as YAML (temp file + rename), certified at `confidence` where the task allows."""
     document = profile_document(calibration, name or path.stem)
     if confidence is not None and calibration.certifier is not None:

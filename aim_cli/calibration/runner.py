@@ -16,7 +16,15 @@ from aim_cli import limits
 from aim_cli.calibration.core import Calibration, Target
 from aim_cli.errors import AimError, FailedInput
 from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest, Profile, check_seed, check_sigma, is_integer_number, is_real_number, parse_focus
+from aim_cli.profile import (
+    FocusRequest,
+    Profile,
+    check_seed,
+    check_sigma,
+    is_integer_number,
+    is_real_number,
+    parse_focus,
+)
 from aim_cli.tasks.batches import ProgressCallback
 
 if TYPE_CHECKING:
@@ -235,7 +243,7 @@ def _classification_certifier(
         if fingerprint is None:
             return None
         target = calibration.target
-        target_id = classifier.labels.index(target.focus_class) if target.metric == "recall" else None
+        target_id = None if target.focus_class is None else classifier.labels.index(target.focus_class)
         estimate = certificates.classification_estimate(
             logits, labels, profile, target_id, target.focus_direction, calibration.seed
         )

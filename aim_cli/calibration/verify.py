@@ -70,7 +70,9 @@ class Verification:
             "certificate_id": cert.id,
             "task": cert.task,
             "metric": cert.metric,
-            "focus": None if cert.focus_class is None else {"class": cert.focus_class, "direction": cert.focus_direction},
+            "focus": None
+            if cert.focus_class is None
+            else {"class": cert.focus_class, "direction": cert.focus_direction},
             "model": {
                 "spec": self.model,
                 "fingerprint": self.model_fingerprint,
@@ -229,7 +231,7 @@ def verify_segmenter(
     target = _target(certificate)
     target_id = resolve_class(str(target.focus_class), segmenter.labels) if target.metric == "recall" else None
     calibrator = SegmentationCalibrator(
-        segmenter,  # type: ignore[arg-type]
+        segmenter,
         dataset,
         target,
         target_id,
@@ -252,4 +254,3 @@ def verify_segmenter(
     fingerprint = segmentation_data_fingerprint(dataset)
     result = _finish(profile, certificate, segmenter, dataset.description, fingerprint, estimate, check, start)
     return result, list(calibrator.failures)
-

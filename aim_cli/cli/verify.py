@@ -90,13 +90,36 @@ def verify(
     torch_device = resolve_device(device)
     if task == "classify":
         result, failures = _classify(
-            loaded, model, weights, labels, data, limit, torch_device, draws, seed, batch_size, quiet,
-            allow_outside_paths, layout.value,
+            loaded,
+            model,
+            weights,
+            labels,
+            data,
+            limit,
+            torch_device,
+            draws,
+            seed,
+            batch_size,
+            quiet,
+            allow_outside_paths,
+            layout.value,
         )
     else:
         result, failures = _segment(
-            loaded, model, weights, labels, data, limit, torch_device, draws, seed, batch_size, quiet,
-            allow_outside_paths, layout.value, split,
+            loaded,
+            model,
+            weights,
+            labels,
+            data,
+            limit,
+            torch_device,
+            draws,
+            seed,
+            batch_size,
+            quiet,
+            allow_outside_paths,
+            layout.value,
+            split,
         )
     if output is not None:
         from aim_cli.io import write_json_atomic
@@ -114,38 +137,65 @@ def verify(
 
 
 def _classify(
-    profile: object, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, device: object, draws: int, seed: int, batch_size: int, quiet: bool,
-    allow_outside: bool, layout: str,
-) -> tuple[Verification, list]:  # type: ignore[type-arg]
+    profile: object,
+    model: str | None,
+    weights: Path | None,
+    labels: Path | None,
+    data: Path | None,
+    limit: int | None,
+    device: object,
+    draws: int,
+    seed: int,
+    batch_size: int,
+    quiet: bool,
+    allow_outside: bool,
+    layout: str,
+) -> tuple[Verification, list]:
     """Load the classifier and the data as aim calibrate does, then verify."""
     from aim_cli.api.commands import demo_classification_set, load_model, read_classification_data, verify_classifier
 
-    dataset = read_classification_data(data, allow_outside, layout) if data is not None else demo_classification_set(limit or 1000)
+    dataset = (
+        read_classification_data(data, allow_outside, layout)
+        if data is not None
+        else demo_classification_set(limit or 1000)
+    )
     dataset.items = dataset.items[:limit] if limit else dataset.items
-    classifier = load_model("classify", model, device=device, weights=weights, labels=labels)  # type: ignore[arg-type]
+    classifier = load_model("classify", model, device=device, weights=weights, labels=labels)
     say(f"model: {classifier.name} | data: {dataset.description}", quiet)
     with progress_bar("forward pass", len(dataset.items), quiet) as advance:
-        return verify_classifier(profile, classifier, dataset, draws, seed, batch_size, advance)  # type: ignore[arg-type]
+        return verify_classifier(profile, classifier, dataset, draws, seed, batch_size, advance)
 
 
 def _segment(
-    profile: object, model: str | None, weights: Path | None, labels: Path | None, data: Path | None,
-    limit: int | None, device: object, draws: int, seed: int, batch_size: int, quiet: bool,
-    allow_outside: bool, layout: str, split: str | None,
-) -> tuple[Verification, list]:  # type: ignore[type-arg]
+    profile: object,
+    model: str | None,
+    weights: Path | None,
+    labels: Path | None,
+    data: Path | None,
+    limit: int | None,
+    device: object,
+    draws: int,
+    seed: int,
+    batch_size: int,
+    quiet: bool,
+    allow_outside: bool,
+    layout: str,
+    split: str | None,
+) -> tuple[Verification, list]:
     """Load the segmenter and the data as aim calibrate does, then verify."""
     from aim_cli.api.commands import demo_segmentation_set, load_model, read_segmentation_data, verify_segmenter
 
     dataset = (
-        read_segmentation_data(data, allow_outside, layout, split) if data is not None else demo_segmentation_set(limit or 50)
+        read_segmentation_data(data, allow_outside, layout, split)
+        if data is not None
+        else demo_segmentation_set(limit or 50)
     )
     dataset.limit(limit)
-    segmenter = load_model("segment", model, device=device, weights=weights, labels=labels)  # type: ignore[arg-type]
+    segmenter = load_model("segment", model, device=device, weights=weights, labels=labels)
     dataset.prepare(len(segmenter.labels), segmenter.do_reduce_labels)
     say(f"model: {segmenter.name} | data: {dataset.description}", quiet)
     with progress_bar("passes", None, quiet) as advance:
-        return verify_segmenter(profile, segmenter, dataset, draws, seed, batch_size, advance)  # type: ignore[arg-type]
+        return verify_segmenter(profile, segmenter, dataset, draws, seed, batch_size, advance)
 
 
 def table(result: Verification) -> Table:
@@ -159,13 +209,24 @@ def table(result: Verification) -> Table:
     grid.add_column("certified")
     grid.add_column("now")
     same = lambda flag: "[green]same[/]" if flag else "[yellow]differs[/]"  # noqa: E731
-    grid.add_row("model", f"{escape(cert.model_spec)} {cert.model_fingerprint[:19]}",
-                 f"{escape(result.model)} {(result.model_fingerprint or 'none')[:19]} {same(result.same_model)}")
-    grid.add_row("data", f"{escape(cert.data_spec)} ({cert.items} {cert.units})",
-                 f"{escape(result.data)} ({result.units} {cert.units}) {same(result.same_data)}")
-    grid.add_row(metric, f"{cert.predicted:.4f} ({cert.method})", f"{result.estimate.predicted:.4f} ({result.estimate.method})")
-    grid.add_row(f"interval ({confidence})", f"{cert.interval.low:.4f}-{cert.interval.high:.4f} (n={cert.interval.sample_size})",
-                 f"{result.low:.4f}-{result.high:.4f} (n={result.units})")
+    grid.add_row(
+        "model",
+        f"{escape(cert.model_spec)} {cert.model_fingerprint[:19]}",
+        f"{escape(result.model)} {(result.model_fingerprint or 'none')[:19]} {same(result.same_model)}",
+    )
+    grid.add_row(
+        "data",
+        f"{escape(cert.data_spec)} ({cert.items} {cert.units})",
+        f"{escape(result.data)} ({result.units} {cert.units}) {same(result.same_data)}",
+    )
+    grid.add_row(
+        metric, f"{cert.predicted:.4f} ({cert.method})", f"{result.estimate.predicted:.4f} ({result.estimate.method})"
+    )
+    grid.add_row(
+        f"interval ({confidence})",
+        f"{cert.interval.low:.4f}-{cert.interval.high:.4f} (n={cert.interval.sample_size})",
+        f"{result.low:.4f}-{result.high:.4f} (n={result.units})",
+    )
     check = result.check
     grid.add_row("Monte Carlo", "", f"{check.mean:.4f} (95% CI {check.low:.4f}-{check.high:.4f}, {check.draws} draws)")
     grid.add_row("certificate", cert.id, verdict)
