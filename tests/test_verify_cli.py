@@ -110,3 +110,19 @@ def test_bad_certificate_is_an_error(certified, tmp_path) -> None:
     damaged = tmp_path / "damaged.yaml"
     damaged.write_text(yaml.safe_dump(document, sort_keys=False))
     assert_user_error(run_aim("verify", str(damaged)), 2, "damaged.yaml", "certificate.interval.confidence")
+
+
+def test_segmentation_tier_verifies(tmp_path) -> None:
+    """A certified mIoU tier of the demo segmenter holds on its own model and data (images as units)."""
+    path = tmp_path / "seg.yaml"
+    made = run_aim(
+        "calibrate", "--task", "segment", "--target-miou", "0.5", "--limit", "12", "--write-profile", str(path), "-q"
+    )
+    assert made.returncode == 0, made.stderr
+    cert = yaml.safe_load(path.read_text())["certificate"]
+    assert cert["units"] == "images" and cert["data"]["items"] == 12 and cert["metric"] == "miou"
+    report = tmp_path / "verify.json"
+    result = run_aim("verify", str(path), "--limit", "12", "-o", str(report), "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    assert data["holds"] and data["measured"]["value"] == pytest.approx(cert["predicted"], abs=1e-6)
