@@ -440,3 +440,28 @@ def short(fingerprint: str | None) -> str:
     if not fingerprint:
         return "none"
     return fingerprint[: len(FINGERPRINT_PREFIX) + 12]
+
+
+def tier_certificates(profiles: Mapping[str, Any]) -> dict[str, Certificate | None]:
+    """Each tier's certificate (None: uncertified), from loaded profiles (anything with a `certificate`)."""
+    return {name: getattr(profile, "certificate", None) for name, profile in profiles.items()}
+
+
+def certificate_id(profiles: Mapping[str, Any], tier: str | None) -> str | None:
+    """The id of a served tier's certificate, or None (the clean model, an uncertified tier)."""
+    certificate = getattr(profiles.get(tier), "certificate", None) if tier is not None else None
+    return certificate.id if isinstance(certificate, Certificate) else None
+
+
+def name_certificate(answer: dict[str, Any], profiles: Mapping[str, Any], tier: str | None) -> dict[str, Any]:
+    """An answer with the certificate of its tier named beside the tier (a JSON field; None: uncertified)."""
+    answer["certificate"] = certificate_id(profiles, tier)
+    return answer
+
+
+def answer_headers(answer: Mapping[str, Any]) -> dict[str, str]:
+    """HTTP headers that name an answer's tier and certificate ('none' where there is none)."""
+    return {
+        "X-Aim-Tier": str(answer.get("tier") or "none"),
+        "X-Aim-Certificate": str(answer.get("certificate") or "none"),
+    }

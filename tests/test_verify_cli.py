@@ -126,3 +126,46 @@ def test_segmentation_tier_verifies(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
     assert data["holds"] and data["measured"]["value"] == pytest.approx(cert["predicted"], abs=1e-6)
+
+
+@pytest.fixture()
+def tiers(certified, tmp_path):
+    """A tiers folder with the certified tier and an uncertified one."""
+    folder = tmp_path / "tiers"
+    folder.mkdir()
+    shutil.copy(certified, folder / "tier-60.yaml")
+    (folder / "plain.yaml").write_text("version: 1\nutility: {sigma: 1.0}\nnoise: {seed: 3}\n")
+    return folder
+
+
+def test_serve_accepts_the_certified_model(tiers) -> None:
+    """aim serve (Ray path, --dry-run) starts with the model the tier was certified on, without a warning."""
+    result = run_aim("serve", str(demo.model_dir("classify")), "--profiles", str(tiers), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "another model" not in result.stderr
+
+
+def test_serve_refuses_a_tier_certified_on_another_model(tiers, tmp_path) -> None:
+    """A perturbed copy of the model: refused at start-up (exit 2, tier named); the flag serves it with a warning."""
+    model = _perturbed_demo(tmp_path, 0.9)
+    refused = run_aim("serve", str(model), "--profiles", str(tiers), "--dry-run")
+    assert_user_error(refused, 2, "tier-60", "another model", "--allow-uncertified-model")
+    allowed = run_aim("serve", str(model), "--profiles", str(tiers), "--dry-run", "--allow-uncertified-model")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning" in allowed.stderr and "tier-60" in allowed.stderr and "--allow-uncertified-model" in allowed.stderr
+
+
+def test_answers_name_their_tier_and_certificate(tiers) -> None:
+    """The endpoint core's answers carry the certificate id of their tier (None for an uncertified tier)."""
+    from aim_cli.certificates import answer_headers
+    from aim_cli.engines.vision_tiers import EndpointSpec, VisionTiers
+
+    endpoint = VisionTiers(EndpointSpec("classify", str(demo.model_dir("classify")), profiles=str(tiers), device="cpu"))
+    image = sorted(demo.samples_dir("classify").iterdir())[0].read_bytes()
+    jobs = [endpoint.admit("image/png", image, {"aim_profile": name}) for name in ("tier-60", "plain")]
+    (status, certified_answer), (_, plain_answer) = endpoint.answer(jobs)
+    expected = Profile.load(tiers / "tier-60.yaml").certificate
+    assert status == 200 and expected is not None
+    assert certified_answer["tier"] == "tier-60" and certified_answer["certificate"] == expected.id
+    assert plain_answer["tier"] == "plain" and plain_answer["certificate"] is None
+    assert answer_headers(certified_answer) == {"X-Aim-Tier": "tier-60", "X-Aim-Certificate": expected.id}
