@@ -406,6 +406,16 @@ def directory_fingerprint(path: Path) -> str:
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
 
+def language_model_fingerprint(location: str) -> str:
+    """Fingerprint of a language model folder, or of a cached hub id's snapshot (found offline): what vLLM loads."""
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(location, local_files_only=True))
+    return directory_fingerprint(path)
+
+
 def check_served_tiers(
     certificates: Mapping[str, Certificate | None], fingerprint: str | None, allow_other_model: bool, model: str
 ) -> list[str]:

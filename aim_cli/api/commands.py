@@ -71,6 +71,7 @@ _HOMES = {
     "certified": "aim_cli.calibration.verify",
     "verify_classifier": "aim_cli.calibration.verify",
     "verify_segmenter": "aim_cli.calibration.verify",
+    "verify_language_model": "aim_cli.calibration.verify",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",
     "check_tasks": "aim_cli.tasks.evaluate",

@@ -322,6 +322,13 @@ def _file_bytes(path: object) -> bytes:
         return f"unreadable: {exc.strerror}".encode()
 
 
+def text_data_fingerprint(items: list[dict[str, object]]) -> str:
+    """Content hash of a prompt set (each item's fields, canonical JSON)."""
+    from aim_cli.certificates import canonical_json
+
+    return "sha256:" + hashlib.sha256(canonical_json(items).encode()).hexdigest()
+
+
 def interval_meaning(estimate: Estimate, units: str, confidence: float) -> str:
     """The sentence docs/profiles.md explains: what the interval is a prediction of."""
     return (

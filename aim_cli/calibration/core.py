@@ -152,7 +152,9 @@ class Calibration:
     measured: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     analytic: bool = True  # False when the curve itself is measured (free-form text)
-    # Certifies a profile of this calibration at a confidence (classify and segment; None: cannot).
+    # Multiple-choice text: the cached next-token logits and answer ids, for its certificate.
+    cached_logits: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+    # Certifies a profile of this calibration at a confidence (classify, segment, multiple choice; None: cannot).
     certifier: Callable[[Profile, float], Certificate | None] | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -293,4 +293,23 @@ def calibrate_language_model(
     calibration.model = lm.name
     calibration.data = dataset.description
     calibration.timing["total_s"] = time.perf_counter() - start
+    if dataset.multiple_choice and calibration.cached_logits is not None:
+        calibration.certifier = _text_certifier(calibration, lm, dataset, *calibration.cached_logits)
     return calibration, []
+
+
+def _text_certifier(
+    calibration: Calibration, lm: LanguageModel, dataset: TextDataset, logits: torch.Tensor, answers: torch.Tensor
+) -> Callable[[Profile, float], Certificate | None]:
+    """Certify a multiple-choice tier from the cached next-token logits; the model by its folder's files (as vLLM)."""
+
+    def certify(profile: Profile, confidence: float) -> Certificate | None:
+        from aim_cli.calibration import certify as certificates
+        from aim_cli.certificates import language_model_fingerprint
+
+        fingerprint = language_model_fingerprint(str(getattr(lm.model, "name_or_path", "") or lm.name))
+        estimate = certificates.classification_estimate(logits, answers, profile, None, 1, calibration.seed)
+        data = certificates.text_data_fingerprint(dataset.items)
+        return certificates.build_certificate(calibration, profile, estimate, lm.name, fingerprint, data, confidence)
+
+    return certify

@@ -21,8 +21,9 @@ from aim_cli.errors import FailedInput, ProfileError
 from aim_cli.profile import Profile
 
 if TYPE_CHECKING:
-    from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
+    from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset, TextDataset
     from aim_cli.models.image_model import ImageModel
+    from aim_cli.models.language import LanguageModel
 
 # Monte Carlo draws of the whole data set confirming the exact value.
 DEFAULT_DRAWS = 8
@@ -128,20 +129,21 @@ def _target(certificate: Certificate) -> Target:
 def _finish(
     profile: Profile,
     certificate: Certificate,
-    model: ImageModel,
+    model: Any,
     data: str,
     data_fingerprint: str,
     estimate: Estimate,
     check: MonteCarloCheck,
     start: float,
+    fingerprint: str | None = None,
 ) -> Verification:
-    """Compare with the certificate and collect the warnings."""
+    """Compare with the certificate and collect the warnings (`fingerprint`: the model's, when not an image model)."""
     low, high = certificate.interval_for(estimate.units)
     result = Verification(
         str(profile.source),
         certificate,
         model.name,
-        model_fingerprint(model),
+        fingerprint or model_fingerprint(model),
         data,
         data_fingerprint,
         estimate.units,
@@ -254,3 +256,44 @@ def verify_segmenter(
     fingerprint = segmentation_data_fingerprint(dataset)
     result = _finish(profile, certificate, segmenter, dataset.description, fingerprint, estimate, check, start)
     return result, list(calibrator.failures)
+
+
+def verify_language_model(
+    profile: Profile,
+    lm: LanguageModel,
+    dataset: TextDataset,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: Any = None,
+) -> tuple[Verification, list[FailedInput]]:
+    """Re-measure a certified multiple-choice tier from one pass of next-token logits, confirmed by Monte Carlo."""
+    from aim_cli.calibration.certify import text_data_fingerprint
+    from aim_cli.calibration.classify import monte_carlo_accuracy
+    from aim_cli.calibration.text import collect_next_token_logits
+    from aim_cli.certificates import language_model_fingerprint
+    from aim_cli.errors import InputError
+
+    start = time.perf_counter()
+    certificate = certified(profile)
+    if not dataset.multiple_choice:
+        raise InputError(
+            f"{dataset.description}: a text tier verifies on multiple-choice items",
+            "give a .jsonl of {prompt, choices, answer}",
+        )
+    cached = collect_next_token_logits(lm, dataset.items, batch_size, progress)
+    wins, method = classification_wins(cached.logits, cached.answers, profile, None, 1, seed)
+    check = monte_carlo_accuracy(cached.logits, cached.answers, profile.sigma, draws, seed)
+    fingerprint = language_model_fingerprint(str(getattr(lm.model, "name_or_path", "") or lm.name))
+    result = _finish(
+        profile,
+        certificate,
+        lm,
+        dataset.description,
+        text_data_fingerprint(dataset.items),
+        bernoulli_estimate(wins, method),
+        check,
+        start,
+        fingerprint,
+    )
+    return result, []

@@ -27,11 +27,14 @@ from aim_cli.cli.common import (
     writing_stdout,
 )
 from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
-from aim_cli.errors import EXIT_PARTIAL, AimError
+from aim_cli.errors import EXIT_PARTIAL, AimError, FailedInput
 from aim_cli.io import check_output_file
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
+    import torch
+
     from aim_cli.api.commands import Verification
+    from aim_cli.profile import Profile
 
 
 @app.command()
@@ -83,12 +86,14 @@ def verify(
         loaded = Profile.load(profile)
     certificate = certified(loaded)
     task = certificate.task
-    if task not in ("classify", "segment"):
-        raise AimError(f"{profile}: aim verify checks classify and segment certificates, not {task}")
+    if task == "generate" and (weights is not None or labels is not None or layout != Layout.auto or split):
+        raise AimError("--weights, --labels, --layout and --split apply to image tiers, not a text tier")
     if (layout != Layout.auto or split is not None) and data is None:
         raise AimError("--layout and --split describe --data")
     torch_device = resolve_device(device)
-    if task == "classify":
+    if task == "generate":
+        result, failures = _generate(loaded, model, data, limit, torch_device, draws, seed, batch_size, quiet)
+    elif task == "classify":
         result, failures = _classify(
             loaded,
             model,
@@ -137,20 +142,20 @@ def verify(
 
 
 def _classify(
-    profile: object,
+    profile: Profile,
     model: str | None,
     weights: Path | None,
     labels: Path | None,
     data: Path | None,
     limit: int | None,
-    device: object,
+    device: torch.device,
     draws: int,
     seed: int,
     batch_size: int,
     quiet: bool,
     allow_outside: bool,
     layout: str,
-) -> tuple[Verification, list]:
+) -> tuple[Verification, list[FailedInput]]:
     """Load the classifier and the data as aim calibrate does, then verify."""
     from aim_cli.api.commands import demo_classification_set, load_model, read_classification_data, verify_classifier
 
@@ -167,13 +172,13 @@ def _classify(
 
 
 def _segment(
-    profile: object,
+    profile: Profile,
     model: str | None,
     weights: Path | None,
     labels: Path | None,
     data: Path | None,
     limit: int | None,
-    device: object,
+    device: torch.device,
     draws: int,
     seed: int,
     batch_size: int,
@@ -181,7 +186,7 @@ def _segment(
     allow_outside: bool,
     layout: str,
     split: str | None,
-) -> tuple[Verification, list]:
+) -> tuple[Verification, list[FailedInput]]:
     """Load the segmenter and the data as aim calibrate does, then verify."""
     from aim_cli.api.commands import demo_segmentation_set, load_model, read_segmentation_data, verify_segmenter
 
@@ -196,6 +201,28 @@ def _segment(
     say(f"model: {segmenter.name} | data: {dataset.description}", quiet)
     with progress_bar("passes", None, quiet) as advance:
         return verify_segmenter(profile, segmenter, dataset, draws, seed, batch_size, advance)
+
+
+def _generate(
+    profile: Profile,
+    model: str | None,
+    data: Path | None,
+    limit: int | None,
+    device: torch.device,
+    draws: int,
+    seed: int,
+    batch_size: int,
+    quiet: bool,
+) -> tuple[Verification, list[FailedInput]]:
+    """Load the language model and its multiple-choice prompts as aim calibrate does, then verify."""
+    from aim_cli.api.commands import demo_text_set, load_model, read_text_data, verify_language_model
+
+    dataset = read_text_data(data) if data is not None else demo_text_set(limit or 200)
+    dataset.items = dataset.items[:limit] if limit else dataset.items
+    lm = load_model("generate", model, device=device)
+    say(f"model: {lm.name} | data: {dataset.description}", quiet)
+    with progress_bar("scoring", len(dataset.items), quiet) as advance:
+        return verify_language_model(profile, lm, dataset, draws, seed, batch_size, advance)
 
 
 def table(result: Verification) -> Table:
