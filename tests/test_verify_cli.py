@@ -169,3 +169,24 @@ def test_answers_name_their_tier_and_certificate(tiers) -> None:
     assert certified_answer["tier"] == "tier-60" and certified_answer["certificate"] == expected.id
     assert plain_answer["tier"] == "plain" and plain_answer["certificate"] is None
     assert answer_headers(certified_answer) == {"X-Aim-Tier": "tier-60", "X-Aim-Certificate": expected.id}
+
+
+def test_text_tier_certifies_verifies_and_passes_the_vllm_start_up_check(tmp_path, certified) -> None:
+    """A multiple-choice tier of the demo LM: certified, verified (exit 0), and accepted by the vLLM path's check
+    for the demo LM's folder, while an image tier is refused there (the check runs without vLLM installed)."""
+    from aim_cli.cli.serve import check_language_model_certificates
+    from aim_cli.errors import AimError
+
+    path = tmp_path / "lm.yaml"
+    made = run_aim(
+        "calibrate", "--task", "generate", "--target-acc", "0.5", "--limit", "80", "--write-profile", str(path), "-q"
+    )
+    assert made.returncode == 0, made.stderr
+    cert = yaml.safe_load(path.read_text())["certificate"]
+    assert cert["task"] == "generate" and cert["method"] == "exact" and cert["data"]["items"] == 80
+    verified = run_aim("verify", str(path), "--limit", "80", "-q")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    lm_dir = str(demo.model_dir("generate"))
+    check_language_model_certificates({"lm": Profile.load(path)}, lm_dir, False)  # the certified folder: accepted
+    with pytest.raises(AimError, match="tier-60"):
+        check_language_model_certificates({"tier-60": Profile.load(certified)}, lm_dir, False)
