@@ -370,7 +370,11 @@ def build_certificate(
             _round6(max(high, estimate.predicted)),
             confidence,
             estimate.units,
-            interval_meaning(estimate, units, confidence),
+            interval_meaning(
+                estimate,
+                f"{units} of class '{target.focus_class}'" if target.metric == "recall" and units == "items" else units,
+                confidence,
+            ),
         ),
         settings_hash=settings_hash(settings),
         estimate_variance=estimate.estimate_variance,
