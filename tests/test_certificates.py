@@ -108,21 +108,34 @@ def segment_pixels() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize(("metric", "target"), [("miou", 0.5), ("pixel_accuracy", 0.6)])
-def test_segmentation_interval_covers_held_out_metric(segment_pixels, metric: str, target: float) -> None:
-    """Images as units: per-image confusion counts at each grid sigma, computed once; SPLITS random halvings."""
-    from aim_cli.calibration.certify import MATRIX_METRICS
+SEGMENT_GRID = np.geomspace(2.0, 12.0, 20)
 
+
+@pytest.fixture(scope="module")
+def segment_counts(segment_pixels) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image and grid sigma: exact expected confusion counts and two noisy ones (production image_counts), once."""
     classes = segment_pixels[0][0].shape[1]
-    grid = np.geomspace(2.0, 12.0, 20)
     counts, noisy = [], []
-    for g, sigma in enumerate(grid):  # production code: image_counts, once per image and grid sigma
+    for g, sigma in enumerate(SEGMENT_GRID):
         profile = Profile(sigma=float(sigma))
         modulation = profile_modulation(profile, None, 1)
         noise = SeededNoise(g)
         per_image = [image_counts(p, t, profile, modulation, noise, classes, None, 2) for p, t in segment_pixels]
         counts.append(torch.stack([c for c, _, _ in per_image]))
         noisy.append(torch.stack([torch.stack([r[k] for _, r, _ in per_image]) for k in range(2)]))
+    return counts, noisy
+
+
+@pytest.mark.parametrize(("metric", "target"), [("miou", 0.5), ("pixel_accuracy", 0.6)])
+def test_segmentation_interval_covers_held_out_metric(
+    segment_pixels, segment_counts, metric: str, target: float
+) -> None:
+    """Images as units: per-image confusion counts at each grid sigma, computed once; SPLITS random halvings."""
+    from aim_cli.calibration.certify import MATRIX_METRICS
+
+    classes = segment_pixels[0][0].shape[1]
+    grid = SEGMENT_GRID
+    counts, noisy = segment_counts
     function = MATRIX_METRICS[metric]
     half = len(segment_pixels) // 2
     hits = 0
