@@ -68,7 +68,7 @@ RAY_VENV ?= .venv-ray
 test-ray:
 	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py tests/test_ray_certificates.py
 
 # The lm-evaluation-harness tests (`aim eval`, calibration on lm-eval tasks), in their own venv:
 # lm-eval pulls datasets, evaluate and more, so `make test` runs without it (those tests skip there).

@@ -7,11 +7,13 @@ import numbers
 import os
 import secrets
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 from aim_cli import limits, plain_yaml
+from aim_cli.certificates import Certificate, CertificateWarning, certificate_problem, edited_hint
 from aim_cli.directions import BOOST, SUPPRESS, direction_name
 from aim_cli.errors import AimError, ProfileError
 from aim_cli.io import read_text_file
@@ -30,6 +32,7 @@ _SCHEMA: dict[str, Any] = {
     "utility": {"sigma": float},
     "focus": {"sigma": float, "targets": list},
     "noise": {"seed": int, "key_env": str},
+    "certificate": dict,  # validated by aim_cli.certificates.Certificate.from_mapping
 }
 _TARGET_KEYS = {"class": str, "direction": str}
 # A profile must say something about modulation; an empty one would silently serve the clean model.
@@ -68,6 +71,8 @@ class Profile:
     seed: int | None = None
     key_env: str | None = None
     source: str | None = field(default=None, compare=False)
+    # What `aim calibrate --write-profile` certified for these settings (None: an uncertified tier).
+    certificate: Certificate | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Direct construction (the Python API) gets the same range checks as files and flags;
@@ -131,7 +136,16 @@ class Profile:
             data["noise"] = {"seed": self.seed}
         elif self.key_env is not None:
             data["noise"] = {"key_env": self.key_env}
+        if self.certificate is not None:
+            data["certificate"] = self.certificate.to_mapping()
         return data
+
+    @property
+    def certificate_problem(self) -> str | None:
+        """Why the certificate does not describe these settings (edited or overridden), or None."""
+        if self.certificate is None:
+            return None
+        return certificate_problem(self.to_dict(), self.certificate)
 
     @property
     def effective_focus_sigma(self) -> float:
@@ -275,7 +289,7 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
                 f"allowed: {', '.join(_SCHEMA)}",
             )
         expected = _SCHEMA[key]
-        if isinstance(expected, dict):
+        if isinstance(expected, dict) and key != "certificate":
             if not isinstance(value, dict):
                 raise ProfileError(f"{_where(source, key, lines.get(key))}: expected a mapping")
             for sub in value:
@@ -339,6 +353,9 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
         raise ProfileError(f"{_where(source, 'noise.key_env', lines.get('noise.key_env'))}: expected a variable name")
     if seed is not None and key_env is not None:
         raise ProfileError(f"{source}: noise.seed and noise.key_env exclude each other", "keep one")
+    certificate = None
+    if "certificate" in data:
+        certificate = Certificate.from_mapping(data["certificate"], source, lines)
     return Profile(
         name=data.get("name"),
         description=data.get("description"),
@@ -348,7 +365,16 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
         seed=seed,
         key_env=key_env,
         source=source,
+        certificate=certificate,
     )
+
+
+def _warn_if_edited(profile: Profile) -> Profile:
+    """A certified profile whose settings changed since certification gets one warning line wherever it loads."""
+    problem = profile.certificate_problem
+    if problem is not None:
+        warnings.warn(CertificateWarning(f"{profile.source}: {problem} ({edited_hint()})"), stacklevel=3)
+    return profile
 
 
 def _from_mapping(data: Any, lines: dict[str, int], source: str) -> Profile:
@@ -357,7 +383,7 @@ def _from_mapping(data: Any, lines: dict[str, int], source: str) -> Profile:
         data = dict(data)
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a profile must be a mapping (YAML key: value lines, or a dict)")
-    return _validate(data, lines, source)
+    return _warn_if_edited(_validate(data, lines, source))
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -402,7 +428,11 @@ def apply_overrides(
         changes["focus"] = tuple(parse_focus(item, names.focus) for item in focus)
     if seed is not None:
         changes["seed"], changes["key_env"] = check_seed(seed, names.seed), None
-    return replace(profile, **changes)
+    overridden = replace(profile, **changes)
+    if changes and profile.certificate is not None and overridden.to_dict() != profile.to_dict():
+        # Other settings than the certified ones: the result is not the certified tier.
+        overridden = replace(overridden, certificate=None)
+    return overridden
 
 
 def resolve_profile(

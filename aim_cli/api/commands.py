@@ -72,6 +72,12 @@ _HOMES = {
     "collect_segmentation": "aim_cli.report.collect",
     "collect_text": "aim_cli.report.collect",
     "write_html_report": "aim_cli.report.page",
+    # aim verify
+    "Verification": "aim_cli.calibration.verify",
+    "certified": "aim_cli.calibration.verify",
+    "verify_classifier": "aim_cli.calibration.verify",
+    "verify_segmenter": "aim_cli.calibration.verify",
+    "verify_language_model": "aim_cli.calibration.verify",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",
     "check_tasks": "aim_cli.tasks.evaluate",

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aim_cli import theory
+from aim_cli.certificates import Certificate
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError
 from aim_cli.profile import PROFILE_VERSION, Profile
@@ -151,6 +152,10 @@ class Calibration:
     measured: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     analytic: bool = True  # False when the curve itself is measured (free-form text)
+    # Multiple-choice text: the cached next-token logits and answer ids, for its certificate.
+    cached_logits: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+    # Certifies a profile of this calibration at a confidence (classify, segment, multiple choice; None: cannot).
+    certifier: Callable[[Profile, float], Certificate | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def sigma(self) -> float:

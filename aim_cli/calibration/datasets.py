@@ -274,6 +274,10 @@ class SegmentationDataset:
             return self.mask_of(path)
         return find_mask(path, self.masks_dir) if self.masks_dir is not None else None
 
+    def mask_path(self, path: Path) -> Path | None:
+        """The ground-truth mask file of one image of the set (None: none found)."""
+        return self._find(path)
+
     def __len__(self) -> int:
         return len(self.scenes) if self.scenes else len(self.paths)
 

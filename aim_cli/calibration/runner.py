@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from aim_cli import limits
 from aim_cli.calibration.core import Calibration, Target
 from aim_cli.errors import AimError, FailedInput
 from aim_cli.labels import resolve_class
-from aim_cli.profile import FocusRequest, check_seed, check_sigma, is_integer_number, is_real_number, parse_focus
+from aim_cli.profile import (
+    FocusRequest,
+    Profile,
+    check_seed,
+    check_sigma,
+    is_integer_number,
+    is_real_number,
+    parse_focus,
+)
 from aim_cli.tasks.batches import ProgressCallback
 
 if TYPE_CHECKING:
     import torch
 
     from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset, TextDataset
+    from aim_cli.calibration.segment import SegmentationCalibrator
+    from aim_cli.certificates import Certificate
     from aim_cli.models.classifier import ImageClassifier
     from aim_cli.models.language import LanguageModel
     from aim_cli.models.segmenter import Segmenter
@@ -171,6 +181,7 @@ def calibrate_classifier(
     calibration.data = dataset.description
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing, "total_s": time.perf_counter() - start}
     calibration.notes.append(f"1 forward pass over {calibration.items} images; every sigma after that is analytic")
+    calibration.certifier = _classification_certifier(calibration, classifier, dataset, cached.logits, cached.labels)
     return calibration, [*dataset.failures, *cached.failures]
 
 
@@ -200,7 +211,68 @@ def calibrate_segmenter(
     calibration.model = segmenter.name
     calibration.data = dataset.description
     calibration.timing["total_s"] = time.perf_counter() - start
+    calibration.certifier = _segmentation_certifier(calibration, segmenter, dataset, calibrator)
     return calibration, calibrator.failures
+
+
+def _uncertified(calibration: Calibration, model: object) -> str | None:
+    """The model's fingerprint, or None after noting why the profile goes out without a certificate."""
+    from aim_cli.certificates import model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+    if fingerprint is None:
+        calibration.warnings.append(
+            f"the profile has no certificate: {calibration.model} exposes no torch network to fingerprint"
+        )
+    return fingerprint
+
+
+def _classification_certifier(
+    calibration: Calibration,
+    classifier: ImageClassifier,
+    dataset: ImageDataset,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+) -> Callable[[Profile, float], Certificate | None]:
+    """Certify a profile of this calibration from the cached logits (no second forward pass)."""
+
+    def certify(profile: Profile, confidence: float) -> Certificate | None:
+        from aim_cli.calibration import certify as certificates
+
+        fingerprint = _uncertified(calibration, classifier)
+        if fingerprint is None:
+            return None
+        target = calibration.target
+        target_id = None if target.focus_class is None else classifier.labels.index(target.focus_class)
+        estimate = certificates.classification_estimate(
+            logits, labels, profile, target_id, target.focus_direction, calibration.seed
+        )
+        data = certificates.classification_data_fingerprint(dataset)
+        return certificates.build_certificate(
+            calibration, profile, estimate, classifier.name, fingerprint, data, confidence
+        )
+
+    return certify
+
+
+def _segmentation_certifier(
+    calibration: Calibration, segmenter: Segmenter, dataset: SegmentationDataset, calibrator: SegmentationCalibrator
+) -> Callable[[Profile, float], Certificate | None]:
+    """Certify a profile of this calibration with one more pass over the images (images as units)."""
+
+    def certify(profile: Profile, confidence: float) -> Certificate | None:
+        from aim_cli.calibration import certify as certificates
+
+        fingerprint = _uncertified(calibration, segmenter)
+        if fingerprint is None:
+            return None
+        estimate = certificates.segmentation_estimate(calibrator, profile, calibration.seed)
+        data = certificates.segmentation_data_fingerprint(dataset)
+        return certificates.build_certificate(
+            calibration, profile, estimate, segmenter.name, fingerprint, data, confidence
+        )
+
+    return certify
 
 
 def calibrate_language_model(
@@ -221,4 +293,23 @@ def calibrate_language_model(
     calibration.model = lm.name
     calibration.data = dataset.description
     calibration.timing["total_s"] = time.perf_counter() - start
+    if dataset.multiple_choice and calibration.cached_logits is not None:
+        calibration.certifier = _text_certifier(calibration, lm, dataset, *calibration.cached_logits)
     return calibration, []
+
+
+def _text_certifier(
+    calibration: Calibration, lm: LanguageModel, dataset: TextDataset, logits: torch.Tensor, answers: torch.Tensor
+) -> Callable[[Profile, float], Certificate | None]:
+    """Certify a multiple-choice tier from the cached next-token logits; the model by its folder's files (as vLLM)."""
+
+    def certify(profile: Profile, confidence: float) -> Certificate | None:
+        from aim_cli.calibration import certify as certificates
+        from aim_cli.certificates import language_model_fingerprint
+
+        fingerprint = language_model_fingerprint(str(getattr(lm.model, "name_or_path", "") or lm.name))
+        estimate = certificates.classification_estimate(logits, answers, profile, None, 1, calibration.seed)
+        data = certificates.text_data_fingerprint(dataset.items)
+        return certificates.build_certificate(calibration, profile, estimate, lm.name, fingerprint, data, confidence)
+
+    return certify

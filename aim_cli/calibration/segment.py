@@ -440,6 +440,10 @@ class SegmentationCalibrator:
                 f"no image of the data could be scored{first}", "fix or remove the failing images and run again"
             )
 
+    def certification_pass(self) -> Iterator[_Group]:
+        """One more pass over the scored images (aim_cli.calibration.certify reads each image's counts)."""
+        yield from self._groups()
+
     def _pilot(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Up to PILOT_PIXELS scored pixels of the first image, at random: their logits (P, C) and truth.
 

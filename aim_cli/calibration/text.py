@@ -118,6 +118,7 @@ def calibrate_multiple_choice(
     cached = collect_next_token_logits(lm, items, batch_size, progress)
     calibration = calibrate_target(cached.logits, cached.answers, target, draws=draws, seed=seed)
     calibration.task = "generate"
+    calibration.cached_logits = (cached.logits, cached.answers)
     calibration.limit_label = f"chance (1/{cached.logits.shape[1]} tokens)"
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing}
     token = "the decoder's first token" if lm.encoder_decoder else "the next token"

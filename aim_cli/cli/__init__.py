@@ -21,6 +21,7 @@ from aim_cli.cli import generate as _generate  # noqa: E402,F401
 from aim_cli.cli import report as _report  # noqa: E402,F401
 from aim_cli.cli import segment as _segment  # noqa: E402,F401
 from aim_cli.cli import serve as _serve  # noqa: E402,F401
+from aim_cli.cli import verify as _verify  # noqa: E402,F401
 from aim_cli.cli.common import app, err_console, printable
 from aim_cli.errors import EXIT_USAGE, AimError, Interrupted
 from aim_cli.interrupts import as_interrupt, install_handlers, raise_if_received

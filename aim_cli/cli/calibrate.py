@@ -98,6 +98,13 @@ def calibrate(
         Optional[Path], typer.Option("--write-profile", help="Write a ready YAML profile.")
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Profile name (default: the file's stem).")] = None,
+    confidence: Annotated[
+        float,
+        typer.Option(
+            "--confidence",
+            help="Confidence of the certificate's interval in the --write-profile profile (classify, segment).",
+        ),
+    ] = 0.95,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")
@@ -118,8 +125,10 @@ def calibrate(
         write_profile,
         write_report,
     )
+    from aim_cli.certificates import check_confidence
     from aim_cli.devices import resolve_device
 
+    confidence = check_confidence(confidence)
     request = calibration_request(
         task.value, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size
     )
@@ -183,7 +192,7 @@ def calibrate(
     with RunOutputs() as run:
         run.success(calibration.items)  # a calibration exists only if some items were scored
         if write_profile_to is not None:
-            run.document(lambda: write_profile(calibration, write_profile_to, name))
+            run.document(lambda: write_profile(calibration, write_profile_to, name, confidence))
         if json_out is not None:
             run.document(lambda: write_report(calibration, json_out))
         if plot is not None:

@@ -101,6 +101,25 @@ def model_task(model: str) -> str:
     return "generate"
 
 
+def check_language_model_certificates(tiers: dict[str, object], model: str, allow_other_model: bool) -> None:
+    """Start-up check of certified tiers against the folder vLLM will load (a content hash of its files)."""
+    from aim_cli.certificates import check_served_tiers, directory_fingerprint, tier_certificates
+
+    certificates = tier_certificates(tiers)
+    if all(certificate is None for certificate in certificates.values()):
+        return
+    from aim_cli.api.commands import locate
+
+    where, local = locate(model)
+    if not local:  # a cached hub id: its snapshot folder, found offline
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(where, local_files_only=True)
+    fingerprint = directory_fingerprint(Path(where))
+    for line in check_served_tiers(certificates, fingerprint, allow_other_model, model):
+        say(f"aim: warning: {line}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
     ctx: typer.Context,
@@ -156,6 +175,13 @@ def serve(
         Optional[float],
         typer.Option("--batch-wait-ms", min=0, help="Images: longest wait to fill a batch (default 5)."),
     ] = None,
+    allow_uncertified_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-uncertified-model",
+            help="Serve certified tiers on a model other than the one certified (a warning on every start).",
+        ),
+    ] = False,
 ) -> None:
     """Serve tiers: vLLM's OpenAI server for language models (options after -- go to `vllm serve`), or Ray Serve
     for image models."""
@@ -192,7 +218,7 @@ def serve(
             max_batch_size or 8,
             5.0 if batch_wait_ms is None else batch_wait_ms,
         )
-        serve_images(kind, model, profiles, default_profile, options, list(ctx.args), dry_run)
+        serve_images(kind, model, profiles, default_profile, options, list(ctx.args), dry_run, allow_uncertified_model)
         return
     given = [name for name, value in image_options.items() if value is not None]
     if given:
@@ -209,6 +235,7 @@ def serve(
     for name, tier in tiers.items():  # keyed tiers need their secret before the server starts
         if tier.key_env:
             noise_key(tier, f"tier '{name}'")
+    check_language_model_certificates(tiers, model, allow_uncertified_model)
     overrides = {PROFILES_ENV: str(profiles.resolve())}
     if default_profile is not None:
         overrides[DEFAULT_ENV] = default_profile

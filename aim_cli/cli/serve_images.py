@@ -47,6 +47,28 @@ def client_example(host: str, port: int, tier: str) -> str:
     return f"curl --data-binary @image.png -H 'Content-Type: image/png' 'http://{shown}:{port}/?aim_profile={tier}'"
 
 
+def check_image_model_certificates(
+    task: str, model: str, options: ImageServeOptions, tiers: dict[str, object], allow_other_model: bool
+) -> None:
+    """Start-up check of certified tiers against the served model's fingerprint (refused unless allowed).
+
+    The model is loaded once here, on the CPU, only when some tier is certified: the replicas
+    load their own copies later, and a refusal must come before any of them starts.
+    """
+    from aim_cli.certificates import check_served_tiers, model_fingerprint, tier_certificates
+
+    certificates = tier_certificates(tiers)
+    if all(certificate is None for certificate in certificates.values()):
+        return
+    import torch
+
+    from aim_cli.api.commands import load_model
+
+    served = load_model(task, model, device=torch.device("cpu"), weights=options.weights, labels=options.labels)
+    for line in check_served_tiers(certificates, model_fingerprint(served), allow_other_model, model):
+        say(f"aim: warning: {line}")
+
+
 def serve_images(
     task: str,
     model: str,
@@ -55,6 +77,7 @@ def serve_images(
     options: ImageServeOptions,
     extra: Sequence[str],
     dry_run: bool,
+    allow_uncertified_model: bool = False,
 ) -> None:
     """Check the tiers, then deploy the tiered endpoint on Ray Serve and serve until Ctrl-C."""
     from aim_cli.api.commands import (
@@ -76,6 +99,7 @@ def serve_images(
         if tier.key_env:
             noise_key(tier, f"tier '{name}'")
             secrets[tier.key_env] = os.environ[tier.key_env]
+    check_image_model_certificates(task, model, options, tiers, allow_uncertified_model)
     if os.environ.get(KEY_ENV):  # requests with aim_keyed: true
         secrets[KEY_ENV] = os.environ[KEY_ENV]
     default = default_tier(tiers, {DEFAULT_ENV: default_profile or ""})

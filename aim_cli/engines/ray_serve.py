@@ -15,6 +15,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from aim_cli.certificates import answer_headers
 from aim_cli.engines.vision_tiers import EndpointSpec, ImageJob, RequestError, VisionTiers
 from aim_cli.limits import REQUEST_BYTES
 
@@ -59,7 +60,7 @@ class AimVisionEndpoint:
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         status, answer = await self.infer(job)
-        return JSONResponse(answer, status_code=status)
+        return JSONResponse(answer, status_code=status, headers=answer_headers(answer) if status == 200 else None)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def infer(self, jobs: list[ImageJob]) -> list[tuple[int, dict[str, Any]]]:

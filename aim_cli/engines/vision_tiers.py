@@ -270,9 +270,14 @@ class VisionTiers:
 
     def answer(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
         """(HTTP status, answer) per job, in order; one forward pass per batch (per image size when segmenting)."""
-        if self.spec.task == "classify":
-            return self._classify(jobs)
-        return self._segment(jobs)
+        from aim_cli.certificates import name_certificate
+
+        answers = self._classify(jobs) if self.spec.task == "classify" else self._segment(jobs)
+        # Every answer names its tier's certificate (None: the clean model or an uncertified tier).
+        return [
+            (status, name_certificate(body, self.tiers, job.tier) if status == 200 else body)
+            for (status, body), job in zip(answers, jobs)
+        ]
 
     def _classify(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
         """Top-k classes with probabilities, each image modulated by its own tier."""
