@@ -273,7 +273,7 @@ class SegmentationDataset:
 
         if self.scenes or self.reads is None:
             return
-        masks = [self.reads.masks[p] for p in self.paths if p not in self.reads.outside]
+        masks = [self.reads.masks[p] for p in self.paths if p not in self.reads.refused]
         check_masks(masks, self.layout, num_classes, do_reduce_labels, self.detected)
         self.convert = converter(self.layout, num_classes, do_reduce_labels)
 
@@ -304,8 +304,8 @@ class SegmentationDataset:
         assert self.reads is not None
         reads = self.reads
         for path in self.paths:  # each image is read with the mask resolved before the run, or fails alone
-            if path in reads.outside:
-                yield FailedInput(path, reads.outside[path])
+            if path in reads.refused:
+                yield FailedInput(path, reads.refused[path])
             else:
                 yield from read_inputs([path], self.masks_dir, self.mask_of, self.convert)
 

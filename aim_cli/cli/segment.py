@@ -195,8 +195,8 @@ def segment(
     paths, failures = (truth.paths, []) if truth.paths else image_paths(resolve_inputs(inputs, model, "segment"))
     reads = truth.resolve(paths) if masks is not None else None  # every file the run reads, before it starts
     if reads is not None:
-        failures += [FailedInput(path, why) for path, why in reads.outside.items()]
-        paths = [path for path in reads.images if path not in reads.outside]
+        failures += [FailedInput(path, why) for path, why in reads.refused.items()]
+        paths = [path for path in reads.images if path not in reads.refused]
     names = output_names(paths)
     overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
     too_long = _unwritable_names(names, overlay_names if overlay else None, output_dir)

@@ -9,7 +9,6 @@ allows outside paths); and the list of files goes to the output guard, so none i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -32,13 +31,13 @@ class Reads:
 
     images: list[Path]
     masks: dict[Path, Path | None] = field(default_factory=dict)
-    outside: dict[Path, str] = field(default_factory=dict)  # image -> one line: which file lies where
+    refused: dict[Path, str] = field(default_factory=dict)  # image -> one line: which file of it is not read, why
 
     def files(self) -> list[tuple[str, Path]]:
         """Every file the run reads, named for the output guard."""
-        named = [("data image", image) for image in self.images if image not in self.outside]
+        named = [("data image", image) for image in self.images if image not in self.refused]
         return named + [
-            ("ground-truth mask", m) for i, m in self.masks.items() if m is not None and i not in self.outside
+            ("ground-truth mask", m) for i, m in self.masks.items() if m is not None and i not in self.refused
         ]
 
 
@@ -57,15 +56,27 @@ def resolve_reads(
     for image in reads.images:
         mask = mask_of(image)
         reads.masks[image] = mask
-        if within is None:
-            continue
         checked = [("mask", mask)] if images_named else [("image", image), ("mask", mask)]
         for what, candidate in checked:
             if candidate is None:
                 continue
-            try:
-                check_inside(os.path.realpath(candidate), candidate, within, InputError, what)
-            except InputError as exc:
-                reads.outside[image] = f"{image}: {exc}"
+            problem = _problem(candidate, within, what)
+            if problem is not None:
+                reads.refused[image] = f"{image}: {problem}"
                 break
     return reads
+
+
+def _problem(path: Path, within: Path | None, what: str) -> str | None:
+    """Why the run may not read `path`: a symlink loop, or a real location outside `within`; None when it may."""
+    try:
+        real = path.resolve()  # pathlib names a loop (os.path.realpath would hand it back unresolved)
+    except (RuntimeError, OSError) as exc:
+        return f"{what} {path} cannot be resolved ({'a symlink loop' if isinstance(exc, RuntimeError) else exc})"
+    if within is None:
+        return None
+    try:
+        check_inside(real, path, within, InputError, what)
+    except InputError as exc:
+        return str(exc)
+    return None

@@ -35,11 +35,18 @@ def open_root(root: Path, layout: str, split: str | None, within: Path | None = 
 
     `within`: the folder a file the listing itself reads (VOC's split list) must lie in (None: anywhere).
     """
-    chosen = root_layout(root) if layout == "auto" else layout
+    structure = root_layout(root)
+    chosen = structure if layout == "auto" else layout
     if chosen is None:
         raise InputError(f"data {root}: no known data set layout", ROOT_HINT)
     if chosen == "plain":
-        return None
+        if structure in (None, "plain"):
+            return None
+        # --layout plain on a data set as it ships: its pairing of images and masks, its values as they are.
+        found = open_root(root, structure, split, within)
+        assert found is not None
+        found.layout, found.description = "plain", f"{found.description}, mask values read as they are"
+        return found
     module = {"ade20k": ade20k, "cityscapes": cityscapes, "voc": voc}.get(chosen)
     if module is None:
         raise InputError(f"--layout {chosen} is for classification data", f"segmentation data: {ROOT_HINT}")
