@@ -239,8 +239,8 @@ def test_16_bit_masks_score_like_8_bit_ones(tmp_path):
 
 
 def _outside_image(tmp: Path) -> Path:
-    """An image of another tree, which no run on the root may read."""
-    other = tmp / "elsewhere" / "other.jpg"
+    """An image of another tree named like one of the root's (so it would pair with that mask), never to be read."""
+    other = tmp / "elsewhere" / f"{SCENES[1].stem}.jpg"
     other.parent.mkdir(parents=True, exist_ok=True)
     Image.open(SCENES[1]).convert("RGB").save(other)
     return other
@@ -250,9 +250,9 @@ def _outside_image(tmp: Path) -> Path:
     ("case", "entry"),
     [
         ("absolute-path", "{outside}"),
-        ("dot-dot", "../../elsewhere/other"),
+        ("dot-dot", "../../../elsewhere/scene_1"),
         ("sub-folder", "sub/scene_0"),
-        ("backslash", "..\\..\\elsewhere\\other"),
+        ("backslash", "..\\..\\elsewhere\\scene_1"),
         ("nul-byte", "scene_0\x00.jpg"),
         ("dot-dot-alone", ".."),
     ],
@@ -325,6 +325,20 @@ def test_voc_mask_symlinked_out_fails_alone(tmp_path):
     result, out = _segment(tmp_path, "--masks", str(devkit))
     assert_user_error(result, 1, "mask", "outside")
     assert _metrics(out)["images"] == len(SCENES) - 1
+
+
+def test_named_images_mask_symlinked_out_of_the_masks_folder_fails_alone(tmp_path):
+    """Images named on the command line are the user's; the masks found for them stay inside --masks."""
+    root = _plain(tmp_path / "root")
+    outside = _save(_truth(0), tmp_path / "elsewhere" / SCENES[0].name)
+    (root / "masks" / SCENES[0].name).unlink()
+    (root / "masks" / SCENES[0].name).symlink_to(outside)
+    images = [str(p) for p in sorted((root / "images").iterdir())]
+    result, out = _segment(tmp_path, *images, "--masks", str(root / "masks"))
+    assert_user_error(result, 1, "mask", "outside")
+    assert _metrics(out)["images"] == len(SCENES) - 1
+    allowed, allowed_out = _segment(tmp_path, *images, "--masks", str(root / "masks"), "--allow-outside-paths")
+    assert allowed.returncode == 0 and _metrics(allowed_out)["images"] == len(SCENES), allowed.stderr
 
 
 def test_voc_split_list_symlinked_out_is_refused(tmp_path):
