@@ -363,6 +363,18 @@ def test_voc_symlink_loop_fails_alone_without_hanging(tmp_path):
     assert _metrics(out)["images"] == len(SCENES) - 1
 
 
+@pytest.mark.parametrize(
+    "build", [lambda t: _ade(t, _shifted) / "images" / "validation", lambda t: _plain(t) / "images"]
+)
+def test_folder_symlink_loop_is_not_followed(tmp_path, build):
+    """images/.../loop -> .. : listed once, no hang, the same numbers."""
+    folder = build(tmp_path / "root")
+    os.symlink("..", folder / "loop")
+    result, out = _segment(tmp_path, "--masks", str(tmp_path / "root"))
+    assert result.returncode == 0, result.stderr
+    assert _metrics(out)["images"] == len(SCENES)
+
+
 def test_voc_split_list_that_is_a_fifo_is_refused(tmp_path):
     devkit = _voc(tmp_path / "VOCdevkit")
     split = devkit / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
