@@ -249,7 +249,7 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
         raise InputError(
             f"the clean model's {name} on this data is undefined: nothing in it is scored "
             "(every ground-truth pixel or example is ignored, or the class never occurs)",
-            "check that the data's labels or masks hold the model's class ids (and --layout)",
+            "check that the data's labels or masks hold the model's class ids, in the layout it is read in",
         )
     knob = "focus" if recall else "noise"
     falling = limit <= clean
