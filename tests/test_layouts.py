@@ -118,6 +118,7 @@ def _ade20k(tmp: Path, model: Path) -> tuple[Path, Path]:
         paths.append(path)
     (root / "images" / "training").mkdir()
     truths = [_border(p, 255) for p in _predictions(model, paths)]
+    truths[-1][0, 0] = 149  # the last class somewhere, as in the real data: raw id 150 shows ADE20K's shift
     for path, truth in zip(paths, truths):
         raw = np.where(truth == 255, 0, truth + 1)
         _save_ids(raw, root / "annotations" / "validation" / f"{path.stem}.png")
@@ -226,7 +227,7 @@ def _calibrated(cli: Cli, model: Path, data: Path, *args: str) -> str:
 def test_segment_layout_as_shipped_equals_plain(cli, models, tmp_path, layout):
     root, plain = BUILDERS[layout](tmp_path, models[layout])
     reference = _evaluation(cli, tmp_path, models[layout], "--masks", str(plain))
-    assert reference["images"] == IMAGES and reference["clean"]["pixel_accuracy"] == 1.0
+    assert reference["images"] == IMAGES and reference["clean"]["pixel_accuracy"] > 0.999
     assert _evaluation(cli, tmp_path, models[layout], "--masks", str(root)) == reference  # detected
     assert _evaluation(cli, tmp_path, models[layout], "--masks", str(root), "--layout", layout) == reference
 

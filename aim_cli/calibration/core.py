@@ -11,7 +11,7 @@ import numpy as np
 from aim_cli import theory
 from aim_cli.certificates import Certificate
 from aim_cli.directions import direction_name
-from aim_cli.errors import AimError
+from aim_cli.errors import AimError, InputError
 from aim_cli.profile import PROFILE_VERSION, Profile
 
 # Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
@@ -232,7 +232,9 @@ def profile_document(calibration: Calibration, name: str) -> dict[str, Any]:
 
 
 def fmt(value: float, other: float | None = None) -> str:
-    """Two decimals, or four when two would make `value` and `other` look equal."""
+    """Two decimals, or four when two would make `value` and `other` look equal; never 'nan'."""
+    if not math.isfinite(value):
+        return "undefined"
     if other is not None and f"{value:.2f}" == f"{other:.2f}" and value != other:
         return f"{value:.4f}"
     return f"{value:.2f}"
@@ -242,10 +244,19 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
     """Fail with both bounds when the target lies outside what the knob can reach.
 
     The clean end is reached at zero noise; the other end (`limit`) only as the knob grows
-    without bound, so a target exactly at the limit is unreachable too.
+    without bound, so a target exactly at the limit is unreachable too. Every message is built
+    here, and speaks of focus only for a recall target (the one kind the user gave --focus for).
     """
     t = target.value
     name = target.label
+    recall = target.metric == "recall"
+    if not (math.isfinite(clean) and math.isfinite(limit)):
+        raise InputError(
+            f"the clean model's {name} on this data is undefined: nothing in it is scored "
+            "(every ground-truth pixel or example is ignored, or the class never occurs)",
+            "check that the data's labels or masks hold the model's class ids, in the layout it is read in",
+        )
+    knob = "focus" if recall else "noise"
     falling = limit <= clean
     low, high = (limit, clean) if falling else (clean, limit)
     span = (
@@ -255,7 +266,7 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
     hint = "pick a target in that range"
     if falling:
         if t > clean:
-            if target.metric == "recall":
+            if recall:
                 hint = f"suppressing a class only lowers its recall; to raise it use --focus {target.focus_class}:up"
             raise AimError(f"target {name} {fmt(t, clean)} is above the clean model's {fmt(clean, t)}; {span}", hint)
         if t <= limit:
@@ -264,14 +275,14 @@ def check_reachable(target: Target, clean: float, limit: float, limit_label: str
             )
     else:
         if t < clean:
+            raised = "a boost only raises it" if recall else f"noise only moves it toward {limit_label} ({fmt(limit)})"
             raise AimError(
-                f"target {name} {fmt(t, clean)} is below the clean model's {fmt(clean, t)} and a boost only "
-                f"raises it; {span}",
-                f"to lower it, suppress the class: --focus {target.focus_class}:down",
+                f"target {name} {fmt(t, clean)} is below the clean model's {fmt(clean, t)} and {raised}; {span}",
+                f"to lower it, suppress the class: --focus {target.focus_class}:down" if recall else hint,
             )
         if t >= limit:
             raise AimError(
-                f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which focus "
+                f"target {name} {fmt(t, limit)} is at or above {fmt(limit, t)} ({limit_label}), which {knob} "
                 f"only approaches; {span}",
                 hint,
             )

@@ -20,6 +20,7 @@ from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.images import LoadedImage, load_image, loaded_from_image
 from aim_cli.io import IMAGE_SUFFIXES, check_inside, read_text_file
 from aim_cli.labels import resolve_class
+from aim_cli.layouts.reads import Reads, resolve_reads
 from aim_cli.limits import TEXT_BYTES
 
 if TYPE_CHECKING:
@@ -256,14 +257,24 @@ class SegmentationDataset:
     detected: bool = True  # the layout was found from the folders, not named with --layout
     mask_of: Callable[[Path], Path | None] | None = None  # a layout's pairing; None: same base name in masks_dir
     convert: Callable[[np.ndarray, Path], np.ndarray] | None = None  # set by prepare(), for one model
+    reads: Reads | None = None  # every file the run reads, resolved before it starts (files only)
+
+    def __post_init__(self) -> None:
+        if self.paths and self.reads is None:
+            self.reads = resolve_reads(self.paths, self._find, self.within)
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file this data set makes the run read, named for the output guard."""
+        return self.reads.files() if self.reads is not None else []
 
     def prepare(self, num_classes: int, do_reduce_labels: bool | None = None) -> None:
         """Map this layout's mask values to the model's class ids; refuse a known convention left unmapped."""
         from aim_cli.layouts.segmentation import check_masks, converter
 
-        if self.scenes:
+        if self.scenes or self.reads is None:
             return
-        check_masks([self._find(p) for p in self.paths], self.layout, num_classes, do_reduce_labels, self.detected)
+        masks = [self.reads.masks[p] for p in self.paths if p not in self.reads.refused]
+        check_masks(masks, self.layout, num_classes, do_reduce_labels, self.detected)
         self.convert = converter(self.layout, num_classes, do_reduce_labels)
 
     def _find(self, path: Path) -> Path | None:
@@ -294,27 +305,13 @@ class SegmentationDataset:
             for name, image, mask in self.scenes:
                 yield input_from_image(name, image, mask)
             return
-        if self.within is None:
-            yield from read_inputs(self.paths, self.masks_dir, self.mask_of, self.convert)
-            return
-        for path in self.paths:
-            escape = self._outside(path)
-            yield from (
-                [escape] if escape is not None else read_inputs([path], self.masks_dir, self.mask_of, self.convert)
-            )
-
-    def _outside(self, path: Path) -> FailedInput | None:
-        """A failure when the image, or the mask it would be scored against, lies outside `within`."""
-        assert self.within is not None and self.masks_dir is not None
-        mask = self._find(path)
-        for what, candidate in (("image", path), ("mask", mask)):
-            if candidate is None:
-                continue
-            try:
-                check_inside(os.path.realpath(candidate), candidate, self.within, InputError, what)
-            except InputError as exc:
-                return FailedInput(path, f"{path}: {exc}")
-        return None
+        assert self.reads is not None
+        reads = self.reads
+        for path in self.paths:  # each image is read with the mask resolved before the run, or fails alone
+            if path in reads.refused:
+                yield FailedInput(path, reads.refused[path])
+            else:
+                yield from read_inputs([path], self.masks_dir, self.mask_of, self.convert)
 
 
 def demo_segmentation_set(n: int = 100) -> SegmentationDataset:
@@ -341,7 +338,7 @@ def read_segmentation_data(
         )
     structure = root_layout(root)
     if structure != "plain" and (layout not in ("plain", "auto") or structure is not None):
-        listing = open_root(root, layout, split)
+        listing = open_root(root, layout, split, None if allow_outside else root)
         if listing is not None:
             return SegmentationDataset(
                 f"{root}: {listing.description}",
@@ -449,6 +446,12 @@ class GroundTruth:
     paths: list[Path]  # the images of a data set root; empty when the images are the inputs
     mask_of: Callable[[Path], Path | None] | None = None  # a layout's pairing; None: same base name in `masks`
     detected: bool = True  # the layout was found from the folders, not named with --layout
+    within: Path | None = None  # the folder the files found through `masks` must lie in (None: anywhere)
+    images_named: bool = False  # the images were given on the command line, not listed from the root
+
+    def resolve(self, paths: list[Path]) -> Reads:
+        """Every file the run reads, before it starts: each image's mask, and the images whose files lie outside."""
+        return resolve_reads(paths, self.find, self.within, self.images_named)
 
     def find(self, path: Path) -> Path | None:
         """The ground-truth mask of an image."""
@@ -467,8 +470,13 @@ class GroundTruth:
         return converter(self.layout, classes, segmenter.do_reduce_labels)
 
 
-def ground_truth(inputs_given: bool, masks: Path | None, layout: str, split: str | None) -> GroundTruth:
-    """With no inputs, --masks may be a data set root (its images and masks); with inputs, the folder of masks."""
+def ground_truth(
+    inputs_given: bool, masks: Path | None, layout: str, split: str | None, allow_outside: bool = False
+) -> GroundTruth:
+    """With no inputs, --masks may be a data set root (its images and masks); with inputs, the folder of masks.
+
+    Files found through --masks (listed images, masks, a split list) must lie inside it unless `allow_outside`.
+    """
     from aim_cli.layouts.segmentation import folder_layout, folder_lookup, open_root, root_layout
 
     detected = layout == "auto"
@@ -476,19 +484,21 @@ def ground_truth(inputs_given: bool, masks: Path | None, layout: str, split: str
         return GroundTruth(None, "plain", [])
     if layout == "imagenet":
         raise InputError("--layout imagenet is for classification data (aim calibrate --data)")
+    within = None if allow_outside else masks
     structure = root_layout(masks)
     if not inputs_given and (structure is not None or layout not in ("auto", "plain")):
-        listing = None if structure == "plain" else open_root(masks, layout, split)
+        listing = None if structure == "plain" else open_root(masks, layout, split, within)
         if listing is None:  # aim's own root: DIR/images with DIR/masks
-            plain = read_segmentation_data(masks, True, "plain" if detected else layout, split)
-            return GroundTruth(plain.masks_dir, plain.layout, plain.paths, detected=detected)
-        return GroundTruth(masks, listing.layout, listing.images, listing.mask_of, detected)
+            plain = read_segmentation_data(masks, allow_outside, "plain" if detected else layout, split)
+            return GroundTruth(plain.masks_dir, plain.layout, plain.paths, detected=detected, within=within)
+        return GroundTruth(masks, listing.layout, listing.images, listing.mask_of, detected, within)
     if structure not in (None, "plain"):  # images named, masks from a data set root: pair through its listing
-        listing = open_root(masks, layout, split)
+        listing = open_root(masks, layout, split, within)
         assert listing is not None
         by_file = {image.resolve(): mask for image, mask in listing.masks.items()}
-        return GroundTruth(masks, listing.layout, [], lambda image: by_file.get(image.resolve()), detected)
+        pair = lambda image: by_file.get(image.resolve())  # noqa: E731
+        return GroundTruth(masks, listing.layout, [], pair, detected, within, images_named=True)
     if split is not None:
         raise AimError("--split selects from a data set root given as --masks")
     chosen = folder_layout(masks) if layout == "auto" else layout
-    return GroundTruth(masks, chosen, [], folder_lookup(masks, chosen), detected)
+    return GroundTruth(masks, chosen, [], folder_lookup(masks, chosen), detected, within, images_named=True)

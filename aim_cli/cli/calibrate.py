@@ -181,7 +181,18 @@ def calibrate(
         )
     elif task == Task.segment:
         calibration, failures = _segment(
-            request, model, weights, labels, data, limit, torch_device, quiet, allow_outside_paths, layout.value, split
+            request,
+            model,
+            weights,
+            labels,
+            data,
+            limit,
+            torch_device,
+            quiet,
+            allow_outside_paths,
+            layout.value,
+            split,
+            outputs,
         )
     elif task == Task.lm_eval:
         from aim_cli.cli.eval import lm_eval_calibration
@@ -264,6 +275,7 @@ def _segment(
     allow_outside: bool = False,
     layout: str = "auto",
     split: str | None = None,
+    outputs: list[tuple[str, Path | None]] | None = None,
 ) -> tuple[Calibration, list[FailedInput]]:
     """Load the segmenter and its data, then calibrate in streaming passes."""
     from aim_cli.api.commands import (
@@ -279,6 +291,7 @@ def _segment(
         else demo_segmentation_set(limit or 50)
     )
     dataset.limit(limit)
+    guard_outputs(outputs or [], dataset.files())  # a file the data set reaches (a symlink out) is never an output
     segmenter = load_model("segment", model, device=torch_device, weights=weights, labels=labels)
     dataset.prepare(len(segmenter.labels), segmenter.do_reduce_labels)
     say(f"model: {segmenter.name} ({len(segmenter.labels)} classes) | data: {dataset.description}", quiet)

@@ -31,3 +31,10 @@ SplitOption = Annotated[
     Optional[str],
     typer.Option("--split", help="Split of an ADE20K, Cityscapes or VOC root (default: the validation split)."),
 ]
+AllowOutsideOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths",
+        help="Let the --masks data set reach files outside its folder (absolute paths, .., symlinks out).",
+    ),
+]

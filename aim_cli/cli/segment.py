@@ -37,7 +37,7 @@ from aim_cli.cli.common import (
     writing_stdout,
 )
 from aim_cli.cli.engine import Engine, EngineOption, WorkersOption, check_engine, ray_items
-from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
+from aim_cli.cli.layout_options import AllowOutsideOption, Layout, LayoutOption, SplitOption
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.io import check_output_dir, check_output_paths, name_bytes, name_max, read_records, write_json_atomic
@@ -158,6 +158,7 @@ def segment(
     ] = None,
     layout: LayoutOption = Layout.auto,
     split: SplitOption = None,
+    allow_outside_paths: AllowOutsideOption = False,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     compare: CompareOption = False,
@@ -188,16 +189,20 @@ def segment(
     if masks is not None and not masks.is_dir():
         problem = "is not a directory" if masks.exists() else "does not exist"
         raise InputError(f"masks directory {masks} {problem}", "pass the folder of ground-truth masks")
-    if masks is None and (layout != Layout.auto or split is not None):
-        raise AimError("--layout and --split describe the --masks data", "add --masks DIR")
-    truth = ground_truth(bool(inputs), masks, layout.value, split)
+    if masks is None and (layout != Layout.auto or split is not None or allow_outside_paths):
+        raise AimError("--layout, --split and --allow-outside-paths describe the --masks data", "add --masks DIR")
+    truth = ground_truth(bool(inputs), masks, layout.value, split, allow_outside_paths)
     paths, failures = (truth.paths, []) if truth.paths else image_paths(resolve_inputs(inputs, model, "segment"))
+    reads = truth.resolve(paths) if masks is not None else None  # every file the run reads, before it starts
+    if reads is not None:
+        failures += [FailedInput(path, why) for path, why in reads.refused.items()]
+        paths = [path for path in reads.images if path not in reads.refused]
     names = output_names(paths)
     overlay_names = {path: Path(OVERLAY_DIR) / name for path, name in names.items()}
     too_long = _unwritable_names(names, overlay_names if overlay else None, output_dir)
     failures += too_long.values()
     paths = [path for path in paths if path not in too_long]
-    truths = [("ground-truth mask", truth.find(path)) for path in paths] if masks is not None else []
+    truths = [("ground-truth mask", reads.masks[path]) for path in paths] if reads is not None else []
     planned = [("mask", output_dir / names[path]) for path in paths]
     planned += [("overlay", output_dir / overlay_names[path]) for path in paths] if overlay else []
     planned += [("summary", output_dir / SUMMARY_FILE), ("evaluation", output_dir / EVALUATION_FILE)]

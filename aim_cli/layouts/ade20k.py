@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from aim_cli.layouts.common import Listing, is_image, split_dir
+from aim_cli.layouts.reads import plain_name
 from aim_cli.metrics import IGNORE_INDEX
 
 SPLITS = {"val": "validation", "validation": "validation", "train": "training", "training": "training"}
@@ -26,8 +27,8 @@ def is_mask_folder(folder: Path) -> bool:
 
 def listing(root: Path, split: str | None) -> Listing:
     """Every image of the split, paired with the annotation of the same base name."""
-    name = SPLITS.get((split or "val").lower(), split or "validation")
     hint = "ADE20K ships images/validation/*.jpg and annotations/validation/*.png (pass --split training for the other)"
+    name = SPLITS.get((split or "val").lower(), plain_name(split or "validation", "--split", hint))
     images_dir = split_dir(root / "images", (name,), f"ADE20K data {root}", hint)
     masks_dir = root / "annotations" / name
     images = sorted(p for p in images_dir.rglob("*") if is_image(p))

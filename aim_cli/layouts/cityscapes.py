@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from aim_cli.layouts.common import Listing, remap, require, split_dir
+from aim_cli.layouts.reads import plain_name
 from aim_cli.metrics import IGNORE_INDEX
 
 IMAGE_SUFFIX = "_leftImg8bit"
@@ -60,8 +61,8 @@ def image_key(path: Path) -> tuple[str, str]:
 
 def listing(root: Path, split: str | None) -> Listing:
     """Every leftImg8bit image of the split, paired with its gtFine mask by city and frame."""
-    name = split or "val"
     hint = "Cityscapes ships leftImg8bit/val/<city>/*_leftImg8bit.png beside gtFine/val/<city>/ (see --split)"
+    name = plain_name(split or "val", "--split", hint)
     images_dir = split_dir(root / "leftImg8bit", (name,), f"Cityscapes data {root}", hint)
     images = sorted(images_dir.rglob(f"*{IMAGE_SUFFIX}.png"))
     index = mask_index(root / "gtFine" / name) if (root / "gtFine" / name).is_dir() else {}

@@ -74,3 +74,58 @@ def label_problem(labels: Collection[str], layout: str, model_labels: Sequence[s
         f"otherwise ({model_labels[0]!r} ...)",
         "--layout imagenet maps synsets to the model's classes by the ILSVRC-2012 order",
     )
+
+
+def evidence(raw: Collection[int], layout: str, num_classes: int) -> bool | None:
+    """Whether mask values show the convention of a layout that changes ids, for a detected layout.
+
+    True: they do; False: they contradict it; None: not yet (read more masks). Folder and file
+    names only suggest a layout; these values decide it:
+    ade20k (shifted for this model): raw ADE20K stores class k as k+1 with 0 = other, so only an
+    id equal to the model's class count (impossible 0-based) shows the shift; a 255 pixel (raw
+    ADE20K has none) or an id past the class count contradicts it.
+    cityscapes (label ids): the 34 label ids reach past the 19 train ids and never hold 255 (the
+    train ids' ignore value); ids up to 18 alone cannot tell the two apart.
+    """
+    values = {int(v) for v in raw}
+    ids = values - {IGNORE_INDEX}
+    top = max(ids) if ids else -1
+    if layout == "ade20k":
+        if IGNORE_INDEX in values or top > num_classes:
+            return False
+        return True if top == num_classes else None
+    if layout == "cityscapes":
+        if IGNORE_INDEX in values or top >= CITYSCAPES_LABEL_IDS:
+            return False
+        return True if top >= CITYSCAPES_TRAIN_IDS else None
+    return True
+
+
+def _shown(values: set[int]) -> str:
+    """Mask values in a few words: their id range and whether 255 is there."""
+    ids = values - {IGNORE_INDEX}
+    text = f"ids {min(ids)}..{max(ids)}" if ids else "no class id"
+    return text + (f" and {IGNORE_INDEX}" if IGNORE_INDEX in values else "")
+
+
+def unsupported(raw: Collection[int], layout: str, num_classes: int) -> tuple[str, str]:
+    """(problem, fix) when a layout found from the folders changes ids but the masks do not show its convention."""
+    values = {int(v) for v in raw}
+    if not values:
+        return (
+            f"no mask could be read to confirm the {layout} layout the folders suggest",
+            f"name the layout: --layout {layout} or --layout plain",
+        )
+    if layout == "ade20k":
+        return (
+            f"the folders look like ADE20K's, but the masks hold {_shown(values)}: that is not ADE20K's convention "
+            f"for a {num_classes}-class model (class k stored as k+1, up to {num_classes}, 0 = other, no "
+            f"{IGNORE_INDEX}), so their ids are not shifted on a guess",
+            "--layout ade20k shifts them (0 ignored, k read as class k-1); --layout plain reads them as they are",
+        )
+    return (
+        f"the gtFine *_labelIds masks hold {_shown(values)}: not Cityscapes' {CITYSCAPES_LABEL_IDS} label ids "
+        f"(which reach past {CITYSCAPES_TRAIN_IDS - 1} and never hold {IGNORE_INDEX}), so they are not mapped "
+        "on a guess",
+        "--layout cityscapes maps label ids to train ids; --layout plain reads them as they are",
+    )
