@@ -1,0 +1,392 @@
+"""Hostile round 3, lm-eval surfaces (issue 22, classes 1, 2 and 5): task folders, `aim eval`, calibrate --task lm-eval.
+
+The table of cases is tests/data/hostile_round3/lm_eval.md. The first half needs no lm-eval: a
+task folder is judged (code, includes, files it reads, outputs) before lm-eval is imported. The
+second half runs lm-eval (the eval extra) and skips cleanly without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aim_cli.errors import InputError
+from aim_cli.tasks.task_folder import TaskCodeError, scan_task_folder
+from tests.conftest import assert_user_error, run_aim
+
+PLAIN = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+
+
+def write_task(folder: Path, body: str, name: str = "t.yaml", data: bool = True) -> Path:
+    """A task folder holding one task file (and a one-line data set beside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if data:
+        (folder / "d.jsonl").write_text(json.dumps({"question": "1+1=", "choices": ["2", "3"], "answer": 0}) + "\n")
+    (folder / name).write_text(body, encoding="utf-8")
+    return folder
+
+
+def plain(folder: Path, name: str = "toy", data: str | None = None) -> str:
+    """A valid multiple-choice task reading `data` (default: the folder's d.jsonl)."""
+    return PLAIN.format(name=name, data=data or folder / "d.jsonl")
+
+
+# --- class 1: task code is opt-in ---------------------------------------------------------------
+
+CODE_CASES = [
+    # (case id, extra YAML appended to a plain task, key named in the refusal)
+    ("process_docs", "process_docs: !function utils.process_docs\n", "process_docs"),
+    ("doc_to_text_function", "doc_to_text_fn: !function utils.text\n", "doc_to_text_fn"),
+    ("metric_function", "metric_list2:\n  - metric: !function m.f\n", "metric_list2[0].metric"),
+    ("aggregation_function", "x:\n  - metric: acc\n    aggregation: !function m.agg\n", "x[0].aggregation"),
+    (
+        "filter_function",
+        "filter_list:\n  - name: f\n    filter:\n      - function: custom\n        filter_fn: !function f.g\n",
+        "filter_list[0].filter[0].filter_fn",
+    ),
+    ("class_tagged", "class: !function mod.Cls\n", "class"),
+    ("class_plain", "class: SomeTask\n", "class"),
+    ("python_name", "doc_to_decontamination_query: !!python/name:os.system\n", "doc_to_decontamination_query"),
+    ("python_apply", "y: !!python/object/apply:os.system ['id']\n", "y"),
+    ("python_new", "y: !!python/object/new:subprocess.Popen [['id']]\n", "y"),
+    ("local_tag", "y: !include other.yaml\n", "y"),
+    ("trust_remote_code", "dataset_kwargs2: 1\n", None),  # control: harmless key
+    ("nested_function", "metadata:\n  deep:\n    - {a: [1, {b: !function z.z}]}\n", "metadata.deep[0].a[1].b"),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "key"), CODE_CASES, ids=[c[0] for c in CODE_CASES])
+def test_task_code_is_refused_naming_file_key_and_flag(tmp_path, case, extra, key):
+    folder = tmp_path / "tasks"
+    write_task(folder, plain(folder) + extra)
+    if key is None:
+        assert scan_task_folder(folder).task_files == [folder / "t.yaml"]
+        return
+    with pytest.raises(TaskCodeError) as caught:
+        scan_task_folder(folder)
+    text = str(caught.value)
+    assert f"`{key}`" in text and str(folder / "t.yaml") in text and "--trust-task-code" in text, text
+    assert "\n" not in text
+    scan_task_folder(folder, trust_code=True)  # the flag lets it through
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("task: t\ndataset_path: json\ndataset_kwargs:\n  trust_remote_code: true\n", "dataset_kwargs.trust_remote_code"),
+        ("task: t\ndataset_path: ./loader.py\n", "dataset_path"),
+        ("group: g\ntask:\n  - task: inner\n    process_docs: !function u.f\n", "task[0].process_docs"),
+        ("!function utils.everything\n", "(document)"),
+    ],
+)
+def test_loading_scripts_groups_and_whole_documents_count_as_code(tmp_path, body, key):
+    folder = write_task(tmp_path / "tasks", body, data=False)
+    with pytest.raises(TaskCodeError, match=f"`{key}`".replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        scan_task_folder(folder)
+
+
+_SCALARS = st.one_of(st.integers(-5, 5), st.text("abc xyz{}", max_size=6), st.booleans(), st.none())
+_KEYS = st.sampled_from(["task", "doc_to_text", "metric", "a", "b", "filter", "metadata", "x1"])
+
+
+def _trees(depth: int):
+    """Arbitrary small task-like YAML trees (dicts and lists of scalars)."""
+    return st.recursive(
+        _SCALARS,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3)),
+        max_leaves=depth,
+    )
+
+
+def _plant(tree, path: list[int]):
+    """Put the marker '@@FUNCTION@@' at a position chosen by `path` (the root becomes a dict if it is a scalar)."""
+    if not isinstance(tree, (dict, list)) or not tree:
+        return {"here": "@@FUNCTION@@"}
+    node = tree
+    for step in path:
+        children = list(node.values()) if isinstance(node, dict) else node
+        containers = [c for c in children if isinstance(c, (dict, list)) and c]
+        if not containers:
+            break
+        node = containers[step % len(containers)]
+    if isinstance(node, dict):
+        node["planted"] = "@@FUNCTION@@"
+    else:
+        node.append("@@FUNCTION@@")
+    return tree
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=_trees(12), path=st.lists(st.integers(0, 5), max_size=6))
+def test_a_function_tag_at_any_depth_is_refused_and_trees_without_one_pass(tmp_path_factory, tree, path):
+    """Property: any YAML tree with a `!function` anywhere is refused; the same tree without it is not."""
+    folder = tmp_path_factory.mktemp("tree")
+    clean = yaml.safe_dump({"task": "t", "body": tree})
+    write_task(folder, clean, data=False)
+    scan_task_folder(folder)  # no code: accepted
+    planted = yaml.safe_dump({"task": "t", "body": _plant(tree, path)})
+    assert "@@FUNCTION@@" in planted
+    write_task(folder, planted.replace("'@@FUNCTION@@'", "!function mod.fn").replace("@@FUNCTION@@", "!function mod.fn"), data=False)
+    with pytest.raises(TaskCodeError, match="--trust-task-code"):
+        scan_task_folder(folder)
+
+
+# --- includes -------------------------------------------------------------------------------------
+
+
+def test_include_of_a_file_outside_the_folder_needs_the_flag(tmp_path):
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("output_type: multiple_choice\n")
+    folder = tmp_path / "tasks"
+    for name in ("../elsewhere.yaml", str(outside)):
+        write_task(folder, f"include: {name}\n" + plain(folder))
+        with pytest.raises(TaskCodeError, match=r"`include: .*elsewhere.yaml` reads a task file outside"):
+            scan_task_folder(folder)
+        assert len(scan_task_folder(folder, trust_code=True).task_files) == 2  # the flag lets it read it
+
+
+def test_an_include_inside_the_folder_is_scanned_too(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "base.inc").write_text("process_docs: !function u.f\n")
+    write_task(folder, "include: base.inc\n" + plain(folder))
+    with pytest.raises(TaskCodeError, match=r"base.inc: `process_docs`"):
+        scan_task_folder(folder)
+
+
+def test_an_include_cycle_is_one_line(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("include: b.yaml\ntask: a\n")
+    (folder / "b.yaml").write_text("include: a.yaml\ntask: b\n")
+    with pytest.raises(InputError, match="includes itself"):
+        scan_task_folder(folder)
+
+
+def test_include_is_resolved_from_the_working_folder_first_as_lm_eval_does(tmp_path, monkeypatch):
+    """lm-eval opens `include: x.yaml` from the working folder when such a file exists there: so does the scan."""
+    folder = tmp_path / "tasks"
+    write_task(folder, "include: shared.yaml\n" + plain(folder))
+    (folder / "shared.yaml").write_text("output_type: multiple_choice\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "shared.yaml").write_text("process_docs: !function evil.run\n")
+    monkeypatch.chdir(cwd)
+    with pytest.raises(TaskCodeError, match="reads a task file outside"):
+        scan_task_folder(folder)
+
+
+# --- class 2: what the run reads ----------------------------------------------------------------
+
+
+def test_a_symlinked_task_file_pointing_outside_is_refused(tmp_path):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("task: x\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "link.yaml").symlink_to(secret)
+    with pytest.raises(InputError, match="lies outside"):
+        scan_task_folder(folder)
+    assert scan_task_folder(folder, allow_outside=True).task_files == [folder / "link.yaml"]
+
+
+@pytest.mark.parametrize(
+    "data_files",
+    [
+        "{outside}",
+        "../outside.jsonl",
+        "['{inside}', '{outside}']",
+        "{{train: '{inside}', test: ['{outside}']}}",
+        "'{glob}'",
+        "{link}",
+    ],
+)
+def test_a_data_file_outside_the_folder_is_refused_unless_allowed(tmp_path, monkeypatch, data_files):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("{}\n")
+    (folder / "in.jsonl").write_text("{}\n")
+    (folder / "link.jsonl").symlink_to(outside)
+    monkeypatch.chdir(folder)  # datasets resolves relative names from the working folder
+    spec = data_files.format(outside=outside, inside=folder / "in.jsonl", glob=tmp_path / "*.jsonl", link=folder / "link.jsonl")
+    (folder / "t.yaml").write_text(f"task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: {spec}\n")
+    with pytest.raises(InputError, match="data file of task file .* lies outside"):
+        scan_task_folder(folder)
+    reads = scan_task_folder(folder, allow_outside=True)
+    assert reads.data_files
+
+
+@pytest.mark.parametrize("key", ["dataset_path", "dataset_kwargs:\n  data_dir"])
+def test_a_local_dataset_folder_outside_is_refused(tmp_path, key):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.jsonl").write_text("{}\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    dataset_path = "" if key == "dataset_path" else "dataset_path: json\n"
+    (folder / "t.yaml").write_text(f"task: t\n{dataset_path}{key}: {data}\n")
+    with pytest.raises(InputError, match="lies outside"):
+        scan_task_folder(folder)
+
+
+def test_builder_names_and_urls_are_not_local_files(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "t.yaml").write_text("task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: hf://datasets/x/y.jsonl\n")
+    assert scan_task_folder(folder).data_files == []
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested deeper"),
+        ("task: [unclosed\n", "not valid YAML"),
+        ("include: 5\ntask: t\n", "not a file name"),
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+    ids=["deep", "broken", "include_number", "not_utf8"],
+)
+def test_broken_task_files_are_one_line(tmp_path, content, fragment):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    path = folder / "t.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError, match=fragment) as caught:
+        scan_task_folder(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_aliases_are_walked_once_not_expanded(tmp_path):
+    """A billion-laughs tree of aliases: the scan visits each shared node once (linear, not exponential)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 30)]
+    folder = write_task(tmp_path / "tasks", "task: t\n" + "\n".join(lines) + "\n", data=False)
+    start = time.perf_counter()
+    scan_task_folder(folder)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_fifo_named_like_a_task_file_is_refused_without_blocking(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    os.mkfifo(folder / "t.yaml")
+    with pytest.raises(InputError, match="not a regular file"):
+        scan_task_folder(folder)
+
+
+def test_a_task_file_over_the_config_bound_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIM_MAX_CONFIG_BYTES", "100")
+    folder = write_task(tmp_path / "tasks", "task: t\n" + "# padding\n" * 50, data=False)
+    with pytest.raises(InputError, match="100-byte limit"):
+        scan_task_folder(folder)
+
+
+# --- the CLI: refusals before anything runs (no lm-eval needed) -----------------------------------
+
+
+def _folder_with_code(tmp_path: Path) -> Path:
+    folder = tmp_path / "tasks"
+    write_task(folder, plain(folder) + "process_docs: !function utils.run\n")
+    (folder / "utils.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\ndef run(d):\n    return d\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "--tasks", "toy"],
+        ["calibrate", "--task", "lm-eval", "--tasks", "toy", "--target-acc", "0.5", "--json", "{tmp}/r.json"],
+    ],
+)
+def test_the_cli_refuses_task_code_before_anything_runs(tmp_path, command):
+    folder = _folder_with_code(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in command]
+    result = run_aim(*args, "--include-path", str(folder), "--device", "cpu")
+    assert_user_error(result, 2, "process_docs", "--trust-task-code", str(folder / "t.yaml"))
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "fragment"),
+    [
+        (["-o", "{folder}/out.json"], "would write inside --include-path"),
+        (["--plot", "{folder}/curve.png"], "would write inside --include-path"),
+        (["-o", "{data}"], "would overwrite data file"),
+    ],
+)
+def test_aim_eval_never_writes_over_what_its_tasks_read(tmp_path, outputs, fragment):
+    folder = tmp_path / "tasks"
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0}) + "\n")
+    write_task(folder, plain(folder, data=str(data)), data=False)
+    args = [a.format(folder=folder, data=data) for a in outputs]
+    result = run_aim("eval", "--tasks", "toy", "--include-path", str(folder), "--allow-outside-paths", *args)
+    assert_user_error(result, 2, fragment)
+    assert data.read_text().startswith("{")
+
+
+def test_aim_eval_refuses_a_data_file_outside_the_task_folder(tmp_path):
+    folder = tmp_path / "tasks"
+    data = tmp_path / "data.json"
+    data.write_text("{}\n")
+    write_task(folder, plain(folder, data=str(data)), data=False)
+    result = run_aim("eval", "--tasks", "toy", "--include-path", str(folder))
+    assert_user_error(result, 2, "lies outside", "--allow-outside-paths")
+
+
+def test_calibrate_lm_eval_never_writes_into_the_task_folder(tmp_path):
+    folder = tmp_path / "tasks"
+    write_task(folder, plain(folder))
+    result = run_aim(
+        "calibrate", "--task", "lm-eval", "--tasks", "toy", "--include-path", str(folder),
+        "--target-acc", "0.5", "--write-profile", str(folder / "tier.yaml"),
+    )  # fmt: skip
+    assert_user_error(result, 2, "would write inside --include-path")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["eval", "--tasks", "toy", "--limit", "99999999999999999999"], "--limit"),
+        (["eval", "--tasks", "toy", "--num-fewshot", "100000"], "--num-fewshot"),
+        (["eval", "--tasks", "toy", "--num-fewshot", "-1"], "--num-fewshot"),
+        (["eval", "--tasks", "toy", "--limit", "0"], "--limit"),
+        (
+            ["calibrate", "--task", "lm-eval", "--tasks", "toy", "--target-acc", "0.5", "--limit", "99999999999999999999"],
+            "--limit",
+        ),
+        (["calibrate", "--task", "generate", "--target-acc", "0.5", "--trust-task-code"], "--include-path"),
+    ],
+)
+def test_counts_are_bounded_before_anything_is_allocated(args, fragment):
+    result = run_aim(*args, "--device", "cpu")
+    assert_user_error(result, 2, fragment)
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # click's usage errors are 3 lines
+
+
+def test_the_flag_is_in_help():
+    for command in ("eval", "calibrate"):
+        result = run_aim(command, "--help")
+        assert "--trust-task-code" in result.stdout, result.stdout
