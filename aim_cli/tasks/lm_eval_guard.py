@@ -217,29 +217,56 @@ def _sandbox_templates() -> Callable[[], None]:
 
 
 def _refuse_imports_under(folder: Path) -> Callable[[], None]:
-    """Make lm-eval's `!function` constructor refuse task files under `folder`; return the undo."""
+    """Make lm-eval's `!function` importer refuse task files under `folder`; return the undo.
+
+    lm-eval 0.4.10+ imports through tasks._yaml_loader._import_func_in_yml(spec, yaml folder);
+    earlier versions through utils.import_function(loader, node); both are wrapped where present.
+    """
+    root = Path(os.path.realpath(folder))
+    undo: list[Callable[[], None]] = []
+
+    def refuse(source: str) -> None:
+        raise _TemplateStopped(
+            f"task file under {source or folder}: `!function` imports and runs Python"
+            f" (pass {TRUST_TASK_CODE_FLAG} if you trust this task folder)"
+        )
+
+    def under(path: object) -> bool:
+        return not str(path or "") or Path(os.path.realpath(str(path))).is_relative_to(root)
+
+    try:
+        import lm_eval.tasks._yaml_loader as loader_module
+    except ImportError:
+        loader_module = None  # type: ignore[assignment]
+    original_new = getattr(loader_module, "_import_func_in_yml", None)
+    if original_new is not None:
+
+        def import_func_in_yml(qual: str, base_dir: Path, *args: Any, **kwargs: Any) -> Any:
+            if under(base_dir):
+                refuse(str(base_dir))
+            return original_new(qual, base_dir, *args, **kwargs)
+
+        loader_module._import_func_in_yml = import_func_in_yml
+        undo.append(lambda: setattr(loader_module, "_import_func_in_yml", original_new))
     try:
         import lm_eval.utils as utils
     except ImportError:
-        return lambda: None
-    original = getattr(utils, "import_function", None)
-    if original is None:
-        return lambda: None
-    root = Path(os.path.realpath(folder))
+        utils = None  # type: ignore[assignment]
+    original_old = getattr(utils, "import_function", None)
+    if original_old is not None:
 
-    def import_function(loader: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
-        source = str(getattr(loader, "name", "") or "")
-        if not source or Path(os.path.realpath(source)).is_relative_to(root):
-            raise _TemplateStopped(
-                f"task file {source or '(unknown)'}: `!function` imports and runs Python"
-                f" (pass {TRUST_TASK_CODE_FLAG} if you trust this task folder)"
-            )
-        return original(loader, node, *args, **kwargs)
+        def import_function(loader: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
+            source = str(getattr(loader, "name", "") or "")
+            if under(os.path.dirname(source) if source else ""):
+                refuse(source)
+            return original_old(loader, node, *args, **kwargs)
 
-    utils.import_function = import_function
+        utils.import_function = import_function
+        undo.append(lambda: setattr(utils, "import_function", original_old))
 
     def restore() -> None:
-        utils.import_function = original
+        for step in reversed(undo):
+            step()
 
     return restore
 

@@ -143,6 +143,11 @@ def find_code(config: Any) -> tuple[str, str] | None:
             path = node.get("dataset_path")
             if isinstance(path, str) and path.endswith(".py"):
                 return _join(where, "dataset_path"), "is a dataset loading script, which datasets runs"
+            if node.get("hf_evaluate") is True:
+                return _join(where, "hf_evaluate"), "makes the evaluate library load (and run) a metric script"
+            metric = node.get("metric")
+            if isinstance(metric, str) and ("/" in metric or "\\" in metric or metric.endswith(".py")):
+                return _join(where, "metric"), "names a metric script, which the evaluate library would run"
     return None
 
 
@@ -152,10 +157,10 @@ def _join(where: str, key: str) -> str:
 
 
 def include_targets(config: Any, yaml_dir: Path) -> list[tuple[str, Path]]:
-    """The files a task config's `include:` names, resolved as lm-eval's load_yaml_config does.
+    """The files a task config's `include:` may name, resolved every way lm-eval resolves it.
 
-    lm-eval takes the name as a path from the working folder when a file is there, else from the
-    including file's folder.
+    lm-eval 0.4.10+ reads the name beside the including file (or as an absolute path); earlier
+    versions try the working folder first. Both candidates are judged, so neither can escape.
     """
     if not isinstance(config, dict) or "include" not in config:
         return []
@@ -163,7 +168,13 @@ def include_targets(config: Any, yaml_dir: Path) -> list[tuple[str, Path]]:
     names = [named] if isinstance(named, str) else named
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InputError(f"include {named!r} is not a file name or a list of them", "name task YAML files")
-    return [(name, Path(name) if os.path.isfile(name) else yaml_dir / name) for name in names]
+    targets: list[tuple[str, Path]] = []
+    for name in names:
+        beside = Path(name) if Path(name).is_absolute() else yaml_dir / name
+        targets.append((name, beside))
+        if not Path(name).is_absolute() and os.path.isfile(name) and os.path.realpath(name) != os.path.realpath(beside):
+            targets.append((name, Path(name)))  # what an older lm-eval would read instead
+    return targets
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -172,9 +183,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def task_files_under(folder: Path) -> list[Path]:
-    """The *.yaml files lm-eval's TaskManager indexes under a folder (os.walk, symlinked folders not followed)."""
+    """The *.yaml files lm-eval's TaskManager may index under a folder (symlinked folders followed, once each)."""
     found: list[Path] = []
-    for top, _dirs, files in os.walk(folder):
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".ipynb_checkpoints"))
         for name in sorted(files):
             if name.endswith(".yaml"):
                 found.append(Path(top) / name)
@@ -261,7 +279,8 @@ def data_files_of(config: Any, path: Path) -> list[tuple[str, Path]]:
         base = Path(data_dir) if isinstance(data_dir, str) else Path()
         label = f"data file of task file {path} (`{_join(where, 'dataset_kwargs.data_files')}`)"
         for name in _names(kwargs.get("data_files")):
-            found.extend((label, match) for match in _expand(base / name))
+            if "://" not in name:  # a URL is not a local file (and aim runs offline)
+                found.extend((label, match) for match in _expand(base / name))
         if isinstance(data_dir, str) and "://" not in data_dir and Path(data_dir).exists():
             found.extend(_folder_files(Path(data_dir), f"data file of task file {path} (`dataset_kwargs.data_dir`)"))
         dataset = node.get("dataset_path")
@@ -286,10 +305,8 @@ def _names(value: Any) -> list[str]:
 
 
 def _expand(pattern: Path) -> list[Path]:
-    """A data_files name or glob as the local files it matches (none for a URL)."""
+    """A data_files name or glob as the local files it matches."""
     text = str(pattern)
-    if "://" in text:
-        return []
     if glob.has_magic(text):
         return [Path(p) for p in sorted(glob.glob(text, recursive=True)) if os.path.isfile(p)][:MAX_TASK_FILES]
     return [pattern]
