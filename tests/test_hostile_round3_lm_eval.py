@@ -391,3 +391,188 @@ def test_the_flag_is_in_help():
     for command in ("eval", "calibrate"):
         result = run_aim(command, "--help")
         assert "--trust-task-code" in result.stdout, result.stdout
+
+
+# --- with lm-eval: templates sandboxed, failures named (skips without the eval extra) ----------------
+
+HOSTILE_TEXTS = {
+    "ok": "{{question}}",
+    "escape_cycler": "{{ cycler.__init__.__globals__.os.system('touch PWNED') }}{{question}}",
+    "escape_mro": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "escape_joiner": "{{ joiner.__init__.__globals__ }}",
+    "mutate": "{% set x = choices.append('z') %}{{question}}",
+    "huge_repeat": "{{ question * 1000000000 }}",
+    "huge_power": "{{ 10 ** 100000000 }}",
+    "busy_loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{question}}",
+}
+
+
+def _task(name: str, text: str, data: str, extra: str = "") -> str:
+    return PLAIN.format(name=name, data=data).replace('doc_to_text: "{{question}}"', f"doc_to_text: {json.dumps(text)}") + extra
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory) -> Path:
+    """One folder with a task per hostile case (lm-eval indexes it once for the module)."""
+    folder = tmp_path_factory.mktemp("hostile_tasks")
+    rows = [{"question": "1+1=", "choices": ["2", "3"], "answer": 0}, {"question": "2+2=", "choices": ["4", "5"], "answer": 0}]
+    (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "broken.jsonl").write_text('{"question": "1+1=", "choices": ["2"\n')
+    (folder / "index.jsonl").write_text(json.dumps({"question": "1+1=", "choices": ["2", "3"], "answer": 7}) + "\n")
+    (folder / "notdict.jsonl").write_text("[1, 2]\n3\n")
+    for name, text in HOSTILE_TEXTS.items():
+        (folder / f"{name}.yaml").write_text(_task(name, text, str(folder / "d.jsonl")))
+    plain_text = "{{question}}"
+    for name, data, extra in [
+        ("broken_jsonl", "broken.jsonl", ""),
+        ("answer_out_of_range", "index.jsonl", ""),
+        ("not_objects", "notdict.jsonl", ""),
+        ("missing_data", "nope.jsonl", ""),
+        ("unknown_key", "d.jsonl", "bogus_key: 3\n"),
+        ("unknown_metric", "d.jsonl", "metric_list:\n  - metric: no_such_metric_xyz\n"),
+        ("wrong_output_type", "d.jsonl", "output_type: nonsense\n"),
+        ("imports", "d.jsonl", "process_docs: !function utils.mark\n"),
+        ("exits", "d.jsonl", "process_docs: !function utils.leave\n"),
+        ("interrupts", "d.jsonl", "process_docs: !function utils.stop\n"),
+    ]:
+        body = _task(name, plain_text, str(folder / data))
+        if extra.startswith(("metric_list", "output_type")):  # replace the key instead of repeating it
+            key = extra.split(":")[0]
+            body = "\n".join(line for line in body.splitlines() if not line.startswith(key) and "- metric: acc" not in line)
+            body += "\n" + extra
+        else:
+            body += extra
+        (folder / f"{name}.yaml").write_text(body)
+    (folder / "utils.py").write_text(
+        "import sys\nfrom pathlib import Path\n"
+        f"def mark(d):\n    Path({str(folder / 'IMPORTED')!r}).touch()\n    return d\n"
+        "def leave(d):\n    sys.exit(0)\n"
+        "def stop(d):\n    raise KeyboardInterrupt\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hostile_manager(hostile_dir):
+    """aim's TaskManager over the hostile folder, untrusted."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from aim_cli.tasks.evaluate import quiet_lm_eval, task_manager
+
+    quiet_lm_eval()
+    return task_manager(hostile_dir)
+
+
+@pytest.fixture(scope="module")
+def demo_lm():
+    """aim's lm-eval model on the demo LM."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from aim_cli.tasks.evaluate import load_eval_model
+
+    return load_eval_model(None, "cpu", 8)
+
+
+def _run(lm, manager, name: str, **kwargs):
+    from aim_cli.profile import Profile
+    from aim_cli.tasks.evaluate import run_eval
+
+    return run_eval(lm, [name], [0.0], Profile(sigma=0.0, seed=0), manager, **{"limit": 2, **kwargs})
+
+
+LIBRARY_CASES = [
+    # (task, fragments of the one-line error)
+    ("escape_cycler", ["stopped by the sandbox", "__init__"]),
+    ("escape_mro", ["stopped by the sandbox"]),
+    ("escape_joiner", ["stopped by the sandbox"]),
+    ("mutate", ["stopped by the sandbox"]),
+    ("huge_repeat", ["1,000,000,000 times", "AIM_MAX_PROMPT_CHARS"]),
+    ("huge_power", ["too large"]),
+    ("broken_jsonl", ["datasets failed", "DatasetGenerationError"]),
+    ("answer_out_of_range", ["lm-eval failed", "IndexError"]),
+    ("not_objects", ["datasets failed"]),
+    ("missing_data", ["datasets failed", "nope.jsonl"]),
+    ("unknown_key", ["bogus_key"]),
+    ("wrong_output_type", ["lm-eval failed"]),
+    ("imports", ["!function", "--trust-task-code"]),
+]
+
+
+@pytest.mark.parametrize(("name", "fragments"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES])
+def test_lm_eval_and_datasets_failures_are_one_line_naming_the_task(hostile_dir, hostile_manager, demo_lm, name, fragments):
+    import lm_eval.utils
+
+    from aim_cli.tasks.lm_eval_guard import TaskError
+
+    original = lm_eval.utils.apply_template
+    with pytest.raises(TaskError) as caught:
+        _run(demo_lm, hostile_manager, name)
+    text = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in text and name in text, text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    assert lm_eval.utils.apply_template is original  # the sandbox is put back
+    assert not (hostile_dir / "IMPORTED").exists() and not Path("PWNED").exists()
+
+
+def test_a_template_that_loops_for_ever_is_stopped_by_the_step_bound(hostile_manager, demo_lm, monkeypatch):
+    from aim_cli.tasks.lm_eval_guard import TaskError
+
+    monkeypatch.setenv("AIM_MAX_TEMPLATE_STEPS", "200000")
+    start = time.perf_counter()
+    with pytest.raises(TaskError, match="AIM_MAX_TEMPLATE_STEPS"):
+        _run(demo_lm, hostile_manager, "busy_loops")
+    assert time.perf_counter() - start < 60
+
+
+def test_a_plain_task_still_runs_and_matches_lm_evals_own_rendering(hostile_manager, demo_lm):
+    report = _run(demo_lm, hostile_manager, "ok")
+    assert [(r.task, r.metric, r.value) for r in report.rows if r.metric == "acc"] == [("ok", "acc", 1.0)]
+
+
+def test_trusted_code_runs_and_its_exits_and_interrupts_are_named(hostile_dir, hostile_manager, demo_lm, monkeypatch):
+    """--trust-task-code: the task's Python runs; its sys.exit or stray KeyboardInterrupt is one line, exit 2."""
+    from aim_cli.tasks.lm_eval_guard import TaskError
+
+    monkeypatch.setattr(hostile_manager, "aim_trust_code", True)
+    _run(demo_lm, hostile_manager, "imports")
+    assert (hostile_dir / "IMPORTED").exists()
+    (hostile_dir / "IMPORTED").unlink()
+    with pytest.raises(TaskError, match="tried to exit"):
+        _run(demo_lm, hostile_manager, "exits")
+    with pytest.raises(TaskError, match="KeyboardInterrupt"):
+        _run(demo_lm, hostile_manager, "interrupts")
+
+
+def test_a_bug_in_aims_own_code_is_still_a_bug(hostile_manager, demo_lm, monkeypatch):
+    """The guard names third parties only: an exception raised in aim_cli passes through (exit 3 at the CLI)."""
+    from aim_cli.integrations.lm_eval import AimLM, prefix_keys
+
+    def broken(self, *args, **kwargs):
+        return prefix_keys(None, 0)  # raises AttributeError inside aim_cli, as a bug there would
+
+    monkeypatch.setattr(AimLM, "_model_call", broken)
+    with pytest.raises(AttributeError):
+        _run(demo_lm, hostile_manager, "ok")
+
+
+def test_calibration_names_lm_eval_failures_too(hostile_manager, demo_lm):
+    from aim_cli.calibration.lm_eval import calibrate_on_tasks
+    from aim_cli.calibration.runner import CalibrationRequest
+    from aim_cli.tasks.lm_eval_guard import TaskError
+
+    request = CalibrationRequest(metric="accuracy", value=0.5, draws=2, seed=0, batch_size=8)
+    for name in ("answer_out_of_range", "escape_cycler", "broken_jsonl"):
+        with pytest.raises(TaskError, match=name):
+            calibrate_on_tasks(demo_lm, [name], hostile_manager, request, limit=2)
+
+
+@pytest.mark.slow
+def test_the_cli_sandboxes_a_template_escape_end_to_end(tmp_path):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    folder = tmp_path / "tasks"
+    write_task(folder, _task("esc", HOSTILE_TEXTS["escape_cycler"].replace("PWNED", str(tmp_path / "PWNED")), str(folder / "d.jsonl")))
+    result = run_aim("eval", "--tasks", "esc", "--include-path", str(folder), "--device", "cpu", "--limit", "1", "--quiet")
+    assert_user_error(result, 2, "stopped by the sandbox")
+    assert not (tmp_path / "PWNED").exists()

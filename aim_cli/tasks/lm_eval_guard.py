@@ -44,12 +44,29 @@ class TaskError(InputError):
 
 
 class _TemplateStopped(BaseException):
-    """A template was refused while lm-eval rendered it; BaseException so no `except Exception` in lm-eval swallows it."""
+    """A template or import was refused inside lm-eval; BaseException so no `except Exception` in lm-eval swallows it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
 
 
 def _first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception message, else its type."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _described(exc: BaseException) -> str:
+    """`Type: message`, and the root cause's when a library wrapped it (datasets hides JSON errors so)."""
+    text = f"{type(exc).__name__}: {_first_line(exc)}"
+    root, seen = exc, {id(exc)}
+    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        seen.add(id(root))
+    if root is not exc:
+        text += f" ({type(root).__name__}: {_first_line(root)})"
+    return text
 
 
 def _raised_in(exc: BaseException) -> str:
@@ -99,10 +116,7 @@ def lm_eval_calls(tasks: Sequence[str], sandbox: bool = True, untrusted: Path | 
     try:
         yield
     except _TemplateStopped as exc:
-        text = str(exc)
-        if text.startswith("task file"):
-            raise TaskError(text) from None
-        raise TaskError(f"lm-eval task {named}: a template {text}", "fix the task's template") from None
+        raise TaskError(f"lm-eval task {named}: {exc.message}", exc.hint) from None
     except AimError:
         raise
     except MemoryError:
@@ -123,8 +137,8 @@ def lm_eval_calls(tasks: Sequence[str], sandbox: bool = True, untrusted: Path | 
         if library is None:
             raise  # aim's own code: a bug, reported as one (exit 3)
         raise TaskError(
-            f"lm-eval task {named}: {library} failed: {type(exc).__name__}: {_first_line(exc)}",
-            "check the task's YAML and data files (rerun with --debug for the traceback)",
+            f"lm-eval task {named}: {library} failed: {_described(exc)}",
+            "check the task's YAML and data files; rerun with --debug for the traceback",
         ) from exc
     finally:
         for restore in reversed(undo):
@@ -182,9 +196,13 @@ def sandboxed_apply_template(template: str, doc: dict) -> str:
             finally:
                 stream.close()
     except _Exceeded as exc:
-        raise _TemplateStopped(f"{_shown(template)} {exc} ({PROMPT_CHARS.hint()})") from None
+        hint = TEMPLATE_STEPS.hint() if "steps" in str(exc) else PROMPT_CHARS.hint()
+        raise _TemplateStopped(f"the template {_shown(template)} {exc}", f"fix the template, or {hint}") from None
     except SecurityError as exc:
-        raise _TemplateStopped(f"{_shown(template)} was stopped by the sandbox: {_first_line(exc)}") from None
+        raise _TemplateStopped(
+            f"the template {_shown(template)} was stopped by the sandbox: {_first_line(exc)}",
+            "task templates may format the document's fields, not reach Python objects",
+        ) from None
     return "".join(pieces)
 
 
@@ -227,8 +245,8 @@ def _refuse_imports_under(folder: Path) -> Callable[[], None]:
 
     def refuse(source: str) -> None:
         raise _TemplateStopped(
-            f"task file under {source or folder}: `!function` imports and runs Python"
-            f" (pass {TRUST_TASK_CODE_FLAG} if you trust this task folder)"
+            f"a task file in {source or folder} has a `!function`, which imports and runs Python",
+            f"pass {TRUST_TASK_CODE_FLAG} if you trust this task folder",
         )
 
     def under(path: object) -> bool:
