@@ -71,6 +71,9 @@ CODE_CASES = [
     ("python_new", "y: !!python/object/new:subprocess.Popen [['id']]\n", "y"),
     ("local_tag", "y: !include other.yaml\n", "y"),
     ("trust_remote_code", "dataset_kwargs2: 1\n", None),  # control: harmless key
+    ("metric_script_path", "metric_list2:\n  - metric: ./metrics/evil\n", "metric_list2[0].metric"),
+    ("metric_script_py", "metric_list2:\n  - metric: evil.py\n", "metric_list2[0].metric"),
+    ("hf_evaluate", "metric_list2:\n  - metric: bleu\n    hf_evaluate: true\n", "metric_list2[0].hf_evaluate"),
     ("nested_function", "metadata:\n  deep:\n    - {a: [1, {b: !function z.z}]}\n", "metadata.deep[0].a[1].b"),
 ]
 
@@ -210,6 +213,21 @@ def test_a_symlinked_task_file_pointing_outside_is_refused(tmp_path):
     assert scan_task_folder(folder, allow_outside=True).task_files == [folder / "link.yaml"]
 
 
+def test_a_symlinked_folder_is_followed_and_a_loop_ends(tmp_path):
+    """lm-eval's glob may follow a symlinked folder: the scan does too (once), and judges what it finds."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.yaml").write_text("task: x\nprocess_docs: !function u.f\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(InputError, match="lies outside"):
+        scan_task_folder(folder)
+    with pytest.raises(TaskCodeError, match="process_docs"):
+        scan_task_folder(folder, allow_outside=True)
+
+
 @pytest.mark.parametrize(
     "data_files",
     [
@@ -277,14 +295,17 @@ def test_broken_task_files_are_one_line(tmp_path, content, fragment):
     assert "\n" not in str(caught.value)
 
 
-def test_aliases_are_walked_once_not_expanded(tmp_path):
-    """A billion-laughs tree of aliases: the scan visits each shared node once (linear, not exponential)."""
+def test_a_billion_laughs_of_aliases_is_refused_quickly(tmp_path):
+    """Nested aliases expand to 10 * 5^29 values (lm-eval copies and prints configs): refused in linear time."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 30)]
     folder = write_task(tmp_path / "tasks", "task: t\n" + "\n".join(lines) + "\n", data=False)
     start = time.perf_counter()
-    scan_task_folder(folder)
+    with pytest.raises(InputError, match="aliases"):
+        scan_task_folder(folder)
     assert time.perf_counter() - start < 5
+    (folder / "t.yaml").write_text("task: t\nbase: &b {x: 1}\nother: *b\n")  # a few aliases are fine
+    scan_task_folder(folder)
 
 
 def test_a_fifo_named_like_a_task_file_is_refused_without_blocking(tmp_path):

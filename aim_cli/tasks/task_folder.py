@@ -30,6 +30,8 @@ MAX_TASK_FILES = 10_000
 MAX_INCLUDE_DEPTH = 32
 # Nesting a task config needs is a handful of levels; PyYAML composes recursively.
 MAX_YAML_DEPTH = 64
+# Values once YAML aliases are expanded: a few hundred bytes of nested aliases are billions of them.
+MAX_YAML_NODES = 1_000_000
 # `datasets` builders that read data_files instead of treating dataset_path as a place.
 PACKAGED_BUILDERS = frozenset(
     {"json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset", "xml", "sql"}
@@ -86,12 +88,18 @@ def load_task_yaml(path: Path, within: Path | None) -> Any:
     text = read_text_file(path, CONFIG_BYTES, InputError, "task file", within)
     try:
         _check_depth(text, path)
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+        config = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InputError(f"task file {path} is not valid YAML{where}: {problem}", "fix the file") from None
+    if expanded_size(config, MAX_YAML_NODES) > MAX_YAML_NODES:  # aliases: lm-eval copies and prints configs
+        raise InputError(
+            f"task file {path} expands to over {MAX_YAML_NODES:,} values through its aliases (*name)",
+            "write the values out instead of repeating aliases",
+        )
+    return config
 
 
 def _check_depth(text: str, path: Path) -> None:
@@ -108,6 +116,24 @@ def _check_depth(text: str, path: Path) -> None:
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+
+
+def expanded_size(value: Any, limit: int) -> int:
+    """The number of nodes `value` has once its aliases are expanded (as a copy or a dump of it would), capped past `limit`."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, (dict, list)) or id(node) in sizes:
+            continue
+        children = list(node.values()) if isinstance(node, dict) else node
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if isinstance(child, (dict, list)))
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) if isinstance(c, (dict, list)) else 1 for c in children)
+        sizes[id(node)] = min(total, limit + 1)
+    return sizes.get(id(value), 1)
 
 
 def walk_values(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
