@@ -96,7 +96,10 @@ def test_task_code_is_refused_naming_file_key_and_flag(tmp_path, case, extra, ke
 @pytest.mark.parametrize(
     ("body", "key"),
     [
-        ("task: t\ndataset_path: json\ndataset_kwargs:\n  trust_remote_code: true\n", "dataset_kwargs.trust_remote_code"),
+        (
+            "task: t\ndataset_path: json\ndataset_kwargs:\n  trust_remote_code: true\n",
+            "dataset_kwargs.trust_remote_code",
+        ),
         ("task: t\ndataset_path: ./loader.py\n", "dataset_path"),
         ("group: g\ntask:\n  - task: inner\n    process_docs: !function u.f\n", "task[0].process_docs"),
         ("!function utils.everything\n", "(document)"),
@@ -149,7 +152,11 @@ def test_a_function_tag_at_any_depth_is_refused_and_trees_without_one_pass(tmp_p
     scan_task_folder(folder)  # no code: accepted
     planted = yaml.safe_dump({"task": "t", "body": _plant(tree, path)})
     assert "@@FUNCTION@@" in planted
-    write_task(folder, planted.replace("'@@FUNCTION@@'", "!function mod.fn").replace("@@FUNCTION@@", "!function mod.fn"), data=False)
+    write_task(
+        folder,
+        planted.replace("'@@FUNCTION@@'", "!function mod.fn").replace("@@FUNCTION@@", "!function mod.fn"),
+        data=False,
+    )
     with pytest.raises(TaskCodeError, match="--trust-task-code"):
         scan_task_folder(folder)
 
@@ -247,7 +254,9 @@ def test_a_data_file_outside_the_folder_is_refused_unless_allowed(tmp_path, monk
     (folder / "in.jsonl").write_text("{}\n")
     (folder / "link.jsonl").symlink_to(outside)
     monkeypatch.chdir(folder)  # datasets resolves relative names from the working folder
-    spec = data_files.format(outside=outside, inside=folder / "in.jsonl", glob=tmp_path / "*.jsonl", link=folder / "link.jsonl")
+    spec = data_files.format(
+        outside=outside, inside=folder / "in.jsonl", glob=tmp_path / "*.jsonl", link=folder / "link.jsonl"
+    )
     (folder / "t.yaml").write_text(f"task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: {spec}\n")
     with pytest.raises(InputError, match="data file of task file .* lies outside"):
         scan_task_folder(folder)
@@ -271,7 +280,9 @@ def test_a_local_dataset_folder_outside_is_refused(tmp_path, key):
 def test_builder_names_and_urls_are_not_local_files(tmp_path):
     folder = tmp_path / "tasks"
     folder.mkdir()
-    (folder / "t.yaml").write_text("task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: hf://datasets/x/y.jsonl\n")
+    (folder / "t.yaml").write_text(
+        "task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: hf://datasets/x/y.jsonl\n"
+    )
     assert scan_task_folder(folder).data_files == []
 
 
@@ -395,7 +406,17 @@ def test_calibrate_lm_eval_never_writes_into_the_task_folder(tmp_path):
         (["eval", "--tasks", "toy", "--num-fewshot", "-1"], "--num-fewshot"),
         (["eval", "--tasks", "toy", "--limit", "0"], "--limit"),
         (
-            ["calibrate", "--task", "lm-eval", "--tasks", "toy", "--target-acc", "0.5", "--limit", "99999999999999999999"],
+            [
+                "calibrate",
+                "--task",
+                "lm-eval",
+                "--tasks",
+                "toy",
+                "--target-acc",
+                "0.5",
+                "--limit",
+                "99999999999999999999",
+            ],
             "--limit",
         ),
         (["calibrate", "--task", "generate", "--target-acc", "0.5", "--trust-task-code"], "--include-path"),
@@ -429,14 +450,20 @@ HOSTILE_TEXTS = {
 
 
 def _task(name: str, text: str, data: str, extra: str = "") -> str:
-    return PLAIN.format(name=name, data=data).replace('doc_to_text: "{{question}}"', f"doc_to_text: {json.dumps(text)}") + extra
+    return (
+        PLAIN.format(name=name, data=data).replace('doc_to_text: "{{question}}"', f"doc_to_text: {json.dumps(text)}")
+        + extra
+    )
 
 
 @pytest.fixture(scope="module")
 def hostile_dir(tmp_path_factory) -> Path:
     """One folder with a task per hostile case (lm-eval indexes it once for the module)."""
     folder = tmp_path_factory.mktemp("hostile_tasks")
-    rows = [{"question": "1+1=", "choices": ["2", "3"], "answer": 0}, {"question": "2+2=", "choices": ["4", "5"], "answer": 0}]
+    rows = [
+        {"question": "1+1=", "choices": ["2", "3"], "answer": 0},
+        {"question": "2+2=", "choices": ["4", "5"], "answer": 0},
+    ]
     (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "broken.jsonl").write_text('{"question": "1+1=", "choices": ["2"\n')
     (folder / "index.jsonl").write_text(json.dumps({"question": "1+1=", "choices": ["2", "3"], "answer": 7}) + "\n")
@@ -459,7 +486,9 @@ def hostile_dir(tmp_path_factory) -> Path:
         body = _task(name, plain_text, str(folder / data))
         if extra.startswith(("metric_list", "output_type")):  # replace the key instead of repeating it
             key = extra.split(":")[0]
-            body = "\n".join(line for line in body.splitlines() if not line.startswith(key) and "- metric: acc" not in line)
+            body = "\n".join(
+                line for line in body.splitlines() if not line.startswith(key) and "- metric: acc" not in line
+            )
             body += "\n" + extra
         else:
             body += extra
@@ -520,7 +549,9 @@ LIBRARY_CASES = [
 
 
 @pytest.mark.parametrize(("name", "fragments"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES])
-def test_lm_eval_and_datasets_failures_are_one_line_naming_the_task(hostile_dir, hostile_manager, demo_lm, name, fragments):
+def test_lm_eval_and_datasets_failures_are_one_line_naming_the_task(
+    hostile_dir, hostile_manager, demo_lm, name, fragments
+):
     import lm_eval.utils
 
     from aim_cli.tasks.lm_eval_guard import TaskError
@@ -593,7 +624,12 @@ def test_the_cli_sandboxes_a_template_escape_end_to_end(tmp_path):
     pytest.importorskip("lm_eval")
     pytest.importorskip("accelerate")
     folder = tmp_path / "tasks"
-    write_task(folder, _task("esc", HOSTILE_TEXTS["escape_cycler"].replace("PWNED", str(tmp_path / "PWNED")), str(folder / "d.jsonl")))
-    result = run_aim("eval", "--tasks", "esc", "--include-path", str(folder), "--device", "cpu", "--limit", "1", "--quiet")
+    write_task(
+        folder,
+        _task("esc", HOSTILE_TEXTS["escape_cycler"].replace("PWNED", str(tmp_path / "PWNED")), str(folder / "d.jsonl")),
+    )
+    result = run_aim(
+        "eval", "--tasks", "esc", "--include-path", str(folder), "--device", "cpu", "--limit", "1", "--quiet"
+    )
     assert_user_error(result, 2, "stopped by the sandbox")
     assert not (tmp_path / "PWNED").exists()

@@ -131,7 +131,9 @@ def task_manager(include_path: Path | None, trust_code: bool = False) -> Any:
 def guarded(manager: Any, names: Sequence[str]) -> Any:
     """lm_eval_calls for a run over `names` with this manager: sandboxed when it holds the user's task files."""
     include = getattr(manager, "aim_include_path", None)
-    return lm_eval_calls(names, sandbox=include is not None, untrusted=None if getattr(manager, "aim_trust_code", False) else include)
+    return lm_eval_calls(
+        names, sandbox=include is not None, untrusted=None if getattr(manager, "aim_trust_code", False) else include
+    )
 
 
 def check_tasks(names: Sequence[str], manager: Any) -> None:

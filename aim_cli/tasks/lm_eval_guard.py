@@ -44,7 +44,7 @@ class TaskError(InputError):
 
 
 class _TemplateStopped(BaseException):
-    """A template or import was refused inside lm-eval; BaseException so no `except Exception` in lm-eval swallows it."""
+    """A refusal inside lm-eval; a BaseException so that no `except Exception` in lm-eval swallows it."""
 
     def __init__(self, message: str, hint: str) -> None:
         super().__init__(message)
@@ -255,7 +255,7 @@ def _refuse_imports_under(folder: Path) -> Callable[[], None]:
     try:
         import lm_eval.tasks._yaml_loader as loader_module
     except ImportError:
-        loader_module = None  # type: ignore[assignment]
+        loader_module = None
     original_new = getattr(loader_module, "_import_func_in_yml", None)
     if original_new is not None:
 
@@ -269,7 +269,7 @@ def _refuse_imports_under(folder: Path) -> Callable[[], None]:
     try:
         import lm_eval.utils as utils
     except ImportError:
-        utils = None  # type: ignore[assignment]
+        utils = None
     original_old = getattr(utils, "import_function", None)
     if original_old is not None:
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 from aim_cli.errors import InputError
-from aim_cli.io import ALLOW_OUTSIDE_FLAG, check_inside, read_text_file
+from aim_cli.io import check_inside, read_text_file
 from aim_cli.limits import CONFIG_BYTES
 
 TRUST_TASK_CODE_FLAG = "--trust-task-code"
@@ -119,7 +119,7 @@ def _check_depth(text: str, path: Path) -> None:
 
 
 def expanded_size(value: Any, limit: int) -> int:
-    """The number of nodes `value` has once its aliases are expanded (as a copy or a dump of it would), capped past `limit`."""
+    """How many nodes `value` has with its aliases expanded (as a copy or dump of it would), capped past `limit`."""
     sizes: dict[int, int] = {}
     stack: list[tuple[Any, bool]] = [(value, False)]
     while stack:
@@ -289,7 +289,7 @@ def _scan_file(
 
 
 def data_files_of(config: Any, path: Path) -> list[tuple[str, Path]]:
-    """The local files a task config makes `datasets` read, resolved as datasets resolves them (from the working folder).
+    """The local files a task config makes `datasets` read, resolved as datasets does (from the working folder).
 
     `dataset_kwargs.data_files` (a name, a glob, a list, or a dict of splits to those), relative to
     `dataset_kwargs.data_dir` when given; a `dataset_path` that is a local file or folder and not
