@@ -420,6 +420,8 @@ def test_calibrate_lm_eval_never_writes_into_the_task_folder(tmp_path):
             "--limit",
         ),
         (["calibrate", "--task", "generate", "--target-acc", "0.5", "--trust-task-code"], "--include-path"),
+        (["eval", "--tasks", "toy", "--trust-task-code"], "--include-path"),
+        (["eval", "--tasks", "toy", "--allow-outside-paths"], "--include-path"),
     ],
 )
 def test_counts_are_bounded_before_anything_is_allocated(args, fragment):

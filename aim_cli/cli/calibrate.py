@@ -79,7 +79,8 @@ def calibrate(
         bool,
         typer.Option(
             "--allow-outside-paths",
-            help="Let --data name images outside its folder (absolute paths, .., symlinks out).",
+            help="Let --data (or --include-path task files) name files outside its folder (absolute paths, .., "
+            "symlinks out).",
         ),
     ] = False,
     layout: LayoutOption = Layout.auto,

@@ -113,6 +113,13 @@ def eval_command(
 
     names = parse_task_names(tasks)
     check_eval_counts(limit, num_fewshot)
+    if (trust_task_code or allow_outside_paths) and include_path is None:
+        from aim_cli.errors import AimError
+
+        raise AimError(
+            "--trust-task-code and --allow-outside-paths apply to the task files of --include-path",
+            "the tasks lm-eval ships need neither",
+        )
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
     sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
     if base.key_env is not None:
