@@ -148,6 +148,14 @@ def check_tasks(names: Sequence[str], manager: Any) -> None:
             )
 
 
+class _LoadFailed(Exception):
+    """HFLM could not read the checkpoint (OSError, ValueError): carried past lm_eval_calls to a ModelError."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 def load_eval_model(spec: str | None, device: str, batch_size: int, dtype: str = "auto") -> AimLM:
     """aim's lm-eval model on a local Hugging Face directory or a cached hub id (the demo LM by default), offline."""
     from aim_cli import demo
@@ -159,13 +167,16 @@ def load_eval_model(spec: str | None, device: str, batch_size: int, dtype: str =
     where, local = hub.locate(source)
     torch_device = resolve_device(device)
     try:
-        lm = AimLM(pretrained=where, device=str(torch_device), batch_size=batch_size, dtype=dtype)
-    except AimError:
-        raise
-    except (OSError, ValueError) as exc:
+        with lm_eval_calls([], sandbox=False, subject=f"loading {source} with lm-eval's HF model"):
+            try:
+                lm = AimLM(pretrained=where, device=str(torch_device), batch_size=batch_size, dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise _LoadFailed(exc) from exc
+    except _LoadFailed as failed:
+        cause = failed.exc
         if not local:
             raise hub._not_cached(source) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise ModelError(f"cannot load {source} with lm-eval's HF model: {first}") from None
     lm.aim_model_name = spec or "demo lm"
     return lm

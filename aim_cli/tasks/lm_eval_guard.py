@@ -102,42 +102,42 @@ def _from_user(exc: BaseException) -> bool:
 
 
 @contextmanager
-def lm_eval_calls(tasks: Sequence[str], sandbox: bool = True, untrusted: Path | None = None) -> Iterator[None]:
+def lm_eval_calls(
+    tasks: Sequence[str], sandbox: bool = True, untrusted: Path | None = None, subject: str | None = None
+) -> Iterator[None]:
     """Run lm-eval calls with sandboxed templates; its failures become one-line TaskErrors naming `tasks`.
 
     With `untrusted` (a task folder the user did not trust), lm-eval's `!function` importer refuses
     any task file under it: scan_task_folder refused those already, and this catches a file that
-    changed after the scan.
+    changed after the scan. `subject` replaces "lm-eval task NAMES" at the head of messages.
     """
-    named = ", ".join(tasks) if tasks else "(none)"
+    named = subject or f"lm-eval task {', '.join(tasks) if tasks else '(none)'}"
     undo = [_sandbox_templates() if sandbox else (lambda: None)]
     if untrusted is not None:
         undo.append(_refuse_imports_under(untrusted))
     try:
         yield
     except _TemplateStopped as exc:
-        raise TaskError(f"lm-eval task {named}: {exc.message}", exc.hint) from None
+        raise TaskError(f"{named}: {exc.message}", exc.hint) from None
     except AimError:
         raise
     except MemoryError:
         raise TaskError(
-            f"lm-eval task {named}: out of memory while lm-eval built the task",
+            f"{named}: out of memory inside lm-eval",
             "check the task's data and --limit/--num-fewshot",
         ) from None
     except SystemExit as exc:
-        raise TaskError(
-            f"lm-eval task {named}: lm-eval tried to exit (code {exc.code!r})", "check the task and its data"
-        ) from None
+        raise TaskError(f"{named}: lm-eval tried to exit (code {exc.code!r})", "check the task and its data") from None
     except KeyboardInterrupt as exc:
         if _from_user(exc):
             raise
-        raise TaskError(f"lm-eval task {named}: lm-eval raised KeyboardInterrupt", "check the task") from None
+        raise TaskError(f"{named}: lm-eval raised KeyboardInterrupt", "check the task") from None
     except Exception as exc:
         library = _library(exc)
         if library is None:
             raise  # aim's own code: a bug, reported as one (exit 3)
         raise TaskError(
-            f"lm-eval task {named}: {library} failed: {_described(exc)}",
+            f"{named}: {library} failed: {_described(exc)}",
             "check the task's YAML and data files; rerun with --debug for the traceback",
         ) from exc
     finally:
