@@ -273,7 +273,8 @@ def _scan_file(
         if found is not None:
             key, what = found
             raise TaskCodeError(
-                f"task file {path}: `{key}` {what}", f"pass {TRUST_TASK_CODE_FLAG} if you trust this task folder"
+                f"task file {path}: `{key}` {what}",
+                f"lm-eval reads every task file in the folder; pass {TRUST_TASK_CODE_FLAG} if you trust them",
             )
     for name, target in include_targets(config, path.parent):
         if not trust_code and not _inside(target, root):
