@@ -321,9 +321,9 @@ def test_a_billion_laughs_of_aliases_is_refused_quickly(tmp_path):
 
 def test_include_path_must_be_a_folder(tmp_path):
     (tmp_path / "t.yaml").write_text("task: t\n")
-    for given in (tmp_path / "t.yaml", tmp_path / "missing"):
+    for folder in (tmp_path / "t.yaml", tmp_path / "missing"):
         with pytest.raises(InputError, match="no such folder"):
-            scan_task_folder(given)
+            scan_task_folder(folder)
 
 
 def test_a_fifo_named_like_a_task_file_is_refused_without_blocking(tmp_path):
