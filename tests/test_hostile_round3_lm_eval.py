@@ -576,6 +576,14 @@ def test_lm_eval_and_datasets_failures_are_one_line_naming_the_task(
     assert not (hostile_dir / "IMPORTED").exists() and not Path("PWNED").exists()
 
 
+def test_more_fewshot_examples_than_documents_names_lm_eval(hostile_manager, demo_lm):
+    """random.sample raises for lm-eval: the message names lm-eval (the caller), not Python's random.py."""
+    from aim_cli.tasks.lm_eval_guard import TaskError
+
+    with pytest.raises(TaskError, match="lm-eval failed: ValueError: Sample larger than population"):
+        _run(demo_lm, hostile_manager, "ok", num_fewshot=50)
+
+
 def test_a_template_that_loops_for_ever_is_stopped_by_the_step_bound(hostile_manager, demo_lm, monkeypatch):
     from aim_cli.tasks.lm_eval_guard import TaskError
 

@@ -70,15 +70,21 @@ def _described(exc: BaseException) -> str:
 
 
 def _raised_in(exc: BaseException) -> str:
-    """The module of the innermost frame of `exc`'s traceback (where it was raised)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    filename = frames[-1].filename.replace("\\", "/")
-    for marker in ("/site-packages/", "/dist-packages/"):
-        if marker in filename:
-            return filename.split(marker, 1)[1].split("/", 1)[0]
-    return "aim_cli" if "/aim_cli/" in filename else filename.rsplit("/", 1)[-1]
+    """The package (or file) of the innermost frame of `exc`'s traceback outside Python's standard library."""
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"].replace("\\", "/")
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        filename = frame.filename.replace("\\", "/")
+        for marker in ("/site-packages/", "/dist-packages/"):
+            if marker in filename:
+                return filename.split(marker, 1)[1].split("/", 1)[0]
+        if "/aim_cli/" in filename:
+            return "aim_cli"
+        if filename.startswith("<") or filename.startswith(stdlib + "/"):
+            continue  # random.sample raising for lm-eval: name lm-eval, the caller
+        return filename.rsplit("/", 1)[-1]  # a task's own Python file (trusted code)
+    return ""
 
 
 def _library(exc: BaseException) -> str | None:
