@@ -264,6 +264,28 @@ def test_a_data_file_outside_the_folder_is_refused_unless_allowed(tmp_path, monk
     assert reads.data_files
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(["..", ".", "sub", "tasks", "x.jsonl"]), min_size=1, max_size=6))
+def test_any_relative_data_file_is_refused_exactly_when_it_leaves_the_folder(tmp_path_factory, parts):
+    """Property: a data file named by any mix of `..`, `.` and names is refused iff it resolves outside the folder."""
+    base = tmp_path_factory.mktemp("rel")
+    folder = base / "tasks"
+    (folder / "sub").mkdir(parents=True)
+    name = "/".join(parts)
+    (folder / "t.yaml").write_text(f"task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: {json.dumps(name)}\n")
+    previous = os.getcwd()
+    os.chdir(folder)  # datasets resolves relative names from the working folder
+    try:
+        leaves = not Path(os.path.normpath(folder / name)).is_relative_to(folder)
+        if leaves:
+            with pytest.raises(InputError, match="lies outside"):
+                scan_task_folder(folder)
+        else:
+            scan_task_folder(folder)
+    finally:
+        os.chdir(previous)
+
+
 @pytest.mark.parametrize("key", ["dataset_path", "dataset_kwargs:\n  data_dir"])
 def test_a_local_dataset_folder_outside_is_refused(tmp_path, key):
     data = tmp_path / "data"
