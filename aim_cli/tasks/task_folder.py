@@ -75,8 +75,7 @@ class _Loader(yaml.SafeLoader):
 def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
     """A code tag, kept as text."""
     value = loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else "..."
-    tag = node.tag if node.tag.startswith("!") and not node.tag.startswith("!!") else node.tag
-    return Tagged(tag.replace("tag:yaml.org,2002:", "!!"), str(value))
+    return Tagged(node.tag.replace("tag:yaml.org,2002:", "!!"), str(value))
 
 
 _Loader.add_multi_constructor("!", _tagged)
