@@ -80,7 +80,9 @@ _HOMES = {
     "verify_language_model": "aim_cli.calibration.verify",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",
+    "check_eval_counts": "aim_cli.tasks.evaluate",
     "check_tasks": "aim_cli.tasks.evaluate",
+    "scan_task_folder": "aim_cli.tasks.task_folder",
     "load_eval_model": "aim_cli.tasks.evaluate",
     "parse_sigmas": "aim_cli.tasks.evaluate",
     "parse_task_names": "aim_cli.tasks.evaluate",

@@ -293,8 +293,12 @@ def calibrate_on_tasks(
     """The sigma for a target accuracy on lm-eval tasks (analytic for single-token multiple choice)."""
     if request.metric != "accuracy":
         raise AimError("lm-eval calibration reaches a target task accuracy", "use --target-acc")
-    calibration = calibrate_lm_eval(
-        lm, names, manager, Target("accuracy", request.value), request.draws, request.seed, limit, progress
-    )
+    from aim_cli.tasks.evaluate import check_eval_counts, guarded
+
+    check_eval_counts(limit, None)
+    with guarded(manager, names):  # lm-eval's and datasets' failures named, user templates sandboxed
+        calibration = calibrate_lm_eval(
+            lm, names, manager, Target("accuracy", request.value), request.draws, request.seed, limit, progress
+        )
     calibration.model = str(getattr(lm, "aim_model_name", ""))
     return calibration

@@ -26,6 +26,7 @@ from aim_cli.cli.common import (
     say,
     writing_stdout,
 )
+from aim_cli.cli.eval import TrustTaskCodeOption, task_folder_inputs
 from aim_cli.cli.layout_options import Layout, LayoutOption, SplitOption
 from aim_cli.errors import AimError, FailedInput
 from aim_cli.io import check_output_file
@@ -78,7 +79,8 @@ def calibrate(
         bool,
         typer.Option(
             "--allow-outside-paths",
-            help="Let --data name images outside its folder (absolute paths, .., symlinks out).",
+            help="Let --data (or --include-path task files) name files outside its folder (absolute paths, .., "
+            "symlinks out).",
         ),
     ] = False,
     layout: LayoutOption = Layout.auto,
@@ -92,6 +94,7 @@ def calibrate(
     include_path: Annotated[
         Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML (--task lm-eval).")
     ] = None,
+    trust_task_code: TrustTaskCodeOption = False,
     draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
     write_profile_to: Annotated[
@@ -138,9 +141,16 @@ def calibrate(
     outputs = [("--write-profile", write_profile_to), ("--json", json_out), ("--plot", plot)]
     if write_profile_to is None and json_out is None:
         require_stdout("calibrated value")  # its only other home is a file
+    if trust_task_code and include_path is None:
+        raise AimError("--trust-task-code applies to the task files of --include-path (--task lm-eval)")
     guard_outputs(
         outputs,
-        [("--data", data), ("--labels", labels), ("--weights", weights)],
+        [
+            ("--data", data),
+            ("--labels", labels),
+            ("--weights", weights),
+            *task_folder_inputs(include_path, trust_task_code, allow_outside_paths),
+        ],
         model,
     )
     if plot is not None:
@@ -197,7 +207,9 @@ def calibrate(
     elif task == Task.lm_eval:
         from aim_cli.cli.eval import lm_eval_calibration
 
-        calibration, failures = lm_eval_calibration(request, model, lm_tasks or "", include_path, limit, device, quiet)
+        calibration, failures = lm_eval_calibration(
+            request, model, lm_tasks or "", include_path, limit, device, quiet, trust_task_code
+        )
     else:
         calibration, failures = _generate(request, model, data, limit, torch_device, quiet)
     with RunOutputs() as run:

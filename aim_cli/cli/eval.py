@@ -31,6 +31,35 @@ if TYPE_CHECKING:
     from aim_cli.api.commands import Calibration, CalibrationRequest, EvalReport
     from aim_cli.errors import FailedInput
 
+TrustTaskCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-task-code",
+        help="Let task YAML under --include-path run Python (!function, class:, includes from outside the folder, "
+        "dataset loading scripts), as transformers' trust_remote_code; templates stay sandboxed.",
+    ),
+]
+AllowOutsideOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths",
+        help="Let task files under --include-path read data files outside that folder (absolute paths, .., symlinks).",
+    ),
+]
+
+
+def task_folder_inputs(include_path: Path | None, trust_code: bool, allow_outside: bool) -> list[tuple[str, Path]]:
+    """What a run over --include-path reads (the folder, the data files its tasks name), judged before any work.
+
+    Task code is refused unless trusted, files outside the folder unless allowed; the pairs go to
+    guard_outputs so that no output replaces any of them.
+    """
+    if include_path is None:
+        return []
+    from aim_cli.api.commands import scan_task_folder
+
+    return scan_task_folder(include_path, trust_code, allow_outside).inputs()
+
 
 @app.command(name="eval")
 def eval_command(
@@ -57,6 +86,8 @@ def eval_command(
     include_path: Annotated[
         Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")
     ] = None,
+    trust_task_code: TrustTaskCodeOption = False,
+    allow_outside_paths: AllowOutsideOption = False,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
     ] = None,
@@ -72,6 +103,7 @@ def eval_command(
     The table (task, metric, sigma, value, stderr) goes to stdout; progress to stderr.
     """
     from aim_cli.api.commands import (
+        check_eval_counts,
         parse_sigmas,
         parse_task_names,
         quiet_lm_eval,
@@ -80,6 +112,14 @@ def eval_command(
     )
 
     names = parse_task_names(tasks)
+    check_eval_counts(limit, num_fewshot)
+    if (trust_task_code or allow_outside_paths) and include_path is None:
+        from aim_cli.errors import AimError
+
+        raise AimError(
+            "--trust-task-code and --allow-outside-paths apply to the task files of --include-path",
+            "the tasks lm-eval ships need neither",
+        )
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
     sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
     if base.key_env is not None:
@@ -89,7 +129,8 @@ def eval_command(
     for path, suffixes in ((output, (".json",)), (plot, (".png",))):
         if path is not None:
             check_output_file(path, suffixes)
-    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile)], model)
+    reads = task_folder_inputs(include_path, trust_task_code, allow_outside_paths)
+    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile), *reads], model)
     if plot is not None:
         from aim_cli.api.commands import require_matplotlib
 
@@ -100,7 +141,7 @@ def eval_command(
 
     if model is not None:
         locate(model)  # a missing model fails before lm-eval indexes its thousands of tasks
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, trust_task_code)
     check_tasks(names, manager)
     lm = load_eval_model(model, device, batch_size)
     say(f"model: {lm.aim_model_name} | tasks: {', '.join(names)} | sigma: {', '.join(f'{s:g}' for s in sigmas)}", quiet)
@@ -167,10 +208,15 @@ def lm_eval_calibration(
     limit: int | None,
     device: str,
     quiet: bool,
+    trust_code: bool = False,
 ) -> tuple[Calibration, list[FailedInput]]:
-    """`aim calibrate --task lm-eval`: load the model into aim's lm-eval model, then calibrate on the tasks."""
+    """`aim calibrate --task lm-eval`: load the model into aim's lm-eval model, then calibrate on the tasks.
+
+    The calibrate command has already judged the task folder (task_folder_inputs) with its outputs.
+    """
     from aim_cli.api.commands import (
         calibrate_on_tasks,
+        check_eval_counts,
         check_tasks,
         load_eval_model,
         parse_task_names,
@@ -180,9 +226,10 @@ def lm_eval_calibration(
     )
 
     names = parse_task_names(tasks)
+    check_eval_counts(limit, None)
     require_lm_eval()
     quiet_lm_eval()
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, trust_code)
     check_tasks(names, manager)
     lm = load_eval_model(model, device, request.batch_size)
     say(f"model: {lm.aim_model_name} | lm-eval tasks: {', '.join(names)}", quiet)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aim_cli.errors import AimError, InputError, ModelError
 from aim_cli.profile import Profile, check_sigma
+from aim_cli.tasks.lm_eval_guard import lm_eval_calls
 
 if TYPE_CHECKING:
     from aim_cli.integrations.lm_eval import AimLM
@@ -89,24 +90,70 @@ def _git_hash() -> str | None:
     return found.stdout.strip() or None if found.returncode == 0 else None
 
 
-def task_manager(include_path: Path | None) -> Any:
-    """lm-eval's TaskManager: its built-in tasks, plus task YAML found under include_path."""
+# Bounds on counts from the command line, checked before lm-eval allocates anything: no task
+# has a billion documents, and no context window holds a thousand worked examples.
+MAX_LIMIT = 1_000_000_000
+MAX_FEWSHOT = 1_000
+
+
+def check_eval_counts(limit: int | None, num_fewshot: int | None) -> None:
+    """--limit and --num-fewshot within what any task can use, before lm-eval sizes anything by them."""
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise InputError(
+            f"--limit {limit}: give a number of documents from 1 to {MAX_LIMIT:,}",
+            "leave --limit out to score every document",
+        )
+    if num_fewshot is not None and not 0 <= num_fewshot <= MAX_FEWSHOT:
+        raise InputError(
+            f"--num-fewshot {num_fewshot}: give a number of examples from 0 to {MAX_FEWSHOT:,}",
+            "leave it out for each task's own",
+        )
+
+
+def task_manager(include_path: Path | None, trust_code: bool = False) -> Any:
+    """lm-eval's TaskManager: its built-in tasks, plus task YAML found under include_path.
+
+    Call scan_task_folder on include_path first (the CLI does, to check outputs against what the
+    tasks read); lm-eval's indexing runs inside lm_eval_calls, templates sandboxed.
+    """
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not include_path.is_dir():
         raise InputError(f"--include-path {include_path}: no such folder", "point it at a folder of lm-eval task YAML")
-    return TaskManager(include_path=str(include_path) if include_path is not None else None)
+    with lm_eval_calls(["(indexing --include-path)"], sandbox=include_path is not None):
+        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    # run_eval and calibration read these: user task files render sandboxed and import nothing untrusted.
+    manager.aim_include_path = include_path
+    manager.aim_trust_code = trust_code
+    return manager
+
+
+def guarded(manager: Any, names: Sequence[str]) -> Any:
+    """lm_eval_calls for a run over `names` with this manager: sandboxed when it holds the user's task files."""
+    include = getattr(manager, "aim_include_path", None)
+    return lm_eval_calls(
+        names, sandbox=include is not None, untrusted=None if getattr(manager, "aim_trust_code", False) else include
+    )
 
 
 def check_tasks(names: Sequence[str], manager: Any) -> None:
     """Every name must be a task or group lm-eval knows (built-in or under --include-path)."""
-    known = set(manager.all_tasks)
+    with guarded(manager, names):
+        known = set(manager.all_tasks)
     for name in names:
         if name not in known:
             raise InputError(
                 f"unknown lm-eval task {name!r}",
                 "check the name (python -m lm_eval ls tasks lists them), or give --include-path DIR for your own YAML",
             )
+
+
+class _LoadFailed(Exception):
+    """HFLM could not read the checkpoint (OSError, ValueError): carried past lm_eval_calls to a ModelError."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
 
 
 def load_eval_model(spec: str | None, device: str, batch_size: int, dtype: str = "auto") -> AimLM:
@@ -120,13 +167,16 @@ def load_eval_model(spec: str | None, device: str, batch_size: int, dtype: str =
     where, local = hub.locate(source)
     torch_device = resolve_device(device)
     try:
-        lm = AimLM(pretrained=where, device=str(torch_device), batch_size=batch_size, dtype=dtype)
-    except AimError:
-        raise
-    except (OSError, ValueError) as exc:
+        with lm_eval_calls([], sandbox=False, subject=f"loading {source} with lm-eval's HF model"):
+            try:
+                lm = AimLM(pretrained=where, device=str(torch_device), batch_size=batch_size, dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise _LoadFailed(exc) from exc
+    except _LoadFailed as failed:
+        cause = failed.exc
         if not local:
             raise hub._not_cached(source) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise ModelError(f"cannot load {source} with lm-eval's HF model: {first}") from None
     lm.aim_model_name = spec or "demo lm"
     return lm
@@ -245,6 +295,7 @@ def run_eval(
     """Each task at each sigma through lm_eval.simple_evaluate; the model is loaded once."""
     import lm_eval
 
+    check_eval_counts(limit, num_fewshot)
     base = sweep_profile(base)
     report = EvalReport(
         model=str(getattr(lm, "aim_model_name", "")),
@@ -257,14 +308,15 @@ def run_eval(
         plan = lm.set_profile(replace(base, sigma=sigma))
         report.noise = {k: v for k, v in plan.describe().items() if k != "sigma"}
         start = time.perf_counter()
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(names),
-            task_manager=manager,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            log_samples=False,
-        )
+        with guarded(manager, names):
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(names),
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                log_samples=False,
+            )
         report.seconds[f"sigma {sigma:g}"] = time.perf_counter() - start
         if out is None:
             raise AimError("lm-eval returned no results")
