@@ -41,11 +41,6 @@ def raise_if_received() -> None:
         raise Interrupted(_received[0])
 
 
-def signal_received() -> bool:
-    """Whether a SIGINT or SIGTERM reached aim's handlers (a KeyboardInterrupt raised by code is not one)."""
-    return bool(_received)
-
-
 def as_interrupt(exc: BaseException) -> Interrupted | None:
     """The interrupt behind `exc`, however a library wrapped it; None when no signal stopped the run."""
     seen: set[int] = set()

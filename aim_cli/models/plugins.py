@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, TypeVar
 
-from aim_cli.errors import AimError, Interrupted, ModelError
-from aim_cli.interrupts import raise_if_received, signal_received
+from aim_cli.errors import AimError, ModelError
+from aim_cli.interrupts import raise_if_received
 
 ENTRY_POINT_GROUP = "aim.model_sources"
 _SHOWN = 300  # characters of a plugin's own message quoted in ours
@@ -49,8 +49,9 @@ class Plugin:
             with redirect_stdout(sys.stderr):
                 result = function(*args)
         except BaseException as exc:  # noqa: BLE001 - everything a plugin raises is the plugin's
-            if _is_real_interrupt(exc) or type(exc) is PluginError:  # a real Ctrl-C; aim's own check of the plugin
+            if type(exc) is PluginError:  # aim's own check of what the plugin returned
                 raise
+            raise_if_received()  # the user's Ctrl-C wins, whatever the plugin made of it (wrapped, swallowed)
             failure = self.error(step, describe(exc))
         else:
             raise_if_received()  # a plugin that swallowed a real Ctrl-C does not get to keep the run going
@@ -96,11 +97,6 @@ class Plugin:
         if not isinstance(value, bool):
             raise self.error("takes_weights", f"it is {_type(value)}, not True or False")
         return value
-
-
-def _is_real_interrupt(exc: BaseException) -> bool:
-    """A Ctrl-C or SIGTERM the user sent (aim's handlers saw a signal), not one a plugin raised itself."""
-    return isinstance(exc, (Interrupted, KeyboardInterrupt)) and signal_received()
 
 
 def describe(exc: BaseException) -> str:
