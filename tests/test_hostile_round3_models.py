@@ -65,8 +65,10 @@ def _resnet_head(classes: int) -> dict[str, torch.Tensor]:
 
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in torchvision.models.resnet18(num_classes=classes).state_dict().items()}
-    return {k: torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
-            for k, shape in shapes.items()}
+    return {
+        k: torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+        for k, shape in shapes.items()
+    }
 
 
 # (case id, builds the input under tmp_path and loads it, a fragment the one-line error must hold)
@@ -359,7 +361,11 @@ def test_a_checkpoint_config_with_inconsistent_counts_is_refused(tmp_path, confi
 
 MODELS = REPO / "aim_cli" / "models"
 # The only places in models/ that parse JSON: each bounds what it parses.
-_BOUNDED_JSON = {("weights.py", "labels_from_json"), ("weights.py", "read_labels_file"), ("checkpoint_files.py", "read_json")}
+_BOUNDED_JSON = {
+    ("weights.py", "labels_from_json"),
+    ("weights.py", "read_labels_file"),
+    ("checkpoint_files.py", "read_json"),
+}
 
 
 def _functions(tree: ast.AST) -> list[ast.FunctionDef]:
@@ -384,7 +390,9 @@ def test_a_network_is_sized_by_labels_only_after_the_weights_are_checked_to_fill
             if function.name == "_build" and path.name == "segmenter.py":
                 continue  # the builder itself: its callers are checked
             lambdas = {id(n) for lam in ast.walk(function) if isinstance(lam, ast.Lambda) for n in ast.walk(lam)}
-            checks = [n.lineno for n in ast.walk(function) if isinstance(n, ast.Call) and ast.unparse(n.func) == "check_fits"]
+            checks = [
+                n.lineno for n in ast.walk(function) if isinstance(n, ast.Call) and ast.unparse(n.func) == "check_fits"
+            ]
             for node in ast.walk(function):
                 if id(node) in lambdas or not isinstance(node, ast.Call):
                     continue
@@ -397,13 +405,13 @@ def test_a_network_is_sized_by_labels_only_after_the_weights_are_checked_to_fill
 
 # --- class 5: plugins, named whatever they do ---------------------------------------------------------
 
-_GOOD_LOAD = '''
+_GOOD_LOAD = """
     def load(self, request):
         import torch
         from aim_cli.models.image_model import ImageModel
         return ImageModel("odd", ["a", "b"], request.device, torch.nn.Identity(),
                           lambda images: torch.zeros(len(images), 2), task="classify")
-'''
+"""
 
 
 def _source(body: str, header: str = "", tasks: str = "tasks = ('classify',)\n    takes_weights = False\n") -> str:
@@ -436,64 +444,159 @@ def fresh(monkeypatch):
 
 # (case id, the plugin module, the task, the step and fragment the one-line error must hold)
 PLUGINS: list[tuple[str, str, str, str]] = [
-    ("P01 raises in load()", _source("def load(self, request):\n    raise RuntimeError('zoo is closed')\n"),
-     "classify", "failed in load(): RuntimeError: zoo is closed"),
-    ("P02 lacks tasks", _source(_GOOD_LOAD, tasks="takes_weights = False\n"),
-     "classify", "failed in tasks: AttributeError"),
-    ("P03 recurses in load()", _source("def load(self, request):\n    return self.load(request)\n"),
-     "classify", "failed in load(): RecursionError"),
-    ("P04 fails in its constructor", _source("def __init__(self):\n    raise ValueError('no config')\n" + _GOOD_LOAD),
-     "classify", "failed in its constructor: ValueError: no config"),
-    ("P05 calls sys.exit(0) in load()", _source("def load(self, request):\n    import sys; sys.exit(0)\n"),
-     "classify", "failed in load(): it called sys.exit(0)"),
-    ("P06 calls sys.exit(0) on import", _source(_GOOD_LOAD, header="import sys\nsys.exit(0)\n"),
-     "classify", "failed in import: it called sys.exit(0)"),
-    ("P07 raises KeyboardInterrupt itself", _source("def load(self, request):\n    raise KeyboardInterrupt\n"),
-     "classify", "failed in load(): KeyboardInterrupt"),
-    ("P08 raises aim's Interrupted itself",
-     _source("def load(self, request):\n    from aim_cli.errors import Interrupted\n    raise Interrupted(2)\n"),
-     "classify", "failed in load(): Interrupted"),
-    ("P09 tasks is a string", _source(_GOOD_LOAD, tasks="tasks = 'classify'\n    takes_weights = False\n"),
-     "classify", "failed in tasks: it is str"),
-    ("P10 tasks is a property that raises",
-     _source(_GOOD_LOAD, tasks="@property\n    def tasks(self):\n        raise OSError('gone')\n    takes_weights = False\n"),
-     "classify", "failed in tasks: OSError: gone"),
-    ("P11 takes_weights is a string", _source(_GOOD_LOAD, tasks="tasks = ('classify',)\n    takes_weights = 'no'\n"),
-     "classify", "failed in takes_weights: it is str"),
-    ("P12 load() returns None", _source("def load(self, request):\n    return None\n"),
-     "classify", "failed in load(): it returned NoneType, not an image model"),
-    ("P13 labels that are not strings", _source(_GOOD_LOAD.replace('["a", "b"]', "[1, 2]")),
-     "classify", "labels include int 1, not a name"),
-    ("P14 labels over the bound", _source(_GOOD_LOAD.replace('["a", "b"]', '["a"] * 1_000_001')),
-     "classify", "its model has 1,000,001 labels"),
-    ("P15 no labels", _source(_GOOD_LOAD.replace('["a", "b"]', "[]")),
-     "classify", "its model has 0 labels"),
-    ("P16 a model whose labels property raises",
-     _source("def load(self, request):\n    class M:\n        name = 'm'\n        device = request.device\n"
-             "        preprocess = None\n        def logits(self, images): pass\n        @property\n"
-             "        def labels(self):\n            raise ZeroDivisionError('x')\n    return M()\n"),
-     "classify", "failed in checking what load() returned: ZeroDivisionError"),
-    ("P17 raises an AimError whose exit code is 0",
-     _source("def load(self, request):\n    from aim_cli.errors import ModelError\n"
-             "    class Quiet(ModelError):\n        exit_code = 0\n    raise Quiet('line one\\nline two')\n"),
-     "classify", "failed in load(): Quiet: line one line two"),
-    ("P18 raises an exception that cannot be printed",
-     _source("def load(self, request):\n    class E(Exception):\n        def __str__(self):\n            raise TypeError\n"
-             "    raise E()\n"),
-     "classify", "E: (its message cannot be printed)"),
-    ("P19 raises MemoryError", _source("def load(self, request):\n    raise MemoryError\n"),
-     "classify", "failed in load(): MemoryError"),
-    ("P20 raises typer.Exit(0)", _source("def load(self, request):\n    import typer; raise typer.Exit(0)\n"),
-     "classify", "failed in load(): Exit"),
-    ("P21 load() for generate returns an image model", _source(_GOOD_LOAD, tasks="tasks = ('generate',)\n    takes_weights = False\n"),
-     "generate", "not aim's LanguageModel"),
-    ("P22 a 10 MB error message", _source("def load(self, request):\n    raise ValueError('x' * 10_000_000)\n"),
-     "classify", "ValueError: xxx"),
-    ("P23 the entry point names a missing attribute", _source(_GOOD_LOAD).replace("class Source", "class Other"),
-     "classify", "failed in import: AttributeError"),
-    ("P24 tasks is an endless generator object",
-     _source(_GOOD_LOAD, tasks="tasks = __import__('itertools').repeat('classify')\n    takes_weights = False\n"),
-     "classify", "failed in tasks: it is repeat"),
+    (
+        "P01 raises in load()",
+        _source("def load(self, request):\n    raise RuntimeError('zoo is closed')\n"),
+        "classify",
+        "failed in load(): RuntimeError: zoo is closed",
+    ),
+    (
+        "P02 lacks tasks",
+        _source(_GOOD_LOAD, tasks="takes_weights = False\n"),
+        "classify",
+        "failed in tasks: AttributeError",
+    ),
+    (
+        "P03 recurses in load()",
+        _source("def load(self, request):\n    return self.load(request)\n"),
+        "classify",
+        "failed in load(): RecursionError",
+    ),
+    (
+        "P04 fails in its constructor",
+        _source("def __init__(self):\n    raise ValueError('no config')\n" + _GOOD_LOAD),
+        "classify",
+        "failed in its constructor: ValueError: no config",
+    ),
+    (
+        "P05 calls sys.exit(0) in load()",
+        _source("def load(self, request):\n    import sys; sys.exit(0)\n"),
+        "classify",
+        "failed in load(): it called sys.exit(0)",
+    ),
+    (
+        "P06 calls sys.exit(0) on import",
+        _source(_GOOD_LOAD, header="import sys\nsys.exit(0)\n"),
+        "classify",
+        "failed in import: it called sys.exit(0)",
+    ),
+    (
+        "P07 raises KeyboardInterrupt itself",
+        _source("def load(self, request):\n    raise KeyboardInterrupt\n"),
+        "classify",
+        "failed in load(): KeyboardInterrupt",
+    ),
+    (
+        "P08 raises aim's Interrupted itself",
+        _source("def load(self, request):\n    from aim_cli.errors import Interrupted\n    raise Interrupted(2)\n"),
+        "classify",
+        "failed in load(): Interrupted",
+    ),
+    (
+        "P09 tasks is a string",
+        _source(_GOOD_LOAD, tasks="tasks = 'classify'\n    takes_weights = False\n"),
+        "classify",
+        "failed in tasks: it is str",
+    ),
+    (
+        "P10 tasks is a property that raises",
+        _source(
+            _GOOD_LOAD,
+            tasks="@property\n    def tasks(self):\n        raise OSError('gone')\n    takes_weights = False\n",
+        ),
+        "classify",
+        "failed in tasks: OSError: gone",
+    ),
+    (
+        "P11 takes_weights is a string",
+        _source(_GOOD_LOAD, tasks="tasks = ('classify',)\n    takes_weights = 'no'\n"),
+        "classify",
+        "failed in takes_weights: it is str",
+    ),
+    (
+        "P12 load() returns None",
+        _source("def load(self, request):\n    return None\n"),
+        "classify",
+        "failed in load(): it returned NoneType, not an image model",
+    ),
+    (
+        "P13 labels that are not strings",
+        _source(_GOOD_LOAD.replace('["a", "b"]', "[1, 2]")),
+        "classify",
+        "labels include int 1, not a name",
+    ),
+    (
+        "P14 labels over the bound",
+        _source(_GOOD_LOAD.replace('["a", "b"]', '["a"] * 1_000_001')),
+        "classify",
+        "its model has 1,000,001 labels",
+    ),
+    ("P15 no labels", _source(_GOOD_LOAD.replace('["a", "b"]', "[]")), "classify", "its model has 0 labels"),
+    (
+        "P16 a model whose labels property raises",
+        _source(
+            "def load(self, request):\n    class M:\n        name = 'm'\n        device = request.device\n"
+            "        preprocess = None\n        def logits(self, images): pass\n        @property\n"
+            "        def labels(self):\n            raise ZeroDivisionError('x')\n    return M()\n"
+        ),
+        "classify",
+        "failed in checking what load() returned: ZeroDivisionError",
+    ),
+    (
+        "P17 raises an AimError whose exit code is 0",
+        _source(
+            "def load(self, request):\n    from aim_cli.errors import ModelError\n"
+            "    class Quiet(ModelError):\n        exit_code = 0\n    raise Quiet('line one\\nline two')\n"
+        ),
+        "classify",
+        "failed in load(): Quiet: line one line two",
+    ),
+    (
+        "P18 raises an exception that cannot be printed",
+        _source(
+            "def load(self, request):\n    class E(Exception):\n"
+            "        def __str__(self):\n            raise TypeError\n"
+            "    raise E()\n"
+        ),
+        "classify",
+        "E: (its message cannot be printed)",
+    ),
+    (
+        "P19 raises MemoryError",
+        _source("def load(self, request):\n    raise MemoryError\n"),
+        "classify",
+        "failed in load(): MemoryError",
+    ),
+    (
+        "P20 raises typer.Exit(0)",
+        _source("def load(self, request):\n    import typer; raise typer.Exit(0)\n"),
+        "classify",
+        "failed in load(): Exit",
+    ),
+    (
+        "P21 load() for generate returns an image model",
+        _source(_GOOD_LOAD, tasks="tasks = ('generate',)\n    takes_weights = False\n"),
+        "generate",
+        "not aim's LanguageModel",
+    ),
+    (
+        "P22 a 10 MB error message",
+        _source("def load(self, request):\n    raise ValueError('x' * 10_000_000)\n"),
+        "classify",
+        "ValueError: xxx",
+    ),
+    (
+        "P23 the entry point names a missing attribute",
+        _source(_GOOD_LOAD).replace("class Source", "class Other"),
+        "classify",
+        "failed in import: AttributeError",
+    ),
+    (
+        "P24 tasks is an endless generator object",
+        _source(_GOOD_LOAD, tasks="tasks = __import__('itertools').repeat('classify')\n    takes_weights = False\n"),
+        "classify",
+        "failed in tasks: it is repeat",
+    ),
 ]
 
 
@@ -513,7 +616,9 @@ def test_two_packages_claiming_one_source_are_both_named(tmp_path, fresh):
     _install(tmp_path, "odd", _source(_GOOD_LOAD), package="aimzoo-one")
     _install(tmp_path, "odd", _source(_GOOD_LOAD), package="aimzoo-two")
     fresh.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModelError, match="declared by more than one installed package .aimzoo-one 0.3 and aimzoo-two 0.3"):
+    with pytest.raises(
+        ModelError, match="declared by more than one installed package .aimzoo-one 0.3 and aimzoo-two 0.3"
+    ):
         load_model("classify", "odd:x", device=CPU)
 
 

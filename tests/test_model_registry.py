@@ -141,7 +141,9 @@ def test_a_broken_plugin_is_named_in_one_line(tmp_path, monkeypatch):
         load_model("classify", "broken:1", device=CPU)
     message = str(caught.value)
     assert "\n" not in message
-    assert "model source 'broken' (package aimzoo-fake 0.1) failed in import: ImportError: missing dependency" in message
+    assert (
+        "model source 'broken' (package aimzoo-fake 0.1) failed in import: ImportError: missing dependency" in message
+    )
 
 
 def test_the_cli_classifies_with_a_plugin_model(zoo, tmp_path):
