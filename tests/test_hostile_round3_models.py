@@ -171,6 +171,18 @@ READERS: list[tuple[str, Callable[[Path], Any], str]] = [
         "tensor(s) missing",
     ),
     (
+        "W16b timm architecture: no tensors, labels under the bound",
+        lambda d: load_model(
+            "classify", "timm:resnet18", device=CPU, weights=_save(d / "w.safetensors", {}, labels=_labels_json(900))
+        ),
+        "tensor(s) missing",
+    ),
+    (
+        "W16c timm checkpoint folder: label_names that are not names",
+        lambda d: load_model("classify", str(_timm_folder(d, {"label_names": [1, 2]})), device=CPU),
+        "the name of class 0 is 1, not a string",
+    ),
+    (
         "W17 torchvision classifier: head rows and labels disagree",
         lambda d: load_model(
             "classify",
@@ -211,6 +223,13 @@ READERS: list[tuple[str, Callable[[Path], Any], str]] = [
 ]
 
 
+def _timm_folder(folder: Path, config: dict[str, Any]) -> Path:
+    """A timm checkpoint in Hugging Face layout: config.json naming resnet18, and an empty weights file."""
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 2, **config}))
+    _save(folder / "model.safetensors", {})
+    return folder
+
+
 def _pth(folder: Path, obj: object) -> Path:
     path = folder / "w.pth"
     torch.save(obj, str(path))
@@ -246,7 +265,7 @@ def _with_env(env: dict[str, str], call: Callable[[], Any]) -> Any:
                 os.environ[key] = value
 
 
-@pytest.mark.parametrize(("case", "build", "expected"), READERS, ids=[case[0][:3] for case in READERS])
+@pytest.mark.parametrize(("case", "build", "expected"), READERS, ids=[case[0].split()[0] for case in READERS])
 def test_every_reader_holds_a_count_from_a_file_to_its_bound(tmp_path, monkeypatch, case, build, expected):
     monkeypatch.setenv("AIM_MAX_LABELS", str(SMALL))
     with pytest.raises(ModelError) as caught:
@@ -600,7 +619,7 @@ PLUGINS: list[tuple[str, str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "module", "task", "expected"), PLUGINS, ids=[case[0][:3] for case in PLUGINS])
+@pytest.mark.parametrize(("case", "module", "task", "expected"), PLUGINS, ids=[case[0].split()[0] for case in PLUGINS])
 def test_a_misbehaving_plugin_is_named_in_one_exit_2_line(tmp_path, fresh, case, module, task, expected):
     _install(tmp_path, "odd", module)
     fresh.syspath_prepend(str(tmp_path))
