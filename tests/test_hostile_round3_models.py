@@ -352,6 +352,11 @@ def _outcome(text: str) -> bool:
     return False
 
 
+def test_labels_saved_beside_a_flat_state_dict_are_read_not_taken_for_tensors(tmp_path):
+    state, labels = load_state_dict(_pth(tmp_path, {"w": torch.zeros(2), "labels": ["a", "b"]}))
+    assert list(state) == ["w"] and labels == ["a", "b"]
+
+
 def test_id2label_with_a_gap_names_the_gap_instead_of_shifting_classes():
     assert labels_from_value({"0": "a", "2": "c"}, "x") == ["a", "class_1", "c"]
 

@@ -105,10 +105,13 @@ def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
             if key in obj and not isinstance(obj[key], torch.Tensor):
                 labels = labels_from_value(obj[key], f"weights file {path}: its '{key}' entry")
                 break
-        for key in _NESTED_KEYS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+        nested = next((obj[key] for key in _NESTED_KEYS if isinstance(obj.get(key), dict)), None)
+        # Labels saved beside the tensors of a flat state dict are not tensors of the network.
+        obj = (
+            nested
+            if nested is not None
+            else {k: v for k, v in obj.items() if isinstance(v, torch.Tensor) or k not in _LABEL_KEYS}
+        )
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path} does not hold a state dict of tensors", "save model.state_dict(), not the model")
     _check_tensor_count(len(obj), path)
