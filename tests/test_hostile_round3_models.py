@@ -636,6 +636,39 @@ def test_a_misbehaving_plugin_is_named_in_one_exit_2_line(tmp_path, fresh, case,
     assert "pip uninstall aimzoo-odd" in text
 
 
+_LOGITS_LOAD = """
+def load(self, request):
+    import torch
+    from aim_cli.models.image_model import ImageModel
+    model = ImageModel("odd", ["a", "b"], request.device, torch.nn.Identity(), lambda images: None, task="classify")
+    model.logits = lambda images: (LOGITS)
+    return model
+"""
+
+# (case id, what the plugin's logits() gives for the batch, the fragment of the one-line error)
+LOGITS = [
+    ("P33 logits() raises", "(_ for _ in ()).throw(RuntimeError('gpu on fire'))", "failed in logits(): RuntimeError"),
+    ("P34 logits() returns a list", "[[0.0, 1.0]] * len(images)", "it returned list, not a tensor"),
+    ("P35 logits() of the wrong width", "torch.zeros(len(images), 3)", "it returned shape (1, 3) for 1 image(s)"),
+    ("P36 logits() for the wrong batch", "torch.zeros(5, 2)", "it returned shape (5, 2) for 1 image(s)"),
+    ("P37 integer logits", "torch.zeros(len(images), 2, dtype=torch.int64)", "not floating point"),
+    ("P38 logits() calls sys.exit(0)", "__import__('sys').exit(0)", "it called sys.exit(0)"),
+]
+
+
+@pytest.mark.parametrize(("case", "logits", "expected"), LOGITS, ids=[case[0].split()[0] for case in LOGITS])
+def test_a_plugin_models_logits_are_guarded_and_checked(tmp_path, fresh, case, logits, expected):
+    from PIL import Image
+
+    _install(tmp_path, "odd", _source(_LOGITS_LOAD.replace("LOGITS", logits)))
+    fresh.syspath_prepend(str(tmp_path))
+    model = load_model("classify", "odd:x", device=CPU)
+    with pytest.raises(ModelError) as caught:
+        model.logits([Image.new("RGB", (4, 4))])
+    text = _one_line(caught.value)
+    assert "model source 'odd' (package aimzoo-odd 0.3) failed in logits()" in text and expected in text, case
+
+
 def test_two_packages_claiming_one_source_are_both_named(tmp_path, fresh):
     _install(tmp_path, "odd", _source(_GOOD_LOAD), package="aimzoo-one")
     _install(tmp_path, "odd", _source(_GOOD_LOAD), package="aimzoo-two")
@@ -708,6 +741,13 @@ def test_the_cli_exits_2_not_0_when_a_plugin_calls_sys_exit(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "model source 'odd' (package aimzoo-odd 0.3) failed in load(): it called sys.exit(0)" in result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_cli_exits_2_when_a_plugin_models_logits_fail(tmp_path):
+    _install(tmp_path, "odd", _source(_LOGITS_LOAD.replace("LOGITS", "torch.zeros(7, 7)")))
+    result = run_aim("classify", "--model", "odd:x", str(SAMPLE), env=_cli_env(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert "failed in logits(): it returned shape (7, 7)" in result.stderr and "internal error" not in result.stderr
 
 
 def test_what_a_plugin_prints_stays_off_stdout(tmp_path):

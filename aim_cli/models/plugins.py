@@ -168,3 +168,43 @@ def discover(builtin: set[str] | frozenset[str]) -> dict[str, Plugin]:
         # The same distribution seen twice on sys.path is one declaration, not a conflict.
         grouped.setdefault(entry.name, {}).setdefault(_package(entry) + "|" + entry.value, entry)
     return {name: Plugin(name, tuple(entries.values())) for name, entries in grouped.items()}
+
+
+class GuardedImageModel:
+    """A plugin's image model as the tasks see it: its logits() called through the plugin's guard and checked.
+
+    The tasks call nothing else of a model at run time; other attributes (resize, task, ...) are
+    read through to the plugin's object.
+    """
+
+    def __init__(self, plugin: Plugin, model: Any, task: str, labels: list[str]) -> None:
+        self._plugin, self._model, self._task = plugin, model, task
+        self.name: str = model.name
+        self.device: Any = model.device
+        self.labels = labels
+        self.preprocess = model.preprocess
+
+    def logits(self, images: Any) -> Any:
+        """The plugin's logits, refused unless a float tensor of (images, classes[, h, w])."""
+        import torch
+
+        out = self._plugin.call("logits()", self._model.logits, images)
+        dims = 2 if self._task == "classify" else 4
+        if not isinstance(out, torch.Tensor):
+            raise self._plugin.error("logits()", f"it returned {type(out).__name__}, not a tensor")
+        if out.dim() != dims or out.shape[0] != len(images) or out.shape[1] != len(self.labels):
+            expected = "(images, classes)" if dims == 2 else "(images, classes, height, width)"
+            raise self._plugin.error(
+                "logits()",
+                f"it returned shape {tuple(out.shape)} for {len(images)} image(s) and {len(self.labels)} labels; "
+                f"expected {expected}",
+            )
+        if not out.is_floating_point():
+            raise self._plugin.error("logits()", f"it returned {out.dtype} logits, not floating point")
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else: the plugin object's own attribute."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._model, name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, cast, overload
 
 import torch
 
@@ -24,7 +24,7 @@ from aim_cli import demo
 from aim_cli.errors import ModelError
 from aim_cli.limits import LABEL_COUNT
 from aim_cli.models.image_model import Model, VisionModel
-from aim_cli.models.plugins import ENTRY_POINT_GROUP, Plugin, discover
+from aim_cli.models.plugins import ENTRY_POINT_GROUP, GuardedImageModel, Plugin, discover
 
 if TYPE_CHECKING:
     from aim_cli.models.image_model import ImageModel
@@ -274,12 +274,15 @@ def load_model(
     if plugin is None:
         return source.load(request)
     model = plugin.call("load()", source.load, request)
-    plugin.call("checking what load() returned", _check_plugin_model, plugin, task, model)
-    return model
+    names = plugin.call("checking what load() returned", _check_plugin_model, plugin, task, model)
+    if task == "generate":
+        return model
+    # The tasks reach the plugin's model only through this wrapper: its logits() run in the guard.
+    return cast("Model", GuardedImageModel(plugin, model, task, names))
 
 
-def _check_plugin_model(plugin: Plugin, task: str, model: object) -> None:
-    """What a plugin's load() returned must be a model of the task, with a bounded list of string labels.
+def _check_plugin_model(plugin: Plugin, task: str, model: object) -> list[str]:
+    """What a plugin's load() returned must be a model of the task, with a bounded list of string labels (returned).
 
     Run through Plugin.call: reading the object's attributes runs the plugin's code (properties).
     """
@@ -288,14 +291,14 @@ def _check_plugin_model(plugin: Plugin, task: str, model: object) -> None:
 
         if not isinstance(model, LanguageModel):
             raise plugin.error("load()", f"it returned {type(model).__name__}, not aim's LanguageModel")
-        return
+        return []
     if not isinstance(model, VisionModel):  # checked before any image reaches it
         raise plugin.error(
             "load()",
             f"it returned {type(model).__name__}, not an image model "
             "(one has name, device, labels, preprocess and logits(images))",
         )
-    labels = model.labels
+    labels = model.labels  # read once: a property could answer differently the next time
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
         raise plugin.error("load()", f"its model's labels are {type(labels).__name__}, not a list of class names")
     if not 1 <= len(labels) <= LABEL_COUNT.value():
@@ -309,3 +312,4 @@ def _check_plugin_model(plugin: Plugin, task: str, model: object) -> None:
         raise plugin.error("load()", f"its model's name is {type(model.name).__name__}, not a string")
     if not isinstance(model.device, torch.device):
         raise plugin.error("load()", f"its model's device is {type(model.device).__name__}, not a torch.device")
+    return list(labels)
