@@ -183,6 +183,11 @@ class GuardedImageModel:
         self.device: Any = model.device
         self.labels = labels
         self.preprocess = model.preprocess
+        self.task = task
+        # Optional settings the tasks read; a plugin's own class need not define them.
+        self.resize = getattr(model, "resize", None)
+        reduce = getattr(model, "do_reduce_labels", None)
+        self.do_reduce_labels = reduce if isinstance(reduce, bool) else None
 
     def logits(self, images: Any) -> Any:
         """The plugin's logits, refused unless a float tensor of (images, classes[, h, w])."""

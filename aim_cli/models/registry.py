@@ -278,7 +278,7 @@ def load_model(
     if task == "generate":
         return model
     # The tasks reach the plugin's model only through this wrapper: its logits() run in the guard.
-    return cast("Model", GuardedImageModel(plugin, model, task, names))
+    return cast("Model", plugin.call("checking what load() returned", GuardedImageModel, plugin, model, task, names))
 
 
 def _check_plugin_model(plugin: Plugin, task: str, model: object) -> list[str]:
