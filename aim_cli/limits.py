@@ -58,7 +58,12 @@ PROMPT_CHARS = Limit(
 )
 FOCUS_TARGETS = Limit("AIM_MAX_FOCUS_TARGETS", 256, "the number of focus targets of one profile or request")
 DRAWS = Limit("AIM_MAX_DRAWS", 1000, "the number of Monte Carlo draws of a calibration check")
-LABEL_COUNT = Limit("AIM_MAX_LABELS", 1_000_000, "the number of classes a checkpoint's config may declare")
+LABEL_COUNT = Limit(
+    "AIM_MAX_LABELS",
+    1_000_000,
+    "the number of classes a checkpoint's config, weights metadata or labels file may declare",
+)
+TENSOR_COUNT = Limit("AIM_MAX_TENSORS", 100_000, "the number of tensors one weights file may hold")
 SEQUENCE_TOKENS = Limit(
     "AIM_MAX_SEQUENCE_TOKENS", 1 << 20, "a token count a checkpoint's generation config may set (max_length, ...)"
 )

@@ -227,7 +227,7 @@ def test_labels_metadata_that_is_not_json(tmp_path):
 
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), metadata={"labels": "cat, dog"})
-    with pytest.raises(ModelError, match="'labels' metadata is not JSON"):
+    with pytest.raises(ModelError, match="'labels' metadata is not valid JSON"):
         weights.load_state_dict(path)
 
 

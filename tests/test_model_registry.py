@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def test_a_plugin_that_returns_no_image_model_is_refused(tmp_path, monkeypatch):
     )
     _install_plugin(tmp_path, "odd", "aimzoo_odd:Source", module=module)
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModelError, match="model source 'odd' returned int, not an image model"):
+    expected = "model source 'odd' (package aimzoo-fake 0.1) failed in load(): it returned int, not an image model"
+    with pytest.raises(ModelError, match=re.escape(expected)):
         load_model("classify", "odd:x", device=CPU)
 
 
@@ -139,7 +141,9 @@ def test_a_broken_plugin_is_named_in_one_line(tmp_path, monkeypatch):
         load_model("classify", "broken:1", device=CPU)
     message = str(caught.value)
     assert "\n" not in message
-    assert "model source 'broken' (aimzoo_broken:ZooSource) fails to import: ImportError: missing dependency" in message
+    assert (
+        "model source 'broken' (package aimzoo-fake 0.1) failed in import: ImportError: missing dependency" in message
+    )
 
 
 def test_the_cli_classifies_with_a_plugin_model(zoo, tmp_path):

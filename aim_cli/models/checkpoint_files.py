@@ -394,10 +394,23 @@ def check_model_config(config: dict[str, Any], where: _Where) -> None:
     if id2label is not None:
         if not isinstance(id2label, dict) or len(id2label) > bound:
             raise where.error("id2label", id2label, f"a mapping of at most {bound:,} class ids to names")
+        ids = set()
         for key, label in id2label.items():
-            _class_id(where, f"id2label.{key}", key, bound)
+            ids.add(_class_id(where, f"id2label.{key}", key, bound))
             if not isinstance(label, str):
                 raise where.error(f"id2label.{key}", label, "a class name (a string)")
+        # transformers numbers classes 0..n-1 and, when num_labels disagrees, silently replaces every
+        # name with LABEL_i: a gap or a mismatch would give classes names that are not theirs.
+        gap = next((i for i in range(len(ids)) if i not in ids), None)
+        if gap is not None or len(ids) != len(id2label):
+            what = f"none for {gap}" if gap is not None else "an id given twice"
+            raise where.error("id2label", id2label, f"one name for each class id 0 to {len(id2label) - 1} ({what})")
+        count = config.get("num_labels")
+        if _is_int(count) and count != len(id2label):
+            raise ModelError(
+                f"{where.display}: {where.file}: 'num_labels' is {count} but 'id2label' names {len(id2label)} classes",
+                f"make them agree in {where.file} (transformers would drop every class name)",
+            )
     label2id = config.get("label2id")
     if label2id is not None:
         if not isinstance(label2id, dict) or len(label2id) > bound:

@@ -13,7 +13,15 @@ from aim_cli.models.checkpoint_files import hf_resize
 from aim_cli.models.hub import load_pretrained
 from aim_cli.models.image_model import ImageModel, module_forward, transformers_forward
 from aim_cli.models.torchvision_models import checked_labels, default_labels, standard_preprocess, standard_resize
-from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
+from aim_cli.models.weights import (
+    check_fits,
+    load_into,
+    load_state_dict,
+    meta_shapes,
+    module_key_order,
+    output_width,
+    read_labels_file,
+)
 
 # A classifier is an ImageModel whose task is "classify"; the name stays for the tasks' type hints.
 ImageClassifier = ImageModel
@@ -57,13 +65,17 @@ def load_torchvision_classifier(
             f"torchvision:{arch} needs --weights FILE (.safetensors or .pth)", "aim never downloads weights"
         )
     state, stored_labels = load_state_dict(weights)
-    width = output_width(state, module_key_order(lambda: torchvision.models.get_model(arch, weights=None)))
+    width = output_width(state, module_key_order(lambda: torchvision.models.get_model(arch, weights=None)), weights)
     labels = read_labels_file(labels_file) if labels_file else stored_labels
     if labels is None:
         labels = default_labels(arch, width)
     if width is not None:
         labels = checked_labels(labels, width, labels_file or weights)
     try:
+        # Names and shapes are checked on the meta device first: the real network is allocated
+        # only for weights that fill it (a file of labels and no tensors never sizes one).
+        shapes = meta_shapes(lambda: torchvision.models.get_model(arch, weights=None, num_classes=len(labels)))
+        check_fits(shapes, state, f"torchvision:{arch}", weights)
         network = torchvision.models.get_model(arch, weights=None, num_classes=len(labels))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None

@@ -15,22 +15,23 @@ loader re-parses or re-validates a device name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, cast, overload
 
 import torch
 
 from aim_cli import demo
 from aim_cli.errors import ModelError
+from aim_cli.limits import LABEL_COUNT
 from aim_cli.models.image_model import Model, VisionModel
+from aim_cli.models.plugins import ENTRY_POINT_GROUP, GuardedImageModel, Plugin, discover
 
 if TYPE_CHECKING:
     from aim_cli.models.image_model import ImageModel
     from aim_cli.models.language import LanguageModel
 
 TASKS = ("classify", "segment", "generate")
-ENTRY_POINT_GROUP = "aim.model_sources"
+__all__ = ["ENTRY_POINT_GROUP", "ModelRequest", "ModelSource", "load_model", "parse_spec"]
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,9 @@ BUILTIN: dict[str, BuiltinSource] = {
 }
 
 
-def plugin_sources() -> dict[str, metadata.EntryPoint]:
+def plugin_sources() -> dict[str, Plugin]:
     """The installed third-party sources, by prefix (their entry points, not yet imported)."""
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name not in PREFIXED}
+    return discover(frozenset(PREFIXED))
 
 
 def _prefix(spec: str) -> str | None:
@@ -202,21 +203,14 @@ def parse_spec(spec: str | None, weights: Path | None = None, task: str = "class
     return ModelSpec("local" if path.exists() or looks_like_path(spec) else "hub", spec)
 
 
-def _source(name: str) -> ModelSource:
-    """The source object for a parsed spec: built in, or imported from its entry point."""
+def _source(name: str) -> tuple[ModelSource, Plugin | None]:
+    """The source object for a parsed spec: built in, or imported from its entry point (and that plugin)."""
     if name in PREFIXED:
-        return PREFIXED[name]
+        return PREFIXED[name], None
     if name in BUILTIN:
-        return BUILTIN[name]
-    entry = plugin_sources()[name]
-    try:
-        loaded = entry.load()
-    except Exception as exc:  # a broken plugin is the plugin's fault: name it, in one line
-        raise ModelError(
-            f"model source '{name}' ({entry.value}) fails to import: {type(exc).__name__}: {exc}",
-            f"reinstall the package that provides the '{name}' model source",
-        ) from None
-    return loaded() if isinstance(loaded, type) else loaded
+        return BUILTIN[name], None
+    plugin = plugin_sources()[name]
+    return plugin.load_object(), plugin
 
 
 @overload
@@ -265,18 +259,57 @@ def load_model(
     if task != "generate" and (dtype not in ("auto", "", None) or device_map):
         raise ModelError("--dtype and --device-map apply to language models (aim generate)")
     parsed = parse_spec(spec, weights, task)
-    source = _source(parsed.source)
-    if task not in source.tasks:
-        what = getattr(source, "what", f"a '{parsed.source}' model")
-        served = " / ".join(f"aim {t} / aim calibrate --task {t}" for t in source.tasks) or "another tool"
+    source, plugin = _source(parsed.source)
+    tasks = source.tasks if plugin is None else plugin.tasks(source)
+    if task not in tasks:
+        what = getattr(source, "what", None) if plugin is None else None
+        what = what or f"a '{parsed.source}' model"
+        served = " / ".join(f"aim {t} / aim calibrate --task {t}" for t in tasks if t in TASKS) or "another tool"
         raise ModelError(f"{spec} is {what}, which aim {task} cannot use", f"use it with {served}")
-    if weights is not None and not source.takes_weights:
+    takes_weights = source.takes_weights if plugin is None else plugin.takes_weights(source)
+    if weights is not None and not takes_weights:
         raise ModelError(f"--weights does not go with --model {spec}", "the model carries its own weights")
     name = str(demo.model_dir(task)) if parsed.source == "demo" else parsed.name
-    model = source.load(ModelRequest(task, spec, name, device, weights, labels, dtype, device_map))
-    if task != "generate" and not isinstance(model, VisionModel):  # a plugin's object, checked before any image
-        raise ModelError(
-            f"model source '{parsed.source}' returned {type(model).__name__}, not an image model",
-            "an image model has name, device, labels, preprocess and logits(images)",
+    request = ModelRequest(task, spec, name, device, weights, labels, dtype, device_map)
+    if plugin is None:
+        return source.load(request)
+    model = plugin.call("load()", source.load, request)
+    names = plugin.call("checking what load() returned", _check_plugin_model, plugin, task, model)
+    if task == "generate":
+        return model
+    # The tasks reach the plugin's model only through this wrapper: its logits() run in the guard.
+    return cast("Model", plugin.call("checking what load() returned", GuardedImageModel, plugin, model, task, names))
+
+
+def _check_plugin_model(plugin: Plugin, task: str, model: object) -> list[str]:
+    """What a plugin's load() returned must be a model of the task, with a bounded list of string labels (returned).
+
+    Run through Plugin.call: reading the object's attributes runs the plugin's code (properties).
+    """
+    if task == "generate":
+        from aim_cli.models.language import LanguageModel
+
+        if not isinstance(model, LanguageModel):
+            raise plugin.error("load()", f"it returned {type(model).__name__}, not aim's LanguageModel")
+        return []
+    if not isinstance(model, VisionModel):  # checked before any image reaches it
+        raise plugin.error(
+            "load()",
+            f"it returned {type(model).__name__}, not an image model "
+            "(one has name, device, labels, preprocess and logits(images))",
         )
-    return model
+    labels = model.labels  # read once: a property could answer differently the next time
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+        raise plugin.error("load()", f"its model's labels are {type(labels).__name__}, not a list of class names")
+    if not 1 <= len(labels) <= LABEL_COUNT.value():
+        raise plugin.error(
+            "load()", f"its model has {len(labels):,} labels; {LABEL_COUNT.hint()} (at least 1 is needed)"
+        )
+    odd = next((label for label in labels if not isinstance(label, str)), None)
+    if odd is not None:
+        raise plugin.error("load()", f"its model's labels include {type(odd).__name__} {odd!r:.40}, not a name")
+    if not isinstance(model.name, str):
+        raise plugin.error("load()", f"its model's name is {type(model.name).__name__}, not a string")
+    if not isinstance(model.device, torch.device):
+        raise plugin.error("load()", f"its model's device is {type(model.device).__name__}, not a torch.device")
+    return list(labels)

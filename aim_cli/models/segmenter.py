@@ -14,7 +14,15 @@ from aim_cli.models.hub import load_pretrained
 from aim_cli.models.image_model import ImageModel, module_forward, transformers_forward
 from aim_cli.models.torchvision_models import checked_labels, default_labels, standard_preprocess, standard_resize
 from aim_cli.models.universal_segmenter import is_universal, load_universal
-from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
+from aim_cli.models.weights import (
+    check_fits,
+    load_into,
+    load_state_dict,
+    meta_shapes,
+    module_key_order,
+    output_width,
+    read_labels_file,
+)
 
 # How a Hugging Face segmenter yields per-pixel logits: its own `.logits`, or query-mask log-scores.
 SEMANTIC, UNIVERSAL = "semantic", "universal"
@@ -116,7 +124,7 @@ def load_torchvision_segmenter(
     state, stored_labels = load_state_dict(weights)
     # The auxiliary head only helps training; inference reads 'out', so its tensors are dropped.
     state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
-    width = output_width(state, module_key_order(lambda: _build(arch, 2)))
+    width = output_width(state, module_key_order(lambda: _build(arch, 2)), weights)
     labels = read_labels_file(labels_file) if labels_file else stored_labels
     if labels is None:
         labels = default_labels(arch, width)
@@ -125,6 +133,8 @@ def load_torchvision_segmenter(
     if not labels:
         raise ModelError(f"cannot tell how many classes {weights} has", "pass --labels FILE")
     try:
+        # Checked on the meta device before the real network, sized by the labels, is allocated.
+        check_fits(meta_shapes(lambda: _build(arch, len(labels))), state, f"torchvision:{arch}", weights)
         network = _build(arch, len(labels))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build torchvision:{arch}: {exc}") from None

@@ -23,7 +23,16 @@ from aim_cli.models.checkpoint_files import Resize, check_checkpoint, read_json,
 from aim_cli.models.image_model import ImageModel, module_forward
 from aim_cli.models.local import force_offline, looks_like_path
 from aim_cli.models.torchvision_models import checked_labels
-from aim_cli.models.weights import load_into, load_state_dict, module_key_order, output_width, read_labels_file
+from aim_cli.models.weights import (
+    check_fits,
+    labels_from_value,
+    load_into,
+    load_state_dict,
+    meta_shapes,
+    module_key_order,
+    output_width,
+    read_labels_file,
+)
 
 TIMM_PREFIX = "timm:"
 INSTALL_HINT = "pip install 'aim-cli[timm]'"
@@ -136,7 +145,7 @@ def _config_labels(names: Any, width: Any, display: str) -> list[str] | None:
     if names is None or names == []:
         return None
     if isinstance(names, list):
-        return [str(name) for name in names]
+        return labels_from_value(names, f"{display}: config.json label_names")
     if isinstance(names, dict):
         try:
             by_id = {int(key): str(value) for key, value in names.items()}
@@ -160,18 +169,28 @@ def _build(
     pretrained_cfg: dict[str, Any] | None,
 ) -> ImageModel:
     """Create the network with as many outputs as the weights' head, load them, eval mode."""
-    width = _head_width(timm, arch, state, model_args)
+    width = _head_width(timm, arch, state, model_args, weights)
     if labels is None:
         labels = imagenet_labels(timm, width or _default_classes(timm, arch))
     if width is not None:
         labels = checked_labels(labels, width, labels_source)
     if not labels:
         raise ModelError(f"{display} has no classes to report", "pass --labels FILE with the class names")
+    try:  # names and shapes on the meta device first: the real network is allocated only for weights that fill it
+        shapes = meta_shapes(lambda: timm.create_model(arch, pretrained=False, num_classes=len(labels), **model_args))
+    except Exception:  # an architecture that cannot be built on meta: _create and load_into report
+        shapes = None
+    hint = "check that the weights were trained with this timm architecture"
+    try:
+        if shapes is not None:
+            check_fits(shapes, state, display, weights)
+    except ModelError as exc:  # same message, but the fix names the timm spelling
+        raise ModelError(exc.message, hint) from None
     network = _create(timm, arch, display, num_classes=len(labels), **model_args)
     try:
         load_into(network, state, display, weights)
-    except ModelError as exc:  # same message, but the fix names the timm spelling
-        raise ModelError(exc.message, "check that the weights were trained with this timm architecture") from None
+    except ModelError as exc:
+        raise ModelError(exc.message, hint) from None
     network.eval().to(device)
     preprocess, resize = _preprocess(timm, network, pretrained_cfg)
     return ImageModel(display, labels, device, network, preprocess, module_forward, resize, task="classify")
@@ -207,18 +226,20 @@ def _create(timm: ModuleType, arch: str, display: str, **kwargs: Any) -> torch.n
         raise ModelError(f"cannot build {display}: {first}") from None
 
 
-def _head_width(timm: ModuleType, arch: str, state: dict[str, torch.Tensor], model_args: dict[str, Any]) -> int | None:
+def _head_width(
+    timm: ModuleType, arch: str, state: dict[str, torch.Tensor], model_args: dict[str, Any], weights: Path
+) -> int | None:
     """Rows of the classifier weight: the head timm's config names, else the last weight in module order."""
     heads = timm.models.get_pretrained_cfg_value(arch, "classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    width = output_width(state, [f"{head}.weight" for head in heads])
+    width = output_width(state, [f"{head}.weight" for head in heads], weights)
     if width is not None:
         return width
     try:  # built on the meta device: key order only, no memory, no init cost
         order = module_key_order(lambda: timm.create_model(arch, pretrained=False, **model_args))
     except Exception:  # an architecture that cannot be built on meta: the load reports mismatches
         return None
-    return output_width(state, order)
+    return output_width(state, order, weights)
 
 
 def _default_classes(timm: ModuleType, arch: str) -> int:
