@@ -125,15 +125,15 @@ class LentGlobalStream:
     @contextmanager
     def lent(self) -> Iterator[None]:
         """Within the block torch's global generator(s) draw this stream; after it, the caller's state is back."""
-        devices = [] if self.cuda_index is None else [self.cuda_index]
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        index = self.cuda_index
+        with torch.random.fork_rng(devices=[] if index is None else [index], device_type="cuda"):
             torch.set_rng_state(self._cpu)
-            if self._cuda is not None:
-                torch.cuda.set_rng_state(self._cuda, self.cuda_index)
+            if index is not None and self._cuda is not None:
+                torch.cuda.set_rng_state(self._cuda, index)
             yield
             self._cpu = torch.get_rng_state()
-            if self.cuda_index is not None:
-                self._cuda = torch.cuda.get_rng_state(self.cuda_index)
+            if index is not None:
+                self._cuda = torch.cuda.get_rng_state(index)
 
 
 class KeyedNoise(NoiseSource):

@@ -130,7 +130,7 @@ def expected_correct(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -
     scaled = margin / (sigma * math.sqrt(2.0))
     settled_right = (logits.shape[1] - 1) * torch.special.ndtr(-scaled) < SETTLED
     settled_wrong = torch.special.ndtr(scaled) < SETTLED
-    out = settled_right.double()
+    out: torch.Tensor = settled_right.double()
     active = ~(settled_right | settled_wrong)
     if bool(active.any()):
         out[active] = _contender_win_probability(logits[active], labels[active], sigma)

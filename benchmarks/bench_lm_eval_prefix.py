@@ -2,7 +2,9 @@
 
 lm-eval moves a context's trailing space into each continuation; with a tokenizer where " " is a
 token of its own (the demo LM's), every choice is [" ", digit]: two tokens sharing the first.
-aim calibrates such a task in one clean pass (calibration.lm_eval, module docstring).
+aim calibrates such a task in one clean pass (calibration.lm_eval, module docstring). The model
+is a copy of the demo LM whose " " embedding is its "=" one, so "23+45" + " " reads as "23+45="
+and the task ("23+45", choices " 6", " 3", ...) has a clean accuracy a target can sit under.
 
 Rows (needs aim-cli[eval]; without lm-eval one row says so and nothing is timed):
 - `calibrate_lm_eval` on the shared-prefix task (one clean pass, exact curve, root, Monte Carlo
@@ -12,6 +14,8 @@ Rows (needs aim-cli[eval]; without lm-eval one row says so and nothing is timed)
   shared-prefix one should cost about as much. Goal <= 1.5 (ratio of the two calibrations).
 - the chosen sigma's exact prediction against lm-eval's own accuracy over seeded runs there
   (informational: the difference in units of its Monte Carlo standard error).
+- without --quick, the Monte Carlo search aim fell back to before (informational: its time over the
+  exact calibration's, and how far its sigma's exact accuracy is from the target).
 
 All on the demo arithmetic LM, CPU, one thread.
 
@@ -54,20 +58,39 @@ metric_list: [{{metric: acc}}]
 
 
 def write_tasks(folder: Path, items: int) -> None:
-    """The same sums twice: choices after lm-eval's " " delimiter (shared prefix) and glued on (one token)."""
+    """The same sums twice: "a+b" then lm-eval's " " delimiter (shared prefix), and "a+b=" glued to the digit."""
     rng = random.Random(0)
-    with open(folder / "mc.jsonl", "w", encoding="utf-8") as handle:
-        for _ in range(items):
-            a, b = rng.randrange(50), rng.randrange(50)
-            right = str(a + b)[0]
-            choices = [right, *rng.sample([d for d in "0123456789" if d != right], 3)]
-            rng.shuffle(choices)
-            handle.write(
-                json.dumps({"question": f"{a}+{b}=", "choices": choices, "answer": choices.index(right)}) + "\n"
-            )
-    for name, delimiter in (("prefix_mc", " "), ("single_mc", "")):
-        text = _MC.format(name=name, data=folder / "mc.jsonl", delimiter=delimiter)
+    docs = []
+    for _ in range(items):
+        a, b = rng.randrange(50), rng.randrange(50)
+        right = str(a + b)[0]
+        choices = [right, *rng.sample([d for d in "0123456789" if d != right], 3)]
+        rng.shuffle(choices)
+        docs.append({"question": f"{a}+{b}", "choices": choices, "answer": choices.index(right)})
+    for name, delimiter, suffix in (("prefix_mc", " ", ""), ("single_mc", "", "=")):
+        lines = [json.dumps({**doc, "question": doc["question"] + suffix}) + "\n" for doc in docs]
+        (folder / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+        text = _MC.format(name=name, data=folder / f"{name}.jsonl", delimiter=delimiter)
         (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+
+
+def write_space_model(source: Path, folder: Path) -> Path:
+    """A copy of the demo LM whose " " token embedding is its "=" one (as tests/test_lm_eval.py builds it)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    space, equals = tokenizer.convert_tokens_to_ids([" ", "="])
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[space] = embeddings[equals]
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, folder / name)
+    return folder
 
 
 def _skipped(reason: str) -> list[dict]:
@@ -108,14 +131,20 @@ def run(quick: bool = False) -> list[dict]:
     runs = 4 if quick else 10
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        write_tasks(Path(tmp), items)
-        manager = TaskManager(include_path=tmp)
-        aim = AimLM(pretrained=str(demo.model_dir("generate")), device="cpu", batch_size=16)
+        tasks_dir, model_dir = Path(tmp) / "tasks", Path(tmp) / "space_lm"
+        tasks_dir.mkdir()
+        write_tasks(tasks_dir, items)
+        manager = TaskManager(include_path=str(tasks_dir))
+        aim = AimLM(
+            pretrained=str(write_space_model(demo.model_dir("generate"), model_dir)), device="cpu", batch_size=16
+        )
+        plain = AimLM(pretrained=str(demo.model_dir("generate")), device="cpu", batch_size=16)
+        models = {"prefix_mc": aim, "single_mc": plain}
 
         def evaluate(name: str) -> Any:
-            return lm_eval.simple_evaluate(model=aim, tasks=[name], task_manager=manager, log_samples=False)
+            return lm_eval.simple_evaluate(model=models[name], tasks=[name], task_manager=manager, log_samples=False)
 
-        evaluate("prefix_mc")  # warm-up: dataset caches, first-call costs
+        evaluate("prefix_mc"), evaluate("single_mc")  # warm-up: dataset caches, first-call costs
         (task,) = build_tasks(["prefix_mc"], manager, None)
         questions = shared_prefix_questions(aim, task)
         if questions is None:
@@ -123,7 +152,7 @@ def run(quick: bool = False) -> list[dict]:
 
         def calibrate(name: str) -> tuple[float, Any]:
             start = time.perf_counter()
-            calibration = calibrate_lm_eval(aim, [name], manager, Target("accuracy", TARGET), 20, 0)
+            calibration = calibrate_lm_eval(models[name], [name], manager, Target("accuracy", TARGET), 20, 0)
             return time.perf_counter() - start, calibration
 
         timings: dict[str, list[float]] = {"prefix_mc": [], "single_mc": []}
@@ -184,6 +213,23 @@ def run(quick: bool = False) -> list[dict]:
                 f"(standard error {stderr:.4f}); informational",
             }
         )
+        if not quick:
+            from aim_cli.calibration.lm_eval import _monte_carlo
+
+            start = time.perf_counter()
+            fallback = _monte_carlo(aim, ["prefix_mc"], manager, Target("accuracy", TARGET), 20, 0, None, items, None)
+            fallback_s = time.perf_counter() - start
+            off = float(expected_correct(cached.logits, cached.answers, fallback.value).mean()) - TARGET
+            rows.append(
+                {
+                    "name": "lm-eval shared-prefix: Monte Carlo search (the old path) / exact calibration",
+                    "measured": round(fallback_s / prefix_s, 1),
+                    "goal": "",
+                    "met": True,
+                    "detail": f"Monte Carlo {fallback_s:.1f} s, sigma {fallback.value:.3g} whose exact accuracy is "
+                    f"{off:+.3f} from the target; exact {prefix_s:.2f} s, sigma {calibration.value:.3g}; informational",
+                }
+            )
     return rows
 
 
