@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,6 +97,45 @@ class SeededNoise(NoiseSource):
         return torch.randn(tuple(shape), generator=self._generator(like.device), device=like.device, dtype=like.dtype)
 
 
+class LentGlobalStream:
+    """A seeded stream for draws made by code that takes no generator (transformers' sampling, torch's initialisers).
+
+    transformers' generate() samples with torch.multinomial on torch's global generator, and
+    nn.Module initialisers draw from it too. This stream owns its state: lent() swaps it into the
+    global generator for one block (torch.random.fork_rng), keeps the advanced state, and puts
+    the caller's state back, so a seed repeats the same draws and the caller's generator is
+    never changed. Another thread drawing from the global generator during the block would
+    share it: lend it around calls that own the thread (as generate() does).
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.seed = int(seed)
+        device = torch.device(device)
+        # The CUDA generator of the device sampling runs on (the CPU one is always lent); other
+        # accelerators' global generators are left alone (and unseeded).
+        self.cuda_index: int | None = None
+        if device.type == "cuda":
+            self.cuda_index = device.index if device.index is not None else int(torch.cuda.current_device())
+        # Exactly the states that seeding the global generators with `seed` gives them, made without touching them.
+        self._cpu = torch.Generator().manual_seed(self.seed).get_state()
+        self._cuda: torch.Tensor | None = None
+        if self.cuda_index is not None:
+            self._cuda = torch.Generator(device=f"cuda:{self.cuda_index}").manual_seed(self.seed).get_state()
+
+    @contextmanager
+    def lent(self) -> Iterator[None]:
+        """Within the block torch's global generator(s) draw this stream; after it, the caller's state is back."""
+        index = self.cuda_index
+        with torch.random.fork_rng(devices=[] if index is None else [index], device_type="cuda"):
+            torch.set_rng_state(self._cpu)
+            if index is not None and self._cuda is not None:
+                torch.cuda.set_rng_state(self._cuda, index)
+            yield
+            self._cpu = torch.get_rng_state()
+            if index is not None:
+                self._cuda = torch.cuda.get_rng_state(index)
+
+
 class KeyedNoise(NoiseSource):
     """Noise derived from a secret key and each input's content.
 
@@ -136,7 +176,7 @@ class KeyedNoise(NoiseSource):
         """Draw every item's noise in one vectorised pass of a counter-based generator."""
         if item_keys is None or len(item_keys) != shape[0]:
             raise ValueError("keyed noise needs one content key per item")
-        # The full 64 bits of the MAC seed the item's stream (item_seed keeps 63 for torch.manual_seed).
+        # The full 64 bits of the MAC seed the item's stream (item_seed keeps 63, a valid torch seed).
         seeds = torch.tensor(
             [_signed64(int.from_bytes(self._mac(k)[:8], "little")) for k in item_keys], dtype=torch.int64
         )

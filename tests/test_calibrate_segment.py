@@ -159,6 +159,7 @@ def test_common_random_numbers_curve_matches_the_exact_expectation():
     from aim_cli import theory
     from aim_cli.calibration.segment import _CrnSums
     from aim_cli.metrics import pixel_accuracy
+    from aim_cli.modulation import SeededNoise
 
     generator = torch.Generator().manual_seed(0)
     pixels = 2.0 * torch.randn((20000, 5), generator=generator)
@@ -166,7 +167,7 @@ def test_common_random_numbers_curve_matches_the_exact_expectation():
     truth[:4000] = torch.randint(0, 5, (4000,), generator=generator)  # some pixels the clean model gets wrong
     grid = [0.0, 0.5, 1.0, 2.0, 4.0]
     sums = _CrnSums(grid, 5)
-    sums.add(pixels, truth, torch.Generator().manual_seed(1))
+    sums.add(pixels, truth, SeededNoise(1))  # the draws come from modulation's noise sources
     measured = sums.values(pixel_accuracy)
     for sigma, value in zip(grid, measured):
         p = theory.utility_win_probability(pixels, truth, sigma)

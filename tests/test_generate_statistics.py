@@ -90,3 +90,34 @@ def test_sigma_zero_is_plain_generate(lm, problems):
     expected = [row[: row.index(eos) + 1] if eos in row else row for row in new]
     expected = [[t for t in row if t != tokenizer.pad_token_id] for row in expected]
     assert ours == expected
+
+
+SAMPLING = GenerationSettings(max_new_tokens=4, batch_size=16, temperature=1.0)
+
+
+def test_sampling_leaves_the_callers_global_generator_alone(lm, problems):
+    """A seeded sampled run neither reads nor changes torch's global generator: the caller's draws go on unchanged."""
+    _items, encoded = problems
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    first = [c.token_ids for c in _run(lm, encoded[:32], 2.0, seed=5, decoding=SAMPLING)]
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(999)  # another caller state: the run's samples do not depend on it
+    assert [c.token_ids for c in _run(lm, encoded[:32], 2.0, seed=5, decoding=SAMPLING)] == first
+
+
+def test_seeded_sampling_draws_what_the_global_generator_seeded_with_the_seed_drew(lm, problems):
+    """Outputs for a given --seed are those of the earlier torch.manual_seed(seed) then sampling, bit for bit."""
+    from aim_cli.tasks.generate import _completion_ids, _eos_ids, generate_ids
+
+    _items, encoded = problems
+    subset = encoded[:32]
+    ours = [list(c.token_ids) for c in _run(lm, subset, 2.0, seed=7, decoding=SAMPLING)]
+    processor = plan_generation(Profile(sigma=2.0, seed=7), lm).logits_processor()
+    raw = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)  # what generate_completions did before it lent its own stream
+        for start in range(0, len(subset), SAMPLING.batch_size):
+            raw += generate_ids(lm, subset[start : start + SAMPLING.batch_size], SAMPLING, processor)
+    assert ours == [_completion_ids(row, _eos_ids(lm), lm.tokenizer.pad_token_id) for row in raw]

@@ -38,6 +38,11 @@ metric_list:
   - metric: acc
 """
 
+# The same questions without "=", with lm-eval's default target delimiter " ": the demo tokenizer has " " as a
+# token of its own, so every choice's continuation is [" ", digit], two tokens that share the first (scored
+# on the space model below, which reads " " as "=").
+SPACE_MC_YAML = MC_YAML.replace("task: toy_mc", "task: toy_space_mc").replace('target_delimiter: ""\n', "")
+
 GEN_YAML = """task: toy_gen
 dataset_path: json
 dataset_kwargs:
@@ -67,6 +72,7 @@ def write_tasks(folder: Path, mc_items: int = 60, gen_items: int = 12) -> Path:
     """An MMLU-style task (one-token choices after a shared context) and a GSM8K-style one (answer extraction)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
+    spaced: list[dict] = []
     with open(folder / "mc.jsonl", "w", encoding="utf-8") as handle:
         for _ in range(mc_items):
             a, b = rng.randrange(50), rng.randrange(50)
@@ -75,12 +81,38 @@ def write_tasks(folder: Path, mc_items: int = 60, gen_items: int = 12) -> Path:
             rng.shuffle(choices)
             doc = {"question": f"{a}+{b}=", "choices": choices, "answer": choices.index(right)}
             handle.write(json.dumps(doc) + "\n")
+            spaced.append({**doc, "question": f"{a}+{b}"})
     with open(folder / "gen.jsonl", "w", encoding="utf-8") as handle:
         for _ in range(gen_items):
             a, b = rng.randrange(50), rng.randrange(50)
             handle.write(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
     (folder / "mc.yaml").write_text(MC_YAML.format(data=folder / "mc.jsonl"), encoding="utf-8")
     (folder / "gen.yaml").write_text(GEN_YAML.format(data=folder / "gen.jsonl"), encoding="utf-8")
+    (folder / "space_mc.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in spaced), encoding="utf-8")
+    (folder / "space_mc.yaml").write_text(SPACE_MC_YAML.format(data=folder / "space_mc.jsonl"), encoding="utf-8")
+    return folder
+
+
+def write_space_model(folder: Path) -> Path:
+    """The demo LM with the space token's embedding set to "='s: a model where " " is its own token and means "=".
+
+    lm-eval moves the space before each choice into the continuation, so every choice of
+    toy_space_mc is [" ", digit] and the model, reading "23+45" + " " as "23+45=", answers well:
+    a calibration target between chance and its clean accuracy is reachable.
+    """
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
+    model = AutoModelForCausalLM.from_pretrained(DEMO_LM)
+    space, equals = tokenizer.convert_tokens_to_ids([" ", "="])
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[space] = embeddings[equals]
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(DEMO_LM) / name, folder / name)
     return folder
 
 
@@ -96,6 +128,20 @@ def manager(task_dir):
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(task_dir))
+
+
+@pytest.fixture(scope="module")
+def space_model(tmp_path_factory) -> Path:
+    """The space model's folder, written once for the module."""
+    return write_space_model(tmp_path_factory.mktemp("space_lm"))
+
+
+@pytest.fixture(scope="module")
+def space_lm(space_model):
+    """aim's lm-eval model on the space model."""
+    from aim_cli.integrations.lm_eval import AimLM
+
+    return AimLM(pretrained=str(space_model), device="cpu", batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +248,11 @@ def test_focus_words_resolve_against_the_tokenizer(aim_lm):
 
 def test_choice_logits_are_the_ones_lm_eval_scores(manager, aim_lm):
     """The analytic path reads the position and tokens lm-eval scores: differences of its loglikelihoods."""
-    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, single_token_questions
+    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, shared_prefix_questions
 
     aim_lm.set_profile(Profile(sigma=0.0, seed=0))
     (task,) = build_tasks(["toy_mc"], manager, 10)
-    questions = single_token_questions(aim_lm, task)
+    questions = shared_prefix_questions(aim_lm, task)
     assert questions is not None and len(questions) == 10
     cached = collect_choice_logits(aim_lm, questions)
     instances = sorted(task.instances, key=lambda i: (i.doc_id, i.idx))
@@ -216,12 +262,78 @@ def test_choice_logits_are_the_ones_lm_eval_scores(manager, aim_lm):
     assert torch.equal(cached.answers, golds)
 
 
-def test_generate_until_and_multi_token_tasks_are_not_analytic(manager, aim_lm):
-    """Only one-token choices after one shared context qualify for the exact curve."""
-    from aim_cli.calibration.lm_eval import build_tasks, single_token_questions
+def test_generate_until_tasks_are_not_analytic(manager, aim_lm):
+    """Only multiple choice after one shared context qualifies for the exact curve."""
+    from aim_cli.calibration.lm_eval import build_tasks, shared_prefix_questions
 
     (task,) = build_tasks(["toy_gen"], manager, 4)
-    assert single_token_questions(aim_lm, task) is None
+    assert shared_prefix_questions(aim_lm, task) is None
+
+
+@pytest.mark.parametrize(
+    ("continuations", "decisive"),
+    [
+        ([[7], [8], [9]], [7, 8, 9]),  # one token each (MMLU's " A".." D")
+        ([[25, 7], [25, 8]], [7, 8]),  # lm-eval's moved space as its own token, then the choice
+        ([[1, 2, 7], [1, 2, 8], [1, 2, 9]], [7, 8, 9]),  # a longer shared prefix
+        ([[25, 7], [26, 8]], None),  # the choices part before their last token
+        ([[7, 25], [8, 25]], None),  # a shared suffix: the last token sees different rows
+        ([[25, 7], [7]], None),  # different lengths: one choice sums a term the other lacks
+        ([[25, 7], [25, 7]], None),  # two choices with the same last token: a tie, not a decision
+        ([[], [7]], None),  # a choice that adds no token
+        ([], None),
+    ],
+)
+def test_choices_are_decided_by_their_last_token_only_when_all_else_is_shared(continuations, decisive):
+    """The exact case: equal lengths, every token but the last shared, distinct last tokens."""
+    from aim_cli.calibration.lm_eval import decided_by_last_token
+
+    assert decided_by_last_token(continuations) == decisive
+
+
+def test_shared_prefix_questions_read_the_row_every_choice_feeds_the_model(manager, space_lm):
+    """With " " its own token, each choice is [" ", digit]: the row is context + " ", the tokens the digits."""
+    from aim_cli.calibration.lm_eval import build_tasks, encode_request, shared_prefix_questions
+
+    space = space_lm.tok_encode(" ", add_special_tokens=False)
+    assert len(space) == 1  # the premise: the demo tokenizer has " " as a token of its own
+    (task,) = build_tasks(["toy_space_mc"], manager, 6)
+    questions = shared_prefix_questions(space_lm, task)
+    assert questions is not None and len(questions) == 6
+    for (row, tokens, gold), doc in zip(questions, task.eval_docs):
+        instances = sorted((i for i in task.instances if i.doc == doc), key=lambda i: i.idx)
+        encoded = [encode_request(space_lm, *i.arguments) for i in instances]
+        assert all(len(continuation) == 2 and continuation[0] == space[0] for _, continuation in encoded)
+        assert row == encoded[0][0] + space
+        assert tokens == [continuation[1] for _, continuation in encoded]
+        assert gold == doc["answer"]
+
+
+def test_shared_prefix_loglikelihoods_differ_as_the_last_tokens_noisy_logits(manager, space_lm):
+    """lm-eval's noisy scores of one question's choices differ exactly as their last tokens' noisy logits.
+
+    The shared " " is scored at a position every choice reaches through the same tokens, so it gets
+    the same clean logit and the same keyed draw in every choice and cancels; what is left is the
+    clean choice logits (collect_choice_logits) plus the keyed draw of the row at its last position.
+    """
+    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, shared_prefix_questions
+    from aim_cli.modulation import token_key
+
+    (task,) = build_tasks(["toy_space_mc"], manager, 12)
+    questions = shared_prefix_questions(space_lm, task)
+    assert questions is not None
+    cached = collect_choice_logits(space_lm, questions)
+    sigma = 3.0
+    plan = space_lm.set_profile(Profile(sigma=sigma, seed=4))
+    vocab = space_lm.model.config.vocab_size
+    like = torch.zeros((), dtype=cached.logits.dtype)
+    draws = plan.noise.standard_normal((len(questions), vocab), like, [token_key(row) for row, _, _ in questions])
+    tokens = torch.tensor([q[1] for q in questions])
+    noisy = cached.logits + sigma * draws.gather(1, tokens)
+    instances = sorted(task.instances, key=lambda i: (i.doc_id, i.idx))
+    lls = torch.tensor([ll for ll, _ in space_lm.loglikelihood(instances, disable_tqdm=True)]).view(12, 4)
+    torch.testing.assert_close(lls - lls[:, :1], noisy - noisy[:, :1], atol=1e-4, rtol=0)
+    assert not torch.equal(noisy.argmax(dim=1), cached.logits.argmax(dim=1))  # the noise did move decisions
 
 
 @pytest.mark.slow
@@ -241,10 +353,10 @@ def test_monte_carlo_calibration_on_a_generate_until_task(manager, aim_lm):
 def test_measured_mc_accuracy_matches_the_analytic_prediction(manager, aim_lm):
     """lm-eval's accuracy over seeds agrees with the exact curve from one clean pass, within Monte Carlo error."""
     from aim_cli.calibration.classify import expected_correct
-    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, single_token_questions
+    from aim_cli.calibration.lm_eval import build_tasks, collect_choice_logits, shared_prefix_questions
 
     (task,) = build_tasks(["toy_mc"], manager, None)
-    questions = single_token_questions(aim_lm, task)
+    questions = shared_prefix_questions(aim_lm, task)
     assert questions is not None and len(questions) == 60
     cached = collect_choice_logits(aim_lm, questions)
     sigma = 4.0
@@ -260,6 +372,42 @@ def test_measured_mc_accuracy_matches_the_analytic_prediction(manager, aim_lm):
     n = len(questions)
     stderr = math.sqrt(float((probabilities * (1 - probabilities)).sum()) / (n * n * runs))
     assert abs(sum(measured) / runs - predicted) < 4 * stderr + 1e-9, (measured, predicted, stderr)
+
+
+@pytest.mark.slow
+def test_shared_prefix_calibration_is_exact_and_lm_eval_agrees_at_its_sigma(manager, space_lm):
+    """Choices [" ", digit] calibrate in one pass; lm-eval's accuracy over seeds at the chosen sigma is the prediction.
+
+    The tolerance is the Monte Carlo error of `runs` seeded lm-eval runs: each question is an
+    independent Bernoulli(p_i) per seed, so the mean's variance is sum p_i (1 - p_i) / (N^2 runs).
+    """
+    from aim_cli.calibration.classify import expected_correct
+    from aim_cli.calibration.core import Target
+    from aim_cli.calibration.lm_eval import (
+        build_tasks,
+        calibrate_lm_eval,
+        collect_choice_logits,
+        shared_prefix_questions,
+    )
+
+    target = 0.6
+    calibration = calibrate_lm_eval(space_lm, ["toy_space_mc"], manager, Target("accuracy", target), draws=20, seed=0)
+    assert calibration.analytic and calibration.value > 0
+    assert calibration.predicted == pytest.approx(target, abs=1e-3)
+    (task,) = build_tasks(["toy_space_mc"], manager, None)
+    questions = shared_prefix_questions(space_lm, task)
+    assert questions is not None
+    cached = collect_choice_logits(space_lm, questions)
+    probabilities = expected_correct(cached.logits, cached.answers, calibration.value)
+    assert float(probabilities.mean()) == pytest.approx(calibration.predicted, abs=1e-9)
+    runs = 10
+    measured = []
+    for seed in range(runs):
+        space_lm.set_profile(Profile(sigma=calibration.value, seed=500 + seed))
+        measured.append(evaluate(space_lm, manager, tasks=("toy_space_mc",))["toy_space_mc"]["acc,none"])
+    n = len(questions)
+    stderr = math.sqrt(float((probabilities * (1 - probabilities)).sum()) / (n * n * runs))
+    assert abs(sum(measured) / runs - calibration.predicted) < 4 * stderr, (measured, calibration.predicted, stderr)
 
 
 class Cli:
@@ -336,6 +484,23 @@ def test_calibrate_on_a_single_token_mc_task_is_analytic(cli, task_dir, tmp_path
     data = json.loads(report.read_text())
     assert data["curve_kind"] == "analytic" and data["task"] == "lm-eval"
     assert float(stdout) == pytest.approx(data["value"], rel=1e-5) and data["value"] > 0
+    assert data["predicted"] == pytest.approx(0.6, abs=1e-3)
+    check = data["monte_carlo"]
+    assert check["ci95"][0] - 0.01 <= 0.6 <= check["ci95"][1] + 0.01
+
+
+@pytest.mark.slow
+def test_calibrate_on_a_shared_prefix_mc_task_is_analytic(cli, task_dir, space_model, tmp_path):
+    """`aim calibrate --task lm-eval` where each choice is [" ", digit]: the exact curve, not Monte Carlo."""
+    report = tmp_path / "cal.json"
+    code, stdout, stderr = cli(
+        "calibrate", "--task", "lm-eval", "--tasks", "toy_space_mc", "--include-path", str(task_dir),
+        "--model", str(space_model),
+        "--target-acc", "0.6", "--json", str(report),
+    )  # fmt: skip
+    assert code == 0, stderr
+    data = json.loads(report.read_text())
+    assert data["curve_kind"] == "analytic" and data["task"] == "lm-eval"
     assert data["predicted"] == pytest.approx(0.6, abs=1e-3)
     check = data["monte_carlo"]
     assert check["ci95"][0] - 0.01 <= 0.6 <= check["ci95"][1] + 0.01

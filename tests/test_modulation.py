@@ -137,3 +137,22 @@ def test_one_kernel_serves_modulate_and_the_segmentation_strips(sigma, focus_sig
         by_hand[..., 2] += focus_sigma * draws[..., width].abs()
         by_hand[..., 5] -= focus_sigma * draws[..., width + 1].abs()
     assert torch.allclose(in_place, by_hand, atol=1e-6)
+
+
+def test_a_lent_global_stream_repeats_its_seed_and_gives_the_callers_generator_back():
+    """Draws made on torch's global generator inside lent() are those of a seeded global one, and nothing leaks out."""
+    from aim_cli.modulation import LentGlobalStream
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(21)
+        reference = [torch.rand(4), torch.multinomial(torch.ones(10), 3)]
+    torch.manual_seed(5)
+    caller = torch.get_rng_state()
+    stream = LentGlobalStream(21)
+    with stream.lent():
+        first = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), caller)  # the caller's state, untouched
+    with stream.lent():  # the stream goes on where it stopped, as one seeded run would
+        second = torch.multinomial(torch.ones(10), 3)
+    assert torch.equal(first, reference[0]) and torch.equal(second, reference[1])
+    assert torch.equal(torch.get_rng_state(), caller)

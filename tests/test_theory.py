@@ -152,7 +152,7 @@ def test_settled_rows_shortcut_equals_win_probability(logits, labels, sigma):
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.7, 3.0, 40.0])
-def test_trapezoid_class_probabilities_equal_theory(logits, sigma):
+def test_pruned_class_probabilities_equal_theory(logits, sigma):
     pixels = logits[:1500] * 1.7  # segmentation-like spread
     reference = theory.class_probabilities(pixels, sigma, nodes=96)
     fast = expected_class_probabilities(pixels, sigma)
@@ -161,8 +161,8 @@ def test_trapezoid_class_probabilities_equal_theory(logits, sigma):
 
 
 @pytest.mark.parametrize("classes", [3, 25, 60])
-def test_trapezoid_class_probabilities_with_many_classes(classes):
-    # The noisy maximum of many close classes is narrow: the step shrinks with the contenders.
+def test_pruned_class_probabilities_with_many_classes(classes):
+    # Dropping the classes that cannot overtake a pixel's top one may move no probability.
     pixels = torch.randn(200, classes, generator=torch.Generator().manual_seed(classes)) * 3
     for sigma in (1.0, 30.0):
         reference = theory.class_probabilities(pixels, sigma, nodes=96)
@@ -209,9 +209,41 @@ def test_fast_win_probability_is_exact_to_the_dense_formula(classes, sigma):
 
 @pytest.mark.parametrize("nodes", [32, 64])
 def test_trimmed_rule_drops_only_negligible_weight(nodes):
-    from aim_cli.calibration.classify import NODE_TAIL, trimmed_hermite_rule
+    from aim_cli.theory import NODE_TAIL, trimmed_hermite_rule
 
     _, full = theory.hermite_rule(nodes)
     z, w = trimmed_hermite_rule(nodes)
     assert 0 <= full.sum() - float(w.sum()) < NODE_TAIL
     assert len(z) < nodes and bool((z[1:] > z[:-1]).all())  # fewer nodes, still in order
+
+
+def test_the_win_probability_equals_direct_integration():
+    """The one quadrature against an independent one: scipy integrating phi(z) prod_j Phi(gap_j / sigma + z)."""
+    from scipy import integrate, stats
+
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.randn(6, 7, generator=generator, dtype=torch.float64) * 3
+    classes = torch.tensor([0, 1, 2, 3, 4, 5])
+    for sigma in (0.4, 2.0, 15.0):
+        fast = theory.utility_win_probability(rows, classes, sigma)
+        for row, c, value in zip(rows.numpy(), classes.tolist(), fast.tolist()):
+            gaps = [(row[c] - row[j]) / sigma for j in range(len(row)) if j != c]
+            integrand = lambda z, g=gaps: stats.norm.pdf(z) * math.prod(stats.norm.cdf(x + z) for x in g)  # noqa: E731
+            direct, _ = integrate.quad(integrand, -12, 12, epsabs=1e-12, epsrel=1e-10, limit=200)
+            assert value == pytest.approx(direct, abs=1e-9)
+
+
+def test_the_win_probability_has_one_implementation():
+    """Gauss-Hermite rules and Phi products of the formula appear in theory.py only (issue 23: each formula once)."""
+    from pathlib import Path
+
+    import aim_cli
+
+    package = Path(aim_cli.__file__).parent
+    formula = ("hermegauss", "hermite_rule(", "ndtr(", "log_ndtr", "torch.erf(")
+    elsewhere = {
+        str(path.relative_to(package)): [word for word in formula if word in path.read_text(encoding="utf-8")]
+        for path in package.rglob("*.py")
+        if path.name != "theory.py"
+    }
+    assert {name: words for name, words in elsewhere.items() if words} == {}

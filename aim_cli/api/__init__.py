@@ -197,7 +197,7 @@ def _check_direction(direction: int) -> None:
 
 
 def expected_accuracy(logits: torch.Tensor, labels: Any, sigma: float) -> float:
-    """Exact expected top-1 accuracy under utility noise sigma (calibration.classify.expected_correct)."""
+    """Exact expected top-1 accuracy under utility noise sigma (theory.expected_correct)."""
     return accuracy_curve(logits, labels, [sigma])[0]
 
 
@@ -205,7 +205,7 @@ def accuracy_curve(logits: torch.Tensor, labels: Any, sigmas: Sequence[float]) -
     """Exact expected accuracy at each sigma, all from the same clean logits (checked once)."""
     logits, ids = _logits_and_labels(logits, labels, None)
     checked = [check_sigma(s, "sigma", "sigma") for s in one_or_many(sigmas, "sigmas")]
-    from aim_cli.calibration.classify import expected_correct
+    from aim_cli.theory import expected_correct
 
     return [float(expected_correct(logits, ids, s).mean()) for s in checked]
 
@@ -228,15 +228,14 @@ def win_probability(
     logits, ids = _logits_and_labels(logits, classes, class_names)
     sigma = check_sigma(sigma, "sigma", "sigma")
     from aim_cli import theory
-    from aim_cli.calibration.classify import expected_correct
 
     if focus is None:
-        return expected_correct(logits, ids, sigma)
+        return theory.expected_correct(logits, ids, sigma)
     focus_sigma = check_sigma(focus_sigma, "focus_sigma", "focus_sigma")
     _check_direction(direction)
     target = _focus_class_id(focus, class_names, logits.shape[1])
     if focus_sigma == 0:
-        return expected_correct(logits, ids, sigma)
+        return theory.expected_correct(logits, ids, sigma)
     if sigma > 0:
         return theory.win_probability_with_focus(logits, ids, sigma, target, focus_sigma, direction)
     probabilities = theory.focus_class_probabilities(logits, target, focus_sigma, direction)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from aim_cli import theory
@@ -29,54 +27,15 @@ from aim_cli.models.classifier import ImageClassifier
 from aim_cli.modulation import FocusTarget, Modulation, SeededNoise, modulate
 from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
 
-# Gauss-Hermite nodes by number of contending classes: the product of many Phi terms is a
-# sharper function of the shared draw, so more classes need more nodes. Up to 16 classes 32
-# nodes stay within ~4e-7 of the 64-node rule (measured on random logits with ties); beyond
-# that the full 64-node rule of theory.utility_win_probability is used, so results equal it.
-_NODES = ((16, 32),)
-# Nodes whose weights sum to less than this are dropped: the integrand lies in [0, 1], so the
-# result moves by at most this (64 nodes -> 36 evaluated, 32 -> 24).
-NODE_TAIL = 1e-12
+# The win probability lives in theory (one implementation); these names stay importable from here.
+from aim_cli.theory import CUTOFF as CUTOFF
+from aim_cli.theory import NODE_TAIL as NODE_TAIL
+from aim_cli.theory import SETTLED as SETTLED
+from aim_cli.theory import expected_correct as expected_correct
+from aim_cli.theory import quadrature_nodes as quadrature_nodes
+from aim_cli.theory import rule_win_probability as rule_win_probability
+from aim_cli.theory import trimmed_hermite_rule as trimmed_hermite_rule
 
-
-def quadrature_nodes(contenders: int) -> int:
-    """Gauss-Hermite nodes for rows with this many contending classes."""
-    return next((nodes for limit, nodes in _NODES if contenders <= limit), theory.QUADRATURE_NODES)
-
-
-@lru_cache(maxsize=8)
-def trimmed_hermite_rule(nodes: int, tail: float = NODE_TAIL) -> tuple[torch.Tensor, torch.Tensor]:
-    """theory's N(0,1) Gauss-Hermite rule without the outermost nodes whose weights sum below `tail`."""
-    z, w = theory.hermite_rule(nodes)
-    order = np.argsort(w)  # smallest weights (outermost nodes) first
-    dropped = np.searchsorted(np.cumsum(w[order]), tail)  # how many can go with total weight < tail
-    keep = np.sort(order[dropped:])
-    return torch.as_tensor(z[keep]), torch.as_tensor(w[keep])
-
-
-def rule_win_probability(logits: torch.Tensor, classes: torch.Tensor, sigma: float, nodes: int) -> torch.Tensor:
-    """theory.utility_win_probability (sigma > 0) on the trimmed rule: within NODE_TAIL of it, row by row."""
-    z, w = trimmed_hermite_rule(nodes)
-    logits = logits.to(torch.float64)
-    out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    step = theory.rows_per_block(logits.shape[1], len(z))
-    for start in range(0, logits.shape[0], step):
-        block = logits[start : start + step]
-        cls = classes[start : start + step, None]
-        gaps = (block.gather(1, cls) - block) / sigma
-        gaps.scatter_(1, cls, math.inf)  # Phi(inf) = 1 drops the j == c term
-        # A plain product of Phi terms, not a sum of log Phi: ndtr costs a fraction of log_ndtr,
-        # every factor is <= 1 (so no partial product underflows before the result does) and
-        # n factors add only ~n ulps of rounding.
-        out[start : start + step] = torch.special.ndtr(gaps[:, :, None] + z).prod(dim=1) @ w
-    return out
-
-
-# A row whose win probability is provably within this of 0 or 1 is not integrated, and a class
-# that overtakes the label with less than this probability is left out of its row.
-SETTLED = 1e-9
-# Phi(-CUTOFF / sqrt 2) < SETTLED: a class more than CUTOFF sigma below the label cannot matter.
-CUTOFF = 8.5
 # A predicted curve that rises by less than this (e.g. near-tied wrong answers that noise turns
 # into coin flips) is not worth a warning; a real non-monotone stretch is.
 MONOTONE_TOLERANCE = 0.005
@@ -139,57 +98,6 @@ def collect_logits(
     return LogitSet(logits, labels, failures, time.perf_counter() - start)
 
 
-def expected_correct(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-row P(argmax == label) under utility noise, skipping rows whose answer is settled.
-
-    A row whose label leads by margin m > 0 stays right unless some class overtakes it, so
-    P >= 1 - (C-1) * Phi(-m / (sigma * sqrt 2)); a row whose label trails the top by -m stays
-    wrong with P <= Phi(m / (sigma * sqrt 2)). Rows with either bound within 1e-9 are set to
-    1 or 0 and skip the quadrature (most rows at small sigma).
-    """
-    if sigma <= 0:
-        return (logits.argmax(dim=1) == labels).double()
-    own = logits.gather(1, labels[:, None]).squeeze(1).double()
-    others = logits.double().scatter(1, labels[:, None], -math.inf)
-    margin = own - others.max(dim=1).values
-    scaled = margin / (sigma * math.sqrt(2.0))
-    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64, device=logits.device), 1.0)
-    settled_right = (logits.shape[1] - 1) * normal.cdf(-scaled) < SETTLED
-    settled_wrong = normal.cdf(scaled) < SETTLED
-    out = settled_right.double()
-    active = ~(settled_right | settled_wrong)
-    if bool(active.any()):
-        out[active] = _contender_win_probability(logits[active], labels[active], sigma)
-    return out
-
-
-def _contender_win_probability(logits: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
-    """theory.utility_win_probability over each row's contenders only.
-
-    A class trailing the label by more than CUTOFF * sigma beats it with probability below
-    SETTLED, so it is dropped (with many classes most are). Rows are grouped by contender
-    count rounded up to a power of two; padding columns sit 1e4 sigma below the label, where
-    their factor Phi(gap / sigma + z) is exactly 1.
-    """
-    # The formula depends on gaps only: shifting each row to a maximum of 0 (in float64) keeps gaps
-    # exact for logits so large (1e30) that `own - CUTOFF * sigma` would round back to `own`.
-    values = logits.double()
-    values = values - values.amax(dim=1, keepdim=True)
-    own = values.gather(1, labels[:, None])
-    keep = values > own - CUTOFF * sigma
-    keep.scatter_(1, labels[:, None], True)  # the label itself, whatever rounding did
-    counts = keep.sum(dim=1)
-    width = torch.pow(2, torch.ceil(torch.log2(counts.double())).long()).clamp(max=logits.shape[1])
-    out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    for size in torch.unique(width).tolist():
-        rows = width == size
-        padded = torch.where(keep[rows], values[rows], own[rows] - 1e4 * sigma)
-        top, order = padded.topk(int(size), dim=1)
-        position = (order == labels[rows][:, None]).long().argmax(dim=1)
-        out[rows] = rule_win_probability(top, position, sigma, quadrature_nodes(int(size)))
-    return out
-
-
 def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> Callable[[float], float]:
     """Expected top-1 accuracy as a function of utility sigma (exact, from cached logits)."""
     return lambda sigma: float(expected_correct(logits, labels, sigma).mean())
@@ -249,8 +157,7 @@ def common_noise_accuracy_metric(
     for draw in range(draws):
         for index, start in enumerate(range(0, logits.shape[0], chunk)):
             block = logits[start : start + chunk]
-            generator = torch.Generator(device=block.device).manual_seed(common_noise_seed(seed, draw, index))
-            noise = torch.randn(block.shape, generator=generator, device=block.device, dtype=block.dtype)
+            noise = SeededNoise(common_noise_seed(seed, draw, index)).standard_normal(block.shape, block)
             low, high = winning_interval(block, labels[start : start + chunk], noise)
             lows.append(low.double().cpu())
             highs.append(high.double().cpu())
@@ -276,20 +183,9 @@ def recall_metric(
 ) -> Callable[[float], float]:
     """Expected recall of the focus class as a function of focus sigma (utility sigma held fixed)."""
     rows = logits[labels == target_id]
-    classes = torch.full((rows.shape[0],), target_id, device=rows.device)
-
-    def metric(focus_sigma: float) -> float:
-        if utility_sigma > 0:
-            return float(
-                theory.win_probability_with_focus(
-                    rows, classes, utility_sigma, target_id, focus_sigma, direction
-                ).mean()
-            )
-        if focus_sigma <= 0:
-            return float((rows.argmax(dim=1) == target_id).double().mean())
-        return float(theory.focus_win_probability(rows, target_id, focus_sigma, direction).mean())
-
-    return metric
+    return lambda focus_sigma: float(
+        theory.target_win_probability(rows, target_id, focus_sigma, direction, utility_sigma).mean()
+    )
 
 
 def monte_carlo_accuracy(

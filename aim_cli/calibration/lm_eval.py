@@ -1,14 +1,23 @@
-"""Calibration on an lm-evaluation-harness task: analytic for single-token multiple choice, else Monte Carlo.
+"""Calibration on an lm-evaluation-harness task: analytic when one token decides each question, else Monte Carlo.
 
 lm-eval scores a multiple-choice question by the loglikelihood of each choice after the shared
-context. When every choice is one token (MMLU's " A".." D"), the choices are columns of the
-same next-token logits, and aim's lm-eval model gives that position the same noise in every
-choice's request (aim_cli.integrations.lm_eval): the noisy log-softmax shifts every choice by
-the same normaliser, so lm-eval's pick is the argmax of the choices' noisy logits. Accuracy at
-any sigma is then classification accuracy over the C choice columns, which
-calibration.classify computes exactly from one clean forward pass. Every other task (several
-tokens per choice, generate_until, custom scoring) is calibrated by the seeded Monte Carlo
-search of free-form text, each measurement one lm-eval run of the task.
+context, and picks the argmax. aim's lm-eval model (aim_cli.integrations.lm_eval) gives the
+logits at position t of a row the keyed draw of the tokens up to t, so two requests whose rows
+agree up to t see the same clean logits and the same noise there. The exact case is:
+
+    every choice of a question has the same context ids, and continuations of equal length that
+    are one token sequence P (possibly empty) followed by a last token t_i, the t_i all different.
+
+Then every choice's row (context + P, left-truncated to max_length as lm-eval truncates) is the
+same token sequence, the terms lm-eval sums for P are the same numbers for every choice, and the
+choices differ only in the last term log_softmax(noisy logits at the row's last position)[t_i],
+whose softmax normaliser is common too: lm-eval's pick is the argmax of the t_i columns of one
+noisy logits vector. One-token choices (MMLU's " A".." D") are the case P = (); a tokenizer that
+makes lm-eval's moved space " " its own token (choices " ", "A" / " ", "B") is P = (" ",).
+Accuracy at any sigma is then classification accuracy over the C choice columns, which
+calibration.classify computes exactly from one clean forward pass. Every other task (choices
+that differ before their last token, generate_until, custom scoring) is calibrated by the
+seeded Monte Carlo search of free-form text, each measurement one lm-eval run of the task.
 """
 
 from __future__ import annotations
@@ -74,12 +83,29 @@ def encode_request(lm: AimLM, context: str, continuation: str) -> tuple[list[int
     return list(context_ids), list(continuation_ids)
 
 
-def single_token_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[int], int]] | None:
-    """(context ids, one token per choice, gold) per question, or None where the task is not single-token MC.
+def decided_by_last_token(continuations: Sequence[Sequence[int]]) -> list[int] | None:
+    """The choices' last tokens when the continuations share every token but their last; else None.
+
+    Equal lengths, the same tokens before the last (the shared prefix, possibly none), and
+    distinct last tokens: then one noisy logits vector decides the question (module docstring).
+    """
+    if not continuations or any(len(c) == 0 for c in continuations):
+        return None
+    prefix = list(continuations[0][:-1])
+    if any(len(c) != len(prefix) + 1 or list(c[:-1]) != prefix for c in continuations):
+        return None
+    last = [int(c[-1]) for c in continuations]
+    return last if len(set(last)) == len(last) else None
+
+
+def shared_prefix_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[int], int]] | None:
+    """(row ids, last token per choice, gold) per question, or None where one token does not decide each question.
 
     The requests are lm-eval's own (task.instances, fewshot context and all), encoded as lm-eval
-    encodes them (encode_request); a task qualifies when every choice adds exactly one token to one shared context
-    and the score is plain argmax accuracy against one gold index.
+    encodes them (encode_request). A task qualifies when, for every question, the choices have one
+    context and continuations that differ only in their last token (decided_by_last_token), and
+    the score is plain argmax accuracy against one gold index. The row is what lm-eval feeds the
+    model for every choice: context + shared prefix, left-truncated to max_length.
     """
     config = task.config
     if task.OUTPUT_TYPE != "multiple_choice" or callable(getattr(config, "process_results", None)):
@@ -96,18 +122,19 @@ def single_token_questions(lm: AimLM, task: Any) -> list[tuple[list[int], list[i
         choices = task.doc_to_choice(doc)
         if len(instances) != len(choices):  # e.g. acc_mutual_info adds unconditional requests
             return None
-        contexts, tokens = set(), []
+        contexts, continuations = set(), []
         for instance in instances:
             context, continuation = instance.arguments
             context_ids, continuation_ids = encode_request(lm, context, continuation)
-            if len(continuation_ids) != 1:
-                return None
-            contexts.add(tuple(context_ids[-lm.max_length :]))
-            tokens.append(int(continuation_ids[0]))
+            contexts.add(tuple(context_ids))
+            continuations.append(continuation_ids)
+        tokens = decided_by_last_token(continuations)
         gold = _gold_index(task, doc, choices)
-        if len(contexts) != 1 or gold is None or len(set(tokens)) != len(tokens):
+        if len(contexts) != 1 or tokens is None or gold is None:
             return None
-        questions.append((list(contexts.pop()), tokens, gold))
+        # lm-eval's row: (context + continuation)[-(max_length + 1):][:-1], the same for every choice here.
+        row = (list(contexts.pop()) + list(continuations[0][:-1]))[-lm.max_length :]
+        questions.append((row, tokens, gold))
     return questions
 
 
@@ -209,12 +236,12 @@ def calibrate_lm_eval(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Calibration:
-    """The sigma at which the tasks' accuracy meets the target: analytic when every task is single-token MC."""
+    """The sigma at which the tasks' accuracy meets the target: analytic when one token decides every question."""
     start = time.perf_counter()
     tasks = build_tasks(names, manager, limit)
     questions: list[tuple[list[int], list[int], int]] = []
     for task in tasks:
-        found = single_token_questions(lm, task)
+        found = shared_prefix_questions(lm, task)
         if found is None:
             questions = []
             break
@@ -246,8 +273,9 @@ def _analytic(
     calibration.limit_label = f"chance (1/{choices} choices)"
     calibration.timing = {"forward_s": cached.seconds, **calibration.timing}
     calibration.notes.append(
-        f"1 forward pass over {len(questions)} questions whose {choices} choices are one token each: lm-eval picks "
-        "the argmax of the choices' noisy logits, so every sigma after that is analytic"
+        f"1 forward pass over {len(questions)} questions whose {choices} choices differ only in their last token "
+        "(one token each, or after a shared prefix that sees the same keyed noise in every choice): lm-eval picks "
+        "the argmax of the choices' noisy logits there, so every sigma after that is analytic"
     )
     return calibration
 
@@ -273,13 +301,20 @@ def _monte_carlo(
     calibration.limit_label = "no right answers"
     calibration.timing = {"lm_eval_s": scorer.seconds}
     calibration.notes = [
-        f"the tasks are not single-token multiple choice, so the curve is measured: {scorer.passes} seeded lm-eval "
+        f"the tasks' choices do not differ in one last token, so the curve is measured: {scorer.passes} seeded lm-eval "
         f"runs of {', '.join(names)} (metric {scorer.metric}; scan, bisection and {draws} checking draws)"
     ]
     return calibration
 
 
-__all__ = ["ChoiceLogits", "LmEvalScorer", "calibrate_lm_eval", "collect_choice_logits", "single_token_questions"]
+__all__ = [
+    "ChoiceLogits",
+    "LmEvalScorer",
+    "calibrate_lm_eval",
+    "collect_choice_logits",
+    "decided_by_last_token",
+    "shared_prefix_questions",
+]
 
 
 def calibrate_on_tasks(
@@ -290,7 +325,7 @@ def calibrate_on_tasks(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Calibration:
-    """The sigma for a target accuracy on lm-eval tasks (analytic for single-token multiple choice)."""
+    """The sigma for a target accuracy on lm-eval tasks (analytic where one token decides each question)."""
     if request.metric != "accuracy":
         raise AimError("lm-eval calibration reaches a target task accuracy", "use --target-acc")
     from aim_cli.tasks.evaluate import check_eval_counts, guarded

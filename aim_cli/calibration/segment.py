@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -42,18 +41,13 @@ from aim_cli.calibration.datasets import SegmentationDataset
 from aim_cli.errors import FailedInput, InputError
 from aim_cli.metrics import IGNORE_INDEX, ConfusionMatrix, iou, pixel_accuracy, recall
 from aim_cli.models.segmenter import Segmenter
-from aim_cli.modulation import FocusTarget, Modulation, SeededNoise
+from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, SeededNoise
 from aim_cli.tasks import segment as segment_task
 from aim_cli.tasks.batches import ProgressCallback, batched, check_model_logits
 from aim_cli.tasks.segment import SegmentInput, add_strip_noise_, truth_problem, upsample_at, upsampled_pixels
 
 # The exact per-pixel expectation (expected_class_probabilities) is kept for analysis and
 # tests; calibration uses the common-random-numbers curve, which is far cheaper at many classes.
-# Trapezoid steps for the per-pixel integral by number of contending classes: the noisy
-# maximum of many close classes is narrower, so it needs finer steps. Each keeps the error
-# near float32 round-off (~1e-6 against a 96-node Gauss-Hermite reference, measured for 3 to
-# 150 classes; tests/test_theory.py checks 3 to 60 classes).
-_STEPS = ((5, 0.6), (12, 0.5), (30, 0.4), (80, 0.3), (200, 0.25))
 # A class whose chance to overtake the pixel's top class is below this is left out for that pixel.
 SETTLED = 1e-9
 # The curve decides every scored pixel once per sigma with one shared draw; data with fewer
@@ -84,45 +78,13 @@ MIN_CHECK_DRAWS = 3
 LOGITS_CACHE_BYTES = 256 << 20
 
 
-@lru_cache(maxsize=32)
-def _nodes(contenders: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Trapezoid offsets (relative to the top logit, in units of sigma) and step for `contenders` classes."""
-    step = next((h for limit, h in _STEPS if contenders <= limit), 0.2)
-    return torch.arange(-5.5, 6.0 + 1e-6, step, dtype=torch.float32, device=device), step
-
-
-def _trapezoid_probabilities(values: torch.Tensor, sigma: float) -> torch.Tensor:
-    """P(argmax == k) for (P, a) logits by one shared trapezoid rule per pixel.
-
-    With u the noisy maximum in units of sigma and a_j = y_j / sigma,
-        P(k wins) = integral phi(u - a_k) * prod_{j != k} Phi(u - a_j) du
-                  = integral phi(u - a_k) * G(u) / Phi(u - a_k) du,   G(u) = prod_j Phi(u - a_j).
-    G is shared by all classes, so the cost is a * nodes per pixel instead of the a^2 * nodes of
-    the Gauss-Hermite form (theory.class_probabilities, which this matches to ~1e-6 in float32;
-    tests/test_theory.py checks it). The integrand is smooth and negligible outside
-    a_max - 5.5 .. a_max + 6 (tails below 1e-9 per class), where the trapezoid rule converges
-    geometrically in the step (see _STEPS).
-    """
-    a = values.to(torch.float32) / sigma
-    offsets, step_size = _nodes(values.shape[1], a.device)
-    out = torch.empty(a.shape, dtype=torch.float64, device=a.device)
-    step = max(1, (1 << 22) // (a.shape[1] * offsets.numel()))
-    for start in range(0, a.shape[0], step):
-        block = a[start : start + step]
-        d = (block.max(dim=1, keepdim=True).values + offsets)[:, None, :] - block[:, :, None]
-        cdf = torch.erfc(d * (-1.0 / math.sqrt(2.0))).mul_(0.5)  # erfc keeps the lower tail exact
-        shared = cdf.prod(dim=1, keepdim=True)
-        integrand = d.square_().mul_(-0.5).exp_().mul_(shared).div_(cdf)
-        out[start : start + step] = integrand.sum(dim=2).double() * (step_size / math.sqrt(2.0 * math.pi))
-    return out
-
-
 def expected_class_probabilities(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     """P(argmax == k) for every pixel row of (P, C) logits under utility noise sigma.
 
     Classes are sorted per pixel; one that trails the top by g overtakes it with probability
     at most Phi(-g / (sigma sqrt 2)), so those below SETTLED are dropped (error <= C * SETTLED)
-    and pixels with the same number a of contenders are integrated together at cost a, not C.
+    and pixels with the same number a of contenders go to theory.class_probabilities together,
+    over a columns, not C.
     """
     count, classes = pixels.shape
     if sigma <= 0:
@@ -137,7 +99,7 @@ def expected_class_probabilities(pixels: torch.Tensor, sigma: float) -> torch.Te
         if a == 1:
             ranked[rows, 0] = 1.0
         else:
-            ranked[rows, :a] = _trapezoid_probabilities(values[rows, :a], sigma)
+            ranked[rows, :a] = theory.class_probabilities(values[rows, :a], sigma)
     return torch.zeros_like(ranked).scatter_(1, order, ranked)
 
 
@@ -272,7 +234,7 @@ class _CrnSums:
         self.num_classes = num_classes
         self.counts = torch.zeros(len(self.grid), num_classes, num_classes, dtype=torch.float64)
 
-    def add(self, pixels: torch.Tensor, truth: torch.Tensor, generator: torch.Generator, repeats: int = 1) -> None:
+    def add(self, pixels: torch.Tensor, truth: torch.Tensor, noise: NoiseSource, repeats: int = 1) -> None:
         """Decide (P, C) scored pixels at every sigma with ONE N(0,1) draw per pixel and class, and count.
 
         The draw z is shared by all sigmas (decision: argmax(y + sigma z)); with `repeats` > 1
@@ -288,7 +250,7 @@ class _CrnSums:
             base = offsets + truth[None, top : top + step] * c
             noisy = torch.empty_like(block)
             for _ in range(repeats):
-                z = torch.randn(block.shape, generator=generator, device=block.device, dtype=block.dtype)
+                z = noise.standard_normal(block.shape, block)
                 decided = torch.empty_like(base)
                 for g, sigma in enumerate(self.grid):
                     chosen = block if sigma <= 0 else torch.add(block, z, alpha=sigma, out=noisy)
@@ -317,16 +279,8 @@ class _RecallSums:
         if rows.shape[0] == 0:
             return
         self.support += int(rows.shape[0])
-        classes = torch.full((rows.shape[0],), self.target_id, device=rows.device)
         for i, focus_sigma in enumerate(self.grid):
-            if self.utility_sigma > 0:
-                p = theory.win_probability_with_focus(
-                    rows, classes, self.utility_sigma, self.target_id, focus_sigma, self.direction
-                )
-            elif focus_sigma <= 0:
-                p = (rows.argmax(dim=1) == self.target_id).double()
-            else:
-                p = theory.focus_win_probability(rows, self.target_id, focus_sigma, self.direction)
+            p = theory.target_win_probability(rows, self.target_id, focus_sigma, self.direction, self.utility_sigma)
             self.hits[i] += float(p.sum())
 
     def values(self) -> list[float]:
@@ -454,8 +408,9 @@ class SegmentationCalibrator:
         scored = (flat != IGNORE_INDEX).nonzero().squeeze(1)
         if scored.numel() == 0:
             return None
-        generator = torch.Generator(device=group.low.device).manual_seed(self.seed + 1)
         if scored.numel() > PILOT_PIXELS:
+            # A sample of pixels, not noise (modulation.py makes only normal draws): an explicit seeded generator.
+            generator = torch.Generator(device=group.low.device).manual_seed(self.seed + 1)
             scored = scored[torch.randperm(scored.numel(), generator=generator, device=scored.device)[:PILOT_PIXELS]]
         return upsample_at(group.low, group.size, scored), flat[scored]
 
@@ -475,7 +430,7 @@ class SegmentationCalibrator:
         if pilot is None:
             return [0.0, *log_grid(scale / 1000, scale * 100, GRID_PER_DECADE)]
         sums = _CrnSums(wide, self.num_classes)
-        sums.add(*pilot, torch.Generator(device=group.low.device).manual_seed(self.seed + 2))
+        sums.add(*pilot, SeededNoise(self.seed + 2))
         values = sums.values(matrix_metric(self.target.metric, self.target_id))
         index = crossing(wide, values, self.target.value)
         if index is None:
@@ -492,19 +447,19 @@ class SegmentationCalibrator:
         """Pass 1: grid, CRN metric at every sigma, the exact clean metric, and the truth's class support."""
         sums: _CrnSums | None = None if grid is None else _CrnSums(grid, self.num_classes)
         clean = ConfusionMatrix(self.num_classes)
-        generator: torch.Generator | None = None
+        noise: SeededNoise | None = None
         repeats = 1
         for group in self._groups(collect):
             if sums is None:
                 sums = _CrnSums(self._grid(group), self.num_classes)
-            if generator is None:
-                generator = torch.Generator(device=group.low.device).manual_seed(self.seed)
+            if noise is None:
+                noise = SeededNoise(self.seed)
                 repeats = _repeats(group.size[0] * group.size[1], len(self.dataset))
             start = time.perf_counter()
             for strip, truth in _strips(group):
                 clean.update(strip.argmax(dim=-1), truth)
                 pixels, labels = _scored(strip, truth)
-                sums.add(pixels, labels, generator, repeats)
+                sums.add(pixels, labels, noise, repeats)
             self.clock.analytic += time.perf_counter() - start
         assert sums is not None
         read = matrix_metric(self.target.metric, self.target_id)

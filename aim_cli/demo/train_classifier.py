@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from aim_cli.demo.shapes import IMAGE_SIZE, LABELS, evaluation_set, make_dataset
+from aim_cli.modulation import LentGlobalStream
 
 DEMO_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT_DIR = DEMO_DIR / "classifier"
@@ -140,29 +141,31 @@ def main(argv: list[str] | None = None) -> None:
 
     # The demo must train on small shared CPUs and be reproducible.
     torch.set_num_threads(1)
-    torch.manual_seed(SEED)
-    start = time.perf_counter()
+    # Initialisers draw from torch's global generator (they take none): it draws the demo's seeded
+    # stream for the run and is given back unchanged, so a caller's generator is never reseeded.
+    with LentGlobalStream(SEED).lent():
+        start = time.perf_counter()
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    build_processor().save_pretrained(args.out_dir)
-    # Train on tensors from the processor exactly as reloaded, so train and inference agree.
-    processor = AutoImageProcessor.from_pretrained(args.out_dir)
-    pixels, labels = to_tensors(processor, make_dataset("train", TRAIN_SIZE))
-    print(f"generated {len(labels)} training images in {time.perf_counter() - start:.1f}s", flush=True)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        build_processor().save_pretrained(args.out_dir)
+        # Train on tensors from the processor exactly as reloaded, so train and inference agree.
+        processor = AutoImageProcessor.from_pretrained(args.out_dir)
+        pixels, labels = to_tensors(processor, make_dataset("train", TRAIN_SIZE))
+        print(f"generated {len(labels)} training images in {time.perf_counter() - start:.1f}s", flush=True)
 
-    model = build_model()
-    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", flush=True)
-    train(model, pixels, labels, args.epochs)
-    model.eval()
-    model.save_pretrained(args.out_dir)
-    write_samples(SAMPLES_DIR)
+        model = build_model()
+        print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", flush=True)
+        train(model, pixels, labels, args.epochs)
+        model.eval()
+        model.save_pretrained(args.out_dir)
+        write_samples(SAMPLES_DIR)
 
-    # Evaluate the artefacts as users will load them, not the in-memory model.
-    reloaded = AutoModelForImageClassification.from_pretrained(args.out_dir)
-    eval_pixels, eval_labels = to_tensors(AutoImageProcessor.from_pretrained(args.out_dir), evaluation_set(1000))
-    acc, margin = accuracy(reloaded, eval_pixels, eval_labels)
-    print(f"held-out accuracy {acc:.4f}  mean top1-top2 logit margin {margin:.2f}")
-    print(f"total time {time.perf_counter() - start:.1f}s; saved to {args.out_dir}")
+        # Evaluate the artefacts as users will load them, not the in-memory model.
+        reloaded = AutoModelForImageClassification.from_pretrained(args.out_dir)
+        eval_pixels, eval_labels = to_tensors(AutoImageProcessor.from_pretrained(args.out_dir), evaluation_set(1000))
+        acc, margin = accuracy(reloaded, eval_pixels, eval_labels)
+        print(f"held-out accuracy {acc:.4f}  mean top1-top2 logit margin {margin:.2f}")
+        print(f"total time {time.perf_counter() - start:.1f}s; saved to {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from aim_cli.demo.arithmetic import evaluation_set, exact_match, make_problems, multiple_choice_set, split_size
+from aim_cli.modulation import LentGlobalStream
 
 DEFAULT_OUT_DIR: Path = Path(__file__).resolve().parent / "lm"
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
@@ -176,62 +177,63 @@ def train(
     """Train until the held-out exact match reaches ``target`` (or the step/time budget ends) and save."""
     # The demo must train on a small shared CPU; one thread keeps it polite and reproducible.
     torch.set_num_threads(1)
-    torch.manual_seed(SEED)
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model parameters: {n_params:,}  vocab: {len(tokenizer)}")
+    # Initialisers draw from torch's global generator (they take none): it draws the demo's seeded
+    # stream for the run and is given back unchanged, so a caller's generator is never reseeded.
+    with LentGlobalStream(SEED).lent():
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model parameters: {n_params:,}  vocab: {len(tokenizer)}")
 
-    train_problems = make_problems("train", split_size("train"))
-    ids, mask, labels = encode_examples(tokenizer, train_problems, with_bos=True)
-    # A BOS-less copy makes the model robust to callers that tokenize with add_special_tokens=False.
-    ids_nb, mask_nb, labels_nb = encode_examples(tokenizer, train_problems, with_bos=False, width=ids.shape[1])
-    eval_problems = evaluation_set(200)
-    mc_items = multiple_choice_set(200)
+        train_problems = make_problems("train", split_size("train"))
+        ids, mask, labels = encode_examples(tokenizer, train_problems, with_bos=True)
+        # A BOS-less copy makes the model robust to callers that tokenize with add_special_tokens=False.
+        ids_nb, mask_nb, labels_nb = encode_examples(tokenizer, train_problems, with_bos=False, width=ids.shape[1])
+        eval_problems = evaluation_set(200)
+        mc_items = multiple_choice_set(200)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(SEED)
-    start = time.time()
-    score = 0.0
-    step = 0
-    for step in range(1, max_steps + 1):
-        model.train()
-        rows = torch.randint(0, ids.shape[0], (batch_size,), generator=generator)
-        drop_bos = torch.rand(batch_size, generator=generator) < 0.1
-        b_ids = torch.where(drop_bos[:, None], ids_nb[rows], ids[rows])
-        b_mask = torch.where(drop_bos[:, None], mask_nb[rows], mask[rows])
-        b_labels = torch.where(drop_bos[:, None], labels_nb[rows], labels[rows])
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, max_steps, peak_lr, warmup=200)
-        logits = model(input_ids=b_ids, attention_mask=b_mask).logits
-        # Label smoothing caps the logit margins (~6 nats) so added logit noise degrades quality smoothly.
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]),
-            b_labels[:, 1:].reshape(-1),
-            ignore_index=-100,
-            label_smoothing=0.1,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 250 == 0 or step == max_steps:
-            score = exact_match_rate(model, tokenizer, eval_problems)
-            minutes = (time.time() - start) / 60
-            print(
-                f"step {step:5d}  loss {loss.item():.4f}  eval exact match {score:.3f}  {minutes:.1f} min", flush=True
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
+        generator = torch.Generator().manual_seed(SEED)
+        start = time.time()
+        score = 0.0
+        step = 0
+        for step in range(1, max_steps + 1):
+            model.train()
+            rows = torch.randint(0, ids.shape[0], (batch_size,), generator=generator)
+            drop_bos = torch.rand(batch_size, generator=generator) < 0.1
+            b_ids = torch.where(drop_bos[:, None], ids_nb[rows], ids[rows])
+            b_mask = torch.where(drop_bos[:, None], mask_nb[rows], mask[rows])
+            b_labels = torch.where(drop_bos[:, None], labels_nb[rows], labels[rows])
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, max_steps, peak_lr, warmup=200)
+            logits = model(input_ids=b_ids, attention_mask=b_mask).logits
+            # Label smoothing caps the logit margins (~6 nats) so added logit noise degrades quality smoothly.
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                b_labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                label_smoothing=0.1,
             )
-            if score >= target or minutes > max_minutes:
-                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 250 == 0 or step == max_steps:
+                score = exact_match_rate(model, tokenizer, eval_problems)
+                minutes = (time.time() - start) / 60
+                report = f"step {step:5d}  loss {loss.item():.4f}  eval exact match {score:.3f}  {minutes:.1f} min"
+                print(report, flush=True)
+                if score >= target or minutes > max_minutes:
+                    break
 
-    train_seconds = time.time() - start
-    mc = multiple_choice_accuracy(model, tokenizer, mc_items)
-    print(f"final eval exact match {score:.3f}  MC next-token accuracy {mc:.3f}  train time {train_seconds:.0f}s")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    print(f"saved to {out_dir}")
-    return {"exact_match": score, "mc_accuracy": mc, "steps": step, "train_seconds": train_seconds}
+        train_seconds = time.time() - start
+        mc = multiple_choice_accuracy(model, tokenizer, mc_items)
+        print(f"final eval exact match {score:.3f}  MC next-token accuracy {mc:.3f}  train time {train_seconds:.0f}s")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        print(f"saved to {out_dir}")
+        return {"exact_match": score, "mc_accuracy": mc, "steps": step, "train_seconds": train_seconds}
 
 
 def main(argv: list[str] | None = None) -> None:

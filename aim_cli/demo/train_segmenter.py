@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 from aim_cli.demo import streets
+from aim_cli.modulation import LentGlobalStream
 
 DEMO_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT_DIR = DEMO_DIR / "segmenter"
@@ -166,36 +167,38 @@ def main(argv: list[str] | None = None) -> None:
 
     # The demo must train on a small shared CPU; one thread keeps it polite and reproducible.
     torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    started = time.time()
+    # Initialisers draw from torch's global generator (they take none): it draws the demo's seeded
+    # stream for the run and is given back unchanged, so a caller's generator is never reseeded.
+    with LentGlobalStream(args.seed).lent():
+        started = time.time()
 
-    train_set = streets.make_dataset("train", args.train_size)
-    mean, std = channel_stats([image for image, _ in train_set])
-    processor = build_processor(mean, std)
-    pixels = preprocess(processor, [image for image, _ in train_set])
-    masks = torch.from_numpy(np.stack([mask for _, mask in train_set])).long()
+        train_set = streets.make_dataset("train", args.train_size)
+        mean, std = channel_stats([image for image, _ in train_set])
+        processor = build_processor(mean, std)
+        pixels = preprocess(processor, [image for image, _ in train_set])
+        masks = torch.from_numpy(np.stack([mask for _, mask in train_set])).long()
 
-    model = build_model()
-    train(model, pixels, masks, args.steps, args.batch_size, args.lr, args.seed, args.person_weight)
+        model = build_model()
+        train(model, pixels, masks, args.steps, args.batch_size, args.lr, args.seed, args.person_weight)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out_dir, safe_serialization=True)
-    processor.save_pretrained(args.out_dir)
-    # safetensors writes its file owner-only; shipped package data must be world-readable.
-    (args.out_dir / "model.safetensors").chmod(0o644)
-    write_samples(args.samples_dir)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(args.out_dir, safe_serialization=True)
+        processor.save_pretrained(args.out_dir)
+        # safetensors writes its file owner-only; shipped package data must be world-readable.
+        (args.out_dir / "model.safetensors").chmod(0o644)
+        write_samples(args.samples_dir)
 
-    eval_set = streets.evaluation_set(200)
-    eval_pixels = preprocess(processor, [image for image, _ in eval_set])
-    eval_masks = torch.from_numpy(np.stack([mask for _, mask in eval_set])).long()
-    metrics = evaluate(model, eval_pixels, eval_masks)
-    print(f"trained in {time.time() - started:.0f}s; saved to {args.out_dir}")
-    print(
-        f"pixel accuracy {metrics['pixel_accuracy']:.4f}  mIoU {metrics['miou']:.4f}  "
-        f"median top-1/top-2 margin {metrics['median_margin']:.2f}"
-    )
-    for name in streets.LABELS:
-        print(f"  {name:<11} IoU {metrics['iou'][name]:.3f}  recall {metrics['recall'][name]:.3f}")
+        eval_set = streets.evaluation_set(200)
+        eval_pixels = preprocess(processor, [image for image, _ in eval_set])
+        eval_masks = torch.from_numpy(np.stack([mask for _, mask in eval_set])).long()
+        metrics = evaluate(model, eval_pixels, eval_masks)
+        print(f"trained in {time.time() - started:.0f}s; saved to {args.out_dir}")
+        print(
+            f"pixel accuracy {metrics['pixel_accuracy']:.4f}  mIoU {metrics['miou']:.4f}  "
+            f"median top-1/top-2 margin {metrics['median_margin']:.2f}"
+        )
+        for name in streets.LABELS:
+            print(f"  {name:<11} IoU {metrics['iou'][name]:.3f}  recall {metrics['recall'][name]:.3f}")
 
 
 if __name__ == "__main__":

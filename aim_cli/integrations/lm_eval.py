@@ -15,9 +15,12 @@ bit for bit.
 The noise of a decision depends only on the tokens before it: position t of a sequence gets
 the keyed draw of token_key(tokens[: t + 1]), in scoring and in generation alike. lm-eval sorts
 and batches requests as it likes, and the choices of a multiple-choice question share their
-context, so this makes every choice of a question see the same noise at the answer position
-(the decision is the argmax of the choices' noisy logits, which aim's calibration predicts
-exactly) and makes results independent of batch size and order. A seed is a public key
+context, so this makes every choice of a question see the same noise at every position their
+rows share: at the answer position, and at each token of a prefix the choices share (lm-eval's
+moved space " " where that is its own token). When the choices differ only in their last token
+the decision is the argmax of the choices' noisy logits at one position, which aim's
+calibration predicts exactly (aim_cli.calibration.lm_eval); and results are independent of
+batch size and order. A seed is a public key
 (modulation.seed_keyed_noise, as the vLLM plugin's seeded requests); a profile's key_env a secret one.
 """
 

@@ -7,6 +7,8 @@ generates after its start token, so the same processor, stop strings and records
 from __future__ import annotations
 
 import inspect
+import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, cast
@@ -19,7 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 from aim_cli.errors import FailedInput, InputError
 from aim_cli.generation import ModulationProcessor, StopOnStrings, cut_at_stop
 from aim_cli.models.language import LanguageModel, check_prompt_fits
-from aim_cli.modulation import KeyedNoise, content_key, nonfinite_items
+from aim_cli.modulation import KeyedNoise, LentGlobalStream, content_key, nonfinite_items
 from aim_cli.plans import ModulationPlan, plan_tokens
 from aim_cli.profile import Profile
 from aim_cli.tasks.batches import ProgressCallback, batched, nonfinite_error
@@ -232,17 +234,18 @@ def generate_ids(
     return output[:, prefix:].tolist()
 
 
-def _seed_sampling(plan: ModulationPlan, batch: Sequence[EncodedPrompt]) -> None:
-    """Seed torch's global RNG (which HF sampling draws from) so sampled runs repeat.
+def _sampling_stream(
+    plan: ModulationPlan, batch: Sequence[EncodedPrompt], run: LentGlobalStream, device: torch.device
+) -> LentGlobalStream:
+    """The stream a batch samples from: the run's (seeded or random), or one keyed on the batch's content.
 
     Keyed plans derive the seed from the key and the batch's content, so repeating a question
     repeats the answer in sampling mode too.
     """
-    if plan.seed is not None:
-        return
-    if isinstance(plan.noise, KeyedNoise):
+    if plan.seed is None and isinstance(plan.noise, KeyedNoise):
         digest = content_key(b"".join(np.asarray(p.ids, dtype="<i8").tobytes() + b"\xff" * 8 for p in batch))
-        torch.manual_seed(plan.noise.item_seed(digest))
+        return LentGlobalStream(plan.noise.item_seed(digest), device)
+    return run
 
 
 def generate_completions(
@@ -260,9 +263,10 @@ def generate_completions(
     A prompt the model computes non-finite logits for raises nonfinite_error; with a
     `failures` list it is recorded there instead and the other prompts go on.
     """
-    if plan.seed is not None:
-        # HF sampling uses the global RNG; our noise has its own SeededNoise generator.
-        torch.manual_seed(plan.seed)
+    # transformers samples from torch's global generator (it takes none): each generate() call gets
+    # it lent with aim's own state (LentGlobalStream), so the caller's generator never changes and
+    # a seed repeats a run; our noise has its own SeededNoise or keyed stream.
+    run = LentGlobalStream(plan.seed if plan.seed is not None else secrets.randbits(63), lm.device)
     processor = None
     if not plan.modulation.is_identity:
         processor = plan.logits_processor()
@@ -271,14 +275,12 @@ def generate_completions(
     stop_id = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else min(eos_ids, default=None)
     for batch in batched(prompts, settings.batch_size):
         guard = FiniteScores(stop_id)
-        if settings.sampling:
-            _seed_sampling(plan, batch)
-        rows = generate_ids(lm, batch, settings, processor, streamer, guard)
+        with _sampling_stream(plan, batch, run, lm.device).lent() if settings.sampling else nullcontext():
+            rows = generate_ids(lm, batch, settings, processor, streamer, guard)
         clean_rows: list[list[int]] | list[None] = [None] * len(batch)
         if compare:
-            if settings.sampling:
-                _seed_sampling(plan, batch)
-            clean_rows = generate_ids(lm, batch, settings, None, guard=guard)
+            with _sampling_stream(plan, batch, run, lm.device).lent() if settings.sampling else nullcontext():
+                clean_rows = generate_ids(lm, batch, settings, None, guard=guard)
         broken = _broken_prompts(batch, guard, failures)
         for prompt, row, clean_row in zip(batch, rows, clean_rows):
             if prompt.index in broken:
