@@ -27,8 +27,13 @@ demo: $(STAMP)
 	@echo "== generate: the demo arithmetic LM, clean and at sigma 2"
 	$(AIM) generate --prompt "23+45=" --prompt "31-17=" --prompt "8+9=" --sigma 2 --seed 0 --compare
 	@echo "== calibrate: the sigma that brings the demo classifier to 60% accuracy"
-	$(AIM) calibrate --target-acc 0.6 --write-profile $(DEMO_OUT)/tier-60.yaml
-	$(AIM) classify --profile $(DEMO_OUT)/tier-60.yaml --compare
+	@mkdir -p $(DEMO_OUT)/tiers
+	$(AIM) calibrate --target-acc 0.6 --write-profile $(DEMO_OUT)/tiers/tier-60.yaml
+	$(AIM) classify --profile $(DEMO_OUT)/tiers/tier-60.yaml --compare
+	@echo "== verify: the tier's certificate holds on the model and data it was certified on"
+	$(AIM) verify $(DEMO_OUT)/tiers/tier-60.yaml
+	@echo "== report: one page with the curve, the tier's interval and examples ($(DEMO_OUT)/report.html)"
+	$(AIM) report --tiers $(DEMO_OUT)/tiers -o $(DEMO_OUT)/report.html
 
 # Two workers (pytest-xdist): most tests start the real CLI in a subprocess and wait on torch's import.
 test: $(STAMP)
