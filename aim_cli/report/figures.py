@@ -84,8 +84,14 @@ def curve_figure(data: ReportData) -> str:
                     result.tier.name, (x, value), textcoords="offset points", xytext=(7, 6), fontsize=8, color=colour
                 )
         certificate = result.tier.certificate
-        # A void certificate (settings edited since) promises nothing about this tier: no interval.
-        if certificate is not None and result.tier.certificate_problem is None and certificate.metric in data.curves:
+        # Only a promise about this tier on this model is drawn: not a void one (settings edited since),
+        # nor one made on another model (the table says which).
+        if (
+            certificate is not None
+            and result.tier.certificate_problem is None
+            and certificate.model_fingerprint == data.model_fingerprint
+            and certificate.metric in data.curves
+        ):
             centre, low, high = certificate.predicted, certificate.interval.low, certificate.interval.high
             axes.errorbar(
                 [x],
