@@ -79,9 +79,8 @@ def _model_match(certificate: Certificate, fingerprint: str | None) -> str:
     """Whether the certificate was made on the model of this report (content fingerprints compared)."""
     if certificate.model_fingerprint == fingerprint:
         return "<span class='ok'>certified on this model</span>"
-    title = (
-        f"certified on {certificate.model_spec} ({short(certificate.model_fingerprint)}); "
-        f"this model is {short(fingerprint)}"
+    title = f"certified on {certificate.model_spec} ({short(certificate.model_fingerprint)}); " + (
+        f"this model is {short(fingerprint)}" if fingerprint else "this model has no fingerprint"
     )
     return f"<span class='problem' title=\"{_e(title)}\">certified on another model</span>"
 
