@@ -1,4 +1,4 @@
-"""`aim report`: tiers and certificates read defensively, a self-contained page from the real CLI, clear errors."""
+"""`aim report`: tiers with real certificates, a self-contained page from the real CLI, clear errors."""
 
 from __future__ import annotations
 
@@ -9,69 +9,74 @@ from typing import Any
 
 import pytest
 
+from aim_cli.certificates import Certificate
 from aim_cli.errors import ProfileError
-from aim_cli.report.tiers import certificate_view, load_certified_profile, load_tiers
+from aim_cli.profile import load_profile
+from aim_cli.report.tiers import load_tiers
 from tests.conftest import REPO, assert_user_error, run_aim
 
-CERTIFICATE = """\
-certificate:
-  aim_version: "0.1.0"
-  model: {spec: demo, fingerprint: "sha256:00"}
-  data: {spec: demo, fingerprint: "sha256:11", items: 500}
-  metric: accuracy
-  target: 0.6
-  method: exact
-  predicted: 0.601
-  interval: {low: 0.55, high: 0.65, confidence: 0.95, sample_size: 500, meaning: "a fresh sample"}
-  settings_hash: "sha256:22"
-"""
 TIER = "version: 1\nname: tier-60\nutility: {sigma: 2.56}\nnoise: {seed: 0}\n"
 FOCUS_TIER = "version: 1\nfocus:\n  sigma: 3.0\n  targets:\n    - {class: circle, direction: up}\nnoise: {seed: 1}\n"
+EDITED = "edited after certification: certificate void"
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (None, None),
-        ("text", None),
-        ({}, None),
-        ({"metric": "accuracy"}, None),  # no promise: nothing to show
-        ({"predicted": "0.6"}, None),  # text, not a number
-        ({"predicted": True}, None),  # a bool is not a number
-        ({"predicted": float("nan")}, None),
-        ({"predicted": 0.6}, {"predicted": 0.6, "low": None, "has_interval": False}),
-        ({"interval": {"low": 0.5, "high": 0.7}}, {"predicted": None, "low": 0.5, "has_interval": True}),
-        ({"interval": {"low": 0.5}, "predicted": 0.6}, {"low": 0.5, "high": None, "has_interval": False}),
-        ({"interval": [0.5, 0.7], "predicted": 0.6}, {"low": None, "has_interval": False}),
-        ({"predicted": 0.6, "data": {"items": 500}}, {"items": 500}),
-        ({"predicted": 0.6, "data": {"items": "500"}}, {"items": None}),
-    ],
-)
-def test_certificate_view_reads_what_is_well_formed(raw: Any, expected: dict[str, Any] | None) -> None:
-    """Anything missing or malformed reads as absent; a certificate without a promise is no certificate."""
-    view = certificate_view(raw)
-    if expected is None:
-        assert view is None
-        return
-    assert view is not None
-    for key, value in expected.items():
-        assert getattr(view, key) == value, key
+@pytest.fixture(scope="module")
+def certified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Certified tiers written by the real CLI: the demo classifier's (accuracy 0.6) and segmenter's (mIoU 0.5)."""
+    folder = tmp_path_factory.mktemp("certified")
+    runs = {
+        "tier-60": ["--target-acc", "0.6", "--limit", "200"],
+        "seg-50": ["--task", "segment", "--target-miou", "0.5", "--limit", "4"],
+    }
+    for name, args in runs.items():
+        result = run_aim("calibrate", *args, "--write-profile", str(folder / f"{name}.yaml"), "--quiet")
+        assert result.returncode == 0, result.stderr
+    return {name: folder / f"{name}.yaml" for name in runs}
 
 
-def test_a_certified_profile_loads_with_its_certificate(tmp_path: Path) -> None:
-    """The certificate key is taken out before the profile parser sees it, and read as the schema says."""
-    path = tmp_path / "tier-60.yaml"
-    path.write_text(TIER + CERTIFICATE, encoding="utf-8")
-    profile, raw = load_certified_profile(path)
-    assert profile.sigma == 2.56 and profile.seed == 0
-    view = certificate_view(raw)
-    assert view is not None
-    assert (view.metric, view.predicted, view.low, view.high, view.confidence) == ("accuracy", 0.601, 0.55, 0.65, 0.95)
-    assert (view.method, view.items) == ("exact", 500)
+def _edited(path: Path) -> str:
+    """A certified profile's text with its utility sigma raised by 1 after certification."""
+    text = path.read_text(encoding="utf-8")
+    edited = re.sub(r"(?m)^(  sigma: )([0-9.]+)$", lambda m: f"{m.group(1)}{float(m.group(2)) + 1:g}", text, count=1)
+    assert edited != text
+    return edited
 
 
-def test_tiers_folder_errors_are_one_line(tmp_path: Path) -> None:
-    """A missing folder, an empty one and an unknown key each say what is wrong."""
+def _certificate(path: Path) -> Certificate:
+    """The certificate of a certified profile file."""
+    certificate = load_profile(path).certificate
+    assert certificate is not None
+    return certificate
+
+
+def _interval(certificate: Certificate) -> str:
+    """How the page writes a certificate's interval."""
+    return f"interval {certificate.interval.low:.3f}&ndash;{certificate.interval.high:.3f} at 95%"
+
+
+def _row(page: str, tier: str) -> str:
+    """The tiers table's row of one tier."""
+    match = re.search(rf"<tr><td><span class='swatch'[^>]*></span>{re.escape(tier)}</td>.*?</tr>", page)
+    assert match, f"no row for {tier}"
+    return match.group(0)
+
+
+def test_tiers_load_with_their_certificates(certified: dict[str, Path], tmp_path: Path) -> None:
+    """A certified tier carries its validated Certificate; an edited one keeps it, with the reason it is void."""
+    shutil.copy(certified["tier-60"], tmp_path / "tier-60.yaml")
+    edited = _edited(certified["tier-60"])
+    (tmp_path / "edited.yaml").write_text(edited, encoding="utf-8")
+    (tmp_path / "plain.yaml").write_text(TIER, encoding="utf-8")
+    with pytest.warns(UserWarning, match="edited after certification"):
+        tiers = {tier.name: tier for tier in load_tiers(tmp_path)}
+    assert tiers["tier-60"].certificate == _certificate(certified["tier-60"])
+    assert tiers["tier-60"].certificate_problem is None
+    assert tiers["edited"].certificate is not None and tiers["edited"].certificate_problem is not None
+    assert tiers["plain"].certificate is None and tiers["plain"].certificate_problem is None
+
+
+def test_tiers_folder_errors_are_one_line(certified: dict[str, Path], tmp_path: Path) -> None:
+    """A missing folder, an empty one, an unknown key and a malformed certificate each say what is wrong."""
     with pytest.raises(ProfileError, match="not a directory"):
         load_tiers(tmp_path / "missing")
     with pytest.raises(ProfileError, match="no .yaml profiles"):
@@ -79,15 +84,24 @@ def test_tiers_folder_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(TIER + "colour: red\n", encoding="utf-8")
     with pytest.raises(ProfileError, match="unknown key"):
         load_tiers(tmp_path)
+    (tmp_path / "bad.yaml").unlink()
+    text = certified["tier-60"].read_text(encoding="utf-8")
+    (tmp_path / "broken.yaml").write_text(re.sub(r"predicted: .*", "predicted: high", text), encoding="utf-8")
+    with pytest.raises(ProfileError, match="certificate.predicted"):
+        load_tiers(tmp_path)
+    out = tmp_path.parent / f"{tmp_path.name}-out.html"
+    assert_user_error(run_aim("report", "--tiers", str(tmp_path), "-o", str(out)), 2, "broken.yaml", "predicted")
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
-def tiers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's tiers, a certified one and a classifier focus tier."""
+def tiers(tmp_path_factory: pytest.TempPathFactory, certified: dict[str, Path]) -> Path:
+    """The repository's tiers, the two certified ones, one edited after certification and a classifier focus tier."""
     folder = tmp_path_factory.mktemp("tiers")
-    for path in (REPO / "profiles").glob("*.yaml"):
+    for path in [*(REPO / "profiles").glob("*.yaml"), *certified.values()]:
         shutil.copy(path, folder / path.name)
-    (folder / "tier-60.yaml").write_text(TIER + CERTIFICATE, encoding="utf-8")
+    edited = _edited(certified["tier-60"])
+    (folder / "edited-60.yaml").write_text(edited, encoding="utf-8")
     (folder / "focus-circle.yaml").write_text(FOCUS_TIER, encoding="utf-8")
     return folder
 
@@ -102,8 +116,8 @@ def _self_contained(page: str) -> list[str]:
     return sources
 
 
-def test_classify_report_is_one_self_contained_page(tiers: Path, tmp_path: Path) -> None:
-    """Demo classifier: every tier in the table, the certificate's interval, examples under each usable tier."""
+def test_classify_report_is_one_self_contained_page(tiers: Path, certified: dict[str, Path], tmp_path: Path) -> None:
+    """Demo classifier: every tier in the table, each certificate's interval and model, examples under each tier."""
     page = tmp_path / "report.html"
     result = run_aim("report", "--tiers", str(tiers), "--limit", "200", "--examples", "2", "-o", str(page))
     assert result.returncode == 0, result.stderr
@@ -112,15 +126,20 @@ def test_classify_report_is_one_self_contained_page(tiers: Path, tmp_path: Path)
     sources = _self_contained(text)
     figures = text.count("class='figure'") + text.count('class="figure"')
     assert figures == 2  # the curve, and the per-class recall of the focus tier
-    # 2 examples x (clean + the 4 tiers that apply to the classifier); the person tiers do not.
-    assert len(sources) == figures + 2 * 5
+    # 2 examples x (clean + the 6 tiers that apply to the classifier); the person tiers do not.
+    assert len(sources) == figures + 2 * 7
     assert text.count("not applicable: ") == 2 and "unknown class name &#x27;person&#x27;" in text
-    assert "interval 0.550&ndash;0.650 at 95%" in text
+    row = _row(text, "tier-60")
+    assert _interval(_certificate(certified["tier-60"])) in row and "certified on this model" in row
+    row = _row(text, "seg-50")
+    assert _interval(_certificate(certified["seg-50"])) in row and "certified on another model" in row
+    row = _row(text, "edited-60")
+    assert EDITED in row and "interval" not in row  # a void certificate's promise is not shown
     assert not list(tmp_path.glob(".*")), "a temporary file was left"
 
 
-def test_segment_report_shows_overlays(tiers: Path, tmp_path: Path) -> None:
-    """Demo segmenter: both curves, a legend, input, truth and one overlay per column."""
+def test_segment_report_shows_overlays(tiers: Path, certified: dict[str, Path], tmp_path: Path) -> None:
+    """Demo segmenter: both curves, a legend, input, truth and one overlay per column, its certified tier."""
     page = tmp_path / "segment.html"
     result = run_aim(
         "report", "--task", "segment", "--tiers", str(tiers), "--limit", "4", "--examples", "2", "-o", str(page)
@@ -129,8 +148,11 @@ def test_segment_report_shows_overlays(tiers: Path, tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     sources = _self_contained(text)
     assert "mIoU" in text and "pixel accuracy" in text and "class='legend'" in text
-    # 2 examples x (input + truth + clean + 5 tiers: focus-circle does not apply to the segmenter) + 2 figures
-    assert len(sources) == 2 + 2 * (2 + 1 + 5)
+    # 2 examples x (input + truth + clean + 7 tiers: focus-circle does not apply to the segmenter) + 2 figures
+    assert len(sources) == 2 + 2 * (2 + 1 + 7)
+    row = _row(text, "seg-50")
+    assert _interval(_certificate(certified["seg-50"])) in row and "certified on this model" in row
+    assert "certified on another model" in _row(text, "tier-60") and EDITED in _row(text, "edited-60")
 
 
 def test_generate_report_shows_answers(tiers: Path, tmp_path: Path) -> None:

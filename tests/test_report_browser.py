@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
+from aim_cli.profile import load_profile
 from tests.chromium import Chromium, find_chromium
 from tests.conftest import REPO, run_aim
 
@@ -27,20 +28,6 @@ MIN_VARIANCE = 200.0
 # `aim report` on the demo models, on a shared CI machine (measured: well under this).
 REPORT_SECONDS = 60.0
 
-CERTIFIED = """\
-version: 1
-name: tier-60
-description: A certified tier (a sample certificate, as aim calibrate --write-profile records one).
-utility: {sigma: %s}
-noise: {seed: 0}
-certificate:
-  aim_version: "0.0.0"
-  metric: %s
-  target: %s
-  method: exact
-  predicted: %s
-  interval: {low: %s, high: %s, confidence: 0.95, sample_size: 1000, meaning: "a fresh sample of the same size"}
-"""
 FOCUS_CIRCLE = "version: 1\nfocus:\n  sigma: 3.0\n  targets:\n    - {class: circle, direction: up}\nnoise: {seed: 1}\n"
 
 
@@ -53,12 +40,28 @@ def chromium() -> str:
     return found
 
 
-def _tiers(folder: Path, certified: tuple[str, ...]) -> Path:
+@pytest.fixture(scope="module")
+def certified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Certified tiers from the real CLI, by task: the demo segmenter's on all its data (the docs' screenshot)."""
+    folder = tmp_path_factory.mktemp("certified")
+    runs = {
+        "classify": ("tier-60", ["--target-acc", "0.6", "--limit", "200"]),
+        "segment": ("tier-50", ["--task", "segment", "--target-miou", "0.5"]),
+    }
+    made = {}
+    for task, (name, args) in runs.items():
+        made[task] = folder / f"{name}.yaml"
+        result = run_aim("calibrate", *args, "--write-profile", str(made[task]), "--quiet")
+        assert result.returncode == 0, result.stderr
+    made["generate"] = made["classify"]  # no text certificate: the page says it is for another model
+    return made
+
+
+def _tiers(folder: Path, certified: Path) -> Path:
     """The repository's example tiers plus one certified tier."""
     folder.mkdir()
-    for path in (REPO / "profiles").glob("*.yaml"):
+    for path in [*(REPO / "profiles").glob("*.yaml"), certified]:
         shutil.copy(path, folder / path.name)
-    (folder / "tier-60.yaml").write_text(CERTIFIED % certified, encoding="utf-8")
     (folder / "focus-circle.yaml").write_text(FOCUS_CIRCLE, encoding="utf-8")  # a focus tier for the classifier
     return folder
 
@@ -89,26 +92,24 @@ def _check_page(browser: str, page: Path, screenshot: Path) -> dict[str, object]
 
 
 @pytest.mark.parametrize(
-    ("task", "certified", "figures"),
-    [
-        # sigma and prediction from `aim calibrate --target-acc 0.6` (and --task segment --target-miou 0.6);
-        # the interval: 1.96 sqrt(2 p (1 - p) / n), a fresh sample's spread plus the calibration set's.
-        ("classify", ("2.5605", "accuracy", "0.6", "0.600", "0.557", "0.643"), 2),
-        ("segment", ("3.2078", "miou", "0.6", "0.600", "0.56", "0.64"), 2),
-        ("generate", ("2.0", "accuracy", "0.75", "0.756", "0.69", "0.82"), 1),
-    ],
+    ("task", "figures", "model"), [("classify", 2, "this"), ("segment", 2, "this"), ("generate", 1, "another")]
 )
 def test_demo_report_renders(
-    chromium: str, tmp_path: Path, task: str, certified: tuple[str, ...], figures: int
+    chromium: str, certified: dict[str, Path], tmp_path: Path, task: str, figures: int, model: str
 ) -> None:
-    """The demo report of each task: made in under a minute, and whole in the browser."""
-    tiers = _tiers(tmp_path / "tiers", certified)
+    """The demo report of each task: made in under a minute, whole in the browser, its certificate shown."""
+    tiers = _tiers(tmp_path / "tiers", certified[task])
     page = tmp_path / f"report-{task}.html"
     start = time.perf_counter()
     result = run_aim("report", "--task", task, "--tiers", str(tiers), "-o", str(page), "--quiet")
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     assert seconds < REPORT_SECONDS, f"aim report --task {task} took {seconds:.1f} s"
+    certificate = load_profile(certified[task]).certificate
+    assert certificate is not None
+    text = page.read_text(encoding="utf-8")
+    assert f"interval {certificate.interval.low:.3f}&ndash;{certificate.interval.high:.3f} at 95%" in text
+    assert f"certified on {model} model" in text
     screenshot = tmp_path / f"report-{task}.png"
     seen = _check_page(chromium, page, screenshot)
     assert seen["figures"] == figures

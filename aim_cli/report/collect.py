@@ -30,6 +30,7 @@ from aim_cli.calibration.classify import (
 )
 from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset, TextDataset
 from aim_cli.calibration.segment import expected_class_probabilities, present_miou
+from aim_cli.certificates import language_model_fingerprint, model_fingerprint
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.images import LoadedImage
 from aim_cli.masks import colour_table, overlay_image
@@ -68,6 +69,16 @@ def _display_grid(metric: Callable[[float], float], clean: float, chance: float,
     low = min([start / 3, *(s / 1.5 for s in keep if s > 0)])
     high = max([stop * 1.5, *(s * 1.5 for s in keep if s > 0)])
     return [float(s) for s in np.geomspace(low, high, CURVE_POINTS)]
+
+
+def _fingerprint(tiers: Sequence[Tier], compute: Callable[[], str | None]) -> str | None:
+    """The model's fingerprint when some tier is certified (hashing the weights is for them alone), else None."""
+    if all(tier.certificate is None for tier in tiers):
+        return None
+    try:
+        return compute()
+    except (OSError, ValueError):  # e.g. a language model whose files are not found offline: no comparison
+        return None
 
 
 def _thumbnail(image: Image.Image) -> Image.Image:
@@ -192,6 +203,7 @@ def collect_classification(
         examples=shown,
         notes=notes,
         seconds={"forward": forward, "total": time.perf_counter() - started},
+        model_fingerprint=_fingerprint(tiers, lambda: model_fingerprint(classifier)),
     )
     return data, [*dataset.failures, *cached.failures]
 
@@ -393,6 +405,7 @@ def collect_segmentation(
         examples=shown_examples,
         colours=[tuple(int(c) for c in row) for row in colours],  # type: ignore[misc]
         seconds={"forward": forward, "total": time.perf_counter() - started},
+        model_fingerprint=_fingerprint(tiers, lambda: model_fingerprint(segmenter)),
     )
     return data, failures
 
@@ -457,5 +470,9 @@ def collect_text(
         tiers=[result for result, _ in plans],
         examples=cells,
         seconds={"forward": cached.seconds, "total": time.perf_counter() - started},
+        # As aim verify does: the files the language model was loaded from.
+        model_fingerprint=_fingerprint(
+            tiers, lambda: language_model_fingerprint(str(getattr(lm.model, "name_or_path", "") or lm.name))
+        ),
     )
     return data, []

@@ -84,15 +84,19 @@ def curve_figure(data: ReportData) -> str:
                     result.tier.name, (x, value), textcoords="offset points", xytext=(7, 6), fontsize=8, color=colour
                 )
         certificate = result.tier.certificate
-        if certificate is not None and certificate.has_interval and certificate.metric in data.curves:
-            assert certificate.low is not None and certificate.high is not None
-            centre = (
-                certificate.predicted if certificate.predicted is not None else (certificate.low + certificate.high) / 2
-            )
+        # Only a promise about this tier on this model is drawn: not a void one (settings edited since),
+        # nor one made on another model (the table says which).
+        if (
+            certificate is not None
+            and result.tier.certificate_problem is None
+            and certificate.model_fingerprint == data.model_fingerprint
+            and certificate.metric in data.curves
+        ):
+            centre, low, high = certificate.predicted, certificate.interval.low, certificate.interval.high
             axes.errorbar(
                 [x],
                 [centre],
-                yerr=[[centre - certificate.low], [certificate.high - centre]],
+                yerr=[[centre - low], [high - centre]],
                 fmt="D",
                 color=colour,
                 mfc="white",

@@ -68,3 +68,6 @@ class ReportData:
     colours: list[tuple[int, int, int]] | None = None  # segmentation class colours, for the legend
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    # The content hash of the model the report ran on (None: no tier is certified, or none could be made),
+    # compared with each certificate's model fingerprint.
+    model_fingerprint: str | None = None

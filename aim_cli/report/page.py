@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from aim_cli.certificates import Certificate, short
 from aim_cli.io import atomic_open
 from aim_cli.report.figures import curve_figure, recall_figure, tier_colour
 from aim_cli.report.model import METRIC_NAMES, Cell, ReportData, TierResult
@@ -74,21 +75,35 @@ def _focus_text(result: TierResult) -> str:
     return f"{_e(', '.join(names))} (sigma {profile.effective_focus_sigma:g})"
 
 
-def _certificate_text(result: TierResult) -> str:
-    """The certificate's promise in one cell, or 'none'."""
+def _model_match(certificate: Certificate, fingerprint: str | None) -> str:
+    """Whether the certificate was made on the model of this report (content fingerprints compared)."""
+    if certificate.model_fingerprint == fingerprint:
+        return "<span class='ok'>certified on this model</span>"
+    title = f"certified on {certificate.model_spec} ({short(certificate.model_fingerprint)}); " + (
+        f"this model is {short(fingerprint)}" if fingerprint else "this model has no fingerprint"
+    )
+    return f"<span class='problem' title=\"{_e(title)}\">certified on another model</span>"
+
+
+def _certificate_text(result: TierResult, fingerprint: str | None) -> str:
+    """The certificate's promise in one cell, and whether it holds here; or 'none'."""
     certificate = result.tier.certificate
     if certificate is None:
         return '<span class="na">none</span>'
-    parts = []
-    metric = METRIC_NAMES.get(certificate.metric or "", certificate.metric or "metric")
-    if certificate.predicted is not None:
-        parts.append(f"{_e(metric)} {certificate.predicted:.3f}")
-    if certificate.has_interval:
-        confidence = f" at {certificate.confidence:.0%}" if certificate.confidence is not None else ""
-        parts.append(f"interval {certificate.low:.3f}&ndash;{certificate.high:.3f}{confidence}")
-    if certificate.method:
-        parts.append(_e(certificate.method))
-    title = f' title="{_e(certificate.meaning)}"' if certificate.meaning else ""
+    problem = result.tier.certificate_problem
+    if problem is not None:  # the promise is not this tier's: say so rather than show it
+        return f"<span class='problem' title=\"{_e(problem)}\">edited after certification: certificate void</span>"
+    metric = METRIC_NAMES.get(certificate.metric, certificate.metric)
+    if certificate.focus_class is not None:
+        metric += f" of {certificate.focus_class}"
+    interval = certificate.interval
+    parts = [
+        f"{_e(metric)} {certificate.predicted:.3f}",
+        f"interval {interval.low:.3f}&ndash;{interval.high:.3f} at {interval.confidence:.0%}",
+        f"{_e(certificate.method)}, {interval.sample_size} {_e(certificate.units)}",
+        _model_match(certificate, fingerprint),
+    ]
+    title = f' title="{_e(interval.meaning)}"' if interval.meaning else ""
     return f"<span{title}>{'<br>'.join(parts)}</span>"
 
 
@@ -112,7 +127,7 @@ def _tiers_table(data: ReportData) -> str:
             cells += f"<td>{'exact' if result.exact else 'measured'}</td><td>{_e(result.noise)}</td>"
         rows.append(
             f"<tr><td>{swatch}{_e(result.tier.name)}</td><td class='num'>{profile.sigma:g}</td>"
-            f"<td>{_focus_text(result)}</td>{cells}<td>{_certificate_text(result)}</td></tr>"
+            f"<td>{_focus_text(result)}</td>{cells}<td>{_certificate_text(result, data.model_fingerprint)}</td></tr>"
         )
     return (
         "<table class='tiers'><thead><tr><th>tier</th><th>utility sigma</th><th>focus</th>"

@@ -1,42 +1,20 @@
 """A folder of tier profiles with their certificates, read for the report.
 
-The certificate block (docs/profiles.md) is read from the raw YAML mapping, defensively: a
-tier without one, or with one this module cannot read, is shown as uncertified.
+Each file loads with aim_cli.profile.load_profile, which validates a `certificate:` mapping
+strictly (a malformed one is a one-line profile error). A certificate whose settings were
+edited after certification is kept, with the reason it is void, so the page can say so.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
-from aim_cli import plain_yaml
+from aim_cli.certificates import Certificate
 from aim_cli.errors import ProfileError
-from aim_cli.io import read_text_file
-from aim_cli.profile import MAX_PROFILE_BYTES, Profile
+from aim_cli.profile import Profile, load_profile
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
-CERTIFICATE_KEY = "certificate"
-
-
-@dataclass(frozen=True)
-class CertificateView:
-    """What the report shows of a tier's certificate: the promise and how it was made."""
-
-    metric: str | None
-    predicted: float | None
-    low: float | None
-    high: float | None
-    confidence: float | None
-    method: str | None = None
-    items: int | None = None
-    meaning: str | None = None
-
-    @property
-    def has_interval(self) -> bool:
-        """Whether both ends of the interval are numbers."""
-        return self.low is not None and self.high is not None
 
 
 @dataclass(frozen=True)
@@ -45,62 +23,17 @@ class Tier:
 
     name: str
     profile: Profile
-    certificate: CertificateView | None
     path: Path
 
+    @property
+    def certificate(self) -> Certificate | None:
+        """The tier's certificate, valid or void (None: uncertified)."""
+        return self.profile.certificate
 
-def _number(value: Any) -> float | None:
-    """A finite real number, else None (bools and text are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _text(value: Any) -> str | None:
-    """A non-empty string, else None."""
-    return value if isinstance(value, str) and value else None
-
-
-def certificate_view(raw: Any) -> CertificateView | None:
-    """Read a certificate mapping defensively: anything missing or malformed reads as absent."""
-    if not isinstance(raw, Mapping):
-        return None
-    interval = raw.get("interval")
-    interval = interval if isinstance(interval, Mapping) else {}
-    data = raw.get("data")
-    items = data.get("items") if isinstance(data, Mapping) else None
-    view = CertificateView(
-        metric=_text(raw.get("metric")),
-        predicted=_number(raw.get("predicted")),
-        low=_number(interval.get("low")),
-        high=_number(interval.get("high")),
-        confidence=_number(interval.get("confidence")),
-        method=_text(raw.get("method")),
-        items=int(items) if isinstance(items, int) and not isinstance(items, bool) else None,
-        meaning=_text(interval.get("meaning")),
-    )
-    return view if view.predicted is not None or view.has_interval else None
-
-
-def load_certified_profile(path: Path) -> tuple[Profile, Any]:
-    """The profile of a file and its raw certificate mapping (None when absent).
-
-    The one adapter between certified files and today's profile parser, which knows no
-    certificate key: the key is taken out before validation. Swap this for the certificate
-    module's loader once profiles validate their certificates themselves.
-    """
-    source = str(path)
-    text = read_text_file(path, MAX_PROFILE_BYTES, ProfileError, "profile")
-    try:
-        data, _lines = plain_yaml.load(text)
-    except plain_yaml.PlainYAMLError as exc:
-        where = f"{source}, line {exc.line}" if exc.line else source
-        raise ProfileError(f"{where}: {exc}", "profiles are plain YAML: write each value out") from None
-    certificate = None
-    if isinstance(data, dict) and CERTIFICATE_KEY in data:
-        data = dict(data)
-        certificate = data.pop(CERTIFICATE_KEY)
-    return Profile.from_dict({} if data is None else data, source), certificate
+    @property
+    def certificate_problem(self) -> str | None:
+        """Why the certificate no longer describes the tier (edited settings), or None."""
+        return self.profile.certificate_problem
 
 
 def load_tiers(folder: Path) -> list[Tier]:
@@ -113,8 +46,7 @@ def load_tiers(folder: Path) -> list[Tier]:
             continue
         if path.stem in tiers:
             raise ProfileError(f"{path}: a second profile named '{path.stem}'", "keep one file per tier name")
-        profile, raw = load_certified_profile(path)
-        tiers[path.stem] = Tier(path.stem, profile, certificate_view(raw), path)
+        tiers[path.stem] = Tier(path.stem, load_profile(path), path)
     if not tiers:
         raise ProfileError(
             f"tiers folder {folder}: no .yaml profiles found", "add one file per tier, e.g. free-tier.yaml"
