@@ -1,0 +1,176 @@
+"""The tier server's hostile table (tests/server_cases.py) through the engine-neutral endpoint core, plus
+the start-up checks of `aim serve` that need no engine: opt-ins, busy ports, unreachable clusters.
+
+The same table runs against a live Ray Serve in tests/test_tier_server_live.py (`make test-ray`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from aim_cli.engines.vision_tiers import EndpointSpec, RequestError, VisionTiers, parse_request
+from aim_cli.errors import AimError
+from tests.conftest import assert_user_error
+from tests.server_cases import CASES, DEMO, ENDPOINTS, KEY, SAMPLE, Case, write_tiers
+
+MODELS = {"classify": DEMO / "classifier", "segment": DEMO / "segmenter"}
+
+
+@pytest.fixture(scope="module")
+def tiers_dir(tmp_path_factory) -> Path:
+    return write_tiers(tmp_path_factory.mktemp("server") / "tiers")
+
+
+@pytest.fixture(scope="module")
+def endpoints(tiers_dir) -> dict[str, VisionTiers]:
+    """The table's four servers, as a replica builds them (the segmenter loads once, shared by name)."""
+    built = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIM_NOISE_KEY", KEY)
+        for name, options in ENDPOINTS.items():
+            options = dict(options)
+            task = options.pop("task")
+            spec = EndpointSpec(task, str(MODELS[task]), profiles=str(tiers_dir), device="cpu", **options)
+            built[name] = VisionTiers(spec)
+    return built
+
+
+def outcome(server: VisionTiers, case: Case) -> tuple[int, str]:
+    """(status, error or 'tier=NAME') of a case's admission: what the HTTP answer would carry."""
+    content_type, body = case.request()
+    query = parse_qsl(case.query.lstrip("?"), keep_blank_values=True)
+    try:
+        job = server.admit(content_type, body, query)
+    except RequestError as exc:
+        return exc.status, str(exc)
+    return 200, f"tier={job.tier}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_requests(endpoints, case, monkeypatch):
+    """Every case of the table: the status and message (or tier) it must get, in one line."""
+    monkeypatch.setenv("AIM_NOISE_KEY", KEY)
+    status, said = outcome(endpoints[case.endpoint], case)
+    assert (status, case.fragment in said) == (case.status, True), said
+    assert "\n" not in said
+
+
+def test_the_table_is_large_and_covers_every_endpoint():
+    assert len(CASES) >= 50 and {case.endpoint for case in CASES} == set(ENDPOINTS)
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+def test_the_pixel_bound_is_read_from_the_header(endpoints, monkeypatch):
+    """A bound from AIM_SERVE_MAX_PIXELS, checked before decoding: a tiny bound refuses the 32x32 sample."""
+    monkeypatch.setenv("AIM_NOISE_KEY", KEY)
+    monkeypatch.setenv("AIM_SERVE_MAX_PIXELS", "100")
+    with pytest.raises(RequestError, match="AIM_SERVE_MAX_PIXELS") as caught:
+        endpoints["floor"].admit("image/png", SAMPLE.read_bytes(), [])
+    assert caught.value.status == 413
+
+
+def test_the_answer_bound_has_its_variable(endpoints, monkeypatch):
+    from tests.server_cases import grey_png
+
+    monkeypatch.setenv("AIM_NOISE_KEY", KEY)
+    monkeypatch.setenv("AIM_SERVE_MAX_ANSWER_BYTES", "5000")
+    query = [("aim_profile", "free"), ("mask_format", "ids")]
+    with pytest.raises(RequestError, match="AIM_SERVE_MAX_ANSWER_BYTES") as caught:
+        endpoints["segment"].admit("image/png", grey_png(100, 100), query)
+    assert caught.value.status == 413
+    # A PNG mask is checked once encoded: the demo's 100x100 answer is small, a 10-byte bound is not.
+    monkeypatch.setenv("AIM_SERVE_MAX_ANSWER_BYTES", "10")
+    job = endpoints["segment"].admit("image/png", grey_png(100, 100), [("aim_profile", "free")])
+    status, answer = endpoints["segment"].answer([job])[0]
+    assert status == 413 and "answer bound" in answer["error"]
+
+
+def test_the_endpoint_says_what_it_serves(endpoints):
+    assert "get tier 'free', and never less noise than it" in endpoints["floor"].info()["serves"][0]
+    assert "clean model: on" in " ".join(endpoints["open"].info()["serves"])
+
+
+def test_same_value_twice_is_one_field():
+    _, fields = parse_request("image/png", b"x", [("aim_profile", "gold"), ("aim_profile", "gold")])
+    assert fields == {"aim_profile": "gold"}
+
+
+# --- aim serve's start-up: opt-ins, ports, clusters (no engine needed) ----------------------------------
+
+
+def test_dry_run_start_up_lines_say_which_opt_ins_are_on(aim, tiers_dir):
+    """The Ray path's start-up lines (the vLLM path prints the same lines from the same policy)."""
+    model = str(DEMO / "classifier")
+    strict = aim("serve", model, "--profiles", str(tiers_dir), "--default-profile", "free", "--dry-run")
+    assert strict.returncode == 0, strict.stderr
+    assert "get tier 'free', and never less noise than it" in strict.stderr
+    assert "ad-hoc tiers: off" in strict.stderr and "clean model: off" in strict.stderr
+    opened = aim("serve", model, "--profiles", str(tiers_dir), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run")
+    assert "ad-hoc tiers: on" in opened.stderr and "clean model: on" in opened.stderr
+    assert '"allow_ad_hoc": true' in opened.stdout and '"allow_clean": true' in opened.stdout
+
+
+def test_allow_clean_beside_a_default_tier_is_refused(aim, tiers_dir):
+    result = aim(
+        "serve", str(DEMO / "classifier"), "--profiles", str(tiers_dir), "--default-profile", "free",
+        "--allow-clean", "--dry-run",
+    )  # fmt: skip
+    assert_user_error(result, 2, "--allow-clean and a default tier ('free') exclude each other")
+
+
+def test_a_busy_port_is_one_line_before_anything_starts():
+    from aim_cli.ports import check_port_free
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(AimError, match=f"port {port} on 127.0.0.1 is in use by another server"):
+            check_port_free("127.0.0.1", port)
+        with pytest.raises(AimError, match="in use"):
+            check_port_free("0.0.0.0", port)  # all addresses include the held one
+    check_port_free("127.0.0.1", port)  # released: free again
+    with pytest.raises(AimError, match="cannot listen"):
+        check_port_free("192.0.2.1", port)  # TEST-NET: not an address of this machine
+
+
+@pytest.mark.parametrize(
+    ("address", "endpoint"),
+    [
+        ("10.0.0.1:6379", ("10.0.0.1", 6379)),
+        ("ray://head:10001", ("head", 10001)),
+        ("ray://head", ("head", 10001)),
+        ("head", ("head", 6379)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("auto", None),
+        ("", None),
+    ],
+)
+def test_ray_addresses_name_an_endpoint(address, endpoint):
+    from aim_cli.engines.ray_data import cluster_endpoint
+
+    assert cluster_endpoint(address) == endpoint
+
+
+def test_an_unreachable_cluster_is_one_line_within_the_bound(monkeypatch):
+    """A closed port answers at once; a silent address waits AIM_RAY_CONNECT_TIMEOUT_S, not forever."""
+    from aim_cli.engines.ray_data import check_reachable, cluster_endpoint
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(AimError, match=f"cannot reach the Ray cluster at 127.0.0.1:{closed} \\(--address\\)"):
+            check_reachable(f"127.0.0.1:{closed}")
+    monkeypatch.setenv("AIM_RAY_CONNECT_TIMEOUT_S", "1")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://192.0.2.1:10001")  # TEST-NET: nothing answers
+    started = time.monotonic()
+    with pytest.raises(AimError, match=r"\(RAY_ADDRESS\) within 1 s"):
+        check_reachable(None)
+    assert time.monotonic() - started < 5
+    with pytest.raises(AimError, match="expected HOST:PORT"):
+        cluster_endpoint("head:port")
