@@ -86,7 +86,7 @@ def test_explicit_args_set_the_modulation_without_a_tier(tiers):
 
 def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
     profile = serving.request_profile(
-        {"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, tiers
+        {"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, serving.TierPolicy(tiers)
     )
     assert profile.sigma == 4.0 and profile.seed == 1234
     assert [str(f) for f in profile.focus] == ["cat:down"] and profile.focus_sigma == 1
@@ -197,7 +197,7 @@ def test_invalid_args_are_one_line_errors(tiers, args, fragment):
 
 def test_aim_profile_without_a_profile_directory_names_the_variable():
     with pytest.raises(ProfileError, match=serving.PROFILES_ENV):
-        serving.request_profile({"aim_profile": "free-tier"}, {})
+        serving.request_profile({"aim_profile": "free-tier"}, serving.TierPolicy.open())
 
 
 def test_keyed_request_needs_the_server_key(tiers, monkeypatch):

@@ -199,7 +199,7 @@ def noise_floor(fields, policy: TierPolicy) -> Profile | None:
     return TIERS[policy.default] if policy.default else None
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields=FIELDS, policy=POLICIES)
 def test_no_request_gets_less_noise_than_its_tier_or_the_default(fields, policy):
     """For any fields and any policy: refused in one line, or served at least its floor's noise."""
@@ -223,7 +223,7 @@ def test_no_request_gets_less_noise_than_its_tier_or_the_default(fields, policy)
         assert profile.sigma == TIERS[resolution.tier].sigma
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(fields=FIELDS)
 def test_by_default_only_the_folder_tiers_are_served(fields):
     """No opt-in, no default: every served request is a folder tier (its open options at most)."""

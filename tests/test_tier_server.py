@@ -105,12 +105,14 @@ def test_same_value_twice_is_one_field():
 
 def test_dry_run_start_up_lines_say_which_opt_ins_are_on(aim, tiers_dir):
     """The Ray path's start-up lines (the vLLM path prints the same lines from the same policy)."""
-    model = str(DEMO / "classifier")
-    strict = aim("serve", model, "--profiles", str(tiers_dir), "--default-profile", "free", "--dry-run")
+    model, env = str(DEMO / "classifier"), {"AIM_NOISE_KEY": KEY}
+    strict = aim("serve", model, "--profiles", str(tiers_dir), "--default-profile", "free", "--dry-run", env=env)
     assert strict.returncode == 0, strict.stderr
     assert "get tier 'free', and never less noise than it" in strict.stderr
     assert "ad-hoc tiers: off" in strict.stderr and "clean model: off" in strict.stderr
-    opened = aim("serve", model, "--profiles", str(tiers_dir), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run")
+    opened = aim(
+        "serve", model, "--profiles", str(tiers_dir), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run", env=env
+    )
     assert "ad-hoc tiers: on" in opened.stderr and "clean model: on" in opened.stderr
     assert '"allow_ad_hoc": true' in opened.stdout and '"allow_clean": true' in opened.stdout
 
@@ -118,7 +120,7 @@ def test_dry_run_start_up_lines_say_which_opt_ins_are_on(aim, tiers_dir):
 def test_allow_clean_beside_a_default_tier_is_refused(aim, tiers_dir):
     result = aim(
         "serve", str(DEMO / "classifier"), "--profiles", str(tiers_dir), "--default-profile", "free",
-        "--allow-clean", "--dry-run",
+        "--allow-clean", "--dry-run", env={"AIM_NOISE_KEY": KEY},
     )  # fmt: skip
     assert_user_error(result, 2, "--allow-clean and a default tier ('free') exclude each other")
 
