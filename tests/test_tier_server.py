@@ -15,7 +15,7 @@ import pytest
 
 from aim_cli.engines.vision_tiers import EndpointSpec, RequestError, VisionTiers, parse_request
 from aim_cli.errors import AimError
-from tests.conftest import assert_user_error
+from tests.conftest import REPO, assert_user_error
 from tests.server_cases import CASES, DEMO, ENDPOINTS, KEY, SAMPLE, Case, write_tiers
 
 MODELS = {"classify": DEMO / "classifier", "segment": DEMO / "segmenter"}
@@ -176,3 +176,53 @@ def test_an_unreachable_cluster_is_one_line_within_the_bound(monkeypatch):
     assert time.monotonic() - started < 5
     with pytest.raises(AimError, match="expected HOST:PORT"):
         cluster_endpoint("head:port")
+
+
+# --- the vLLM path without vLLM: its admission call and aim serve's port check --------------------------
+
+
+@pytest.mark.parametrize(
+    ("default", "extra", "fragment"),
+    [
+        ("free-tier", {"aim_sigma": 0}, "aim_sigma: tier 'free-tier' (this server's default) fixes its own sigma"),
+        ("free-tier", {"aim_sigma": -0.0}, "fixes its own sigma"),
+        ("free-tier", {"aim_sigma": 1e-300}, "fixes its own sigma"),
+        ("free-tier", {"aim_sigma": 0, "aim_keyed": 1}, "fixes its own"),
+        ("free-tier", {"AIM_SIGMA": 0}, "write it aim_sigma"),
+        ("free-tier", {"aim_profile": "../free-tier"}, "unknown tier"),
+        ("", None, "names no tier"),
+        ("", {"aim_sigma": 2.0}, "aim_sigma: this server serves only its tiers"),
+        ("", {"aim_focus": "7"}, "aim_focus: this server serves only its tiers"),
+    ],
+)
+def test_vllm_admission_under_aim_serves_environment(default, extra, fragment):
+    """What the plugin's validate_params runs (serving.admit, serving.server_policy) on aim serve's environment."""
+    from aim_cli import serving
+    from aim_cli.errors import ProfileError
+
+    environ = {
+        serving.PROFILES_ENV: str(REPO / "profiles"),
+        serving.DEFAULT_ENV: default,
+        "AIM_ALLOW_AD_HOC_TIERS": "0",
+        "AIM_ALLOW_CLEAN": "0",
+        serving.KEY_ENV: "secret",
+    }
+    with pytest.raises(ProfileError) as caught:
+        serving.admit(extra, serving.server_policy(environ))
+    assert fragment in str(caught.value)
+
+
+def test_vllm_path_refuses_a_busy_port_before_vllm_starts(aim, tmp_path):
+    """A stand-in `vllm` package makes `aim serve` take the vLLM path; the port check comes before the exec."""
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("")
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = aim(
+            "serve", "my/model", "--profiles", str(REPO / "profiles"), "--", "--port", str(port),
+            env={"PYTHONPATH": f"{tmp_path}:{REPO}", "AIM_NOISE_KEY": "s"}, timeout=120,
+        )  # fmt: skip
+    assert_user_error(result, 2, f"port {port} on all addresses is in use by another server")
+    assert "ready" not in result.stderr
