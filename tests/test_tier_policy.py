@@ -182,7 +182,20 @@ VALUES = st.one_of(
     st.sampled_from(sorted(TIERS) + ["../gold", "GOLD", "gold\x00", "free-tier "]),
 )
 NAMES = st.sampled_from([*REQUEST_ARGS, "AIM_SIGMA", "Aim_profile", "aim_", "aim_sigma ", "other", "topk"])
-FIELDS = st.dictionaries(NAMES, VALUES, max_size=6)
+HOSTILE = st.dictionaries(NAMES, VALUES, max_size=6)
+# Well-formed values, so that many requests are served and the floor is checked on them.
+PLAUSIBLE = st.fixed_dictionaries(
+    {},
+    optional={
+        "aim_profile": st.sampled_from(sorted(TIERS)),
+        "aim_sigma": st.one_of(st.floats(0, 10), st.sampled_from([0, -0.0, 1e-300, 4.0])),
+        "aim_focus": st.sampled_from(["cat", "cat:down", ["person"], ["person", "car:down"]]),
+        "aim_focus_sigma": st.floats(0, 5),
+        "aim_seed": st.integers(0, 2**63 - 1),
+        "aim_keyed": st.sampled_from([True, False, "true", "false", 0, 1]),
+    },
+)
+FIELDS = st.one_of(HOSTILE, PLAUSIBLE)
 POLICIES = st.builds(
     lambda default, ad_hoc, clean: TierPolicy(TIERS, default, ad_hoc, clean and default is None),
     st.sampled_from([None, *sorted(TIERS)]),
@@ -199,7 +212,7 @@ def noise_floor(fields, policy: TierPolicy) -> Profile | None:
     return TIERS[policy.default] if policy.default else None
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields=FIELDS, policy=POLICIES)
 def test_no_request_gets_less_noise_than_its_tier_or_the_default(fields, policy):
     """For any fields and any policy: refused in one line, or served at least its floor's noise."""
@@ -213,7 +226,7 @@ def test_no_request_gets_less_noise_than_its_tier_or_the_default(fields, policy)
     if floor is not None:
         assert profile is not None and weakening(profile, floor) is None
         assert profile.sigma >= floor.sigma and math.isfinite(profile.sigma)
-    if is_clean(profile) and not (resolution.tier is not None and is_clean(TIERS[resolution.tier])):
+    if is_clean(profile) and not (floor is not None and is_clean(floor)):
         assert policy.allow_clean  # the clean model only by the operator's opt-in (or its own clean tier)
     if resolution.ad_hoc or (resolution.tier is None and profile is not None):
         assert policy.allow_ad_hoc  # ad-hoc modulation only by the operator's opt-in

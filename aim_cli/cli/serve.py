@@ -119,7 +119,7 @@ def serve(
         bool,
         typer.Option(
             "--allow-ad-hoc-tiers",
-            help="Let requests set aim_sigma, aim_keyed, ... beyond a tier's open options (adding noise, never less).",
+            help="Let requests set aim_sigma, aim_keyed, ... beyond a tier's open options (on a tier: only more noise).",
         ),
     ] = False,
     allow_clean: Annotated[
