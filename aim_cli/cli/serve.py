@@ -119,7 +119,7 @@ def serve(
         bool,
         typer.Option(
             "--allow-ad-hoc-tiers",
-            help="Let requests set aim_sigma, aim_keyed, ... beyond a tier's open options (on a tier: only more noise).",
+            help="Let requests set aim_sigma, aim_keyed, ... past a tier's open options (on a tier: more noise only).",
         ),
     ] = False,
     allow_clean: Annotated[
