@@ -285,6 +285,8 @@ def resolve(fields: Mapping[Any, Any] | None, policy: TierPolicy) -> Resolution:
     profile = _build(base, options, which)
     if closed:
         reason = weakening(profile, base)
+        if reason is None and base.key_env is not None and options.get("aim_keyed") in (False, "false"):
+            reason = "its noise is keyed"  # served keyed anyway, but the request asked for less: say so
         if reason is not None:
             raise ProfileError(
                 f"{closed[0]}: less noise than {which}: {reason}", "a request may only add noise to a tier"

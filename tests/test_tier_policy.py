@@ -112,6 +112,7 @@ def test_ad_hoc_tiers_only_add_noise_to_their_tier():
         {"aim_sigma": 1}, policy
     )
     assert "less noise than tier 'keyed-tier'" in refused({"aim_profile": "keyed-tier", "aim_seed": 4}, policy)
+    assert "its noise is keyed" in refused({"aim_profile": "keyed-tier", "aim_keyed": 0}, policy)
     assert "it fixes its seed" in refused({"aim_seed": 4}, policy)
     assert "it fixes its focus" in refused({"aim_profile": "focus", "aim_focus_sigma": 9}, policy)
 

@@ -369,8 +369,10 @@ def test_padding_columns_never_win_under_either_runner():
         ({"aim_profile": "keyed-tier", "aim_keyed": 0}, "aim_keyed: tier 'keyed-tier' fixes its own noise"),
     ],
 )
-def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment):
+def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment, monkeypatch):
     from vllm.exceptions import VLLMValidationError
+
+    monkeypatch.setenv("AIM_ALLOW_AD_HOC_TIERS", "0")  # the defaults: a tier's fixed fields are refused outright
 
     with pytest.raises(VLLMValidationError, match=fragment):
         build_custom_logits_processors_params_validator([AimLogitsProcessor])(params(**aim))
