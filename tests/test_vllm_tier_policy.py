@@ -19,6 +19,7 @@ from aim_cli.integrations.vllm import AimLogitsProcessor  # noqa: E402
 from tests.conftest import REPO, assert_user_error  # noqa: E402
 
 PROFILES = REPO / "profiles"
+KEY = {"AIM_NOISE_KEY": "test-secret"}  # the CLI runs with its own environment: the keyed tier's secret
 
 
 @pytest.fixture(autouse=True)
@@ -81,12 +82,14 @@ def test_aim_serve_refuses_a_busy_port_before_vllm_starts(aim):
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = aim("serve", "my/model", "--profiles", str(PROFILES), "--", "--port", str(port), timeout=120)
+        result = aim("serve", "my/model", "--profiles", str(PROFILES), "--", "--port", str(port), env=KEY, timeout=120)
     assert_user_error(result, 2, f"port {port} on all addresses is in use by another server")
 
 
 def test_aim_serve_writes_the_opt_ins_for_vllm(aim):
-    off = aim("serve", "my/model", "--profiles", str(PROFILES), "--dry-run")
+    off = aim("serve", "my/model", "--profiles", str(PROFILES), "--dry-run", env=KEY)
     assert "AIM_ALLOW_AD_HOC_TIERS=0 AIM_ALLOW_CLEAN=0" in off.stdout and "ad-hoc tiers: off" in off.stderr
-    on = aim("serve", "my/model", "--profiles", str(PROFILES), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run")
+    on = aim(
+        "serve", "my/model", "--profiles", str(PROFILES), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run", env=KEY
+    )
     assert "AIM_ALLOW_AD_HOC_TIERS=1 AIM_ALLOW_CLEAN=1" in on.stdout and "clean model: on" in on.stderr
