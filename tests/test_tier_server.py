@@ -103,26 +103,33 @@ def test_same_value_twice_is_one_field():
 # --- aim serve's start-up: opt-ins, ports, clusters (no engine needed) ----------------------------------
 
 
-def test_dry_run_start_up_lines_say_which_opt_ins_are_on(aim, tiers_dir):
+@pytest.fixture(scope="module")
+def unkeyed_tiers(tmp_path_factory) -> Path:
+    """Tiers without a keyed one: the CLI then needs no secret and runs in this process (fast)."""
+    folder = tmp_path_factory.mktemp("unkeyed")
+    (folder / "gold.yaml").write_text("version: 1\nutility: {sigma: 0.5}\nnoise: {seed: 7}\n")
+    (folder / "fresh.yaml").write_text("version: 1\nutility: {sigma: 1.0}\n")
+    return folder
+
+
+def test_dry_run_start_up_lines_say_which_opt_ins_are_on(aim, unkeyed_tiers):
     """The Ray path's start-up lines (the vLLM path prints the same lines from the same policy)."""
-    model, env = str(DEMO / "classifier"), {"AIM_NOISE_KEY": KEY}
-    strict = aim("serve", model, "--profiles", str(tiers_dir), "--default-profile", "free", "--dry-run", env=env)
+    model, tiers = str(DEMO / "classifier"), str(unkeyed_tiers)
+    strict = aim("serve", model, "--profiles", tiers, "--default-profile", "gold", "--dry-run")
     assert strict.returncode == 0, strict.stderr
-    assert "get tier 'free', and never less noise than it" in strict.stderr
+    assert "get tier 'gold', and never less noise than it" in strict.stderr
     assert "ad-hoc tiers: off" in strict.stderr and "clean model: off" in strict.stderr
-    opened = aim(
-        "serve", model, "--profiles", str(tiers_dir), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run", env=env
-    )
+    opened = aim("serve", model, "--profiles", tiers, "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run")
     assert "ad-hoc tiers: on" in opened.stderr and "clean model: on" in opened.stderr
     assert '"allow_ad_hoc": true' in opened.stdout and '"allow_clean": true' in opened.stdout
 
 
-def test_allow_clean_beside_a_default_tier_is_refused(aim, tiers_dir):
+def test_allow_clean_beside_a_default_tier_is_refused(aim, unkeyed_tiers):
     result = aim(
-        "serve", str(DEMO / "classifier"), "--profiles", str(tiers_dir), "--default-profile", "free",
-        "--allow-clean", "--dry-run", env={"AIM_NOISE_KEY": KEY},
+        "serve", str(DEMO / "classifier"), "--profiles", str(unkeyed_tiers), "--default-profile", "gold",
+        "--allow-clean", "--dry-run",
     )  # fmt: skip
-    assert_user_error(result, 2, "--allow-clean and a default tier ('free') exclude each other")
+    assert_user_error(result, 2, "--allow-clean and a default tier ('gold') exclude each other")
 
 
 def test_a_busy_port_is_one_line_before_anything_starts():
