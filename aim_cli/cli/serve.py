@@ -18,6 +18,8 @@ from aim_cli.errors import AimError, InputError
 from aim_cli.profile import noise_key
 
 VLLM_HINT = "pip install 'aim-cli[vllm]'"
+# vLLM's --middleware import path of aim's request guard (aim_cli/integrations/vllm_http.py).
+GUARD = "aim_cli.integrations.vllm_http.AimRequestGuard"
 RAY_HINT = "pip install 'aim-cli[ray]'"
 TASKS = ("auto", "generate", "classify", "segment")
 # vLLM's speculative-decoding options: under it the V1 runner silently skips plugins, and aim
@@ -40,9 +42,10 @@ def vllm_command(model: str, vllm_args: Sequence[str]) -> list[str]:
     """`vllm serve MODEL ARGS` run by this interpreter, so vLLM loads the aim plugin installed beside it.
 
     No --logits-processors flag: vLLM loads installed plugins by entry point, and naming the class
-    again would load it twice (noise applied twice).
+    again would load it twice (noise applied twice). One --middleware: the guard that refuses aim
+    fields in the query string and aim fields repeated in the body (vLLM would keep the last).
     """
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *vllm_args]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *vllm_args, "--middleware", GUARD]
 
 
 def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
