@@ -93,3 +93,28 @@ def test_aim_serve_writes_the_opt_ins_for_vllm(aim):
         "serve", "my/model", "--profiles", str(PROFILES), "--allow-ad-hoc-tiers", "--allow-clean", "--dry-run", env=KEY
     )
     assert "AIM_ALLOW_AD_HOC_TIERS=1 AIM_ALLOW_CLEAN=1" in on.stdout and "clean model: on" in on.stderr
+
+
+def test_the_guard_mounts_as_vllm_mounts_a_middleware_class():
+    """vLLM's --middleware with a class: app.add_middleware(cls) on its FastAPI app (vllm/entrypoints/serve)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from aim_cli.cli.serve import GUARD, vllm_command
+    from aim_cli.integrations.vllm_http import AimRequestGuard
+
+    assert vllm_command("m", [])[-2:] == ["--middleware", GUARD]
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def completions(body: dict) -> dict:
+        return {"xargs": body.get("vllm_xargs")}
+
+    app.add_middleware(AimRequestGuard)
+    client = TestClient(app)
+    twice = b'{"vllm_xargs": {"aim_profile": "free-tier", "aim_profile": "gold"}}'
+    refused = client.post("/v1/completions", content=twice, headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and "given twice" in refused.json()["error"]["message"]
+    assert client.post("/v1/completions?aim_profile=gold", json={}).status_code == 400
+    served = client.post("/v1/completions", json={"vllm_xargs": {"aim_profile": "gold"}})
+    assert served.json() == {"xargs": {"aim_profile": "gold"}}
