@@ -64,7 +64,7 @@ VLLM_VENV ?= .venv-vllm
 test-vllm:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev,vllm]'
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_plugin.py tests/test_serving.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_plugin.py tests/test_vllm_tier_policy.py tests/test_serving.py
 
 # Image tiers on Ray Serve and offline jobs on Ray Data, in their own venv (Ray's wheels; a local
 # 2-CPU Ray is started and stopped by the tests; a few minutes on a shared 2-core machine).
@@ -73,7 +73,7 @@ RAY_VENV ?= .venv-ray
 test-ray:
 	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py tests/test_ray_certificates.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py tests/test_tier_server_live.py tests/test_ray_certificates.py
 
 # The lm-evaluation-harness tests (`aim eval`, calibration on lm-eval tasks), in their own venv:
 # lm-eval pulls datasets, evaluate and more, so `make test` runs without it (those tests skip there).

@@ -80,12 +80,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, path: Path) -> Image.Image:
-    """Decode image bytes to RGB, or raise InputError naming the file."""
+def decode_image(data: bytes, path: Path, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode image bytes to RGB, or raise InputError naming the file; `formats` limits Pillow's decoders."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=formats) as image:
                 image.load()
                 rgb = to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

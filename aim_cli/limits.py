@@ -70,3 +70,11 @@ SEQUENCE_TOKENS = Limit(
 TEMPLATE_STEPS = Limit(
     "AIM_MAX_TEMPLATE_STEPS", 10_000_000, "the Python lines a chat template may run to render one prompt"
 )
+# An image server's bounds are a server's, not a workstation's: a request is anyone's input.
+SERVE_PIXELS = Limit(
+    "AIM_SERVE_MAX_PIXELS", 4096 * 4096, "the width x height of one image a server decodes, read from its header"
+)
+SERVE_ANSWER_BYTES = Limit(
+    "AIM_SERVE_MAX_ANSWER_BYTES", 16 * _MiB, "the size of one answer of an image server in bytes"
+)
+RAY_CONNECT_SECONDS = Limit("AIM_RAY_CONNECT_TIMEOUT_S", 10, "the seconds aim waits for a Ray cluster to answer")

@@ -27,17 +27,25 @@ import torch
 from aim_cli.errors import ProfileError
 from aim_cli.modulation import KeyedNoise, Modulation, exclude_padding_, modulate, seed_keyed_noise, token_key
 from aim_cli.plans import plan_tokens
-from aim_cli.profile import REQUEST_NAMES, Profile, apply_overrides, check_focus_count, noise_key
+from aim_cli.profile import Profile
+from aim_cli.tier_policy import (
+    ALLOW_AD_HOC_ENV,
+    ALLOW_CLEAN_ENV,
+    ARG_PREFIX,
+    KEY_ENV,
+    REQUEST_ARGS,
+    TierPolicy,
+    env_flag,
+    has_aim_args,
+    resolve,
+)
 
 # Server-side environment: where tier profiles live, and the secret for `aim_keyed: true`.
 PROFILES_ENV = "AIM_PROFILES_DIR"
-KEY_ENV = "AIM_NOISE_KEY"
-# Optional: the tier of requests that carry no aim_* argument (unset: those get the clean model).
+# Optional: the tier of requests that name none (unset: those are refused, or get the clean model
+# where the operator allowed it with AIM_ALLOW_CLEAN).
 DEFAULT_ENV = "AIM_DEFAULT_PROFILE"
 PROFILE_SUFFIXES = (".yaml", ".yml")
-# The per-request arguments (SamplingParams.extra_args, the OpenAI server's vllm_xargs).
-ARG_PREFIX = "aim_"
-REQUEST_ARGS = ("aim_profile", "aim_sigma", "aim_focus", "aim_focus_sigma", "aim_seed", "aim_keyed")
 
 
 def load_profile_dir(directory: str | Path) -> dict[str, Profile]:
@@ -88,102 +96,24 @@ def default_tier(profiles: Mapping[str, Profile], environ: Mapping[str, str] | N
     return name
 
 
-def has_aim_args(extra_args: Mapping[str, Any] | None) -> bool:
-    """True when a request carries any aim_* argument (the others are left untouched)."""
-    return bool(extra_args) and any(str(key).startswith(ARG_PREFIX) for key in extra_args)
+def server_policy(environ: Mapping[str, str] | None = None) -> TierPolicy:
+    """The admission policy of this process's server, from the environment `aim serve` sets.
 
-
-def _preview(value: Any, limit: int = 80) -> str:
-    """A request value for an error message, cut short: a client may send megabytes."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _focus_words(value: Any) -> list[str]:
-    """aim_focus: one 'WORD[:up|down]' string or a list of them."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
-    check_focus_count(len(items), "aim_focus")  # before looking at each item: a client may send millions
-    if not all(isinstance(item, str) for item in items):
-        raise ProfileError(f"aim_focus: expected 'WORD[:up|down]' or a list of them, got {_preview(value)}")
-    return list(items)
-
-
-def _fixed_by_tier(args: Mapping[str, Any], name: str, tier: Profile) -> None:
-    """Refuse request arguments that would weaken a tier: its sigma, its noise mode, and its focus if it has one.
-
-    Tiers are what a gateway sells; a client that could lower sigma, or swap keyed noise for seeds
-    it can vary and average over, would escape its tier. A fresh-seed tier (no seed, no key) may
-    take aim_seed: it draws an arbitrary seed per request anyway (and admission pins one there).
+    Without AIM_PROFILES_DIR there is no tier server (a plain vLLM, an offline vllm.LLM): requests
+    choose freely. With it, requests get the folder's tiers only, unless AIM_ALLOW_AD_HOC_TIERS /
+    AIM_ALLOW_CLEAN opt in (tier_policy says what each allows).
     """
-    fixed = {"aim_sigma": "sigma", "aim_keyed": "noise"}
-    if tier.seed is not None or tier.key_env is not None:
-        fixed["aim_seed"] = "noise"
-    if tier.focus:
-        fixed.update(aim_focus="focus", aim_focus_sigma="focus")
-    for arg, what in fixed.items():
-        if arg in args:
-            raise ProfileError(f"{arg}: tier '{name}' fixes its own {what}", f"drop {arg}, or ask for another tier")
+    env = os.environ if environ is None else environ
+    profiles = server_profiles(env)
+    default = default_tier(profiles, env)
+    if not env.get(PROFILES_ENV, ""):
+        return TierPolicy.open()
+    return TierPolicy(profiles, default, env_flag(env, ALLOW_AD_HOC_ENV), env_flag(env, ALLOW_CLEAN_ENV))
 
 
-def request_profile(
-    extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None
-) -> Profile | None:
-    """The validated tier a request asks for, or None when it has no aim_* arguments (and no default tier).
-
-    aim_profile picks a server tier, whose sigma and noise (seed or key) the request cannot change;
-    a tier without focus words takes the request's aim_focus / aim_focus_sigma. Without
-    aim_profile, aim_sigma, aim_focus, aim_focus_sigma and aim_seed set the modulation directly and
-    aim_keyed: true keys it on the server's AIM_NOISE_KEY. `default` (AIM_DEFAULT_PROFILE) is the
-    tier of requests with no aim_* argument. Raises ProfileError (one line) for anything invalid.
-    """
-    if not has_aim_args(extra_args):
-        if default is None:
-            return None
-        extra_args = {"aim_profile": default}
-    args = {key: value for key, value in extra_args.items() if str(key).startswith(ARG_PREFIX)}
-    unknown = sorted(set(args) - set(REQUEST_ARGS))
-    if unknown:
-        raise ProfileError(f"unknown request argument {unknown[0]!r}", f"allowed: {', '.join(REQUEST_ARGS)}")
-    base = Profile(source="request")
-    if "aim_profile" in args:
-        name = args["aim_profile"]
-        if not profiles:
-            raise ProfileError(
-                "aim_profile: this server has no tiers", f"start it with {PROFILES_ENV}=DIR (aim serve --profiles DIR)"
-            )
-        if not isinstance(name, str) or name not in profiles:
-            raise ProfileError(f"aim_profile: unknown tier {name!r}", f"available: {', '.join(sorted(profiles))}")
-        base = profiles[name]
-        _fixed_by_tier(args, name, base)
-    elif not ({"aim_sigma", "aim_focus"} & set(args)):
-        raise ProfileError("the request sets no modulation", "give aim_profile, aim_sigma or aim_focus")
-    if "aim_seed" in args and args.get("aim_keyed") in (True, "true"):
-        raise ProfileError("aim_seed and aim_keyed exclude each other", "keep one")
-    for name in ("aim_sigma", "aim_focus_sigma", "aim_seed"):
-        if name in args and args[name] is None:  # null is no value, and not "leave it as it is"
-            raise ProfileError(f"{name}: expected a number, got None")
-    # The flags' merge and checks, with the request's own names in the messages.
-    profile = apply_overrides(
-        base,
-        sigma=args.get("aim_sigma"),
-        focus=_focus_words(args["aim_focus"]) if "aim_focus" in args else None,
-        focus_sigma=args.get("aim_focus_sigma"),
-        seed=args.get("aim_seed"),
-        names=REQUEST_NAMES,
-    )
-    keyed = args.get("aim_keyed")
-    if keyed is not None:
-        # vLLM's OpenAI server turns JSON true/false in vllm_xargs into 1/0 (its values are str | int | float).
-        if keyed not in (True, False, "true", "false") or isinstance(keyed, float):
-            raise ProfileError(f"aim_keyed: expected true or false, got {keyed!r}")
-        if keyed in (True, "true"):
-            profile = replace(profile, seed=None, key_env=KEY_ENV)
-    if profile.key_env is not None:
-        # Checked at admission, not mid-batch; noise_key is the one reader of a keyed profile's secret.
-        noise_key(profile, f"tier '{args['aim_profile']}'" if "aim_profile" in args else "aim_keyed")
-    return profile
+def request_profile(extra_args: Mapping[str, Any] | None, policy: TierPolicy) -> Profile | None:
+    """The validated profile a request is served (None: the clean model, rows untouched); ProfileError if refused."""
+    return resolve(extra_args, policy).profile
 
 
 def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
@@ -199,19 +129,17 @@ def pin_fresh_seed(extra_args: dict[str, Any], profile: Profile) -> int | None:
     return seed
 
 
-def admit(
-    extra_args: Mapping[str, Any] | None, profiles: Mapping[str, Profile], default: str | None = None
-) -> dict[str, Any] | None:
+def admit(extra_args: Mapping[str, Any] | None, policy: TierPolicy) -> dict[str, Any] | None:
     """Validate a request at admission; its args to keep: the default tier written in when it applies, a seed pinned.
 
-    None for a request aim leaves alone (its args stay as they are).
+    None for a request served the clean model (its args stay as they are).
     """
-    profile = request_profile(extra_args, profiles, default)
+    profile = request_profile(extra_args, policy)
     if profile is None:
         return None
     args = dict(extra_args or {})
     if not has_aim_args(args):
-        args["aim_profile"] = default  # explicit, so the workers read the same tier
+        args["aim_profile"] = policy.default  # explicit, so the workers read the same tier
     pin_fresh_seed(args, profile)
     return args
 
@@ -377,6 +305,7 @@ def profile_summary(profiles: Mapping[str, Profile]) -> list[str]:
 
 
 __all__ = [
+    "ARG_PREFIX",
     "DEFAULT_ENV",
     "KEY_ENV",
     "PROFILES_ENV",
@@ -384,6 +313,7 @@ __all__ = [
     "PlanCache",
     "RowPlan",
     "TokenHasher",
+    "TierPolicy",
     "admit",
     "default_tier",
     "has_aim_args",
@@ -393,6 +323,7 @@ __all__ = [
     "profile_summary",
     "request_profile",
     "seed_keyed_noise",
+    "server_policy",
     "server_profiles",
     "step_key",
 ]

@@ -46,13 +46,13 @@ def test_focus_targets_are_bounded(monkeypatch):
     with pytest.raises(ProfileError, match="5 focus targets.*AIM_MAX_FOCUS_TARGETS"):
         Profile(focus=[f"c{i}" for i in range(5)])
     with pytest.raises(ProfileError, match="AIM_MAX_FOCUS_TARGETS"):
-        serving.admit({"aim_focus": ["w"] * 10**6}, {})
+        serving.admit({"aim_focus": ["w"] * 10**6}, serving.TierPolicy.open())
 
 
 def test_a_huge_focus_word_is_refused_without_echoing_it():
     word = "x" * 10**6
     with pytest.raises(ProfileError) as caught:
-        serving.admit({"aim_focus": word, "aim_sigma": 1.0}, {})
+        serving.admit({"aim_focus": word, "aim_sigma": 1.0}, serving.TierPolicy.open())
     assert len(str(caught.value)) < 300
 
 

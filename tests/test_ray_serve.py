@@ -49,7 +49,8 @@ def url(tiers):
     port = free_port()
     env = {"AIM_NOISE_KEY": KEY, "AIM_MAX_REQUEST_BYTES": str(REQUEST_LIMIT)}
     common = {"num_cpus": 0.5, "env": env, "max_batch_size": 8, "batch_wait_s": 0.05}
-    classify = EndpointSpec("classify", str(DEMO / "classifier"), profiles=str(tiers), device="cpu")
+    # The mixed-tier test sends requests without a tier too: the clean model, by the operator's opt-in.
+    classify = EndpointSpec("classify", str(DEMO / "classifier"), profiles=str(tiers), device="cpu", allow_clean=True)
     try:
         start(vision_app(classify, **common), host="127.0.0.1", port=port, route_prefix="/classify")
         import aim_cli as aim  # the API's Application, as an owner's own Ray app would mount it

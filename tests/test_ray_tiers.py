@@ -180,7 +180,12 @@ def test_seeded_and_fresh_requests_draw_per_image_noise(classifier):
         assert np.allclose(
             [p["probability"] for p in one["topk"]], [p["probability"] for p in other["topk"]], atol=1e-5
         )
-    fresh = [classifier.admit("image/png", images[0], {"aim_sigma": 3, "topk": 10}) for _ in range(2)]
+    from aim_cli.tier_policy import TierPolicy
+
+    # Ad-hoc requests draw a fresh seed each: the operator's opt-in (--allow-ad-hoc-tiers).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(classifier, "policy", TierPolicy(classifier.tiers, allow_ad_hoc=True))
+        fresh = [classifier.admit("image/png", images[0], {"aim_sigma": 3, "topk": 10}) for _ in range(2)]
     first, second = classifier.answer(fresh)
     assert first[1]["topk"] != second[1]["topk"]  # each fresh request draws its own seed
     assert per_item_plan(gold[0].plan) is gold[0].plan and gold[0].plan.keyed

@@ -38,6 +38,11 @@ class Vocabulary:
         return VOCAB
 
 
+def adhoc(tiers) -> serving.TierPolicy:
+    """A tier server whose operator opted into ad-hoc modulation and the clean model (no default tier)."""
+    return serving.TierPolicy(tiers, allow_ad_hoc=True, allow_clean=True)
+
+
 def plan_cache(tokenizer=None, vocab_size=None) -> serving.PlanCache:
     """A PlanCache over a tokenizer (default: VOCAB tokens, no focus words needed)."""
     return serving.PlanCache(lambda: tokenizer if tokenizer is not None else Vocabulary(), vocab_size)
@@ -69,19 +74,19 @@ def test_server_profiles_come_from_the_environment_variable(tmp_path):
         serving.load_profile_dir(REPO / "tests")
 
 
-def test_requests_without_aim_args_are_untouched(tiers):
-    assert serving.request_profile(None, tiers) is None
-    assert serving.request_profile({"other_plugin": 1}, tiers) is None
+def test_requests_without_aim_args_are_untouched_where_the_clean_model_is_allowed(tiers):
+    assert serving.request_profile(None, adhoc(tiers)) is None
+    assert serving.request_profile({"other_plugin": 1}, adhoc(tiers)) is None
 
 
 def test_explicit_args_set_the_modulation_without_a_tier(tiers):
-    profile = serving.request_profile({"aim_sigma": 2, "aim_seed": 7, "aim_focus": "cat:down"}, {})
+    profile = serving.request_profile({"aim_sigma": 2, "aim_seed": 7, "aim_focus": "cat:down"}, adhoc({}))
     assert profile.sigma == 2 and profile.seed == 7 and [str(f) for f in profile.focus] == ["cat:down"]
 
 
 def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
     profile = serving.request_profile(
-        {"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, tiers
+        {"aim_profile": "free-tier", "aim_focus": "cat:down", "aim_focus_sigma": 1}, serving.TierPolicy(tiers)
     )
     assert profile.sigma == 4.0 and profile.seed == 1234
     assert [str(f) for f in profile.focus] == ["cat:down"] and profile.focus_sigma == 1
@@ -107,32 +112,54 @@ def test_a_tier_without_focus_takes_the_requests_focus_words(tiers):
 )
 def test_a_request_cannot_weaken_its_tier(tiers, key, args, message):
     """A tier's sigma, noise mode and focus are what a gateway sells: no request argument lowers them."""
-    assert_one_line_profile_error(lambda: serving.request_profile(args, tiers), message)
+    assert_one_line_profile_error(lambda: serving.request_profile(args, serving.TierPolicy(tiers)), message)
 
 
 def test_a_fresh_seed_tier_takes_the_pinned_seed(tmp_path):
     """No seed, no key: the tier draws any seed per request, so the seed admission pins is allowed."""
     (tmp_path / "fresh.yaml").write_text("version: 1\nutility: {sigma: 2}\n")
     fresh = serving.load_profile_dir(tmp_path)
-    args = serving.admit({"aim_profile": "fresh"}, fresh)
-    assert isinstance(args["aim_seed"], int) and serving.request_profile(args, fresh).seed == args["aim_seed"]
+    args = serving.admit({"aim_profile": "fresh"}, serving.TierPolicy(fresh))
+    assert (
+        isinstance(args["aim_seed"], int)
+        and serving.request_profile(args, serving.TierPolicy(fresh)).seed == args["aim_seed"]
+    )
     assert_one_line_profile_error(
-        lambda: serving.request_profile({"aim_profile": "fresh", "aim_sigma": 1}, fresh), "fixes its own sigma"
+        lambda: serving.request_profile({"aim_profile": "fresh", "aim_sigma": 1}, serving.TierPolicy(fresh)),
+        "fixes its own sigma",
     )
 
 
 def test_default_tier_applies_to_requests_without_aim_args(tiers):
     default = serving.default_tier(tiers, {serving.DEFAULT_ENV: "free-tier"})
     assert default == "free-tier" and serving.default_tier(tiers, {}) is None
-    assert serving.request_profile(None, tiers, default) == tiers["free-tier"]
-    assert serving.request_profile({"other_plugin": 1}, tiers, default).sigma == 4.0
-    assert serving.admit(None, tiers, default) == {"aim_profile": "free-tier"}  # written in for the workers
-    assert serving.admit(None, tiers) is None  # no default: untouched
-    # The default is a tier like any other: a request cannot weaken it by naming a setting.
-    # A default, not a guard: a request naming its own settings does not get it (gateways filter aim_* args).
-    assert serving.request_profile({"aim_sigma": 0}, tiers, default).sigma == 0
+    policy = serving.TierPolicy(tiers, default)
+    assert serving.request_profile(None, policy) == tiers["free-tier"]
+    assert serving.request_profile({"other_plugin": 1}, policy).sigma == 4.0
+    assert serving.admit(None, policy) == {"aim_profile": "free-tier"}  # written in for the workers
+    assert serving.admit(None, adhoc(tiers)) is None  # clean model allowed, no default: untouched
+    # The default is a floor: a request naming its own settings cannot get less noise than it.
+    assert_one_line_profile_error(
+        lambda: serving.request_profile({"aim_sigma": 0}, policy),
+        "aim_sigma: tier 'free-tier' (this server's default) fixes its own sigma",
+    )
     assert_one_line_profile_error(
         lambda: serving.default_tier(tiers, {serving.DEFAULT_ENV: "gold"}), "AIM_DEFAULT_PROFILE=gold: no such tier"
+    )
+
+
+def test_server_policy_comes_from_the_environment(tmp_path):
+    """aim serve's environment: the folder, the default tier and the two opt-ins; no folder is no tier server."""
+    (tmp_path / "gold.yaml").write_text("version: 1\nutility: {sigma: 1}\n")
+    folder = {serving.PROFILES_ENV: str(tmp_path)}
+    assert serving.server_policy({}).enforced is False
+    strict = serving.server_policy(folder)
+    assert strict.enforced and not strict.allow_ad_hoc and not strict.allow_clean and strict.default is None
+    opted = serving.server_policy({**folder, "AIM_ALLOW_AD_HOC_TIERS": "1", "AIM_ALLOW_CLEAN": "true"})
+    assert opted.allow_ad_hoc and opted.allow_clean
+    assert_one_line_profile_error(
+        lambda: serving.server_policy({**folder, "AIM_ALLOW_CLEAN": "maybe"}),
+        "AIM_ALLOW_CLEAN='maybe': expected 1 or 0",
     )
 
 
@@ -163,22 +190,22 @@ def assert_one_line_profile_error(call, fragment: str) -> None:
 )
 def test_invalid_args_are_one_line_errors(tiers, args, fragment):
     with pytest.raises(ProfileError) as caught:
-        serving.request_profile(args, tiers)
+        serving.request_profile(args, adhoc(tiers))
     message = str(caught.value)
     assert fragment in message and "\n" not in message
 
 
 def test_aim_profile_without_a_profile_directory_names_the_variable():
     with pytest.raises(ProfileError, match=serving.PROFILES_ENV):
-        serving.request_profile({"aim_profile": "free-tier"}, {})
+        serving.request_profile({"aim_profile": "free-tier"}, serving.TierPolicy.open())
 
 
 def test_keyed_request_needs_the_server_key(tiers, monkeypatch):
     monkeypatch.delenv(serving.KEY_ENV, raising=False)
     with pytest.raises(ProfileError, match=serving.KEY_ENV):
-        serving.request_profile({"aim_sigma": 1, "aim_keyed": True}, tiers)
+        serving.request_profile({"aim_sigma": 1, "aim_keyed": True}, adhoc(tiers))
     with pytest.raises(ProfileError, match="AIM_NOISE_KEY"):
-        serving.request_profile({"aim_profile": "keyed-tier"}, tiers)
+        serving.request_profile({"aim_profile": "keyed-tier"}, adhoc(tiers))
 
 
 def _prompts() -> list[list[int]]:
@@ -188,8 +215,8 @@ def _prompts() -> list[list[int]]:
 def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer):
     """The plugin's keyed noise is aim generate's: same token_key bytes, so the same draws."""
     plans = plan_cache(tokenizer)
-    plan = plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, tiers))
-    assert plan.keyed and plan is plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, tiers))
+    plan = plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, adhoc(tiers)))
+    assert plan.keyed and plan is plans.resolve(serving.request_profile({"aim_profile": "keyed-tier"}, adhoc(tiers)))
     prompts = _prompts()
     torch.manual_seed(0)
     clean = torch.randn(len(prompts), VOCAB)
@@ -220,7 +247,7 @@ def test_keyed_rows_equal_aim_generate_whatever_the_batch(tiers, key, tokenizer)
 
 def test_seeded_rows_depend_on_seed_and_step_only(tiers):
     plans = plan_cache()
-    plan = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 7}, tiers))
+    plan = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 7}, adhoc(tiers)))
     assert not plan.keyed
     clean = torch.zeros(3, VOCAB)
     step3 = plan.item_key([1] * 8, prompt_len=5)
@@ -230,20 +257,20 @@ def test_seeded_rows_depend_on_seed_and_step_only(tiers):
     assert torch.equal(alone[0], crowded[2])
     assert not torch.equal(crowded[0], crowded[2])
     assert torch.equal(crowded[1], torch.zeros(VOCAB))
-    other = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 8}, tiers))
+    other = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 8}, adhoc(tiers)))
     assert not torch.equal(serving.modulate_rows(clean[:1].clone(), [(0, other, step3)])[0], alone[0])
 
 
 @pytest.mark.parametrize("flag", [True, 1, "true"])
 def test_keyed_flag_accepts_what_the_openai_server_sends(tiers, key, flag):
     """vllm_xargs carries JSON true as 1 (its values are str | int | float)."""
-    assert serving.request_profile({"aim_sigma": 1, "aim_keyed": flag}, tiers).key_env == serving.KEY_ENV
-    assert serving.request_profile({"aim_sigma": 1, "aim_seed": 3, "aim_keyed": 0}, tiers).seed == 3
+    assert serving.request_profile({"aim_sigma": 1, "aim_keyed": flag}, adhoc(tiers)).key_env == serving.KEY_ENV
+    assert serving.request_profile({"aim_sigma": 1, "aim_seed": 3, "aim_keyed": 0}, adhoc(tiers)).seed == 3
 
 
 def test_requests_without_seed_get_fresh_streams(tiers):
     plans = plan_cache()
-    profile = serving.request_profile({"aim_sigma": 1.0}, tiers)
+    profile = serving.request_profile({"aim_sigma": 1.0}, adhoc(tiers))
     first, second = plans.resolve(profile), plans.resolve(profile)
     assert first.seed != second.seed
 
@@ -251,8 +278,8 @@ def test_requests_without_seed_get_fresh_streams(tiers):
 def test_tiers_in_one_batch_get_their_own_sigma(tiers):
     """Rows of two tiers in one batch: utility noise has each tier's std (200 rows x 64: 1% tolerance ~ 4 SE)."""
     plans = plan_cache()
-    low = plans.resolve(serving.request_profile({"aim_sigma": 0.5, "aim_seed": 1}, tiers))
-    high = plans.resolve(serving.request_profile({"aim_sigma": 3.0, "aim_seed": 1}, tiers))
+    low = plans.resolve(serving.request_profile({"aim_sigma": 0.5, "aim_seed": 1}, adhoc(tiers)))
+    high = plans.resolve(serving.request_profile({"aim_sigma": 3.0, "aim_seed": 1}, adhoc(tiers)))
     rows = [(i, low if i % 2 else high, serving.step_key(i)) for i in range(400)]
     out = serving.modulate_rows(torch.zeros(400, VOCAB), rows)
     # SE of a std estimate from n = 12,800 normals is std / sqrt(2n) = 0.6% of it.
@@ -262,7 +289,9 @@ def test_tiers_in_one_batch_get_their_own_sigma(tiers):
 
 def test_focus_words_resolve_to_token_sets_as_in_aim_generate(tiers, tokenizer):
     plans = plan_cache(tokenizer)
-    plan = plans.resolve(serving.request_profile({"aim_focus": ["7"], "aim_focus_sigma": 2.0, "aim_seed": 3}, tiers))
+    plan = plans.resolve(
+        serving.request_profile({"aim_focus": ["7"], "aim_focus_sigma": 2.0, "aim_seed": 3}, adhoc(tiers))
+    )
     assert [(t.class_id, t.direction) for t in plan.modulation.targets] == [(11, BOOST)]
     width = len(tokenizer)
     out = serving.modulate_rows(torch.zeros(50, width), [(i, plan, serving.step_key(i)) for i in range(50)])
@@ -273,7 +302,7 @@ def test_focus_words_resolve_to_token_sets_as_in_aim_generate(tiers, tokenizer):
 def test_unencodable_focus_word_is_a_profile_error(tiers, tokenizer):
     plans = plan_cache(tokenizer)
     with pytest.raises(ProfileError, match="cannot encode"):
-        plans.resolve(serving.request_profile({"aim_focus": "☃"}, tiers))
+        plans.resolve(serving.request_profile({"aim_focus": "☃"}, adhoc(tiers)))
 
 
 def test_token_key_is_the_row_key():
@@ -301,14 +330,20 @@ def test_serve_without_vllm_is_one_line_with_the_install_hint(aim):
 def test_fresh_seed_is_pinned_into_the_request_at_admission(tiers):
     """Drawn once in the front end, so every worker (tensor-parallel rank) draws the same noise."""
     first, second = {"aim_sigma": 1.0}, {"aim_sigma": 1.0}
-    seed = serving.pin_fresh_seed(first, serving.request_profile(first, tiers))
-    assert first["aim_seed"] == seed and serving.pin_fresh_seed(second, serving.request_profile(second, tiers)) != seed
-    assert serving.request_profile(first, tiers).seed == seed
+    seed = serving.pin_fresh_seed(first, serving.request_profile(first, adhoc(tiers)))
+    assert (
+        first["aim_seed"] == seed
+        and serving.pin_fresh_seed(second, serving.request_profile(second, adhoc(tiers))) != seed
+    )
+    assert serving.request_profile(first, adhoc(tiers)).seed == seed
     unkeyed = {"aim_sigma": 1.0, "aim_keyed": 0}  # a pinned seed must stay valid with aim_keyed: false
-    serving.pin_fresh_seed(unkeyed, serving.request_profile(unkeyed, tiers))
-    assert serving.request_profile(unkeyed, tiers).seed == unkeyed["aim_seed"]
+    serving.pin_fresh_seed(unkeyed, serving.request_profile(unkeyed, adhoc(tiers)))
+    assert serving.request_profile(unkeyed, adhoc(tiers)).seed == unkeyed["aim_seed"]
     seeded = {"aim_profile": "free-tier"}
-    assert serving.pin_fresh_seed(seeded, serving.request_profile(seeded, tiers)) is None and "aim_seed" not in seeded
+    assert (
+        serving.pin_fresh_seed(seeded, serving.request_profile(seeded, adhoc(tiers))) is None
+        and "aim_seed" not in seeded
+    )
 
 
 def test_docs_document_every_request_argument():
@@ -320,11 +355,11 @@ def test_docs_document_every_request_argument():
 def test_plan_cache_stays_bounded_under_per_request_seeds(tiers, monkeypatch):
     monkeypatch.setattr(serving.PlanCache, "MAX_ENTRIES", 4)
     plans = plan_cache()
-    first = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, tiers))
+    first = plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, adhoc(tiers)))
     for seed in range(1, 10):
-        plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": seed}, tiers))
+        plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": seed}, adhoc(tiers)))
     assert len(plans._plans) == 4
-    assert plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, tiers)) is not first
+    assert plans.resolve(serving.request_profile({"aim_sigma": 1.0, "aim_seed": 0}, adhoc(tiers))) is not first
 
 
 def test_token_hasher_keys_equal_token_key_step_by_step_and_after_a_reset():

@@ -65,6 +65,10 @@ def server_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     )
     monkeypatch.setenv(serving.PROFILES_ENV, str(tmp_path))
     monkeypatch.setenv(serving.KEY_ENV, "test-secret")
+    # These tests drive the processor with ad-hoc and plain requests: the operator's opt-ins are on.
+    # What the defaults refuse is tested in test_vllm_tier_policy.py.
+    monkeypatch.setenv("AIM_ALLOW_AD_HOC_TIERS", "1")
+    monkeypatch.setenv("AIM_ALLOW_CLEAN", "1")
 
 
 def params(**aim: object) -> SamplingParams:
@@ -365,8 +369,10 @@ def test_padding_columns_never_win_under_either_runner():
         ({"aim_profile": "keyed-tier", "aim_keyed": 0}, "aim_keyed: tier 'keyed-tier' fixes its own noise"),
     ],
 )
-def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment):
+def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment, monkeypatch):
     from vllm.exceptions import VLLMValidationError
+
+    monkeypatch.setenv("AIM_ALLOW_AD_HOC_TIERS", "0")  # the defaults: a tier's fixed fields are refused outright
 
     with pytest.raises(VLLMValidationError, match=fragment):
         build_custom_logits_processors_params_validator([AimLogitsProcessor])(params(**aim))
@@ -374,6 +380,7 @@ def test_a_request_cannot_weaken_its_tier_http_400(aim, fragment):
 
 def test_default_profile_reaches_requests_without_aim_args(monkeypatch):
     monkeypatch.setenv(serving.DEFAULT_ENV, "free-tier")
+    monkeypatch.setenv("AIM_ALLOW_CLEAN", "0")  # a default tier is a floor: no clean model beside it
     request = params()
     AimLogitsProcessor.validate_params(request)
     assert request.extra_args == {"aim_profile": "free-tier"}
@@ -436,9 +443,7 @@ def test_aim_serve_default_profile_is_checked_and_passed_to_vllm(aim):
         env={serving.KEY_ENV: "s"},
     )
     assert ok.returncode == 0, ok.stderr
-    assert (
-        f"{serving.DEFAULT_ENV}=free-tier" in ok.stdout and "without aim_* arguments get tier 'free-tier'" in ok.stderr
-    )
+    assert f"{serving.DEFAULT_ENV}=free-tier" in ok.stdout and "name no tier get tier 'free-tier'" in ok.stderr
     bad = aim(
         "serve",
         "my/model",

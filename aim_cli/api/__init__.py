@@ -309,12 +309,16 @@ def vision_app(
     weights: str | None = None,
     labels: str | None = None,
     device: str = "cpu",
+    allow_ad_hoc: bool = False,
+    allow_clean: bool = False,
     **ray_options: Any,
 ) -> Any:
     """A Ray Serve Application serving an image model's tiers (what `aim serve` deploys); needs aim-cli[ray].
 
     task: 'classify' or 'segment'; profiles: a folder of tier profiles (clients pick one with
-    aim_profile). Run it with ray.serve.run(app, route_prefix=...) or mount it in your own Ray
+    aim_profile); with profiles, requests get only those tiers unless allow_ad_hoc / allow_clean
+    (`aim serve --allow-ad-hoc-tiers` / `--allow-clean`). Run it with ray.serve.run(app,
+    route_prefix=...) or mount it in your own Ray
     application. ray_options: replicas, max_replicas (autoscaling), num_cpus, num_gpus,
     max_batch_size, batch_wait_s (Ray Serve's dynamic batching) and env (for every replica).
     """
@@ -326,7 +330,7 @@ def vision_app(
         raise AimError(
             "vision_app needs Ray Serve, which is not installed here", "pip install 'aim-cli[ray]'"
         ) from None
-    spec = EndpointSpec(task, model, weights, labels, device, profiles, default_profile)
+    spec = EndpointSpec(task, model, weights, labels, device, profiles, default_profile, allow_ad_hoc, allow_clean)
     return ray_serve.vision_app(spec, **ray_options)
 
 

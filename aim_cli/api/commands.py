@@ -99,6 +99,10 @@ _HOMES = {
     "PROFILES_ENV": "aim_cli.serving",
     "DEFAULT_ENV": "aim_cli.serving",
     "KEY_ENV": "aim_cli.serving",
+    "ALLOW_AD_HOC_ENV": "aim_cli.tier_policy",
+    "ALLOW_CLEAN_ENV": "aim_cli.tier_policy",
+    "TierPolicy": "aim_cli.tier_policy",
+    "check_port_free": "aim_cli.ports",
     # aim serve (images) and --engine ray: the Ray engines (ray_serve imports Ray itself)
     "EndpointSpec": "aim_cli.engines.vision_tiers",
     "JobSpec": "aim_cli.engines.ray_data",

@@ -18,6 +18,8 @@ from aim_cli.errors import AimError, InputError
 from aim_cli.profile import noise_key
 
 VLLM_HINT = "pip install 'aim-cli[vllm]'"
+# vLLM's --middleware import path of aim's request guard (aim_cli/integrations/vllm_http.py).
+GUARD = "aim_cli.integrations.vllm_http.AimRequestGuard"
 RAY_HINT = "pip install 'aim-cli[ray]'"
 TASKS = ("auto", "generate", "classify", "segment")
 # vLLM's speculative-decoding options: under it the V1 runner silently skips plugins, and aim
@@ -40,9 +42,10 @@ def vllm_command(model: str, vllm_args: Sequence[str]) -> list[str]:
     """`vllm serve MODEL ARGS` run by this interpreter, so vLLM loads the aim plugin installed beside it.
 
     No --logits-processors flag: vLLM loads installed plugins by entry point, and naming the class
-    again would load it twice (noise applied twice).
+    again would load it twice (noise applied twice). One --middleware: the guard that refuses aim
+    fields in the query string and aim fields repeated in the body (vLLM would keep the last).
     """
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *vllm_args]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *vllm_args, "--middleware", GUARD]
 
 
 def client_example(model: str, vllm_args: Sequence[str], tier: str) -> str:
@@ -130,9 +133,21 @@ def serve(
     default_profile: Annotated[
         str | None,
         typer.Option(
-            "--default-profile", help="Tier of requests without aim_* arguments (default: they get the clean model)."
+            "--default-profile",
+            help="Tier of requests that name none; no request gets less noise than it (default: those are refused).",
         ),
     ] = None,
+    allow_ad_hoc_tiers: Annotated[
+        bool,
+        typer.Option(
+            "--allow-ad-hoc-tiers",
+            help="Let requests set aim_sigma, aim_keyed, ... past a tier's open options (on a tier: more noise only).",
+        ),
+    ] = False,
+    allow_clean: Annotated[
+        bool,
+        typer.Option("--allow-clean", help="Serve the clean model to requests that name no tier or ask for no noise."),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the vLLM command (or the Ray Serve settings) and exit.")
     ] = False,
@@ -186,7 +201,17 @@ def serve(
     """Serve tiers: vLLM's OpenAI server for language models (options after -- go to `vllm serve`), or Ray Serve
     for image models."""
     # torch-backed: loaded when the command runs, so `aim --help` stays fast
-    from aim_cli.api.commands import DEFAULT_ENV, PROFILES_ENV, default_tier, load_profile_dir, profile_summary
+    from aim_cli.api.commands import (
+        ALLOW_AD_HOC_ENV,
+        ALLOW_CLEAN_ENV,
+        DEFAULT_ENV,
+        PROFILES_ENV,
+        TierPolicy,
+        check_port_free,
+        default_tier,
+        load_profile_dir,
+        profile_summary,
+    )
 
     if task not in TASKS:
         raise InputError(f"--task {task}: not a task aim serves", f"choose one of {', '.join(TASKS)}")
@@ -218,7 +243,18 @@ def serve(
             max_batch_size or 8,
             5.0 if batch_wait_ms is None else batch_wait_ms,
         )
-        serve_images(kind, model, profiles, default_profile, options, list(ctx.args), dry_run, allow_uncertified_model)
+        serve_images(
+            kind,
+            model,
+            profiles,
+            default_profile,
+            options,
+            list(ctx.args),
+            dry_run,
+            allow_uncertified_model=allow_uncertified_model,
+            allow_ad_hoc=allow_ad_hoc_tiers,
+            allow_clean=allow_clean,
+        )
         return
     given = [name for name, value in image_options.items() if value is not None]
     if given:
@@ -236,25 +272,35 @@ def serve(
         if tier.key_env:
             noise_key(tier, f"tier '{name}'")
     check_language_model_certificates(tiers, model, allow_uncertified_model)
-    overrides = {PROFILES_ENV: str(profiles.resolve())}
+    # The opt-ins are always written, so an inherited variable never opts in behind the operator's back.
+    overrides = {
+        PROFILES_ENV: str(profiles.resolve()),
+        ALLOW_AD_HOC_ENV: "1" if allow_ad_hoc_tiers else "0",
+        ALLOW_CLEAN_ENV: "1" if allow_clean else "0",
+    }
     if default_profile is not None:
         overrides[DEFAULT_ENV] = default_profile
-    env = dict(os.environ, **overrides)
+    # --default-profile alone says which tier is the default: an inherited AIM_DEFAULT_PROFILE is dropped.
+    env = {name: value for name, value in os.environ.items() if name != DEFAULT_ENV}
+    env.update(overrides)
     default = default_tier(tiers, env)
+    policy = TierPolicy(tiers, default, allow_ad_hoc_tiers, allow_clean)
     command = vllm_command(model, vllm_args)
     say(f"aim: serving {model} with vLLM; tiers from {profiles}:")
     for line in profile_summary(tiers):
         say(f"  {line}")
     say("aim: clients choose a tier per request with vllm_xargs (or SamplingParams.extra_args), e.g.")
     say("  " + client_example(model, vllm_args, sorted(tiers)[0]))
-    if default is None:
-        say("aim: requests without aim_* arguments get the clean model: let only your gateway set vllm_xargs")
-    else:
-        say(f"aim: requests without aim_* arguments get tier '{default}'")
+    for line in policy.guarantees():
+        say(f"aim: {line}")
     if dry_run:
         shown = " ".join(f"{name}={shlex.quote(value)}" for name, value in overrides.items())
         typer.echo(f"{shown} " + shlex.join(command))
         return
+    if "--uds" not in vllm_args and not any(arg.startswith("--uds=") for arg in vllm_args):
+        port_text = _option(vllm_args, "--port", "8000")
+        if port_text.isdigit():  # anything else is vLLM's to refuse
+            check_port_free(_option(vllm_args, "--host", ""), int(port_text))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, env)  # vLLM replaces this process: its signals, its exit code

@@ -17,6 +17,13 @@ from aim_cli.profile import noise_key
 RAY_HINT = "pip install 'aim-cli[ray]'"
 
 
+def secrets_token() -> str:
+    """A fresh token for this start: GET / on the port must answer it before the server says ready."""
+    import secrets
+
+    return secrets.token_hex(8)
+
+
 @dataclass(frozen=True)
 class ImageServeOptions:
     """Where to listen and what Ray gives the deployment (replicas, resources, batching)."""
@@ -78,12 +85,15 @@ def serve_images(
     extra: Sequence[str],
     dry_run: bool,
     allow_uncertified_model: bool = False,
+    allow_ad_hoc: bool = False,
+    allow_clean: bool = False,
 ) -> None:
     """Check the tiers, then deploy the tiered endpoint on Ray Serve and serve until Ctrl-C."""
     from aim_cli.api.commands import (
         DEFAULT_ENV,
         KEY_ENV,
         EndpointSpec,
+        TierPolicy,
         default_tier,
         load_profile_dir,
         profile_summary,
@@ -103,6 +113,7 @@ def serve_images(
     if os.environ.get(KEY_ENV):  # requests with aim_keyed: true
         secrets[KEY_ENV] = os.environ[KEY_ENV]
     default = default_tier(tiers, {DEFAULT_ENV: default_profile or ""})
+    policy = TierPolicy(tiers, default, allow_ad_hoc, allow_clean)
     spec = EndpointSpec(
         task,
         _local(model),
@@ -111,19 +122,20 @@ def serve_images(
         "cuda" if options.num_gpus > 0 else "cpu",
         str(profiles.resolve()),
         default,
+        allow_ad_hoc,
+        allow_clean,
+        secrets_token(),
     )
     say(f"aim: serving {model} ({task}) on Ray Serve at http://{options.host}:{options.port}/; tiers from {profiles}:")
     for line in profile_summary(tiers):
         say(f"  {line}")
     say("aim: clients POST an image (raw, multipart or JSON with base64) and choose a tier with aim_profile, e.g.")
     say("  " + client_example(options.host, options.port, sorted(tiers)[0]))
-    if default is None:
-        say("aim: requests without aim_* fields get the clean model: let only your gateway set them")
-    else:
-        say(f"aim: requests without aim_* fields get tier '{default}'")
+    for line in policy.guarantees():
+        say(f"aim: {line}")
     if dry_run:
         settings = {
-            "endpoint": asdict(spec),
+            "endpoint": {k: v for k, v in asdict(spec).items() if k != "instance"},
             "ray": {k: v for k, v in asdict(options).items() if k not in ("weights", "labels")},
         }
         typer.echo(json.dumps(settings, default=str, sort_keys=True))
@@ -142,6 +154,6 @@ def serve_images(
         batch_wait_s=options.batch_wait_ms / 1000,
         env=secrets,
     )
-    ray_serve.start(app, address=options.address, host=options.host, port=options.port)
+    ray_serve.start(app, address=options.address, host=options.host, port=options.port, instance=spec.instance)
     say(f"aim: ready at http://{options.host}:{options.port}/ (Ctrl-C stops it)")
     ray_serve.serve_until_interrupted()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 
 from aim_cli.engines.vision_tiers import per_item_plan
 from aim_cli.errors import AimError
+from aim_cli.limits import RAY_CONNECT_SECONDS
 from aim_cli.plans import ModulationPlan
 from aim_cli.tasks.batches import ProgressCallback
 
@@ -59,10 +61,49 @@ def require_ray() -> Any:
     return ray
 
 
+def cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a Ray address names: GCS host:port, or ray://host:port (Ray Client); None for auto/local."""
+    text = address.strip()
+    if text.lower() in ("", "auto", "local"):
+        return None
+    client = text.lower().startswith("ray://")
+    hostport = text[6:] if client else text.split("://", 1)[-1]
+    hostport = hostport.split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, "10001" if client else "6379"  # Ray's own default ports
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AimError(
+            f"Ray address {address[:100]!r}: expected HOST:PORT or ray://HOST:PORT", "fix --address or RAY_ADDRESS"
+        )
+    return host, int(port)
+
+
+def check_reachable(address: str | None) -> None:
+    """A Ray cluster that does not answer is one line within AIM_RAY_CONNECT_TIMEOUT_S, not Ray's endless retries."""
+    given = address if address is not None else os.environ.get("RAY_ADDRESS", "")
+    endpoint = cluster_endpoint(given)
+    if endpoint is None:
+        return
+    seconds = RAY_CONNECT_SECONDS.value()
+    try:
+        with socket.create_connection(endpoint, timeout=seconds):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        source = "--address" if address is not None else "RAY_ADDRESS"
+        raise AimError(
+            f"cannot reach the Ray cluster at {given[:100]} ({source}) within {seconds} s: {reason}",
+            "start it (ray start --head), fix the address, or unset it for a local Ray",
+        ) from None
+
+
 def connect(address: str | None = None) -> Any:
     """Join the running Ray (RAY_ADDRESS or `address`), or start a local one without its dashboard."""
     ray = require_ray()
     if not ray.is_initialized():
+        check_reachable(address)
         ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
     return ray
 
@@ -177,4 +218,13 @@ def job_error(exc: BaseException) -> AimError:
     return AimError(f"the Ray job failed: {lines[-1][:300]}", "rerun with --resume to continue where it stopped")
 
 
-__all__ = ["JobSpec", "TaskWorker", "connect", "per_item_plan", "require_ray", "run_job"]
+__all__ = [
+    "JobSpec",
+    "TaskWorker",
+    "check_reachable",
+    "cluster_endpoint",
+    "connect",
+    "per_item_plan",
+    "require_ray",
+    "run_job",
+]

@@ -97,14 +97,64 @@ def vision_app(
 
 
 def start(
-    app: Any, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/"
+    app: Any,
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    route_prefix: str = "/",
+    instance: str = "",
 ) -> None:
-    """Connect to Ray (local by default), start Serve's HTTP proxy on host:port and deploy `app` (returns once up)."""
-    from aim_cli.engines.ray_data import connect
+    """Connect to Ray (local by default), start Serve's HTTP proxy on host:port and deploy `app` (returns once up).
 
+    A port in use is refused before Ray starts; with `instance` (the spec's token), the port must
+    then answer as this deployment, so two servers started at once never both report ready.
+    """
+    from aim_cli.engines.ray_data import connect
+    from aim_cli.ports import check_port_free
+
+    check_port_free(host, port)
     connect(address)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name="aim-vision", route_prefix=route_prefix)
+    if instance:
+        try:
+            confirm_listening(host, port, route_prefix, instance)
+        except BaseException:
+            import ray
+
+            serve.shutdown()
+            ray.shutdown()
+            raise
+
+
+def confirm_listening(host: str, port: int, route_prefix: str, instance: str, wait_s: float = 30.0) -> None:
+    """Wait (bounded) until GET host:port/prefix answers with this deployment's token; else one line, exit 2."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from aim_cli.errors import AimError
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    url = f"http://{shown}:{port}{route_prefix}"
+    deadline = time.monotonic() + wait_s
+    answered = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - our own http:// URL
+                document = json.loads(reply.read(1 << 20))
+            if isinstance(document, dict) and document.get("instance") == instance:
+                return
+            answered = "another server answered"
+            break
+        except (OSError, ValueError) as exc:
+            answered = str(getattr(exc, "reason", exc))[:100]
+        time.sleep(0.5)
+    raise AimError(
+        f"port {port} on {host} does not reach this server ({answered})",
+        "stop the other server, or choose another --port",
+    )
 
 
 def serve_until_interrupted() -> None:
@@ -119,4 +169,4 @@ def serve_until_interrupted() -> None:
         ray.shutdown()
 
 
-__all__ = ["AimVisionEndpoint", "read_body", "serve_until_interrupted", "start", "vision_app"]
+__all__ = ["AimVisionEndpoint", "confirm_listening", "read_body", "serve_until_interrupted", "start", "vision_app"]

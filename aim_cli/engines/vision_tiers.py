@@ -2,17 +2,20 @@
 
 Engine-neutral (this module never imports Ray): aim_cli.engines.ray_serve only wraps it in
 a Ray Serve deployment, so everything here is tested without Ray. Admission is the vLLM path's
-(aim_cli.serving.request_profile): a tier fixes its noise, a request cannot weaken it, requests
-without aim_* fields get the default tier or the clean model. Answers come from the same task
-code as `aim classify` / `aim segment`, and keyed tiers are keyed on the decoded pixels, so an
-endpoint and the CLI with the same key and profile give the same answer.
+(aim_cli.tier_policy.resolve): a request gets a tier of the folder with the options it leaves
+open, requests naming none get the default tier, and ad-hoc modulation or the clean model only
+where the operator opted in. A field given twice (query, body, form) with two values is refused.
+Answers come from the same task code as `aim classify` / `aim segment`, and keyed tiers are
+keyed on the decoded pixels, so an endpoint and the CLI with the same key and profile give the same answer.
 
 Every item's noise depends only on its tier and its pixels: seeded tiers (and requests with
 aim_seed, and fresh-seed requests with the seed drawn at admission) draw from the counter-based
 generator keyed on (seed, pixels), never on the other requests of a batch.
 
 Nothing a client sends reaches the file system: bodies are read into memory under a bound,
-multipart bodies are parsed in memory, and images are decoded from bytes.
+multipart bodies are parsed in memory, and images are decoded from bytes: only the formats of
+SERVE_FORMATS, with the pixel count checked from the header before any pixel is decoded, and an
+answer's size checked before it is built.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import io
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from aim_cli.errors import AimError, InputError, ProfileError
-from aim_cli.limits import IMAGE_BYTES
+from aim_cli.limits import IMAGE_BYTES, SERVE_ANSWER_BYTES, SERVE_PIXELS
+from aim_cli.tier_policy import TierPolicy, resolve
 
 TASKS = ("classify", "segment")
 MASK_FORMATS = ("png", "ids")
@@ -39,6 +43,11 @@ MASK_FORMATS = ("png", "ids")
 ANSWER_FIELDS = ("topk", "mask_format")
 # How a request's image is named in messages: never a path (nothing a client sends is a path).
 REQUEST_NAME = Path("request image")
+# Image formats a server decodes: Pillow's others include EPS (Ghostscript runs on it) and rarer
+# formats with their own parsers; none is needed for photographs.
+SERVE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+# Where a request's field came from, for the message when it comes twice.
+QUERY, JSON_BODY, FORM = "the query string", "the JSON body", "the form"
 
 
 class RequestError(AimError):
@@ -60,6 +69,11 @@ class EndpointSpec:
     device: str = "auto"
     profiles: str | None = None
     default_profile: str | None = None
+    # The operator's opt-ins (tier_policy.TierPolicy): ad-hoc modulation and the clean model.
+    allow_ad_hoc: bool = False
+    allow_clean: bool = False
+    # A token GET / answers, so the starter knows its port reaches this server and not another one.
+    instance: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,34 +111,85 @@ def _scalar(text: Any) -> Any:
         return text
 
 
-def _multipart(content_type: str, body: bytes) -> tuple[bytes | None, dict[str, Any]]:
-    """The 'image' part and the other fields of a multipart/form-data body, parsed in memory."""
+class _Fields:
+    """A request's fields from several places; the same field in two places with two values is refused."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.where: dict[str, str] = {}
+
+    def add(self, name: str, value: Any, where: str) -> None:
+        """Record one field; a second value for it (from anywhere) is a 400 naming both places."""
+        if name in self.values:
+            if _canonical(self.values[name]) != _canonical(value):
+                places = where if self.where[name] == where else f"{self.where[name]} and {where}"
+                raise RequestError(
+                    400, f"{name[:40]!r} is given twice ({places}) with different values", "give each field once"
+                )
+            return
+        self.values[name] = value
+        self.where[name] = where
+
+
+def _canonical(value: Any) -> str:
+    """A field's value as comparable text: 1 and true, or 1 and "1", are different values."""
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: an object with one key twice (two values) is refused, not last-wins."""
+    fields = _Fields()
+    for name, value in pairs:
+        fields.add(name, value, JSON_BODY)
+    return fields.values
+
+
+def _query_items(query: Any) -> list[tuple[str, str]]:
+    """Every (name, value) of a query string, repeats included (Starlette's QueryParams, a mapping or pairs)."""
+    if hasattr(query, "multi_items"):
+        return [(str(k), v) for k, v in query.multi_items()]
+    if isinstance(query, Mapping):
+        return [(str(k), v) for k, v in query.items()]
+    return [(str(k), v) for k, v in query]
+
+
+def _multipart(content_type: str, body: bytes, fields: _Fields) -> bytes | None:
+    """The 'image' part of a multipart/form-data body, parsed in memory; the other parts go into `fields`."""
     head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     if not message.is_multipart():
         raise RequestError(400, "the multipart body has no parts", "send the image in a part named 'image'")
     image: bytes | None = None
-    fields: dict[str, Any] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
         payload = payload if isinstance(payload, bytes) else b""  # a nested multipart part carries no bytes
         if name == "image":
+            if image is not None:
+                raise RequestError(400, "the form carries two parts named 'image'", "send one image per request")
             image = payload
         elif name:
-            fields[str(name)] = _scalar(payload.decode("utf-8", "replace"))
-    return image, fields
+            fields.add(str(name), _scalar(payload.decode("utf-8", "replace")), FORM)
+    return image
 
 
-def parse_request(content_type: str, body: bytes, query: Mapping[str, str]) -> tuple[bytes, dict[str, Any]]:
-    """The image bytes and the request's fields, from raw image bytes, multipart/form-data or JSON with base64."""
+def parse_request(content_type: str, body: bytes, query: Any) -> tuple[bytes, dict[str, Any]]:
+    """The image bytes and the request's fields, from raw image bytes, multipart/form-data or JSON with base64.
+
+    `query`: the query string's parameters (Starlette's QueryParams keeps repeats; a mapping or
+    (name, value) pairs do too). A field given twice with different values is a 400.
+    """
     kind = content_type.split(";", 1)[0].strip().lower()
-    fields: dict[str, Any] = {str(k): _scalar(v) for k, v in query.items()}
+    fields = _Fields()
+    for name, value in _query_items(query):
+        fields.add(name, _scalar(value), QUERY)
     data: bytes | None
     if kind == "application/json":
         try:
-            document = json.loads(body)
-        except ValueError:
+            document = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        except RequestError:
+            raise
+        except (ValueError, RecursionError):
             raise RequestError(400, "the body is not valid JSON", 'send {"image": "<base64>", ...}') from None
         if not isinstance(document, dict):
             raise RequestError(400, "the JSON body must be an object", 'send {"image": "<base64>", ...}')
@@ -135,40 +200,48 @@ def parse_request(content_type: str, body: bytes, query: Mapping[str, str]) -> t
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, "'image' is not valid base64", "encode the image file's bytes as base64") from None
-        fields.update(document)
+        for name, value in document.items():
+            fields.add(str(name), value, JSON_BODY)
     elif kind == "multipart/form-data":
-        data, form = _multipart(content_type, body)
-        fields.update(form)
+        data = _multipart(content_type, body, fields)
     elif kind.startswith("image/") or kind in ("application/octet-stream", ""):
         data = body
     else:
         raise RequestError(
-            415, f"unsupported content type {kind!r}", "send image bytes, multipart/form-data or application/json"
+            415, f"unsupported content type {kind[:60]!r}", "send image bytes, multipart/form-data or application/json"
         )
     if not data:
         raise RequestError(400, "the request carries no image", "send the image bytes (or 'image' in JSON / multipart)")
-    return data, fields
+    return data, fields.values
 
 
-def decode_request_image(data: bytes) -> Image.Image:
-    """Decode a request's image bytes to RGB under the CLI's bounds; 413 past a bound, 400 when not an image."""
+def decode_request_image(data: bytes, check: Callable[[int, int], None] | None = None) -> Image.Image:
+    """Decode a request's image bytes to RGB under the server's bounds; 413 past a bound, 400 when not an image.
+
+    `check(width, height)` runs on the header's size before any pixel is decoded (the answer's bound).
+    """
     from aim_cli.images import decode_image
 
     if len(data) > IMAGE_BYTES.value():
         raise RequestError(413, f"the image is {len(data):,} bytes, over the bound", IMAGE_BYTES.hint())
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # the header only: the size before any pixel is decoded
+        # The header only: the format and the size before any pixel is decoded.
+        with Image.open(io.BytesIO(data), formats=SERVE_FORMATS) as probe:
             width, height = probe.size
     except Image.DecompressionBombError:
-        raise RequestError(413, "the image declares more pixels than the server decodes (decompression bomb)") from None
+        raise RequestError(413, "the image declares more pixels than the server decodes", SERVE_PIXELS.hint()) from None
     except Exception:  # noqa: BLE001 - PIL raises many types for bytes that are not an image
-        raise RequestError(400, "the request body is not an image (or it is corrupt)") from None
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
         raise RequestError(
-            413, f"the image is {width}x{height} pixels, more than the server decodes ({Image.MAX_IMAGE_PIXELS:,})"
+            400, "the request body is not an image (or it is corrupt)", f"send one of {', '.join(SERVE_FORMATS)}"
+        ) from None
+    if width * height > SERVE_PIXELS.value():
+        raise RequestError(
+            413, f"the image declares {width}x{height} pixels, more than the server decodes", SERVE_PIXELS.hint()
         )
+    if check is not None:
+        check(width, height)
     try:
-        return decode_image(data, REQUEST_NAME)
+        return decode_image(data, REQUEST_NAME, SERVE_FORMATS)
     except InputError as exc:
         raise RequestError(400, exc.message, exc.hint) from None
 
@@ -193,6 +266,12 @@ class VisionTiers:
         self.tiers = serving.load_profile_dir(spec.profiles) if spec.profiles else {}
         environ = {serving.DEFAULT_ENV: spec.default_profile or ""}
         self.default = serving.default_tier(self.tiers, environ)
+        # Without a tiers folder there is nothing to protect (an owner's own app); with one, the server's policy.
+        self.policy = (
+            TierPolicy(self.tiers, self.default, spec.allow_ad_hoc, spec.allow_clean)
+            if spec.profiles
+            else TierPolicy.open()
+        )
         device = resolve_device(spec.device)
         weights = Path(spec.weights) if spec.weights else None
         labels = Path(spec.labels) if spec.labels else None
@@ -218,6 +297,8 @@ class VisionTiers:
             "classes": len(self.model.labels),
             "tiers": profile_summary(self.tiers),
             "default_tier": self.default,
+            "serves": self.policy.guarantees(),
+            "instance": self.spec.instance,
         }
 
     def plan(self, profile: Any) -> Any:
@@ -247,26 +328,54 @@ class VisionTiers:
 
         data, fields = parse_request(content_type, body, query)
         options = {name: fields.pop(name) for name in ANSWER_FIELDS if name in fields}
-        unknown = sorted(name for name in fields if not name.startswith(serving.ARG_PREFIX))
+        unknown = sorted(name for name in fields if name[: len(serving.ARG_PREFIX)].lower() != serving.ARG_PREFIX)
         if unknown:
             allowed = ", ".join((*serving.REQUEST_ARGS, *ANSWER_FIELDS))
             raise RequestError(400, f"unknown request field {unknown[0][:40]!r}", f"allowed: {allowed}")
         try:
-            profile = serving.request_profile(fields, self.tiers, self.default)
+            resolution = resolve(fields, self.policy)
         except ProfileError as exc:
             raise RequestError(400, exc.message, exc.hint) from None
-        tier = fields.get("aim_profile") if serving.has_aim_args(fields) else self.default
         mask_format = options.get("mask_format", "png")
         if mask_format not in MASK_FORMATS:
             raise RequestError(400, f"mask_format: expected png or ids, got {str(mask_format)[:40]!r}")
         topk = _topk(options.get("topk", 1))
-        plan = self.plan(profile)
-        image = decode_request_image(data)
+        plan = self.plan(resolution.profile)
+        image = decode_request_image(
+            data, lambda width, height: self._check_answer_size(width, height, topk, mask_format)
+        )
         try:
             check_model_input(self.model, image, REQUEST_NAME)
         except InputError as exc:  # the model would resize it past the pixel bound
             raise RequestError(413, exc.message, exc.hint) from None
-        return ImageJob(image, pixel_key(image), plan, tier, topk, mask_format)
+        return ImageJob(image, pixel_key(image), plan, resolution.tier, topk, mask_format)
+
+    def _check_answer_size(self, width: int, height: int, topk: int, mask_format: str) -> None:
+        """Refuse (413) a request whose answer could pass the answer bound, before any work on it.
+
+        The bound on what one answer may cost the server (a class-id mask of a 4096x4096 image is
+        tens of MB of JSON and GBs of Python objects while built). Palette PNG masks compress and
+        are checked once encoded; the other answers are bounded here from their largest possible size.
+        """
+        labels = self.model.labels
+        names = sum(len(str(label)) + 32 for label in labels)  # "fractions" (and the top-k labels) at most
+        if self.spec.task == "classify":
+            size = 256 + min(topk, len(labels)) * 96 + names
+        elif mask_format == "ids":
+            digits = len(str(max(len(labels) - 1, 0)))
+            # Compact JSON, "7," per pixel and "[...]," per row (either way round: EXIF may turn the image).
+            size = 256 + names + width * height * (digits + 1) + 2 * max(width, height)
+        else:
+            return
+        if size > SERVE_ANSWER_BYTES.value():
+            fix = (
+                "ask for mask_format=png, or send a smaller image" if mask_format == "ids" else "ask for a smaller topk"
+            )
+            raise RequestError(
+                413,
+                f"the answer could be {size:,} bytes ({width}x{height} {mask_format}), over the bound",
+                f"{fix}; {SERVE_ANSWER_BYTES.hint()}",
+            )
 
     def answer(self, jobs: Sequence[ImageJob]) -> list[tuple[int, dict[str, Any]]]:
         """(HTTP status, answer) per job, in order; one forward pass per batch (per image size when segmenting)."""
@@ -335,7 +444,10 @@ class VisionTiers:
                     continue
                 job = jobs[index]
                 mask, _ = decide(low[row : row + 1], size, job.plan.modulation, job.plan.noise, [job.key])
-                answers[index] = (200, self._mask_answer(job, mask[0]))
+                try:
+                    answers[index] = (200, self._mask_answer(job, mask[0]))
+                except RequestError as exc:
+                    answers[index] = (exc.status, {"error": str(exc)})
         return answers
 
     def _mask_answer(self, job: ImageJob, mask: np.ndarray) -> dict[str, Any]:
@@ -356,6 +468,10 @@ class VisionTiers:
         else:
             buffer = io.BytesIO()
             mask_image(mask, self.colours).save(buffer, format="PNG")
+            if buffer.tell() * 4 // 3 > SERVE_ANSWER_BYTES.value():  # base64 grows it by a third
+                raise RequestError(
+                    413, f"the mask PNG is {buffer.tell():,} bytes, over the answer bound", SERVE_ANSWER_BYTES.hint()
+                )
             answer["mask_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return answer
 

@@ -8,8 +8,9 @@ untouched. A request selects a tier with `extra_args` (the OpenAI server's `vllm
     {"aim_sigma": 2.0, "aim_seed": 7}              explicit settings (no tier)
     {"aim_focus": ["cat:up"], "aim_focus_sigma": 2, "aim_keyed": true}
 
-A tier fixes its sigma and noise (a request cannot weaken it); requests without aim_* arguments
-get the clean model unless AIM_DEFAULT_PROFILE names a tier for them.
+On a tier server (AIM_PROFILES_DIR set, as `aim serve` does) a request gets a tier of the folder
+and only the options it leaves open; requests naming no tier get AIM_DEFAULT_PROFILE, and ad-hoc
+modulation and the clean model only where the operator opted in (aim_cli/tier_policy.py).
 
 This module only adapts vLLM's batch bookkeeping; what a request means and how its rows are
 modulated lives in aim_cli/serving.py (tested without vLLM).
@@ -141,8 +142,7 @@ class _AimRequests:
         if _speculative_engine and serving.has_aim_args(getattr(sampling_params, "extra_args", None)):
             raise ValueError(f"aim: {SPECULATIVE_REFUSED}: this server runs speculative decoding")
         try:
-            profiles = serving.server_profiles()
-            args = serving.admit(sampling_params.extra_args, profiles, serving.default_tier(profiles))
+            args = serving.admit(sampling_params.extra_args, serving.server_policy())
         except AimError as exc:
             raise ValueError(f"aim: {exc}") from None
         if args is not None:
@@ -157,16 +157,15 @@ class _AimRequests:
                 SPECULATIVE_REFUSED, "serve without a speculative config, or from an environment without aim-cli"
             )
         self._plans = serving.PlanCache(_tokenizer_loader(vllm_config), _vocab_size(vllm_config))
-        self._profiles = serving.server_profiles()
-        self._default = serving.default_tier(self._profiles)
+        self._policy = serving.server_policy()
         # Every tier resolves now: an unencodable focus word, or one past the output layer, stops the server at start.
-        for profile in self._profiles.values():
+        for profile in self._policy.tiers.values():
             self._plans.resolve(profile)
         self._slots = {}
 
     def _plan(self, sampling_params: Any) -> serving.RowPlan | None:
         """The plan of a request's aim_* arguments (None: untouched); validate_params already checked them."""
-        profile = serving.request_profile(getattr(sampling_params, "extra_args", None), self._profiles, self._default)
+        profile = serving.request_profile(getattr(sampling_params, "extra_args", None), self._policy)
         if profile is None:
             return None
         try:
