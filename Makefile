@@ -53,11 +53,11 @@ contract: $(STAMP)
 check: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x -n 2 -m "not slow"
 
-# The extras' suites below (CI runs all three, .ci/run): AIM_REQUIRE_EXTRAS=1 makes a test file that would
-# skip whole for want of its extra fail instead (tests/conftest.py), so a broken install cannot pass as
-# "skipped"; -rs lists the single tests that skip, with their reasons. pytest's exit 5 (no tests) fails too.
-EXTRAS_PYTEST := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 AIM_REQUIRE_EXTRAS=1
-EXTRAS_PYTEST_ARGS := -q -rs
+# The extras' suites below (CI runs all three, .ci/run). In them, AIM_REQUIRE_EXTRAS=1 makes a test file
+# that would skip whole for want of its extra fail instead (tests/conftest.py): a broken install cannot pass
+# as "skipped". -rs lists each single test that skips, with its reason; pytest's exit 5 (no tests) fails too.
+test-eval test-ray test-vllm: export AIM_REQUIRE_EXTRAS = 1
+test-eval test-ray test-vllm: export PYTEST_ADDOPTS += -rs
 
 # The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
 VLLM_VENV ?= .venv-vllm
@@ -65,7 +65,7 @@ VLLM_VENV ?= .venv-vllm
 test-vllm:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e '.[dev,vllm]'
-	$(EXTRAS_PYTEST) $(VLLM_VENV)/bin/python -m pytest $(EXTRAS_PYTEST_ARGS) tests/test_vllm_plugin.py tests/test_serving.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_plugin.py tests/test_serving.py
 
 # Image tiers on Ray Serve and offline jobs on Ray Data, in their own venv (Ray's wheels; a local
 # 2-CPU Ray is started and stopped by the tests; a few minutes on a shared 2-core machine).
@@ -74,7 +74,7 @@ RAY_VENV ?= .venv-ray
 test-ray:
 	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
-	$(EXTRAS_PYTEST) $(RAY_VENV)/bin/python -m pytest $(EXTRAS_PYTEST_ARGS) tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(RAY_VENV)/bin/python -m pytest -q tests/test_ray_tiers.py tests/test_ray_data.py tests/test_ray_serve.py
 
 # The lm-evaluation-harness tests (`aim eval`, calibration on lm-eval tasks), in their own venv:
 # lm-eval pulls datasets, evaluate and more, so `make test` runs without it (those tests skip there).
@@ -83,7 +83,7 @@ EVAL_VENV ?= .venv-eval
 test-eval:
 	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
 	$(EVAL_VENV)/bin/python -m pip install --quiet -e '.[dev,eval]'
-	HF_DATASETS_OFFLINE=1 $(EXTRAS_PYTEST) $(EVAL_VENV)/bin/python -m pytest $(EXTRAS_PYTEST_ARGS) tests/test_lm_eval.py tests/test_lm_eval_missing.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(EVAL_VENV)/bin/python -m pytest -q tests/test_lm_eval.py tests/test_lm_eval_missing.py
 
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
