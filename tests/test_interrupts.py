@@ -89,8 +89,9 @@ def test_sigterm_at_any_moment_exits_143_with_one_line(delay, finished_stdout):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_before_the_handlers_ends_the_process_and_writes_nothing(tmp_path, signum, code):
-    """Sent as the interpreter starts (before any aim code can run): the signal's own default action ends
-    the process (or, should aim's handlers win the race, its 130/143), and no output or temp file exists."""
+    """Sent as the interpreter starts, before any aim code can run: the process ends unsuccessfully and no
+    output or temp file exists. Python decides how: killed by the signal's default action, or (SIGINT, while
+    its own site start-up runs) "Fatal Python error" and exit 1; should aim's handlers win the race, 130/143."""
     output = tmp_path / "out.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "aim_cli", "classify", "--seed", "0", "-o", str(output)],
@@ -104,7 +105,9 @@ def test_a_signal_before_the_handlers_ends_the_process_and_writes_nothing(tmp_pa
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=MARKER_TIMEOUT_S)
     if early and process.returncode != code:
-        assert process.returncode == -signum, (process.returncode, stderr)  # killed by the signal itself
+        assert process.returncode == -signum or (
+            process.returncode == 1 and stderr.startswith("Fatal Python error: init_import_site")
+        ), (process.returncode, stderr)
     else:  # aim's handlers were in place after all: its own answer, said while starting
         assert process.returncode == code, (process.returncode, stderr)
         assert "aim: interrupted" in stderr and "Traceback" not in stderr, stderr
