@@ -58,6 +58,12 @@ contract: $(STAMP)
 check: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x -n 2 -m "not slow"
 
+# The extras' suites below (CI runs all three, .ci/run). In them, AIM_REQUIRE_EXTRAS=1 makes a test file
+# that would skip whole for want of its extra fail instead (tests/conftest.py): a broken install cannot pass
+# as "skipped". -rs lists each single test that skips, with its reason; pytest's exit 5 (no tests) fails too.
+test-eval test-ray test-vllm: export AIM_REQUIRE_EXTRAS = 1
+test-eval test-ray test-vllm: export PYTEST_ADDOPTS += -rs
+
 # The vLLM plugin's tests, in their own venv (vLLM pins its own torch; ~4 GB of wheels, no GPU needed).
 VLLM_VENV ?= .venv-vllm
 .PHONY: test-vllm

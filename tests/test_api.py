@@ -40,7 +40,7 @@ def demo_logits(classifier):
 
 def test_import_is_cheap_and_names_agree():
     code = "import sys, aim_cli; assert 'torch' not in sys.modules; print(len(aim_cli.__all__))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=aim_env(), timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=aim_env(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert aim.__all__ == api.__all__
     for name in aim.__all__:

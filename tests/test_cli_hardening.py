@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from PIL import Image
 from aim_cli import demo
 from aim_cli.errors import AimError
 from aim_cli.io import RecordWriter, atomic_open, check_output_file, refuse_clobbering
-from tests.conftest import REPO, aim_env, assert_user_error, run_aim
+from tests.conftest import MARKER_TIMEOUT_S, REPO, LineReader, aim_env, assert_user_error, run_aim, wait_until
 
 CLASSIFY_SAMPLES = demo.samples_dir("classify")
 SEGMENT_SAMPLES = demo.samples_dir("segment")
@@ -255,11 +254,10 @@ def test_signal_leaves_whole_outputs_and_no_temp_files(big_scenes, tmp_path, sig
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (out / "s0.png").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    # The second mask on disk: the first is finished and its summary record written.
+    wait_until(lambda: (out / "s1.png").exists(), "the second mask", process)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=MARKER_TIMEOUT_S)
     if process.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == code, stderr
@@ -295,11 +293,9 @@ def test_interrupted_classify_keeps_an_existing_output_unchanged(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not _parts(tmp_path) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    wait_until(lambda: bool(_parts(tmp_path)), "the output's temp file", process)  # the run is writing
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=MARKER_TIMEOUT_S)
     if process.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 143, stderr
@@ -396,9 +392,19 @@ def test_waiting_on_an_open_stdin_says_so():
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(8)  # startup, then the grace period passes with nothing on stdin
-    out, err = process.communicate("1+1=\n", timeout=120)
+    stderr = LineReader(process.stderr)
+    try:
+        stderr.wait_for("reading prompts from standard input")  # written once the grace period passed unfed
+        process.stdin.write("1+1=\n")
+        process.stdin.close()
+        out = process.stdout.read()  # to its end: stderr drains on its own thread meanwhile
+        process.wait(timeout=MARKER_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    err = stderr.text()
     assert process.returncode == 0, err
-    assert "reading prompts from standard input" in err
+    assert out.strip(), err
     piped = run_aim("generate", "--max-new-tokens", "3", stdin="1+1=\n")
     assert piped.returncode == 0 and "reading prompts" not in piped.stderr

@@ -37,10 +37,10 @@ def test_a_chat_template_squaring_an_integer_is_refused_at_once(steps):
         "{% set ns = namespace(x=7) %}{% for i in range(" + str(steps) + ") %}"
         "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 1 }}"
     )
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other jobs on the machine do not count
     with pytest.raises(ModelError, match="too large to compute"):
         render_chat(_tokenizer(template), [{"role": "user", "content": "hi"}], "tiny")
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
 
 
 def test_ordinary_integer_arithmetic_in_a_template_still_renders():

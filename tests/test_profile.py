@@ -132,10 +132,10 @@ def test_alias_bomb_is_refused_before_expansion(tmp_path):
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
     lines += ["utility: {sigma: *a9}"]
     path = write(tmp_path, "\n".join(lines) + "\n")
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other jobs on the machine do not count
     with pytest.raises(ProfileError, match=r"line 1: anchor &a0 is not allowed"):
         load_profile(path)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
 
 
 def test_plain_alias_is_refused(tmp_path):

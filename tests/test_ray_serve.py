@@ -67,7 +67,7 @@ def post(address: str, data: bytes, content_type: str = "image/png", query: str 
     """POST a body; (status, JSON answer) for successes and refusals alike."""
     request = urllib.request.Request(address + query, data=data, headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as refused:
         return refused.code, json.loads(refused.read())
@@ -157,7 +157,7 @@ def test_raw_multipart_and_json_requests_get_the_same_answer(url):
     body = json.dumps({"image": base64.b64encode(image).decode(), "aim_profile": "gold", "topk": 4}).encode()
     as_json = post(url + "/classify", body, "application/json")
     assert raw[0] == 200 and raw == form == as_json
-    with urllib.request.urlopen(url + "/classify", timeout=60) as response:
+    with urllib.request.urlopen(url + "/classify", timeout=300) as response:
         info = json.loads(response.read())
     assert info["task"] == "classify" and info["default_tier"] is None and len(info["tiers"]) == 2
 
