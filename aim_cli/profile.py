@@ -8,9 +8,10 @@ import os
 import secrets
 import sys
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aim_cli import limits, plain_yaml
 from aim_cli.certificates import Certificate, CertificateWarning, certificate_problem, edited_hint

@@ -17,9 +17,10 @@ import hashlib
 import os
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -312,8 +313,8 @@ __all__ = [
     "REQUEST_ARGS",
     "PlanCache",
     "RowPlan",
-    "TokenHasher",
     "TierPolicy",
+    "TokenHasher",
     "admit",
     "default_tier",
     "has_aim_args",

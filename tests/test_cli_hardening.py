@@ -359,7 +359,7 @@ def test_segment_names_mirror_the_input_tree_and_overlays_stay_apart(tmp_path):
     result = run_aim("segment", str(tree), "-o", str(out), "--overlay", "--seed", "0", "-q")
     assert result.returncode in (0, 2), result.stderr
     if result.returncode == 2:  # y.jpg's mask name would clash with y.jpg.png's: detected up front
-        assert "would overwrite" in result.stderr and not out.exists() or not list(out.rglob("*.png"))
+        assert ("would overwrite" in result.stderr and not out.exists()) or not list(out.rglob("*.png"))
         (tree / "a" / "y.jpg.png").unlink()
         result = run_aim("segment", str(tree), "-o", str(out), "--overlay", "--seed", "0", "-q")
         assert result.returncode == 0, result.stderr
@@ -397,7 +397,7 @@ def test_waiting_on_an_open_stdin_says_so():
         text=True,
     )
     time.sleep(8)  # startup, then the grace period passes with nothing on stdin
-    out, err = process.communicate("1+1=\n", timeout=120)
+    _out, err = process.communicate("1+1=\n", timeout=120)
     assert process.returncode == 0, err
     assert "reading prompts from standard input" in err
     piped = run_aim("generate", "--max-new-tokens", "3", stdin="1+1=\n")

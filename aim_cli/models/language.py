@@ -135,7 +135,7 @@ class LanguageModel:
         generation = getattr(self.model, "generation_config", None)
         prefix = [decoder_start_id(generation, self.model.config)]
         forced = getattr(generation, "forced_bos_token_id", None)
-        return prefix + [int(forced)] if forced is not None else prefix
+        return [*prefix, int(forced)] if forced is not None else prefix
 
     @torch.inference_mode()
     def first_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ sigma multiplies the scores by exp(eps) (docs/design.md, "Universal segmenters: 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
