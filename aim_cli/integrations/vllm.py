@@ -129,7 +129,8 @@ def register() -> None:
         check_engine_config(self)
 
     post_init._aim_guard = True  # type: ignore[attr-defined]
-    VllmConfig.__post_init__ = post_init  # type: ignore[method-assign]
+    # method-assign where vLLM is installed; unused-ignore where it is not (its imports are Any).
+    VllmConfig.__post_init__ = post_init  # type: ignore[method-assign,unused-ignore]
 
 
 class _AimRequests:

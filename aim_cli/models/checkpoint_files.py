@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from aim_cli.errors import InputError, ModelError
 from aim_cli.limits import CONFIG_BYTES, INPUT_PIXELS, LABEL_COUNT, SEQUENCE_TOKENS
@@ -200,12 +200,12 @@ def _read(folder: Path, name: str, display: str) -> Any:
 # --- value checks ---------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (true/false are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     """A finite JSON number."""
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
@@ -270,8 +270,8 @@ def _size(where: _Where, key: str, value: Any, scale: float = 1.0) -> None:
         edge = _edge(where, key, value) * scale
         _pixels(where, key, edge, edge)
     elif isinstance(value, list) and len(value) == 2:
-        height, width = (_edge(where, f"{key}[{i}]", v) for i, v in enumerate(value))
-        _pixels(where, key, height * scale, width * scale)
+        rows, columns = (_edge(where, f"{key}[{i}]", v) for i, v in enumerate(value))
+        _pixels(where, key, rows * scale, columns * scale)
     elif isinstance(value, dict) and set(value) & set(_EDGE_KEYS):
         edges = {name: _edge(where, f"{key}.{name}", value[name]) for name in _EDGE_KEYS if value.get(name) is not None}
         height = edges.get("height", edges.get("max_height"))
@@ -383,7 +383,9 @@ def check_model_config(config: dict[str, Any], where: _Where) -> None:
         (config.get("text_config"), "text_config."),
         (config.get("vision_config"), "vision_config."),
     ):
-        for key in ("vocab_size", "max_position_embeddings") if isinstance(section, dict) else ():
+        if not isinstance(section, dict):
+            continue
+        for key in ("vocab_size", "max_position_embeddings"):
             if section.get(key) is not None:
                 _int_in(where, prefix + key, section[key], 1, 2**31 - 1)
     image_size = config.get("image_size")
