@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads the names
     from typing import Any
 
-    from aim_cli.api import (  # noqa: F401
+    from aim_cli.api import (
         AimError,
         Calibration,
         FocusRequest,

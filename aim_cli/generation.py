@@ -5,7 +5,8 @@ token sets, stop strings and a streamer that prints only the completion.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch

@@ -6,6 +6,7 @@ torch, typer or any other extension, so an interrupt during start-up is an inter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -58,10 +59,8 @@ def as_interrupt(exc: BaseException) -> Interrupted | None:
 def _exit_now(signum: int, _frame: FrameType | None) -> None:
     """After the run: an interrupt while the interpreter shuts down ends it with the signal's code."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(Interrupted(signum).exit_code)
 
 

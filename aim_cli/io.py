@@ -12,8 +12,9 @@ import math
 import os
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from aim_cli.errors import AimError, Interrupted
 from aim_cli.limits import TEXT_BYTES, Limit
@@ -246,10 +247,8 @@ def check_output_dir(path: Path, create: bool = True) -> Path:
     else:
         _probe_writable(path.parent, path)
         if create:
-            try:
+            with contextlib.suppress(FileExistsError):
                 path.mkdir()
-            except FileExistsError:
-                pass
     return path
 
 
@@ -435,7 +434,7 @@ class RecordWriter:
         keep = isinstance(exc, Interrupted) and (replace_existing or not self.replaces)
         return self.close(success=keep)
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

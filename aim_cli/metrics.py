@@ -9,7 +9,7 @@ are evaluated. It holds float64 so the same matrix can also collect *expected* c
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ class ConfusionMatrix:
         expected.index_add_(0, true, probs)
         self.matrix += expected.cpu()
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix over the same classes (e.g. from another worker or shard)."""
         if other.num_classes != self.num_classes:
             raise ValueError("cannot merge confusion matrices over different class counts")
@@ -129,8 +129,8 @@ def summarize(matrix: torch.Tensor, labels: Sequence[str]) -> dict[str, object]:
         str(label): {
             "iou": _finite(ious[k]),
             "recall": _finite(recalls[k]),
-            "truth_pixels": int(round(support[k])),
-            "predicted_pixels": int(round(predicted[k])),
+            "truth_pixels": round(support[k]),
+            "predicted_pixels": round(predicted[k]),
         }
         for k, label in enumerate(labels)
         if support[k] > 0 or predicted[k] > 0

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from aim_cli.directions import BOOST, SUPPRESS  # noqa: F401 - re-exported, the names modulation users know
+from aim_cli.directions import BOOST, SUPPRESS
 
 
 @dataclass(frozen=True)

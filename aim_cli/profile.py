@@ -8,9 +8,10 @@ import os
 import secrets
 import sys
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aim_cli import limits, plain_yaml
 from aim_cli.certificates import Certificate, CertificateWarning, certificate_problem, edited_hint
@@ -282,6 +283,36 @@ def parse_focus(text: str, option: str = "--focus") -> FocusRequest:
 
 def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profile:
     """Check a loaded YAML mapping against the schema and build a Profile."""
+    _check_keys(data, lines, source)
+    _check_header(data, lines, source)
+    utility = data.get("utility") or {}
+    focus = data.get("focus") or {}
+    sigma = 0.0
+    if "sigma" in utility:
+        sigma = check_sigma(utility["sigma"], "sigma", _where(source, "utility.sigma", lines.get("utility.sigma")))
+    focus_sigma = None
+    if "sigma" in focus:
+        focus_sigma = check_sigma(focus["sigma"], "sigma", _where(source, "focus.sigma", lines.get("focus.sigma")))
+    targets = _focus_targets(focus.get("targets", []), lines, source)
+    seed, key_env = _noise_settings(data.get("noise") or {}, lines, source)
+    certificate = None
+    if "certificate" in data:
+        certificate = Certificate.from_mapping(data["certificate"], source, lines)
+    return Profile(
+        name=data.get("name"),
+        description=data.get("description"),
+        sigma=sigma,
+        focus_sigma=focus_sigma,
+        focus=targets,
+        seed=seed,
+        key_env=key_env,
+        source=source,
+        certificate=certificate,
+    )
+
+
+def _check_keys(data: dict[str, Any], lines: dict[str, int], source: str) -> None:
+    """Every top-level key, and every key of a section, is one the schema names."""
     for key, value in data.items():
         if key not in _SCHEMA:
             raise ProfileError(
@@ -299,6 +330,10 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
                         f"{_where(source, path, lines.get(path))}: unknown key",
                         f"allowed under '{key}': {', '.join(expected)}",
                     )
+
+
+def _check_header(data: dict[str, Any], lines: dict[str, int], source: str) -> None:
+    """The version, some modulation (a profile without one would serve the clean model), text name and description."""
     version = data.get("version", PROFILE_VERSION)
     if isinstance(version, bool) or version != PROFILE_VERSION:
         found = f"the text {version!r}" if isinstance(version, str) else repr(version)
@@ -314,19 +349,13 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise ProfileError(f"{_where(source, key, lines.get(key))}: expected text")
-    utility = data.get("utility") or {}
-    focus = data.get("focus") or {}
-    noise = data.get("noise") or {}
-    sigma = 0.0
-    if "sigma" in utility:
-        sigma = check_sigma(utility["sigma"], "sigma", _where(source, "utility.sigma", lines.get("utility.sigma")))
-    focus_sigma = None
-    if "sigma" in focus:
-        focus_sigma = check_sigma(focus["sigma"], "sigma", _where(source, "focus.sigma", lines.get("focus.sigma")))
-    targets = []
-    raw_targets = focus.get("targets", [])
+
+
+def _focus_targets(raw_targets: Any, lines: dict[str, int], source: str) -> tuple[FocusRequest, ...]:
+    """focus.targets: each a `NAME[:up|down]` string or a {class, direction} mapping."""
     if not isinstance(raw_targets, list):
         raise ProfileError(f"{_where(source, 'focus.targets', lines.get('focus.targets'))}: expected a list")
+    targets = []
     for i, item in enumerate(raw_targets):
         path = f"focus.targets[{i}]"
         where = _where(source, path, lines.get(path))
@@ -345,6 +374,11 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
             raise ProfileError(f"{class_where}: expected a class name or id, got {name!r}")
         direction = parse_direction(item.get("direction", "up"), where)
         targets.append(FocusRequest(str(name).strip(), direction, class_where))
+    return tuple(targets)
+
+
+def _noise_settings(noise: dict[str, Any], lines: dict[str, int], source: str) -> tuple[int | None, str | None]:
+    """noise.seed and noise.key_env, at most one of them."""
     seed = noise.get("seed")
     if seed is not None:
         seed = check_seed(seed, _where(source, "noise.seed", lines.get("noise.seed")))
@@ -353,20 +387,7 @@ def _validate(data: dict[str, Any], lines: dict[str, int], source: str) -> Profi
         raise ProfileError(f"{_where(source, 'noise.key_env', lines.get('noise.key_env'))}: expected a variable name")
     if seed is not None and key_env is not None:
         raise ProfileError(f"{source}: noise.seed and noise.key_env exclude each other", "keep one")
-    certificate = None
-    if "certificate" in data:
-        certificate = Certificate.from_mapping(data["certificate"], source, lines)
-    return Profile(
-        name=data.get("name"),
-        description=data.get("description"),
-        sigma=sigma,
-        focus_sigma=focus_sigma,
-        focus=tuple(targets),
-        seed=seed,
-        key_env=key_env,
-        source=source,
-        certificate=certificate,
-    )
+    return seed, key_env
 
 
 def _warn_if_edited(profile: Profile) -> Profile:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 import select
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
 
 from aim_cli.errors import InputError
 from aim_cli.io import read_text_file

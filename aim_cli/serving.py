@@ -17,9 +17,10 @@ import hashlib
 import os
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,7 +248,8 @@ class PlanCache:
         # The same resolution as `aim generate` (focus words -> token sets, key from the environment).
         base = plan_tokens(profile, self._tokenizer())
         self._check_columns(profile, base.modulation)
-        noise = base.noise if base.keyed else seed_keyed_noise(int(profile.seed or 0))
+        # A keyed plan's source is a KeyedNoise (profile.noise_source); a seeded one is re-keyed on (seed, step).
+        noise = base.noise if isinstance(base.noise, KeyedNoise) else seed_keyed_noise(int(profile.seed or 0))
         plan = RowPlan(base.modulation, noise, keyed=base.keyed, seed=base.seed, num_tokens=base.num_tokens)
         if not fresh:
             self._plans[profile] = plan
@@ -284,9 +286,9 @@ def modulate_rows(logits: torch.Tensor, rows: Sequence[tuple[int, RowPlan, bytes
         group[1].append(index)
         group[2].append(key)
     for plan, indices, keys in groups.values():
-        index = torch.tensor(indices, device=logits.device, dtype=torch.long)
-        noisy = modulate(logits.index_select(0, index), plan.modulation, plan.noise, class_dim=-1, item_keys=keys)
-        logits.index_copy_(0, index, exclude_padding_(noisy, plan.num_tokens))
+        at = torch.tensor(indices, device=logits.device, dtype=torch.long)
+        noisy = modulate(logits.index_select(0, at), plan.modulation, plan.noise, class_dim=-1, item_keys=keys)
+        logits.index_copy_(0, at, exclude_padding_(noisy, plan.num_tokens))
     return logits
 
 
@@ -312,8 +314,8 @@ __all__ = [
     "REQUEST_ARGS",
     "PlanCache",
     "RowPlan",
-    "TokenHasher",
     "TierPolicy",
+    "TokenHasher",
     "admit",
     "default_tier",
     "has_aim_args",

@@ -13,8 +13,8 @@ lm-eval) and the references of the tests all reach it through the functions belo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

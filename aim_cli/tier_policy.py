@@ -16,8 +16,9 @@ What a server guarantees by default (no opt-in):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from aim_cli.errors import ProfileError
 from aim_cli.profile import REQUEST_NAMES, Profile, apply_overrides, check_focus_count, noise_key
@@ -135,7 +136,7 @@ def aim_fields(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for key, value in (fields or {}).items():
         name = str(key)
-        if not name[: len(ARG_PREFIX)].lower() == ARG_PREFIX:
+        if name[: len(ARG_PREFIX)].lower() != ARG_PREFIX:
             continue
         if name not in REQUEST_ARGS:
             lowered = name.lower()

@@ -26,9 +26,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aim_cli.devices import resolve_device  # noqa: E402
-from aim_cli.generation import ModulationProcessor  # noqa: E402
-from aim_cli.modulation import BOOST, SUPPRESS, FocusTarget, KeyedNoise, Modulation, SeededNoise  # noqa: E402
+from aim_cli.devices import resolve_device
+from aim_cli.generation import ModulationProcessor
+from aim_cli.modulation import BOOST, SUPPRESS, FocusTarget, KeyedNoise, Modulation, SeededNoise
 
 TARGET_RATIO = 0.97
 

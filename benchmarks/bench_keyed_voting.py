@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import random
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def _variants(image: Image.Image, kind: str, rng: random.Random) -> list[Image.I
         base = np.asarray(image, dtype=np.int16)
         noise = np.random.default_rng(rng.randrange(1 << 30))
         return [
-            Image.fromarray(np.clip(base + noise.integers(-1, 2, base.shape[:2] + (1,)), 0, 255).astype(np.uint8))
+            Image.fromarray(np.clip(base + noise.integers(-1, 2, (*base.shape[:2], 1)), 0, 255).astype(np.uint8))
             for _ in range(VOTES)
         ]
     raise ValueError(kind)

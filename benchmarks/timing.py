@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def interleaved(runs: list[Callable[[], object]], reps: int, warm: bool = False) -> list[list[float]]:

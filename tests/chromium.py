@@ -8,6 +8,7 @@ system's packages installed (Debian: `chromium`) is found on PATH or not at all.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -174,14 +175,12 @@ class Chromium:
             self.process.kill()
             self.process.wait()
         for fd in (self._to_browser, self._from_browser):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.log.close()
         self.profile.cleanup()
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CLASSIFY, SEGMENT, GENERATE = "classify", "segment", "generate"
 TASK_TITLES = {CLASSIFY: "Image classification", SEGMENT: "Semantic segmentation", GENERATE: "Text generation"}

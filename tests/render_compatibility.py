@@ -25,10 +25,7 @@ CHECKED = {
 
 def status(family: Family) -> str:
     """The table cell saying what aim does with a family."""
-    if family.works:
-        text = "works"
-    else:
-        text = f"not supported: {family.reason}"
+    text = "works" if family.works else f"not supported: {family.reason}"
     notes = []
     if family.install:
         notes.append(f"needs `pip install {family.install}`")

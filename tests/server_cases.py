@@ -13,9 +13,9 @@ import functools
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tests.conftest import REPO
 

@@ -316,7 +316,7 @@ def test_bools_are_not_numbers():
 @pytest.mark.parametrize("labels", [3, "cat", None])
 def test_labels_that_are_not_one_per_row_are_a_one_line_error(labels):
     logits = torch.randn(4, 3)
-    with pytest.raises(InputError, match="one class id .* per row"):
+    with pytest.raises(InputError, match=r"one class id .* per row"):
         aim.expected_accuracy(logits, labels, 1.0)
-    with pytest.raises(InputError, match="one class id .* per row"):
+    with pytest.raises(InputError, match=r"one class id .* per row"):
         aim.calibrate_logits(logits, labels, target_acc=0.5)

@@ -32,7 +32,7 @@ SETTINGS = settings(
 )
 KEY_ENV = "AIM_TEST_PROPERTY_KEY"
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPES = FLOATS + (torch.int64, torch.int32, torch.uint8, torch.bool)
+DTYPES = (*FLOATS, torch.int64, torch.int32, torch.uint8, torch.bool)
 SPECIALS = (math.nan, math.inf, -math.inf)
 NAMES = ["car", "person", "road", "sky"]
 
@@ -109,7 +109,7 @@ def _keys(data, logits: torch.Tensor):
                 None,
                 [f"k{i}" for i in range(items)],
                 *one,
-                b"k" if items == 1 else b"k",
+                b"k",
                 ["a", "b", "c", "d", "e"],
                 {"a"},
             ]

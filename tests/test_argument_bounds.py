@@ -43,7 +43,7 @@ def test_a_class_named_twice_gets_one_focus_draw():
 def test_focus_targets_are_bounded(monkeypatch):
     monkeypatch.setenv("AIM_MAX_FOCUS_TARGETS", "4")
     Profile(focus=[f"c{i}" for i in range(4)])
-    with pytest.raises(ProfileError, match="5 focus targets.*AIM_MAX_FOCUS_TARGETS"):
+    with pytest.raises(ProfileError, match=r"5 focus targets.*AIM_MAX_FOCUS_TARGETS"):
         Profile(focus=[f"c{i}" for i in range(5)])
     with pytest.raises(ProfileError, match="AIM_MAX_FOCUS_TARGETS"):
         serving.admit({"aim_focus": ["w"] * 10**6}, serving.TierPolicy.open())

@@ -13,6 +13,7 @@ Seeds are fixed, so the outcome is deterministic anyway; the margins say it is n
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -236,9 +237,8 @@ def test_common_random_numbers_curve_matches_the_exact_one():
         assert estimate(sigma) == pytest.approx(exact(sigma), abs=tolerance), sigma
     assert estimate(1.0) == estimate(1.0)  # the same draws every time: a deterministic curve
     curve = [estimate(s) for s in np.linspace(0.2, 6, 12)]
-    assert (
-        all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])) or max(b - a for a, b in zip(curve, curve[1:])) < tolerance
-    )
+    steps = [b - a for a, b in itertools.pairwise(curve)]
+    assert all(step <= 1e-9 for step in steps) or max(steps) < tolerance
 
 
 def test_large_problems_calibrate_with_common_random_numbers(monkeypatch):

@@ -348,7 +348,7 @@ def _sweep(data: st.DataObject, work: Path, per_family: int) -> None:
     for family in _fuzzable():
         if family.requires:
             pytest.importorskip(family.requires)
-        folder, model = built(family, work)
+        folder, _model = built(family, work)
         targets = fuzz_targets(folder)
         if not targets:
             continue  # torchvision:/timm: with --weights: nothing read from a settings file

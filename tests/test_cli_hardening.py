@@ -355,7 +355,7 @@ def test_segment_names_mirror_the_input_tree_and_overlays_stay_apart(tmp_path):
     result = run_aim("segment", str(tree), "-o", str(out), "--overlay", "--seed", "0", "-q")
     assert result.returncode in (0, 2), result.stderr
     if result.returncode == 2:  # y.jpg's mask name would clash with y.jpg.png's: detected up front
-        assert "would overwrite" in result.stderr and not out.exists() or not list(out.rglob("*.png"))
+        assert ("would overwrite" in result.stderr and not out.exists()) or not list(out.rglob("*.png"))
         (tree / "a" / "y.jpg.png").unlink()
         result = run_aim("segment", str(tree), "-o", str(out), "--overlay", "--seed", "0", "-q")
         assert result.returncode == 0, result.stderr

@@ -234,10 +234,9 @@ def test_focus_moves_the_first_token_the_predicted_way(lms, direction, analytic)
         word = lm.tokenizer.convert_ids_to_tokens(leader)
     targets, _names = focus_targets(lm.tokenizer, [FocusRequest(word, direction)])
     (target,) = {t.class_id for t in targets}
-    if direction == BOOST:  # P(target wins) = 2 Phi(-g / sigma_f), g = the leader's lead over the target
-        gap = float(logits[leader] - logits[target])
-    else:  # P(leader still wins) = 2 Phi(g / sigma_f) - 1, g = its lead over the runner-up
-        gap = float(top2.values[0] - top2.values[1])
+    # Boost: P(target wins) = 2 Phi(-g / sigma_f), g = the leader's lead over the target;
+    # suppress: P(leader still wins) = 2 Phi(g / sigma_f) - 1, g = its lead over the runner-up.
+    gap = float(logits[leader] - logits[target]) if direction == BOOST else float(top2.values[0] - top2.values[1])
     focus_sigma = gap / 0.6745  # the half-normal's median: predictions near one half, where SE is largest
     draws = 4000
     processor = ModulationProcessor(Modulation(0.0, focus_sigma, targets), SeededNoise(7))
@@ -266,7 +265,7 @@ def test_prompt_fits_the_encoder_and_completion_the_decoder(lms):
     )
     assert len(out[0].token_ids) <= BART_POSITIONS
     assert fitting_max_new_tokens(t5, encode_prompts(t5, ["1+" * 31]), 500) == 500  # relative positions
-    with pytest.raises(InputError, match="prompt 2 is 25 tokens long but the encoder of .* takes at most 24"):
+    with pytest.raises(InputError, match=r"prompt 2 is 25 tokens long but the encoder of .* takes at most 24"):
         encode_prompts(bart, ["1+1=", "1+" * 11 + "1"])
 
 

@@ -175,7 +175,7 @@ def test_streamer_writes_exactly_the_cut_completion(demo_tokenizer):
     pieces.clear()
     streamer = CompletionStreamer(demo_tokenizer, pieces.append)
     streamer.put(torch.tensor([[1]]))
-    for token in ids[:2] + [demo_tokenizer.eos_token_id] + ids[2:]:
+    for token in [*ids[:2], demo_tokenizer.eos_token_id, *ids[2:]]:
         streamer.put(torch.tensor([token]))
     streamer.end()
     assert pieces == ["1", "9"]  # token by token, nothing after </s>

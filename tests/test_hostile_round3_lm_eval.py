@@ -258,7 +258,7 @@ def test_a_data_file_outside_the_folder_is_refused_unless_allowed(tmp_path, monk
         outside=outside, inside=folder / "in.jsonl", glob=tmp_path / "*.jsonl", link=folder / "link.jsonl"
     )
     (folder / "t.yaml").write_text(f"task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: {spec}\n")
-    with pytest.raises(InputError, match="data file of task file .* lies outside"):
+    with pytest.raises(InputError, match=r"data file of task file .* lies outside"):
         scan_task_folder(folder)
     reads = scan_task_folder(folder, allow_outside=True)
     assert reads.data_files

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -674,7 +675,7 @@ def test_two_packages_claiming_one_source_are_both_named(tmp_path, fresh):
     _install(tmp_path, "odd", _source(_GOOD_LOAD), package="aimzoo-two")
     fresh.syspath_prepend(str(tmp_path))
     with pytest.raises(
-        ModelError, match="declared by more than one installed package .aimzoo-one 0.3 and aimzoo-two 0.3"
+        ModelError, match=r"declared by more than one installed package .aimzoo-one 0\.3 and aimzoo-two 0\.3"
     ):
         load_model("classify", "odd:x", device=CPU)
 

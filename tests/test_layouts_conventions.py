@@ -103,7 +103,7 @@ def _one_line_error(cli: Cli, *args: str) -> str:
     return err
 
 
-def test_shifted_masks_are_refused_then_read_with_the_named_layout(cli, tmp_path):  # noqa: F811
+def test_shifted_masks_are_refused_then_read_with_the_named_layout(cli, tmp_path):
     from aim_cli.demo import model_dir, streets
 
     images, truths = [], []

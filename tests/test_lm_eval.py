@@ -493,7 +493,7 @@ def test_calibrate_on_a_single_token_mc_task_is_analytic(cli, task_dir, tmp_path
 def test_calibrate_on_a_shared_prefix_mc_task_is_analytic(cli, task_dir, space_model, tmp_path):
     """`aim calibrate --task lm-eval` where each choice is [" ", digit]: the exact curve, not Monte Carlo."""
     report = tmp_path / "cal.json"
-    code, stdout, stderr = cli(
+    code, _stdout, stderr = cli(
         "calibrate", "--task", "lm-eval", "--tasks", "toy_space_mc", "--include-path", str(task_dir),
         "--model", str(space_model),
         "--target-acc", "0.6", "--json", str(report),
@@ -518,7 +518,7 @@ def test_calibrate_on_a_shared_prefix_mc_task_is_analytic(cli, task_dir, space_m
 )
 def test_bad_input_is_one_line(cli, task_dir, args, fragments):
     """Unknown task, bad sigma list, missing model: one line, exit 2, no traceback."""
-    code, stdout, stderr = cli("eval", "--include-path", str(task_dir), *args)
+    code, _stdout, stderr = cli("eval", "--include-path", str(task_dir), *args)
     assert code == 2, (code, stderr)
     assert "Traceback" not in stderr
     for fragment in fragments:

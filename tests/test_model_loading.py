@@ -46,7 +46,7 @@ def without_tensors(source: Path, target: Path, prefix: str) -> list[str]:
     shutil.copytree(source, target)
     with safe_open(str(source / "model.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  # safe_open has keys(), no __iter__
     dropped = sorted(key for key in state if key.startswith(prefix))
     assert dropped, prefix
     save_file({k: v for k, v in state.items() if k not in dropped}, str(target / "model.safetensors"), metadata)
@@ -217,7 +217,7 @@ def test_processor_asking_for_custom_code_is_refused(tiny_dirs, tmp_path):
     shutil.copytree(tiny_dirs["vit"], hostile)
     custom = {"image_processor_type": "Evil", "auto_map": {"AutoImageProcessor": "evil.Evil"}}
     (hostile / "preprocessor_config.json").write_text(json.dumps(custom))
-    with pytest.raises(ModelError, match="needs custom code to load .*which aim never runs") as caught:
+    with pytest.raises(ModelError, match=r"needs custom code to load .*which aim never runs") as caught:
         load_model("classify", str(hostile), device=torch.device("cpu"))
     assert_safe_one_line(str(caught.value).replace("(trust_remote_code)", ""))
 

@@ -61,14 +61,14 @@ def test_unknown_top_level_key(tmp_path):
 
 @pytest.mark.parametrize("value", ["-1", ".nan", ".inf", "'high'", "true"])
 def test_bad_sigma_values(tmp_path, value):
-    with pytest.raises(ProfileError, match="utility.sigma"):
+    with pytest.raises(ProfileError, match=r"utility\.sigma"):
         load_profile(write(tmp_path, f"version: 1\nutility:\n  sigma: {value}\n"))
 
 
 def test_bad_direction_and_target_shape(tmp_path):
     with pytest.raises(ProfileError, match="direction"):
         load_profile(write(tmp_path, "focus:\n  targets:\n    - {class: person, direction: sideways}\n"))
-    with pytest.raises(ProfileError, match="focus.targets\\[0\\]"):
+    with pytest.raises(ProfileError, match=r"focus\.targets\[0\]"):
         load_profile(write(tmp_path, "focus:\n  targets:\n    - {name: person}\n"))
 
 
@@ -205,7 +205,7 @@ def test_out_of_range_seeds_are_refused(tmp_path, seed):
 
 
 def test_quoted_version_says_to_write_the_number(tmp_path):
-    with pytest.raises(ProfileError, match="the text '1'.*the number, unquoted"):
+    with pytest.raises(ProfileError, match=r"the text '1'.*the number, unquoted"):
         load_profile(write(tmp_path, 'version: "1"\nutility: {sigma: 1}\n'))
 
 

@@ -79,7 +79,7 @@ def test_tiers_folder_errors_are_one_line(certified: dict[str, Path], tmp_path: 
     """A missing folder, an empty one, an unknown key and a malformed certificate each say what is wrong."""
     with pytest.raises(ProfileError, match="not a directory"):
         load_tiers(tmp_path / "missing")
-    with pytest.raises(ProfileError, match="no .yaml profiles"):
+    with pytest.raises(ProfileError, match=r"no \.yaml profiles"):
         load_tiers(tmp_path)
     (tmp_path / "bad.yaml").write_text(TIER + "colour: red\n", encoding="utf-8")
     with pytest.raises(ProfileError, match="unknown key"):
@@ -87,7 +87,7 @@ def test_tiers_folder_errors_are_one_line(certified: dict[str, Path], tmp_path: 
     (tmp_path / "bad.yaml").unlink()
     text = certified["tier-60"].read_text(encoding="utf-8")
     (tmp_path / "broken.yaml").write_text(re.sub(r"predicted: .*", "predicted: high", text), encoding="utf-8")
-    with pytest.raises(ProfileError, match="certificate.predicted"):
+    with pytest.raises(ProfileError, match=r"certificate\.predicted"):
         load_tiers(tmp_path)
     out = tmp_path.parent / f"{tmp_path.name}-out.html"
     assert_user_error(run_aim("report", "--tiers", str(tmp_path), "-o", str(out)), 2, "broken.yaml", "predicted")

@@ -113,7 +113,7 @@ def test_seeded_runs_are_bit_identical_and_seeds_differ(evaluated, tmp_path):
     assert result.returncode == 0, result.stderr
     same = tmp_path / "same"
     other = tmp_path / "other"
-    rerun = list(args[:-1]) + [str(same)]
+    rerun = [*list(args[:-1]), str(same)]
     assert run_aim(*rerun, "-q").returncode == 0
     reseeded = [a if a != "3" else "4" for a in rerun[:-1]] + [str(other)]
     assert run_aim(*reseeded, "-q").returncode == 0

@@ -11,7 +11,7 @@ No class is skipped and no draw is shared, so the output distribution is the met
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -163,5 +163,5 @@ def test_keyed_chunks_do_not_depend_on_the_batch(monkeypatch):
 
 
 def test_focus_class_outside_the_model_is_refused():
-    with pytest.raises(ValueError, match="outside 0..5"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.5"):
         decide(_low(), (8, 8), Modulation(focus_sigma=1.0, targets=(FocusTarget(6, 1),)), SeededNoise(0))

@@ -7,6 +7,7 @@ confusion matrices. Only the analytic prediction comes from aim_cli.theory.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -99,12 +100,12 @@ def test_person_recall_rises_with_focus_sigma_as_the_theory_predicts(demo):
     print("\nfocus sigma | person recall measured | predicted | bound")
     for s, m, p, b in zip(FOCUS_SIGMAS, measured, predicted, bounds):
         print(f"{s:11g} | {m:22.4f} | {p:9.4f} | {b:.4f}")
-    assert all(a < b for a, b in zip(measured, measured[1:])), measured
+    assert all(a < b for a, b in itertools.pairwise(measured)), measured
     for m, p, b in zip(measured, predicted, bounds):
         assert abs(m - p) <= b, (m, p, b)
     assert measured[0] == pytest.approx(predicted[0], abs=1e-12)  # sigma 0: the clean model exactly
     assert all(c == measured[0] for c in clean)  # the clean pass is the same in every run
-    assert max(bounds) < min(b - a for a, b in zip(predicted, predicted[1:]))
+    assert max(bounds) < min(b - a for a, b in itertools.pairwise(predicted))
 
 
 def test_utility_noise_lowers_miou_monotonically_and_accuracy_matches_theory(demo):
@@ -127,7 +128,7 @@ def test_utility_noise_lowers_miou_monotonically_and_accuracy_matches_theory(dem
     print("\nsigma | mIoU | pixel accuracy measured | expected | bound")
     for s, m, a, e, b in zip(UTILITY_SIGMAS, mious, accuracies, expected, bounds):
         print(f"{s:5g} | {m:.4f} | {a:23.4f} | {e:8.4f} | {b:.4f}")
-    assert all(a > b for a, b in zip(mious, mious[1:])), mious
+    assert all(a > b for a, b in itertools.pairwise(mious)), mious
     for a, e, b in zip(accuracies, expected, bounds):
         assert abs(a - e) <= b, (a, e, b)
 

@@ -70,7 +70,7 @@ def test_server_profiles_come_from_the_environment_variable(tmp_path):
     (tmp_path / "gold.yaml").write_text("version: 1\nutility: {sigma: 0}\n")
     assert serving.server_profiles({serving.PROFILES_ENV: str(tmp_path)})["gold"].sigma == 0
     assert serving.server_profiles({}) == {}
-    with pytest.raises(ProfileError, match="no .yaml profiles"):
+    with pytest.raises(ProfileError, match=r"no \.yaml profiles"):
         serving.load_profile_dir(REPO / "tests")
 
 
@@ -383,12 +383,12 @@ def test_token_hasher_keys_equal_token_key_step_by_step_and_after_a_reset():
     # Preemption / a recycled slot: the history no longer extends what was hashed (it shrank, then changed).
     shorter = history[:100]
     assert key(shorter) == token_key(shorter)
-    changed = shorter[:-2] + [1, 2, 3]
+    changed = [*shorter[:-2], 1, 2, 3]
     assert key(changed) == token_key(changed)
     assert calls == [100, 101]
     # A placeholder (vLLM's async scheduling) hashed at the last position, then replaced, is noticed too.
-    key(changed + [-1, 5])
-    fixed = changed + [9, 5, 6]
+    key([*changed, -1, 5])
+    fixed = [*changed, 9, 5, 6]
     assert key(fixed) == token_key(fixed) and calls[-1] == len(fixed)
     assert hasher.key([], 0, full([])) == token_key([])
 

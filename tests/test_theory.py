@@ -8,6 +8,7 @@ chance of a false failure is below 1e-6 per comparison), computed from the analy
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -138,7 +139,7 @@ def test_solve_on_expected_accuracy(logits, labels):
 def test_sigma_grid_starts_clean_and_is_log_spaced():
     grid = theory.sigma_grid()
     assert grid[0] == 0.0 and grid[1] == pytest.approx(0.01) and grid[-1] == pytest.approx(100.0)
-    ratios = [b / a for a, b in zip(grid[1:], grid[2:])]
+    ratios = [b / a for a, b in itertools.pairwise(grid[1:])]
     assert max(ratios) == pytest.approx(min(ratios))
 
 

@@ -180,7 +180,7 @@ VALUES = st.one_of(
     st.sampled_from([0, -0.0, 1e-300, 5e-324, 4.0, 4.000001, 1e9, "0", "nan", "-0", "true", "false", "inf"]),
     st.text(max_size=12),
     st.sampled_from(["cat", "cat:up", "person:down", "car", ["cat", "dog:down"], [], [1], {"a": 1}]),
-    st.sampled_from(sorted(TIERS) + ["../gold", "GOLD", "gold\x00", "free-tier "]),
+    st.sampled_from([*sorted(TIERS), "../gold", "GOLD", "gold\x00", "free-tier "]),
 )
 NAMES = st.sampled_from([*REQUEST_ARGS, "AIM_SIGMA", "Aim_profile", "aim_", "aim_sigma ", "other", "topk"])
 HOSTILE = st.dictionaries(NAMES, VALUES, max_size=6)

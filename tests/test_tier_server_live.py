@@ -127,7 +127,7 @@ def test_a_busy_port_is_exit_2_before_ready(tiers):
         holder.listen()
         port = holder.getsockname()[1]
         process = aim_serve(str(MODELS["classify"]), "--profiles", str(tiers), "--port", str(port))
-        out, err = process.communicate(timeout=300)
+        _out, err = process.communicate(timeout=300)
     assert process.returncode == 2, err
     assert f"port {port} on 127.0.0.1 is in use by another server" in err and "ready" not in err
     assert "Traceback" not in err

@@ -152,7 +152,7 @@ def test_hf_layout_folder_uses_its_labels_and_preprocessing(files, tmp_path):
     assert classifier.labels == ["cat", "dog", "bird"] and not classifier.network.training
     image = Image.open(files["image"]).convert("RGB")
     pixels = classifier.preprocess([image])
-    assert pixels.shape == (1, 3, 96, 96) and 0.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+    assert pixels.shape == (1, 3, 96, 96) and float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
     data_config = timm.data.resolve_data_config({}, pretrained_cfg=config["pretrained_cfg"])
     expected = _reference(model, files["image"], data_config)
     assert torch.allclose(classifier.logits([image])[0], expected, atol=1e-5)
@@ -211,7 +211,7 @@ def test_hf_layout_without_weights_file_is_named(tmp_path):
     folder = tmp_path / "noweights"
     _hf_layout(folder, "test_resnet", ["p", "q"])
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match="has no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(ModelError, match=r"has no model\.safetensors or pytorch_model\.bin"):
         load_model("classify", str(folder), device=CPU)
 
 

@@ -26,25 +26,25 @@ import torch
 
 pytest.importorskip("scipy", reason="transformers builds these models' training loss with scipy on load")
 
-from aim_cli.calibration.datasets import demo_segmentation_set  # noqa: E402
-from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter  # noqa: E402
-from aim_cli.demo import streets  # noqa: E402
-from aim_cli.errors import ModelError  # noqa: E402
-from aim_cli.metrics import pixel_accuracy, recall  # noqa: E402
-from aim_cli.models import segmenter as segmenter_module  # noqa: E402
-from aim_cli.models.registry import load_model  # noqa: E402
-from aim_cli.models.universal_segmenter import log_semantic_scores  # noqa: E402
-from aim_cli.plans import plan_modulation  # noqa: E402
-from aim_cli.profile import FocusRequest, resolve_profile  # noqa: E402
-from aim_cli.tasks.segment import (  # noqa: E402
+from aim_cli.calibration.datasets import demo_segmentation_set
+from aim_cli.calibration.runner import CalibrationRequest, calibrate_segmenter
+from aim_cli.demo import streets
+from aim_cli.errors import ModelError
+from aim_cli.metrics import pixel_accuracy, recall
+from aim_cli.models import segmenter as segmenter_module
+from aim_cli.models.registry import load_model
+from aim_cli.models.universal_segmenter import log_semantic_scores
+from aim_cli.plans import plan_modulation
+from aim_cli.profile import FocusRequest, resolve_profile
+from aim_cli.tasks.segment import (
     SegmentationEvaluation,
     decision_logits,
     input_from_image,
     segment_inputs,
 )
-from aim_cli.theory import focus_win_probability, utility_win_probability  # noqa: E402
-from tests.conftest import assert_user_error, run_aim  # noqa: E402
-from tests.data.build_universal import char_clip_tokenizer  # noqa: E402
+from aim_cli.theory import focus_win_probability, utility_win_probability
+from tests.conftest import assert_user_error, run_aim
+from tests.data.build_universal import char_clip_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data"
 TRAINED_FAMILIES = ("mask2former", "maskformer", "oneformer")

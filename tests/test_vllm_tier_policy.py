@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm import SamplingParams  # noqa: E402
+from vllm import SamplingParams
 
-from aim_cli import serving  # noqa: E402
-from aim_cli.integrations.vllm import AimLogitsProcessor  # noqa: E402
-from tests.conftest import REPO, assert_user_error  # noqa: E402
+from aim_cli import serving
+from aim_cli.integrations.vllm import AimLogitsProcessor
+from tests.conftest import REPO, assert_user_error
 
 PROFILES = REPO / "profiles"
 KEY = {"AIM_NOISE_KEY": "test-secret"}  # the CLI runs with its own environment: the keyed tier's secret

@@ -9,8 +9,9 @@ serving and the model loaders is aim_cli.api.commands (not public).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = list(aim_cli.__all__)
 
 # A Profile, a mapping in the YAML schema, or a bare utility sigma.
-ProfileLike = Union[Profile, Mapping[str, Any], float, int]
+ProfileLike = Profile | Mapping[str, Any] | float | int
 
 
 def as_profile(profile: ProfileLike, seed: int | None = None) -> Profile:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -182,10 +183,7 @@ def segmentation_counts(
     for group in calibrator.certification_pass():
         for i in range(group.low.shape[0]):
             truth = group.truth[i].reshape(-1)
-            if recall:
-                scored = torch.eq(truth, int(target_id or 0))
-            else:
-                scored = torch.ne(truth, calibrator_ignore_index())
+            scored = torch.eq(truth, int(target_id or 0)) if recall else torch.ne(truth, calibrator_ignore_index())
             index = torch.nonzero(scored).squeeze(1)
             pixels = upsample_at(group.low[i : i + 1], group.size, index)
             exact = exact_budget >= pixels.numel()

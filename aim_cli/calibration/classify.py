@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -328,7 +329,7 @@ def _warnings(
     if analytic:
         out.append(analytic)
     ordered = sorted([*points, check], key=lambda p: p.parameter)
-    for earlier, later in zip(ordered, ordered[1:]):
+    for earlier, later in itertools.pairwise(ordered):
         rise = (later.mean - earlier.mean) if falling else (earlier.mean - later.mean)
         if rise > earlier.half_width + later.half_width + 1e-9 and rise > 0.005:
             out.append(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -417,7 +418,7 @@ def inverse_interpolate(grid: Sequence[float], values: Sequence[float], target: 
 
 def log_grid(low: float, high: float, per_decade: int) -> list[float]:
     """Log-spaced positive points from low to high, about `per_decade` per factor of ten."""
-    count = max(2, int(round(math.log10(high / low) * per_decade)) + 1)
+    count = max(2, round(math.log10(high / low) * per_decade) + 1)
     return [float(v) for v in np.geomspace(low, high, count)]
 
 

@@ -23,8 +23,9 @@ seeded Monte Carlo search of free-form text, each measurement one lm-eval run of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 

@@ -9,8 +9,9 @@ Model and per-task modules are imported inside the functions, so importing this 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aim_cli import limits
 from aim_cli.calibration.core import Calibration, Target

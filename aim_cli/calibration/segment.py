@@ -16,10 +16,11 @@ pass 1 is exact there.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -344,10 +345,7 @@ def check_draws(metric: str, support: torch.Tensor, most: int) -> int:
     present = support[support > 0].to(torch.float64)
     if present.numel() == 0:
         return upper
-    if metric == "miou":
-        variance = float((0.25 / present).sum()) / present.numel() ** 2
-    else:
-        variance = 0.25 / float(present.sum())
+    variance = float((0.25 / present).sum()) / present.numel() ** 2 if metric == "miou" else 0.25 / float(present.sum())
     return int(min(max(lower, math.ceil(variance / CHECK_SE**2)), upper))
 
 
@@ -540,7 +538,7 @@ class SegmentationCalibrator:
                 "by more than its noise explains"
             )
         ordered = sorted(points, key=lambda p: p.parameter)  # measured on the same first images
-        for earlier, later in zip(ordered, ordered[1:]):
+        for earlier, later in itertools.pairwise(ordered):
             rise = (later.mean - earlier.mean) if falling else (earlier.mean - later.mean)
             if rise > earlier.half_width + later.half_width + 0.005:
                 warnings.append(

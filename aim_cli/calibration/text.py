@@ -11,10 +11,12 @@ noisy bisection on seeded Monte Carlo generations and reported with its interval
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -252,7 +254,7 @@ def search_sigma(
             f"the measured accuracy at the chosen sigma ({check.mean:.3f}, 95% CI {check.low:.3f}-{check.high:.3f}) "
             "does not cover the target: the curve is steep or noisy here; more data or --draws narrows it"
         )
-    for earlier, later in zip(points, points[1:]):
+    for earlier, later in itertools.pairwise(points):
         if later.mean - earlier.mean > max(0.05, earlier.half_width + later.half_width):
             warnings.append(
                 f"the measured accuracy is not monotone: {earlier.mean:.3f} at sigma {earlier.parameter:.3g} "
@@ -300,7 +302,7 @@ def _isotonic_root(points: Sequence[MonteCarloCheck], target: float) -> float | 
             blocks[-1][3] = last[3]
     # Each pooled block is represented at the geometric centre of the sigmas it covers.
     fitted = [(math.sqrt(b[2] * b[3]), b[0] / b[1]) for b in blocks]
-    for (s0, v0), (s1, v1) in zip(fitted, fitted[1:]):
+    for (s0, v0), (s1, v1) in itertools.pairwise(fitted):
         if v0 >= target >= v1 and v0 > v1:
             t = (v0 - target) / (v0 - v1)
             return math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0)))

@@ -14,14 +14,14 @@ from rich.markup import escape
 from aim_cli import __version__
 
 # Subcommands register themselves on `app` when imported.
-from aim_cli.cli import calibrate as _calibrate  # noqa: E402,F401
-from aim_cli.cli import classify as _classify  # noqa: E402,F401
-from aim_cli.cli import eval as _eval  # noqa: E402,F401
-from aim_cli.cli import generate as _generate  # noqa: E402,F401
-from aim_cli.cli import report as _report  # noqa: E402,F401
-from aim_cli.cli import segment as _segment  # noqa: E402,F401
-from aim_cli.cli import serve as _serve  # noqa: E402,F401
-from aim_cli.cli import verify as _verify  # noqa: E402,F401
+from aim_cli.cli import calibrate as _calibrate  # noqa: F401
+from aim_cli.cli import classify as _classify  # noqa: F401
+from aim_cli.cli import eval as _eval  # noqa: F401
+from aim_cli.cli import generate as _generate  # noqa: F401
+from aim_cli.cli import report as _report  # noqa: F401
+from aim_cli.cli import segment as _segment  # noqa: F401
+from aim_cli.cli import serve as _serve  # noqa: F401
+from aim_cli.cli import verify as _verify  # noqa: F401
 from aim_cli.cli.common import app, err_console, printable
 from aim_cli.errors import EXIT_USAGE, AimError, Interrupted
 from aim_cli.interrupts import as_interrupt, install_handlers, raise_if_received

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.markup import escape
@@ -51,29 +51,27 @@ class Task(str, enum.Enum):
 @app.command()
 def calibrate(
     target_acc: Annotated[
-        Optional[float], typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")
+        float | None, typer.Option("--target-acc", help="Target accuracy (pixel accuracy for segment).")
     ] = None,
-    target_miou: Annotated[Optional[float], typer.Option("--target-miou", help="Target mIoU (segment).")] = None,
+    target_miou: Annotated[float | None, typer.Option("--target-miou", help="Target mIoU (segment).")] = None,
     target_recall: Annotated[
-        Optional[float], typer.Option("--target-recall", help="Target recall of the --focus class.")
+        float | None, typer.Option("--target-recall", help="Target recall of the --focus class.")
     ] = None,
     focus: Annotated[
-        Optional[str], typer.Option("--focus", "-f", help="Focus class NAME[:up|down] whose focus sigma to find.")
+        str | None, typer.Option("--focus", "-f", help="Focus class NAME[:up|down] whose focus sigma to find.")
     ] = None,
     sigma: Annotated[
-        Optional[float], typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")
+        float | None, typer.Option("--sigma", "-s", help="Utility sigma held fixed while calibrating focus.")
     ] = None,
     task: Annotated[Task, typer.Option("--task", "-t", help="Kind of model.")] = Task.classify,
     model: ModelOption = None,
     weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
     ] = None,
-    labels: Annotated[
-        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
-    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
+        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
     ] = None,
     allow_outside_paths: Annotated[
         bool,
@@ -85,22 +83,20 @@ def calibrate(
     ] = False,
     layout: LayoutOption = Layout.auto,
     split: SplitOption = None,
-    limit: Annotated[
-        Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
     lm_tasks: Annotated[
-        Optional[str], typer.Option("--tasks", help="lm-eval task or group names, comma-separated (--task lm-eval).")
+        str | None, typer.Option("--tasks", help="lm-eval task or group names, comma-separated (--task lm-eval).")
     ] = None,
     include_path: Annotated[
-        Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML (--task lm-eval).")
+        Path | None, typer.Option("--include-path", help="Folder of your own lm-eval task YAML (--task lm-eval).")
     ] = None,
     trust_task_code: TrustTaskCodeOption = False,
     draws: Annotated[int, typer.Option("--draws", "-r", min=2, help="Monte Carlo draws for the check.")] = 20,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo check.")] = 0,
     write_profile_to: Annotated[
-        Optional[Path], typer.Option("--write-profile", help="Write a ready YAML profile.")
+        Path | None, typer.Option("--write-profile", help="Write a ready YAML profile.")
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Profile name (default: the file's stem).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Profile name (default: the file's stem).")] = None,
     confidence: Annotated[
         float,
         typer.Option(
@@ -108,9 +104,9 @@ def calibrate(
             help="Confidence of the certificate's interval in the --write-profile profile (classify, segment).",
         ),
     ] = 0.95,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")
+        Path | None, typer.Option("--plot", help="Draw the curve to a PNG (needs aim-cli\\[plot]).")
     ] = None,
     batch_size: BatchOption = 64,
     device: DeviceOption = "auto",

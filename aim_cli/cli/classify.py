@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -71,16 +71,14 @@ def _ranked(predictions: list[Prediction]) -> str:
 @app.command()
 def classify(
     inputs: Annotated[
-        Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")
+        list[str] | None, typer.Argument(help="Image files, directories or globs. Default: demo samples.")
     ] = None,
     model: ModelOption = None,
     weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
     ] = None,
-    labels: Annotated[
-        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
-    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,
     focus: FocusOption = None,
@@ -90,7 +88,7 @@ def classify(
     batch_size: BatchOption = 32,
     device: DeviceOption = "auto",
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")
+        Path | None, typer.Option("--output", "-o", help="Write .jsonl or .csv instead of a table.")
     ] = None,
     compare: CompareOption = False,
     resume: ResumeOption = False,

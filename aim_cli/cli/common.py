@@ -8,9 +8,10 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -117,24 +118,22 @@ def writing_stdout() -> Iterator[None]:
 
 
 ModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--model",
         "-m",
         help="Local HF directory, cached hub id, torchvision:ARCH or timm:ARCH (classifiers). Default: the demo model.",
     ),
 ]
-ProfileOption = Annotated[Optional[Path], typer.Option("--profile", "-p", help="YAML modulation profile.")]
+ProfileOption = Annotated[Path | None, typer.Option("--profile", "-p", help="YAML modulation profile.")]
 SigmaOption = Annotated[
-    Optional[float], typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")
+    float | None, typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")
 ]
-FocusOption = Annotated[
-    Optional[list[str]], typer.Option("--focus", "-f", help="Focus class NAME[:up|down]; repeatable.")
-]
+FocusOption = Annotated[list[str] | None, typer.Option("--focus", "-f", help="Focus class NAME[:up|down]; repeatable.")]
 FocusSigmaOption = Annotated[
-    Optional[float], typer.Option("--focus-sigma", help="Focus half-normal std (default 2.0 when --focus is given).")
+    float | None, typer.Option("--focus-sigma", help="Focus half-normal std (default 2.0 when --focus is given).")
 ]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible noise.")]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible noise.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda[:N] or mps.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Inputs per forward pass.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
@@ -299,7 +298,7 @@ class RunOutputs:
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only an empty folder goes
 
-    def __enter__(self) -> "RunOutputs":
+    def __enter__(self) -> RunOutputs:
         return self
 
     def __exit__(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,7 +28,7 @@ EngineOption = Annotated[
     ),
 ]
 WorkersOption = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--workers", min=1, help="With --engine ray: worker processes (default: one per CPU of the cluster)."),
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -66,7 +66,7 @@ def eval_command(
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")],
     model: ModelOption = None,
     sigma: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--sigma",
             "-s",
@@ -78,21 +78,21 @@ def eval_command(
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
     limit: Annotated[
-        Optional[int], typer.Option("--limit", min=1, help="Score only the first N documents per task.")
+        int | None, typer.Option("--limit", min=1, help="Score only the first N documents per task.")
     ] = None,
     num_fewshot: Annotated[
-        Optional[int], typer.Option("--num-fewshot", min=0, help="Few-shot examples (default: each task's own).")
+        int | None, typer.Option("--num-fewshot", min=0, help="Few-shot examples (default: each task's own).")
     ] = None,
     include_path: Annotated[
-        Optional[Path], typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")
+        Path | None, typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")
     ] = None,
     trust_task_code: TrustTaskCodeOption = False,
     allow_outside_paths: AllowOutsideOption = False,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
+        Path | None, typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
     ] = None,
     plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Draw each task metric against sigma to a PNG (aim-cli\\[plot]).")
+        Path | None, typer.Option("--plot", help="Draw each task metric against sigma to a PNG (aim-cli\\[plot]).")
     ] = None,
     batch_size: BatchOption = 16,
     device: DeviceOption = "auto",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -48,7 +48,7 @@ OUTPUT_SUFFIXES = (".jsonl", ".csv")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 LanguageModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--model",
         "-m",
@@ -57,7 +57,7 @@ LanguageModelOption = Annotated[
     ),
 ]
 WordFocusOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--focus",
         "-f",
@@ -91,9 +91,9 @@ def _describe(plan: ModulationPlan, decoding: GenerationSettings) -> str:
 
 @app.command()
 def generate(
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Prompt text; repeatable.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt text; repeatable.")] = None,
     prompts_file: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--prompts", help='Prompts file: .txt (one per line) or .jsonl (a "prompt" field).'),
     ] = None,
     model: LanguageModelOption = None,
@@ -104,30 +104,28 @@ def generate(
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
     max_new_tokens: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate (default: the model's, else 64)."),
     ] = None,
     temperature: Annotated[
         float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy (default); > 0 samples.")
     ] = 0.0,
-    top_k: Annotated[
-        Optional[int], typer.Option("--top-k", min=1, help="Sample from the k most likely tokens.")
-    ] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")] = None,
     stop: Annotated[
-        Optional[list[str]], typer.Option("--stop", help="Cut the completion at this string; repeatable.")
+        list[str] | None, typer.Option("--stop", help="Cut the completion at this string; repeatable.")
     ] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPE_NAMES)}.")] = "auto",
     device_map: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--device-map", help="'auto' spreads a large model over GPUs/CPU (pip install 'aim-cli\\[accelerate]')."
         ),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")
+        Path | None, typer.Option("--output", "-o", help="Write .jsonl (or .csv) records instead of text.")
     ] = None,
     compare: CompareOption = False,
     resume: ResumeOption = False,

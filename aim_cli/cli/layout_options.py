@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ LayoutOption = Annotated[
     ),
 ]
 SplitOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--split", help="Split of an ADE20K, Cityscapes or VOC root (default: the validation split)."),
 ]
 AllowOutsideOption = Annotated[

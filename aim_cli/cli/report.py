@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -44,14 +44,12 @@ def report(
     ),
     model: ModelOption = None,
     weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
     ] = None,
-    labels: Annotated[
-        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
-    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
+        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
     ] = None,
     allow_outside_paths: Annotated[
         bool,
@@ -62,9 +60,7 @@ def report(
     ] = False,
     layout: LayoutOption = Layout.auto,
     split: SplitOption = None,
-    limit: Annotated[
-        Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
     examples: Annotated[
         int, typer.Option("--examples", min=1, max=32, help="Inputs shown side by side under every tier.")
     ] = 6,

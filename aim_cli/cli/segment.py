@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -126,15 +126,13 @@ def _record(
 @app.command()
 def segment(
     inputs: Annotated[
-        Optional[list[str]], typer.Argument(help="Image files, directories or globs. Default: demo samples.")
+        list[str] | None, typer.Argument(help="Image files, directories or globs. Default: demo samples.")
     ] = None,
     model: ModelOption = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")
+        Path | None, typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")
     ] = None,
-    labels: Annotated[
-        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
-    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,
     focus: FocusOption = None,
@@ -150,7 +148,7 @@ def segment(
         bool, typer.Option("--overlay", help="Also write overlays/NAME.png: mask colours blended over the image.")
     ] = False,
     masks: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--masks",
             help="Ground-truth class-id masks (same base names as the images): report accuracy, mIoU, IoU and recall.",

@@ -8,8 +8,9 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated
 
 import typer
 
@@ -159,35 +160,35 @@ def serve(
             show_default=True,
         ),
     ] = "auto",
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
     address: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--address", help="Images: a running Ray cluster (default: RAY_ADDRESS, or a local Ray)."),
     ] = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Images: weights for torchvision:ARCH / timm:ARCH.")
+        Path | None, typer.Option("--weights", help="Images: weights for torchvision:ARCH / timm:ARCH.")
     ] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Images: class names (.txt or .json).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Images: class names (.txt or .json).")] = None,
     replicas: Annotated[
-        Optional[int], typer.Option("--replicas", min=1, help="Images: Ray Serve replicas (default 1).")
+        int | None, typer.Option("--replicas", min=1, help="Images: Ray Serve replicas (default 1).")
     ] = None,
     max_replicas: Annotated[
-        Optional[int], typer.Option("--max-replicas", min=1, help="Images: autoscale between --replicas and this.")
+        int | None, typer.Option("--max-replicas", min=1, help="Images: autoscale between --replicas and this.")
     ] = None,
     num_cpus: Annotated[
-        Optional[float], typer.Option("--num-cpus", min=0, help="Images: CPUs per replica (default 1).")
+        float | None, typer.Option("--num-cpus", min=0, help="Images: CPUs per replica (default 1).")
     ] = None,
     num_gpus: Annotated[
-        Optional[float],
+        float | None,
         typer.Option("--num-gpus", min=0, help="Images: GPUs per replica (default 0; > 0 runs on cuda)."),
     ] = None,
     max_batch_size: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--max-batch-size", min=1, help="Images: Ray Serve's dynamic batch size (default 8)."),
     ] = None,
     batch_wait_ms: Annotated[
-        Optional[float],
+        float | None,
         typer.Option("--batch-wait-ms", min=0, help="Images: longest wait to fill a batch (default 5)."),
     ] = None,
     allow_uncertified_model: Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -42,14 +42,12 @@ def verify(
     profile: Annotated[Path, typer.Argument(help="A certified profile (aim calibrate --write-profile).")],
     model: ModelOption = None,
     weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
     ] = None,
-    labels: Annotated[
-        Optional[Path], typer.Option("--labels", help="Class names: .txt (one per line) or .json.")
-    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
+        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
     ] = None,
     allow_outside_paths: Annotated[
         bool,
@@ -57,14 +55,12 @@ def verify(
     ] = False,
     layout: LayoutOption = Layout.auto,
     split: SplitOption = None,
-    limit: Annotated[
-        Optional[int], typer.Option("--limit", min=1, help="Use only the first N items of the data.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N items of the data.")] = None,
     draws: Annotated[
         int, typer.Option("--draws", "-r", min=2, max=1000, help="Monte Carlo draws confirming the exact value.")
     ] = 8,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Monte Carlo draws.")] = 0,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result as JSON.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON.")] = None,
     batch_size: BatchOption = 64,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,

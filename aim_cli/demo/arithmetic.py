@@ -97,7 +97,7 @@ def multiple_choice_set(n: int = 200) -> list[dict]:
         a, op, b = ordered[i % len(ordered)]
         right = str(_answer(a, op, b))
         distractors = rng.sample([d for d in DIGITS if d != right], 3)
-        choices = distractors + [right]
+        choices = [*distractors, right]
         rng.shuffle(choices)
         items.append({"prompt": f"{a}{op}{b}=", "choices": choices, "answer": choices.index(right)})
     return items

@@ -136,8 +136,8 @@ def make_example(label_id: int, rng: np.random.Generator) -> Image.Image:
 
     small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float32)
-    pixels = pixels + rng.normal(0.0, _NOISE_STD, size=pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
+    noisy = pixels + rng.normal(0.0, _NOISE_STD, size=pixels.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8), mode="RGB")
 
 
 def make_dataset(split: str, n: int) -> list[tuple[Image.Image, int]]:

@@ -168,8 +168,8 @@ def make_scene(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
     _draw_cars(rng, img, mask, road_y)
     _draw_persons(rng, img, mask, base_y, road_y)
     # Lighting and sensor noise: scene-wide brightness, then per-pixel Gaussian noise.
-    img = img * rng.uniform(0.7, 1.2) + rng.normal(0, rng.uniform(4, 12), img.shape)
-    image = Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8))
+    lit = img * rng.uniform(0.7, 1.2) + rng.normal(0, rng.uniform(4, 12), img.shape)
+    image = Image.fromarray(np.clip(lit, 0, 255).round().astype(np.uint8))
     return image, mask
 
 

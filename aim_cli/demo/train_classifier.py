@@ -46,7 +46,7 @@ WEIGHT_DECAY = 1e-4
 
 def build_model() -> ResNetForImageClassification:
     """A randomly initialised, deliberately tiny ResNet for 32x32 inputs."""
-    config = ResNetConfig(
+    config = ResNetConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg the stub omits
         num_channels=3,
         embedding_size=16,
         hidden_sizes=[16, 32, 64],

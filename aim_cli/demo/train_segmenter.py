@@ -13,6 +13,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def build_processor(mean: list[float], std: list[float]) -> SegformerImageProces
 def build_model() -> SegformerForSemanticSegmentation:
     """Return an untrained tiny SegFormer (four one-block stages, logits at 1/4 resolution)."""
     id2label = dict(enumerate(streets.LABELS))
-    config = SegformerConfig(
+    config = SegformerConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg the stub omits
         num_labels=len(streets.LABELS),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
@@ -85,13 +86,24 @@ def upsampled_logits(model: SegformerForSemanticSegmentation, pixels: torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model: SegformerForSemanticSegmentation, pixels: torch.Tensor, masks: torch.Tensor) -> dict[str, object]:
+class Metrics(TypedDict):
+    """What evaluate() measures on the held-out images."""
+
+    pixel_accuracy: float
+    miou: float
+    iou: dict[str, float]
+    recall: dict[str, float]
+    median_margin: float
+
+
+def evaluate(model: SegformerForSemanticSegmentation, pixels: torch.Tensor, masks: torch.Tensor) -> Metrics:
     """Return pixel accuracy, mIoU, per-class IoU and recall, and the median top-1/top-2 margin."""
     model.eval()
     logits = torch.cat([upsampled_logits(model, pixels[i : i + 100]) for i in range(0, len(pixels), 100)])
     pred = logits.argmax(1)
     top2 = logits.topk(2, dim=1).values
-    iou, recall = {}, {}
+    iou: dict[str, float] = {}
+    recall: dict[str, float] = {}
     for k, name in enumerate(streets.LABELS):
         truth, guess = masks == k, pred == k
         iou[name] = float((truth & guess).sum() / (truth | guess).sum().clamp(min=1))

@@ -26,9 +26,10 @@ import email.parser
 import email.policy
 import io
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -230,7 +231,7 @@ def decode_request_image(data: bytes, check: Callable[[int, int], None] | None =
             width, height = probe.size
     except Image.DecompressionBombError:
         raise RequestError(413, "the image declares more pixels than the server decodes", SERVE_PIXELS.hint()) from None
-    except Exception:  # noqa: BLE001 - PIL raises many types for bytes that are not an image
+    except Exception:
         raise RequestError(
             400, "the request body is not an image (or it is corrupt)", f"send one of {', '.join(SERVE_FORMATS)}"
         ) from None

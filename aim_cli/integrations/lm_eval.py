@@ -26,10 +26,12 @@ batch size and order. A seed is a public key
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,10 +255,8 @@ class AimLM(HFLM):
 
 def _register() -> None:
     """Register AimLM as lm-eval model `aim`; a second import of this module (a reload) keeps the first."""
-    try:
+    with contextlib.suppress(ValueError):  # already registered by an earlier import of this module
         register_model(MODEL_NAME)(AimLM)
-    except ValueError:  # already registered by an earlier import of this module
-        pass
 
 
 _register()

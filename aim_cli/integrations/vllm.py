@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, process_dict_updates
@@ -128,7 +129,8 @@ def register() -> None:
         check_engine_config(self)
 
     post_init._aim_guard = True  # type: ignore[attr-defined]
-    VllmConfig.__post_init__ = post_init  # type: ignore[method-assign]
+    # method-assign where vLLM is installed; unused-ignore where it is not (its imports are Any).
+    VllmConfig.__post_init__ = post_init  # type: ignore[method-assign,unused-ignore]
 
 
 class _AimRequests:
@@ -283,11 +285,8 @@ class AimV2LogitsProcessor(_AimRequests, V2LogitsProcessor):
         rows = []
         for i, (row, slot) in enumerate(wanted):
             plan = self._slots[slot].plan
-            if plan.keyed:
-                key = keys[i]
-            else:
-                # Negative in chunked prefill (the row's sample is discarded): step_key clamps it.
-                key = serving.step_key(int(positions[i]) + 1 - int(prompt_lens[slot]))
+            # An unkeyed step is negative in chunked prefill (the row's sample is discarded): step_key clamps it.
+            key = keys[i] if plan.keyed else serving.step_key(int(positions[i]) + 1 - int(prompt_lens[slot]))
             rows.append((row, plan, key))
         return rows
 
@@ -314,7 +313,7 @@ class AimV2LogitsProcessor(_AimRequests, V2LogitsProcessor):
                 slot, pos, fed = wanted[i][1], positions[i], current[i]
 
                 def full(slot: int = slot, pos: int = pos, fed: int = fed) -> list[int]:
-                    return tokens[slot, :pos].tolist() + [fed]
+                    return [*tokens[slot, :pos].tolist(), fed]
 
                 # A history shorter than what was hashed (pos < resume_at) does not extend it:
                 # the hasher rehashes in full.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 from aim_cli.layouts.imagenet import is_synset
 from aim_cli.metrics import IGNORE_INDEX

@@ -9,9 +9,9 @@ allows outside paths); and the list of files goes to the output guard, so none i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from aim_cli.errors import InputError
 from aim_cli.io import check_inside

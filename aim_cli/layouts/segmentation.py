@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -136,6 +136,6 @@ def check_masks(
         if verdict is not None:
             break
     else:
-        verdict = False if converted else True  # labelTrainIds masks alone: nothing is converted
+        verdict = not converted  # labelTrainIds masks alone: nothing is converted
     if not verdict:
         raise InputError(*unsupported(seen, layout, num_classes))

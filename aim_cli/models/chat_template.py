@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from aim_cli.errors import ModelError
 from aim_cli.limits import PROMPT_CHARS, TEMPLATE_STEPS
@@ -151,12 +152,16 @@ def _environment_class() -> type:
             elif operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
                 if abs(left) > 1 and right > 0 and math.log2(abs(left)) * right > 4096:
                     raise _Exceeded(f"raises {left} to the power {right}, a number too large to compute")
-            elif operator == "+" and _length(left) is not None and _length(right) is not None:
-                if _length(left) + _length(right) > limit:  # type: ignore[operator]
-                    raise _Exceeded("joins values past the bound on a prompt's length")
+            elif (
+                operator == "+"
+                and (left_size := _length(left)) is not None
+                and (right_size := _length(right)) is not None
+                and left_size + right_size > limit
+            ):
+                raise _Exceeded("joins values past the bound on a prompt's length")
             return _check_result(super().call_binop(context, operator, left, right), f"'{operator}'")
 
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             what = getattr(__obj, "__name__", type(__obj).__name__)
             _check_arguments(args, kwargs, what)
             return _check_result(super().call(__context, __obj, *args, **kwargs), what)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, TypeGuard
 
 from aim_cli.errors import InputError, ModelError
 from aim_cli.limits import CONFIG_BYTES, INPUT_PIXELS, LABEL_COUNT, SEQUENCE_TOKENS
@@ -199,12 +200,12 @@ def _read(folder: Path, name: str, display: str) -> Any:
 # --- value checks ---------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (true/false are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     """A finite JSON number."""
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
@@ -269,8 +270,8 @@ def _size(where: _Where, key: str, value: Any, scale: float = 1.0) -> None:
         edge = _edge(where, key, value) * scale
         _pixels(where, key, edge, edge)
     elif isinstance(value, list) and len(value) == 2:
-        height, width = (_edge(where, f"{key}[{i}]", v) for i, v in enumerate(value))
-        _pixels(where, key, height * scale, width * scale)
+        rows, columns = (_edge(where, f"{key}[{i}]", v) for i, v in enumerate(value))
+        _pixels(where, key, rows * scale, columns * scale)
     elif isinstance(value, dict) and set(value) & set(_EDGE_KEYS):
         edges = {name: _edge(where, f"{key}.{name}", value[name]) for name in _EDGE_KEYS if value.get(name) is not None}
         height = edges.get("height", edges.get("max_height"))
@@ -306,6 +307,24 @@ def check_image_processor(config: Any, where: _Where) -> None:
     """preprocessor_config.json: output sizes, normalisation, rescaling, resampling and switches."""
     if not isinstance(config, dict):
         raise where.error("", type(config).__name__, "a JSON object of processor settings")
+    _check_switches(config, where)
+    _check_output_sizes(config, where)
+    for key in ("image_mean", "image_std"):
+        if config.get(key) is not None:
+            _channel_values(where, key, config[key], nonzero=key == "image_std")
+    if config.get("rescale_factor") is not None:
+        _positive(where, "rescale_factor", config["rescale_factor"], high=1.0)  # 1/255 scales bytes to 0..1
+    if config.get("resample") is not None:
+        _int_in(where, "resample", config["resample"], _RESAMPLE.start, _RESAMPLE.stop - 1)
+    _check_edge_rounding(config, where)
+    if config.get("num_labels") is not None:
+        _int_in(where, "num_labels", config["num_labels"], 1, LABEL_COUNT.value(), _labels_hint(where))
+    if config.get("ignore_index") is not None:
+        _int_in(where, "ignore_index", config["ignore_index"], -(2**31), 2**31 - 1)
+
+
+def _check_switches(config: dict[str, Any], where: _Where) -> None:
+    """The do_* switches are booleans, and a setting a switched-on step needs is not null."""
     for key, value in config.items():
         if key.startswith("do_") or key in _PROCESSOR_FLAGS:
             _flag(where, key, value)
@@ -319,6 +338,10 @@ def check_image_processor(config: Any, where: _Where) -> None:
                     f"set while '{switch}' is true",
                     f"set '{where.prefix}{key}', or delete it to use the default, in {where.file}",
                 )
+
+
+def _check_output_sizes(config: dict[str, Any], where: _Where) -> None:
+    """crop_pct and every output size, each scaled as the processor scales it."""
     crop_pct = config.get("crop_pct")
     if crop_pct is not None:
         _positive(where, "crop_pct", crop_pct, high=1.0)
@@ -326,13 +349,10 @@ def check_image_processor(config: Any, where: _Where) -> None:
         # ConvNeXt-style processors resize to shortest_edge / crop_pct before cropping.
         scale = 1.0 / crop_pct if key == "size" and crop_pct else 1.0
         _size(where, key, config.get(key), scale)
-    for key in ("image_mean", "image_std"):
-        if config.get(key) is not None:
-            _channel_values(where, key, config[key], nonzero=key == "image_std")
-    if config.get("rescale_factor") is not None:
-        _positive(where, "rescale_factor", config["rescale_factor"], high=1.0)  # 1/255 scales bytes to 0..1
-    if config.get("resample") is not None:
-        _int_in(where, "resample", config["resample"], _RESAMPLE.start, _RESAMPLE.stop - 1)
+
+
+def _check_edge_rounding(config: dict[str, Any], where: _Where) -> None:
+    """The divisors and multiples that edges are rounded to, and the older DETR-style edge bounds."""
     for key in _DIVISOR_KEYS:
         if config.get(key) is not None:
             _int_in(where, key, config[key], 1, 4096)
@@ -344,10 +364,6 @@ def check_image_processor(config: Any, where: _Where) -> None:
     for key in ("max_size", "min_size"):  # older DETR-style edge bounds
         if config.get(key) is not None:
             _size(where, key, config[key])
-    if config.get("num_labels") is not None:
-        _int_in(where, "num_labels", config["num_labels"], 1, LABEL_COUNT.value(), _labels_hint(where))
-    if config.get("ignore_index") is not None:
-        _int_in(where, "ignore_index", config["ignore_index"], -(2**31), 2**31 - 1)
 
 
 def _check_patch_fits(config: Any, processor: Any, where: _Where) -> None:
@@ -376,41 +392,10 @@ def check_model_config(config: dict[str, Any], where: _Where) -> None:
         if config.get(key) is not None:
             _int_in(where, key, config[key], 0, bound, _labels_hint(where))
     _check_token_ids(config, where)
-    # Sizes of the embedding tables: 0 builds empty tables that fail only after torch's warnings.
-    for section, prefix in (
-        (config, ""),
-        (config.get("text_config"), "text_config."),
-        (config.get("vision_config"), "vision_config."),
-    ):
-        for key in ("vocab_size", "max_position_embeddings") if isinstance(section, dict) else ():
-            if section.get(key) is not None:
-                _int_in(where, prefix + key, section[key], 1, 2**31 - 1)
-    image_size = config.get("image_size")
-    if image_size is not None:
-        sizes = image_size if isinstance(image_size, list) and len(image_size) == 2 else [image_size]
-        for index, edge in enumerate(sizes):
-            _edge(where, "image_size" if len(sizes) == 1 else f"image_size[{index}]", edge)
+    _check_model_sizes(config, where)
     id2label = config.get("id2label")
     if id2label is not None:
-        if not isinstance(id2label, dict) or len(id2label) > bound:
-            raise where.error("id2label", id2label, f"a mapping of at most {bound:,} class ids to names")
-        ids = set()
-        for key, label in id2label.items():
-            ids.add(_class_id(where, f"id2label.{key}", key, bound))
-            if not isinstance(label, str):
-                raise where.error(f"id2label.{key}", label, "a class name (a string)")
-        # transformers numbers classes 0..n-1 and, when num_labels disagrees, silently replaces every
-        # name with LABEL_i: a gap or a mismatch would give classes names that are not theirs.
-        gap = next((i for i in range(len(ids)) if i not in ids), None)
-        if gap is not None or len(ids) != len(id2label):
-            what = f"none for {gap}" if gap is not None else "an id given twice"
-            raise where.error("id2label", id2label, f"one name for each class id 0 to {len(id2label) - 1} ({what})")
-        count = config.get("num_labels")
-        if _is_int(count) and count != len(id2label):
-            raise ModelError(
-                f"{where.display}: {where.file}: 'num_labels' is {count} but 'id2label' names {len(id2label)} classes",
-                f"make them agree in {where.file} (transformers would drop every class name)",
-            )
+        _check_id2label(config, id2label, bound, where)
     label2id = config.get("label2id")
     if label2id is not None:
         if not isinstance(label2id, dict) or len(label2id) > bound:
@@ -419,6 +404,49 @@ def check_model_config(config: dict[str, Any], where: _Where) -> None:
             _class_id(where, f"label2id.{name}", index, bound)
     if "architecture" in config and "model_type" not in config:
         check_timm_config(config, where)
+
+
+def _check_model_sizes(config: dict[str, Any], where: _Where) -> None:
+    """The embedding tables' sizes (of the model and its text and vision parts) and the image size."""
+    # Sizes of the embedding tables: 0 builds empty tables that fail only after torch's warnings.
+    for section, prefix in (
+        (config, ""),
+        (config.get("text_config"), "text_config."),
+        (config.get("vision_config"), "vision_config."),
+    ):
+        if not isinstance(section, dict):
+            continue
+        for key in ("vocab_size", "max_position_embeddings"):
+            if section.get(key) is not None:
+                _int_in(where, prefix + key, section[key], 1, 2**31 - 1)
+    image_size = config.get("image_size")
+    if image_size is not None:
+        sizes = image_size if isinstance(image_size, list) and len(image_size) == 2 else [image_size]
+        for index, edge in enumerate(sizes):
+            _edge(where, "image_size" if len(sizes) == 1 else f"image_size[{index}]", edge)
+
+
+def _check_id2label(config: dict[str, Any], id2label: Any, bound: int, where: _Where) -> None:
+    """id2label names each class id 0..n-1 once, and agrees with num_labels."""
+    if not isinstance(id2label, dict) or len(id2label) > bound:
+        raise where.error("id2label", id2label, f"a mapping of at most {bound:,} class ids to names")
+    ids = set()
+    for key, label in id2label.items():
+        ids.add(_class_id(where, f"id2label.{key}", key, bound))
+        if not isinstance(label, str):
+            raise where.error(f"id2label.{key}", label, "a class name (a string)")
+    # transformers numbers classes 0..n-1 and, when num_labels disagrees, silently replaces every
+    # name with LABEL_i: a gap or a mismatch would give classes names that are not theirs.
+    gap = next((i for i in range(len(ids)) if i not in ids), None)
+    if gap is not None or len(ids) != len(id2label):
+        what = f"none for {gap}" if gap is not None else "an id given twice"
+        raise where.error("id2label", id2label, f"one name for each class id 0 to {len(id2label) - 1} ({what})")
+    count = config.get("num_labels")
+    if _is_int(count) and count != len(id2label):
+        raise ModelError(
+            f"{where.display}: {where.file}: 'num_labels' is {count} but 'id2label' names {len(id2label)} classes",
+            f"make them agree in {where.file} (transformers would drop every class name)",
+        )
 
 
 def _class_id(where: _Where, key: str, value: Any, bound: int) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, cast
 
 from aim_cli.errors import ModelError
 from aim_cli.models.local import force_offline, looks_like_path
@@ -112,7 +113,7 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
         raise ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {detail}") from None
     if not complete:
         return loaded
-    model, info = loaded
+    model, info = cast("tuple[T, dict[str, Any]]", loaded)  # output_loading_info=True: (model, info)
     from aim_cli.models.weights import name_some
 
     # Tied weights and buffers never saved (position_ids, inv_freq) are not listed by transformers.

@@ -135,7 +135,7 @@ class LanguageModel:
         generation = getattr(self.model, "generation_config", None)
         prefix = [decoder_start_id(generation, self.model.config)]
         forced = getattr(generation, "forced_bos_token_id", None)
-        return prefix + [int(forced)] if forced is not None else prefix
+        return [*prefix, int(forced)] if forced is not None else prefix
 
     @torch.inference_mode()
     def first_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -267,7 +267,7 @@ def _refuse_masked_lm(config: Any, display: str) -> None:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    model_type = getattr(config, "model_type", None)
+    model_type = str(getattr(config, "model_type", None) or "")  # "" is in neither mapping
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     masked = MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(model_type)
     architectures = list(getattr(config, "architectures", None) or [])

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from aim_cli.errors import AimError, ModelError
 from aim_cli.interrupts import raise_if_received
@@ -48,7 +49,7 @@ class Plugin:
         try:
             with redirect_stdout(sys.stderr):
                 result = function(*args)
-        except BaseException as exc:  # noqa: BLE001 - everything a plugin raises is the plugin's
+        except BaseException as exc:
             if type(exc) is PluginError:  # aim's own check of what the plugin returned
                 raise
             raise_if_received()  # the user's Ctrl-C wins, whatever the plugin made of it (wrapped, swallowed)
@@ -103,10 +104,7 @@ def describe(exc: BaseException) -> str:
     """One short line for a plugin's exception, however odd its message (multi-line, huge, or raising)."""
     if isinstance(exc, SystemExit):
         return f"it called sys.exit({_safe_repr(exc.code)})"
-    if isinstance(exc, AimError):
-        text = _safe_str(exc.message)
-    else:
-        text = _safe_str(exc)
+    text = _safe_str(exc.message) if isinstance(exc, AimError) else _safe_str(exc)
     text = " ".join(text.split())
     if len(text) > _SHOWN:
         text = text[: _SHOWN - 3] + "..."
@@ -118,7 +116,7 @@ def _safe_str(value: object) -> str:
     """str(value), or a placeholder when its __str__ itself fails."""
     try:
         return str(value)
-    except Exception:  # noqa: BLE001 - a plugin's exception may not even print
+    except Exception:
         return "(its message cannot be printed)"
 
 
@@ -126,7 +124,7 @@ def _safe_repr(value: object) -> str:
     """A short repr of a value a plugin handed aim."""
     try:
         text = repr(value)
-    except Exception:  # noqa: BLE001
+    except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -144,7 +142,7 @@ def _package(entry: metadata.EntryPoint) -> str:
             name, version = dist.metadata["Name"], dist.version
             if name:
                 return f"{name} {version}" if version else str(name)
-    except Exception:  # noqa: BLE001 - broken metadata still leaves the module to name
+    except Exception:
         pass
     return entry.value.partition(":")[0] or entry.name
 
@@ -156,7 +154,7 @@ def discover(builtin: set[str] | frozenset[str]) -> dict[str, Plugin]:
     """
     try:
         found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    except Exception as exc:  # noqa: BLE001 - a malformed entry_points.txt somewhere on sys.path
+    except Exception as exc:
         raise ModelError(
             f"cannot list the installed model sources: {describe(exc)}",
             "an installed package has broken metadata (entry_points.txt): reinstall or remove it",

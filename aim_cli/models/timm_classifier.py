@@ -11,9 +11,10 @@ layout; going through timm also keeps one set of checks and messages for both wa
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

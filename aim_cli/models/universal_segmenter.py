@@ -10,7 +10,8 @@ sigma multiplies the scores by exp(eps) (docs/design.md, "Universal segmenters: 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,9 @@ def log_scores_at(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: t
 class SemanticScores(torch.nn.Module):
     """Wraps a universal segmenter so that forward(pixel_values) returns `.logits` = log-scores."""
 
+    model: Any  # a transformers Mask2Former or OneFormer: .dtype, .config and its own call signature
+    task_inputs: torch.Tensor | None  # a buffer: nn.Module's __getattr__ would type it Tensor | Module
+
     def __init__(self, model: torch.nn.Module, task_inputs: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
@@ -93,7 +97,8 @@ class SemanticScores(torch.nn.Module):
         if self.task_inputs is not None:
             kwargs["task_inputs"] = self.task_inputs.expand(pixel_values.shape[0], -1)
         out = self.model(pixel_values=pixel_values, **kwargs)
-        logits = log_scores_at(out.class_queries_logits, out.masks_queries_logits, tuple(pixel_values.shape[-2:]))
+        size = (pixel_values.shape[-2], pixel_values.shape[-1])
+        logits = log_scores_at(out.class_queries_logits, out.masks_queries_logits, size)
         return SemanticSegmenterOutput(logits=logits)
 
 

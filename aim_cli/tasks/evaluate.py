@@ -11,9 +11,10 @@ import math
 import secrets
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aim_cli.errors import AimError, InputError, ModelError
 from aim_cli.profile import Profile, check_sigma

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import inspect
 import secrets
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, cast
+from typing import cast
 
 import numpy as np
 import torch

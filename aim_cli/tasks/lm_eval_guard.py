@@ -19,9 +19,10 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from aim_cli.errors import AimError, InputError
 from aim_cli.limits import PROMPT_CHARS, TEMPLATE_STEPS

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -214,22 +214,23 @@ def decide(
     check_focus_classes(modulation, num_classes)
     height, width = size
     dtype = _mask_dtype(num_classes)
-    prediction = np.empty((count, height, width), dtype=dtype)
-    clean = np.empty((count, height, width), dtype=dtype) if need_clean else None
+    prediction: np.ndarray = np.empty((count, height, width), dtype=dtype)
+    clean: np.ndarray | None = np.empty((count, height, width), dtype=dtype) if need_clean else None
     rows = strip_rows(num_classes, width, STRIP_ELEMENTS)  # read at call time: tests shrink it
+    clean_ids: torch.Tensor | None
     for i in range(count):
         key = keys[i] if keys is not None else None
         for start in range(0, height, rows):
             stop = min(height, start + rows)
             strip = upsampled_pixels(low[i : i + 1], size, start, stop)
-            clean_ids = strip.argmax(dim=-1) if (need_clean or modulation.is_identity) else None
             if modulation.is_identity:
-                ids = clean_ids
+                ids = clean_ids = strip.argmax(dim=-1)
             else:
+                clean_ids = strip.argmax(dim=-1) if need_clean else None  # before the noise goes in, in place
                 whole = start == 0 and stop == height
                 ids = add_strip_noise_(strip, modulation, noise, key, start, whole).argmax(dim=-1)
             prediction[i, start:stop] = ids.cpu().numpy()
-            if clean is not None:
+            if clean is not None and clean_ids is not None:  # both exactly when need_clean
                 clean[i, start:stop] = clean_ids.cpu().numpy()
     return prediction, clean
 

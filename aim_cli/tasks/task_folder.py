@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -87,7 +88,7 @@ def load_task_yaml(path: Path, within: Path | None) -> Any:
     text = read_text_file(path, CONFIG_BYTES, InputError, "task file", within)
     try:
         _check_depth(text, path)
-        config = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+        config = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -350,9 +351,9 @@ def _folder_files(folder: Path, label: str) -> list[tuple[str, Path]]:
 
 __all__ = [
     "TRUST_TASK_CODE_FLAG",
+    "Tagged",
     "TaskCodeError",
     "TaskFolderReads",
-    "Tagged",
     "find_code",
     "load_task_yaml",
     "scan_task_folder",

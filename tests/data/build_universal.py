@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from aim_cli.demo import streets  # noqa: E402
-from aim_cli.demo.train_segmenter import channel_stats  # noqa: E402
-from aim_cli.models.universal_segmenter import ONEFORMER_TASK, log_scores_at  # noqa: E402
+from aim_cli.demo import streets
+from aim_cli.demo.train_segmenter import channel_stats
+from aim_cli.models.universal_segmenter import ONEFORMER_TASK, log_scores_at
 
 FAMILIES = ("mask2former", "maskformer", "oneformer")
 DATA_DIR = Path(__file__).resolve().parent
