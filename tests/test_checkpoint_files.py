@@ -208,6 +208,14 @@ REPORTED = {
         REPEATING_TEMPLATE,
         ("chat template", "AIM_MAX_PROMPT_CHARS"),
     ),
+    # Found by the slow sweep: a forced token indexes the logits, so it must be in the vocabulary.
+    "forced-eos-past-vocab": (
+        "generate-bart",
+        "generation_config.json",
+        ("forced_eos_token_id",),
+        1_000_000_000,
+        ("generation_config.json", "'forced_eos_token_id'", "vocabulary"),
+    ),
 }
 
 

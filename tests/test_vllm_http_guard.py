@@ -226,7 +226,7 @@ def test_a_streamed_answer_names_its_tier_in_its_headers(served):
 )
 def test_refused_requests_and_other_endpoints_are_not_named(served, path, body):
     post, _ = served
-    status, headers, answer = post(path, body)
+    _status, headers, answer = post(path, body)
     assert "x-aim-tier" not in headers and "tier" not in json.loads(answer)
     assert answer == json.dumps({"id": "cmpl-1", "choices": [{"text": "h\u00e9llo"}]}).encode()
 

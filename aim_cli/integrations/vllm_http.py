@@ -16,7 +16,8 @@ applies, so the name cannot disagree with the noise. A request the policy refuse
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aim_cli.certificates import answer_headers, certificate_id

@@ -195,6 +195,7 @@ def load_language_model(
         input_device = target
     model.eval()
     dropped = drop_checkpoint_decoding(model.generation_config)
+    check_forced_tokens(model.generation_config, _output_width(model), display)
     if encoder_decoder:
         decoder_start_id(model.generation_config, config, display)  # fail at load, not mid-generation
     return LanguageModel(
@@ -278,6 +279,32 @@ def _refuse_masked_lm(config: Any, display: str) -> None:
         "not a causal language model: it fills in blanks instead of predicting the next token",
         "aim generate needs a next-token model such as Llama, GPT-2, Qwen, T5 or BART",
     )
+
+
+def _output_width(model: Any) -> int | None:
+    """How many logits the model computes per position (its output vocabulary), if it says."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    vocab = getattr(model.config, "vocab_size", None)
+    return vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+
+
+def check_forced_tokens(generation_config: Any, width: int | None, display: str = "the model") -> None:
+    """Forced first/last tokens index the logits: one past the model's vocabulary fails at load, not mid-generation."""
+    if width is None:
+        return
+    for name in ("forced_bos_token_id", "forced_eos_token_id"):
+        value = getattr(generation_config, name, None)
+        ids = value if isinstance(value, (list, tuple)) else [value]
+        for index in ids:
+            if isinstance(index, int) and not isinstance(index, bool) and not 0 <= index < width:
+                raise ModelError(
+                    f"{display}: generation_config.json: '{name}' is {index}, not a token of its "
+                    f"{width}-token vocabulary",
+                    f"correct {name} in generation_config.json (or remove it)",
+                )
 
 
 def decoder_start_id(generation_config: Any, config: Any, display: str = "the model") -> int:
