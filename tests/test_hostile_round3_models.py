@@ -794,3 +794,42 @@ def test_the_users_ctrl_c_during_a_plugin_load_is_an_interrupt_not_a_plugin_erro
             process.kill()
     assert process.returncode == 130, stderr
     assert "interrupted (SIGINT)" in stderr and "model source" not in stderr
+
+
+# --- a transformers config.json whose sizes outgrow its weights ------------------------------------
+DEMO_LM = REPO / "aim_cli" / "demo" / "lm"
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("vocab_size", 20_000_000),  # under the 2^31 token-id bound: 2 x 20M x 128 floats (20 GB) if built
+        ("intermediate_size", 50_000_000),  # every MLP layer 3 x 128 x 50M floats
+    ],
+)
+def test_a_config_larger_than_its_weights_is_refused_before_it_is_built(tmp_path, key, value):
+    """Counts in config.json never size memory: the network is counted on the meta device against the
+    values the safetensors headers hold, and refused in one line before transformers allocates it."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    for path in DEMO_LM.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    # A process of its own: were the check missing, the allocation would take the test process down.
+    result = run_aim(
+        "generate", "--model", str(folder), "--prompt", "1+1=", "--max-new-tokens", "2", process=True, timeout=600
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.json describes" in lines[0] and "weights files hold" in lines[0], result.stderr
+
+
+def test_the_demo_models_fit_their_weights():
+    """The check lets real checkpoints through: each demo folder's network is no larger than its weights."""
+    from transformers import AutoModelForCausalLM
+
+    from aim_cli.models.hub import refuse_config_larger_than_weights
+
+    refuse_config_larger_than_weights(AutoModelForCausalLM.from_pretrained, DEMO_LM, "demo", "language model")

@@ -75,6 +75,8 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
     _quiet_transformers()
     if complete:
         kwargs["output_loading_info"] = True
+        if local:
+            refuse_config_larger_than_weights(factory, Path(source), spec, what, kwargs.get("config"))
     try:
         loaded = factory(source, local_files_only=True, trust_remote_code=False, **kwargs)
     except OSError as exc:
@@ -124,6 +126,63 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
             "use a checkpoint saved with its task head (e.g. a fine-tuned classifier, not a base model)",
         )
     return model
+
+
+def stored_values(folder: Path) -> int | None:
+    """How many values the folder's safetensors files hold, read from their headers (None: no safetensors)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open has keys() but no __iter__)
+                    shape = handle.get_slice(name).get_shape()
+                    count = 1
+                    for edge in shape:
+                        count *= int(edge)
+                    total += count
+        except Exception:  # a damaged file: the loader reports it in its own words
+            return None
+    return total
+
+
+def refuse_config_larger_than_weights(
+    factory: Callable[..., Any], folder: Path, spec: str, what: str, config: Any = None
+) -> None:
+    """config.json may not describe a network far larger than its weights files: counts in it never size memory.
+
+    The network is built on the meta device (no memory) and its parameters counted against the values
+    the safetensors headers declare. A complete checkpoint stores at least every parameter (tied ones
+    once); twice that, plus a margin, is allowed for layouts that store weights another way, so only a
+    config whose sizes (vocab_size, num_labels, hidden sizes) were inflated past its weights is refused,
+    before transformers allocates and initialises it.
+    """
+    import torch
+
+    stored = stored_values(folder)
+    auto = getattr(factory, "__self__", None)
+    if stored is None or auto is None or not hasattr(auto, "from_config"):
+        return
+    try:
+        if config is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            network = auto.from_config(config)
+        needed = sum(parameter.numel() for parameter in network.parameters())
+    except Exception:  # the loader itself reports a config it cannot build, in its own words
+        return
+    if needed > 2 * stored + 1_000_000:
+        raise ModelError(
+            f"{spec}: config.json describes a {what} of {needed:,} parameters, but its weights files hold "
+            f"{stored:,} values",
+            "the weights and config.json must come from the same save_pretrained() call",
+        )
 
 
 def _code_pickle(spec: str, detail: str) -> ModelError:
