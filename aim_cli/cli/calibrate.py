@@ -12,10 +12,13 @@ from rich.table import Table
 
 from aim_cli.cli.common import (
     BatchOption,
+    DataOption,
     DeviceOption,
+    LabelsOption,
     ModelOption,
     QuietOption,
     RunOutputs,
+    WeightsOption,
     app,
     err_console,
     guard_outputs,
@@ -65,14 +68,9 @@ def calibrate(
     ] = None,
     task: Annotated[Task, typer.Option("--task", "-t", help="Kind of model.")] = Task.classify,
     model: ModelOption = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
-    ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
-    ] = None,
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    data: DataOption = None,
     allow_outside_paths: Annotated[
         bool,
         typer.Option(

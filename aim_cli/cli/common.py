@@ -125,6 +125,14 @@ ModelOption = Annotated[
         help="Local HF directory, cached hub id, torchvision:ARCH or timm:ARCH (classifiers). Default: the demo model.",
     ),
 ]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
+]
+LabelsOption = Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")]
+DataOption = Annotated[
+    Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
+]
 ProfileOption = Annotated[Path | None, typer.Option("--profile", "-p", help="YAML modulation profile.")]
 SigmaOption = Annotated[
     float | None, typer.Option("--sigma", "-s", help="Utility noise std on every logit (overrides the profile).")

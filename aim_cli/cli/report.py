@@ -10,10 +10,13 @@ import typer
 
 from aim_cli.cli.common import (
     BatchOption,
+    DataOption,
     DeviceOption,
+    LabelsOption,
     ModelOption,
     QuietOption,
     RunOutputs,
+    WeightsOption,
     app,
     guard_outputs,
     progress_bar,
@@ -43,14 +46,9 @@ def report(
         "profiles"
     ),
     model: ModelOption = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
-    ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
-    ] = None,
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    data: DataOption = None,
     allow_outside_paths: Annotated[
         bool,
         typer.Option(

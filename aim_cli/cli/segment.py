@@ -17,6 +17,7 @@ from aim_cli.cli.common import (
     DeviceOption,
     FocusOption,
     FocusSigmaOption,
+    LabelsOption,
     ModelOption,
     ProfileOption,
     QuietOption,
@@ -132,7 +133,7 @@ def segment(
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Weights for torchvision:ARCH (.safetensors or .pth).")
     ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
+    labels: LabelsOption = None,
     profile: ProfileOption = None,
     sigma: SigmaOption = None,
     focus: FocusOption = None,

@@ -14,9 +14,12 @@ from rich.table import Table
 
 from aim_cli.cli.common import (
     BatchOption,
+    DataOption,
     DeviceOption,
+    LabelsOption,
     ModelOption,
     QuietOption,
+    WeightsOption,
     app,
     err_console,
     guard_outputs,
@@ -41,14 +44,9 @@ if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --
 def verify(
     profile: Annotated[Path, typer.Argument(help="A certified profile (aim calibrate --write-profile).")],
     model: ModelOption = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="Weights for torchvision:ARCH or timm:ARCH (.safetensors or .pth)."),
-    ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Class names: .txt (one per line) or .json.")] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Labelled data (default: the demo model's evaluation set).")
-    ] = None,
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    data: DataOption = None,
     allow_outside_paths: Annotated[
         bool,
         typer.Option("--allow-outside-paths", help="Let --data name images outside its folder."),
