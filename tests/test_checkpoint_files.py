@@ -208,6 +208,14 @@ REPORTED = {
         REPEATING_TEMPLATE,
         ("chat template", "AIM_MAX_PROMPT_CHARS"),
     ),
+    # Found by the slow sweep: a null crop_pct replaces ConvNeXt's default and its resize divides by it.
+    "crop-pct-null": (
+        "classify-cvt",
+        "preprocessor_config.json",
+        ("crop_pct",),
+        None,
+        ("preprocessor_config.json", "'crop_pct'"),
+    ),
     # Found by the slow sweep: a forced token indexes the logits, so it must be in the vocabulary.
     "forced-eos-past-vocab": (
         "generate-bart",

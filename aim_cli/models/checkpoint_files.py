@@ -345,6 +345,9 @@ def _check_output_sizes(config: dict[str, Any], where: _Where) -> None:
     crop_pct = config.get("crop_pct")
     if crop_pct is not None:
         _positive(where, "crop_pct", crop_pct, high=1.0)
+    elif "crop_pct" in config and isinstance(config.get("size"), dict) and "shortest_edge" in config["size"]:
+        # A null crop_pct replaces the processor's default, and ConvNeXt-style resizing divides by it.
+        raise where.error("crop_pct", None, "a number in (0, 1]")
     for key in _SIZE_KEYS:
         # ConvNeXt-style processors resize to shortest_edge / crop_pct before cropping.
         scale = 1.0 / crop_pct if key == "size" and crop_pct else 1.0
