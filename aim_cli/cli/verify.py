@@ -87,39 +87,13 @@ def verify(
     torch_device = resolve_device(device)
     if task == "generate":
         result, failures = _generate(loaded, model, data, limit, torch_device, draws, seed, batch_size, quiet)
-    elif task == "classify":
-        result, failures = _classify(
-            loaded,
-            model,
-            weights,
-            labels,
-            data,
-            limit,
-            torch_device,
-            draws,
-            seed,
-            batch_size,
-            quiet,
-            allow_outside_paths,
-            layout.value,
-        )
     else:
-        result, failures = _segment(
-            loaded,
-            model,
-            weights,
-            labels,
-            data,
-            limit,
-            torch_device,
-            draws,
-            seed,
-            batch_size,
-            quiet,
-            allow_outside_paths,
-            layout.value,
-            split,
-        )
+        # The image tasks read the same options; segmentation also takes the split.
+        image = (loaded, model, weights, labels, data, limit, torch_device, draws, seed, batch_size, quiet)
+        if task == "classify":
+            result, failures = _classify(*image, allow_outside_paths, layout.value)
+        else:
+            result, failures = _segment(*image, allow_outside_paths, layout.value, split)
     if output is not None:
         from aim_cli.io import write_json_atomic
 
