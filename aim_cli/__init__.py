@@ -1,9 +1,9 @@
 """aim: offline AI model modulation by logits redistribution.
 
-`import aim_cli as aim` gives the Python API (aim_cli.api): aim.Profile, aim.modulate,
-aim.plan, aim.logits_processor, aim.expected_accuracy, aim.win_probability,
-aim.expected_recall, aim.accuracy_curve, aim.calibrate_logits, the error classes, and image tiers
-on Ray (aim.vision_app, aim.vision_job; with the ray extra).
+`import aim_cli as aim` gives the Python API (aim_cli.api): models from any source
+(aim.load_model, aim.list_models), the tasks, aim.Profile, aim.modulate, aim.plan,
+aim.logits_processor, the exact expectations, aim.calibrate_logits, the error classes, and
+image tiers on Ray (aim.vision_app, aim.vision_job; with the ray extra).
 Its names load on first use, so `import aim_cli` (and the CLI's start-up) stays cheap.
 """
 
@@ -21,9 +21,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from aim_cli.api import (
         AimError,
         Calibration,
+        FailedInput,
         FocusRequest,
         InputError,
         ModelError,
+        ModelRequest,
+        ModelSource,
+        ModelSourceInfo,
         ModulationPlan,
         MonteCarloCheck,
         Profile,
@@ -34,6 +38,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         expected_accuracy,
         expected_recall,
         item_key,
+        list_models,
+        load_model,
         logits_processor,
         modulate,
         plan,
@@ -46,9 +52,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
 __all__ = [
     "AimError",
     "Calibration",
+    "FailedInput",
     "FocusRequest",
     "InputError",
     "ModelError",
+    "ModelRequest",
+    "ModelSource",
+    "ModelSourceInfo",
     "ModulationPlan",
     "MonteCarloCheck",
     "Profile",
@@ -59,6 +69,8 @@ __all__ = [
     "expected_accuracy",
     "expected_recall",
     "item_key",
+    "list_models",
+    "load_model",
     "logits_processor",
     "modulate",
     "plan",

@@ -107,6 +107,8 @@ _HOMES = {
     "EndpointSpec": "aim_cli.engines.vision_tiers",
     "JobSpec": "aim_cli.engines.ray_data",
     "require_ray": "aim_cli.engines.ray_data",
+    "check_engine": "aim_cli.engines.choice",
+    "ray_items": "aim_cli.engines.choice",
     "run_job": "aim_cli.engines.ray_data",
 }
 

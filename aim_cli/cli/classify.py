@@ -112,7 +112,7 @@ def classify(
         [("input", p) for p in paths] + [("--profile", profile), ("--labels", labels), ("--weights", weights)],
         model,
     )
-    kept = resumed_records(output, resume, "path", [str(p) for p in paths], quiet)
+    kept = resumed_records(output, resume, "path", [str(p) for p in paths], lambda note: say(note, quiet))
     recorded = {str(record.get("path")) for record in kept}
     paths = [p for p in paths if str(p) not in recorded]
     # With --engine ray the workers run the model; here it only names the classes (for the plan), on the CPU.

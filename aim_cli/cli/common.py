@@ -7,11 +7,9 @@ import io
 import os
 import re
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aim_cli import demo
 from aim_cli.errors import EXIT_PARTIAL, FailedInput, InputError
-from aim_cli.io import OutputError, RecordWriter, find_images, read_records, refuse_clobbering
+from aim_cli.io import OutputError, find_images
+from aim_cli.outputs import RunOutputs, guard_outputs, resumed_records  # noqa: F401 (the commands' one import)
 from aim_cli.profile import Profile, resolve_profile
 
 # 128 + SIGPIPE: what a shell reports for `cat` when its reader went away, so a pipeline run
@@ -199,41 +198,6 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
     return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
 
 
-def guard_outputs(
-    outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[tuple[str, Path | None]], model: str | None = None
-) -> None:
-    """Refuse, before any work, outputs that would replace an input or each other.
-
-    A local `model` (a directory or file, not a hub id or torchvision:ARCH) counts as an input.
-    """
-    local_model = Path(model) if model is not None and Path(model).exists() else None
-    refuse_clobbering(
-        [(label, path) for label, path in outputs if path is not None],
-        [(label, path) for label, path in [*inputs, ("--model", local_model)] if path is not None],
-    )
-
-
-def resumed_records(
-    output: Path | None, resume: bool, field: str, inputs: list[str], quiet: bool
-) -> list[dict[str, Any]]:
-    """For --resume: every record of `output`, kept as they are; inputs they name (`field`) are not run again."""
-    if not resume:
-        return []
-    if output is None:
-        raise InputError("--resume needs --output FILE", "it skips the inputs already recorded there")
-    wanted = Counter(inputs)
-    kept = read_records(output)  # all of them: resuming rewrites the file, and no record of it may be lost
-    skipped = 0
-    for record in kept:
-        key = str(record.get(field))
-        if wanted[key] > 0:
-            wanted[key] -= 1
-            skipped += 1
-    if skipped:
-        say(f"resuming: {skipped} input(s) already recorded in {output} are skipped", quiet)
-    return kept
-
-
 def report_failures(failures: list[FailedInput], published: bool = True) -> None:
     """List failed inputs on stderr and exit 1 if there were any.
 
@@ -248,76 +212,3 @@ def report_failures(failures: list[FailedInput], published: bool = True) -> None
     else:
         say(f"aim: {len(failures)} input(s) failed; the others were processed")
     raise typer.Exit(EXIT_PARTIAL)
-
-
-class RunOutputs:
-    """Every output of one run, under one rule: when no input succeeded, no existing output is replaced or emptied.
-
-    Record files stream into temp files and whole documents (evaluation.json, a profile, a
-    report, a plot) are queued; `publish()` makes them all visible only if `succeeded` is
-    non-zero, and otherwise discards them and removes the output folder this run created.
-    Per-input files (masks, overlays) are written only for an input that succeeded. Use as a
-    context manager: an exception (a failure or Ctrl-C) abandons everything not yet published.
-    """
-
-    def __init__(self) -> None:
-        self.succeeded = 0
-        self.published = False
-        self._writers: list[tuple[RecordWriter, bool]] = []
-        self._documents: list[Callable[[], None]] = []
-        self._created: list[Path] = []
-
-    def records(self, path: Path, keep_on_interrupt: bool = True) -> RecordWriter:
-        """A record file for this run; `keep_on_interrupt` False keeps an older file at `path` on Ctrl-C."""
-        writer = RecordWriter(path)
-        self._writers.append((writer, keep_on_interrupt))
-        return writer
-
-    def document(self, write: Callable[[], None]) -> None:
-        """Queue a whole-file output, written at publish() (it may read results gathered until then)."""
-        self._documents.append(write)
-
-    def created(self, directory: Path) -> None:
-        """Note a folder this run made, removed again (when still empty) if nothing is published."""
-        self._created.append(directory)
-
-    def success(self, count: int = 1) -> None:
-        """Count inputs that produced output."""
-        self.succeeded += count
-
-    def publish(self) -> bool:
-        """Make every output visible if an input succeeded; else discard them all. Returns whether published."""
-        if not self.succeeded:
-            self._discard()
-            return False
-        for writer, _keep in self._writers:
-            writer.close()
-        for write in self._documents:
-            write()
-        self.published = True
-        return True
-
-    def _discard(self) -> None:
-        """Drop unpublished records and documents, and the empty folders this run made."""
-        for writer, _keep in self._writers:
-            writer.close(success=False)
-        self._documents.clear()
-        for directory in reversed(self._created):
-            with contextlib.suppress(OSError):
-                directory.rmdir()  # only an empty folder goes
-
-    def __enter__(self) -> RunOutputs:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is None:
-            return
-        for writer, keep in self._writers:
-            if self.succeeded:  # Ctrl-C keeps finished records so that --resume can continue
-                writer.abandon(exc, replace_existing=keep)
-            else:
-                writer.close(success=False)
-        if not self.succeeded:
-            self._discard()

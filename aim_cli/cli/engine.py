@@ -35,21 +35,15 @@ WorkersOption = Annotated[
 
 def check_engine(engine: Engine, workers: int | None) -> None:
     """Before any work: --workers only with --engine ray, and Ray installed when it is asked for."""
-    from aim_cli.errors import InputError
+    from aim_cli.api.commands import check_engine as check
 
-    if workers is not None and engine is not Engine.ray:
-        raise InputError("--workers goes with --engine ray", "add --engine ray, or drop --workers")
-    if engine is Engine.ray:
-        from aim_cli.api.commands import require_ray
-
-        require_ray()
+    check(engine.value, workers)
 
 
 def ray_items(
     task: str, paths: list[Path], plan: ModulationPlan, workers: int | None, progress: Any, **spec: Any
 ) -> Any:
     """The task's results over `paths` from Ray Data workers, in input order (what the local task yields)."""
-    from aim_cli.api.commands import JobSpec, run_job
+    from aim_cli.api.commands import ray_items as items
 
-    named = {name: (str(value) if isinstance(value, Path) else value) for name, value in spec.items()}
-    return run_job(JobSpec(task, **named), paths, plan, workers, progress)
+    return items(task, paths, plan, workers, progress, **spec)

@@ -164,7 +164,7 @@ def generate(
         arithmetic.DEFAULT_PROMPT if model is None else None,
         notice=lambda: say("reading prompts from standard input (end with Ctrl-D)", quiet),
     )
-    kept = resumed_records(output, resume, "prompt", texts, quiet)
+    kept = resumed_records(output, resume, "prompt", texts, lambda note: say(note, quiet))
     texts = _remaining(texts, kept)
     if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
         say(f"nothing to do: every prompt is already answered in {output}", quiet)
