@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from aim_cli.api import (
         AimError,
         Calibration,
+        ClassificationRun,
+        ClassifiedImage,
         FailedInput,
         FocusRequest,
         InputError,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         ModelSourceInfo,
         ModulationPlan,
         MonteCarloCheck,
+        Prediction,
         Profile,
         ProfileError,
         ProfileLike,
@@ -47,11 +50,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
+    from aim_cli.api.classify import classify  # the function (aim_cli.api.classify is also its module)
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
     "AimError",
     "Calibration",
+    "ClassificationRun",
+    "ClassifiedImage",
     "FailedInput",
     "FocusRequest",
     "InputError",
@@ -61,11 +67,13 @@ __all__ = [
     "ModelSourceInfo",
     "ModulationPlan",
     "MonteCarloCheck",
+    "Prediction",
     "Profile",
     "ProfileError",
     "ProfileLike",
     "accuracy_curve",
     "calibrate_logits",
+    "classify",
     "expected_accuracy",
     "expected_recall",
     "item_key",

@@ -21,10 +21,6 @@ _HOMES = {
     "parse_dtype": "aim_cli.models.language",
     "LanguageModel": "aim_cli.models.language",
     "Segmenter": "aim_cli.models.segmenter",
-    # aim classify
-    "classify_images": "aim_cli.tasks.classify",
-    "ClassifiedImage": "aim_cli.tasks.classify",
-    "Prediction": "aim_cli.tasks.classify",
     # aim segment
     "segment_files": "aim_cli.tasks.segment",
     "segment_inputs": "aim_cli.tasks.segment",
