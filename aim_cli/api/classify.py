@@ -115,7 +115,7 @@ class ClassificationRun:
             for kept in job.kept:
                 if writer is not None:
                     writer.write(kept)
-            for item in self._items(job, progress):
+            for item in _in_input_order(self._items(job, progress), self.pending):
                 if isinstance(item, FailedInput):
                     self.failures.append(item)
                 else:
@@ -159,6 +159,25 @@ class ClassificationRun:
                 if self.resumed
                 else f"wrote {written} record(s) to {self.output}"
             )
+
+
+def _in_input_order(
+    items: Iterator[ClassifiedImage | FailedInput], paths: Sequence[Path]
+) -> Iterator[ClassifiedImage | FailedInput]:
+    """The task's items in the order of `paths` (a batch reports the images that failed to decode first)."""
+    position = {path: index for index, path in enumerate(paths)}
+    waiting: dict[int, ClassifiedImage | FailedInput] = {}
+    expected = 0
+    for item in items:
+        index = position.get(item.path)
+        if index is None:  # not one of the paths as given: pass it on as it comes
+            yield item
+            continue
+        waiting[index] = item
+        while expected in waiting:
+            yield waiting.pop(expected)
+            expected += 1
+    yield from (waiting[index] for index in sorted(waiting))
 
 
 def _path(value: PathLike | None, what: str) -> Path | None:
@@ -234,11 +253,11 @@ def classify(
     say = notice or _silent
     resolved = as_profile(Profile() if profile is None else profile, seed)
     _check_counts(topk, batch_size)
+    spec, loaded = _model_argument(model, engine, weights, labels)
     check_engine(engine, workers)
     output_path = _path(output, "output")
     if output_path is not None:
         check_output_file(output_path, OUTPUT_SUFFIXES)
-    spec, loaded = _model_argument(model, engine, weights, labels)
     paths, failures = image_inputs(inputs, "classify" if model is None else None)
     weights_path, labels_path = _path(weights, "weights"), _path(labels, "labels")
     guard_outputs(
