@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         ProfileLike,
         accuracy_curve,
         calibrate_logits,
+        classify,
         expected_accuracy,
         expected_recall,
         item_key,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
-    from aim_cli.api.classify import classify  # the function (aim_cli.api.classify is also its module)
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [

@@ -37,7 +37,7 @@ from aim_cli.cli.engine import Engine, EngineOption, WorkersOption
 from aim_cli.errors import FailedInput
 
 if TYPE_CHECKING:  # torch-backed modules load when the command runs, so `aim --help` stays fast
-    from aim_cli.api.classify import ClassifiedImage, Prediction
+    from aim_cli.api.classification import ClassifiedImage, Prediction
 
 InputsArgument = Annotated[
     list[str] | None, typer.Argument(help="Image files, directories or globs. Default: demo samples.")
@@ -73,7 +73,7 @@ def classify(
     workers: WorkersOption = None,
 ) -> None:
     """Classify images with a modulated classifier."""
-    from aim_cli.api.classify import classify as run_classify
+    from aim_cli.api.classification import classify as run_classify
 
     settings_profile = profile_from_options(profile, sigma, focus, focus_sigma, seed)
     if output is None:
