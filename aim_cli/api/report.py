@@ -241,12 +241,12 @@ _COLLECT = {"classify": _classify, "generate": _generate, "segment": _segment}
 
 def _publish(collected: ReportData, failures: list[FailedInput], output: Path) -> ReportSummary:
     """Write the page when an input succeeded (else nothing), and summarise it."""
-    from aim_cli import __version__
+    from aim_cli.calibration.certify import aim_version  # the package metadata: aim_cli/__init__ imports the API
     from aim_cli.report.page import write_html_report
 
     with RunOutputs() as run:
         run.success(collected.items)
-        run.document(lambda: write_html_report(collected, output, __version__))
+        run.document(lambda: write_html_report(collected, output, aim_version()))
     published = run.publish()
     fingerprint = collected.model_fingerprint
     tiers = tuple(

@@ -128,18 +128,23 @@ class Verification:
         }
 
 
+def _label(profile: Profile) -> str:
+    """How messages and results name the profile: its file, else its name (one built in Python has neither)."""
+    return profile.source or profile.name or "profile"
+
+
 def certified(profile: Profile) -> Certificate:
     """The profile's certificate; an error when it has none or was edited after certification."""
     if profile.certificate is None:
         raise ProfileError(
-            f"{profile.source}: the profile has no certificate, so there is nothing to verify",
+            f"{_label(profile)}: the profile has no certificate, so there is nothing to verify",
             "write a certified profile with aim calibrate --write-profile (classify or segment)",
         )
     problem = profile.certificate_problem
     if problem is not None:
         from aim_cli.certificates import edited_hint
 
-        raise ProfileError(f"{profile.source}: {problem}", edited_hint())
+        raise ProfileError(f"{_label(profile)}: {problem}", edited_hint())
     return profile.certificate
 
 
@@ -178,7 +183,7 @@ def _finish(
             "than its noise explains"
         )
     return Verification(
-        str(profile.source),
+        _label(profile),
         certificate,
         model.name,
         model_print,
