@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         Profile,
         ProfileError,
         ProfileLike,
+        ReportSummary,
+        ReportTier,
+        Verification,
         accuracy_curve,
         calibrate_logits,
         classify,
@@ -47,9 +50,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         logits_processor,
         modulate,
         plan,
+        verify,
         vision_app,
         vision_job,
         win_probability,
+        write_report,
     )
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
@@ -71,6 +76,9 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileLike",
+    "ReportSummary",
+    "ReportTier",
+    "Verification",
     "accuracy_curve",
     "calibrate_logits",
     "classify",
@@ -82,9 +90,11 @@ __all__ = [
     "logits_processor",
     "modulate",
     "plan",
+    "verify",
     "vision_app",
     "vision_job",
     "win_probability",
+    "write_report",
 ]
 
 

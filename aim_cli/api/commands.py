@@ -62,18 +62,6 @@ _HOMES = {
     "plot_calibration": "aim_cli.calibration.plot",
     "plot_metric_curves": "aim_cli.calibration.plot",
     "require_matplotlib": "aim_cli.calibration.plot",
-    # aim report: one HTML page of a tiers folder on a model and labelled data
-    "load_tiers": "aim_cli.report.tiers",
-    "collect_classification": "aim_cli.report.collect",
-    "collect_segmentation": "aim_cli.report.collect",
-    "collect_text": "aim_cli.report.collect",
-    "write_html_report": "aim_cli.report.page",
-    # aim verify
-    "Verification": "aim_cli.calibration.verify",
-    "certified": "aim_cli.calibration.verify",
-    "verify_classifier": "aim_cli.calibration.verify",
-    "verify_segmenter": "aim_cli.calibration.verify",
-    "verify_language_model": "aim_cli.calibration.verify",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
     "EvalReport": "aim_cli.tasks.evaluate",
     "check_eval_counts": "aim_cli.tasks.evaluate",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aim_cli.calibration.certify import Estimate, bernoulli_estimate, classification_wins
@@ -29,9 +29,16 @@ if TYPE_CHECKING:
 DEFAULT_DRAWS = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verification:
-    """The outcome of re-measuring one certified tier."""
+    """The outcome of re-measuring one certified tier (`aim.verify`; `aim verify` prints it).
+
+    `holds` is the verdict. `value` is the metric re-measured on the data (`method` exact where
+    the formulas allow, else Monte Carlo), `interval` the certified interval for this many units
+    (`low`, `high`), `check` the Monte Carlo run of the real modulated path confirming `value`,
+    `certificate` what the profile promised. Fingerprints compare the model and data with the
+    certified ones; `warnings` say where they differ; `failures` are inputs that could not be used.
+    """
 
     profile: str
     certificate: Certificate
@@ -45,12 +52,28 @@ class Verification:
     high: float
     check: MonteCarloCheck
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+    failures: tuple[FailedInput, ...] = ()
 
     @property
     def holds(self) -> bool:
         """Whether the re-measured metric lies inside the certified interval (for this sample size)."""
         return self.low <= self.estimate.predicted <= self.high
+
+    @property
+    def value(self) -> float:
+        """The metric re-measured on the data (exact where the formulas allow, else Monte Carlo)."""
+        return self.estimate.predicted
+
+    @property
+    def method(self) -> str:
+        """How `value` was computed: 'exact' or 'monte-carlo'."""
+        return self.estimate.method
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The certified interval for a sample of this many units: (low, high)."""
+        return self.low, self.high
 
     @property
     def same_model(self) -> bool:
@@ -101,22 +124,27 @@ class Verification:
                 "monte_carlo": self.check.to_dict(),
             },
             "seconds": self.seconds,
-            "warnings": self.warnings,
+            "warnings": list(self.warnings),
         }
+
+
+def _label(profile: Profile) -> str:
+    """How messages and results name the profile: its file, else its name (one built in Python has neither)."""
+    return profile.source or profile.name or "profile"
 
 
 def certified(profile: Profile) -> Certificate:
     """The profile's certificate; an error when it has none or was edited after certification."""
     if profile.certificate is None:
         raise ProfileError(
-            f"{profile.source}: the profile has no certificate, so there is nothing to verify",
+            f"{_label(profile)}: the profile has no certificate, so there is nothing to verify",
             "write a certified profile with aim calibrate --write-profile (classify or segment)",
         )
     problem = profile.certificate_problem
     if problem is not None:
         from aim_cli.certificates import edited_hint
 
-        raise ProfileError(f"{profile.source}: {problem}", edited_hint())
+        raise ProfileError(f"{_label(profile)}: {problem}", edited_hint())
     return profile.certificate
 
 
@@ -135,15 +163,30 @@ def _finish(
     estimate: Estimate,
     check: MonteCarloCheck,
     start: float,
+    failures: list[FailedInput],
     fingerprint: str | None = None,
 ) -> Verification:
     """Compare with the certificate and collect the warnings (`fingerprint`: the model's, when not an image model)."""
     low, high = certificate.interval_for(estimate.units)
-    result = Verification(
-        str(profile.source),
+    model_print = fingerprint or model_fingerprint(model)
+    warnings: list[str] = []
+    if model_print != certificate.model_fingerprint:
+        warnings.append(
+            f"the model is not the certified one (fingerprint {short(model_print)}, certified "
+            f"{short(certificate.model_fingerprint)})"
+        )
+    if data_fingerprint != certificate.data_fingerprint:
+        warnings.append("the data is not the certification data (its fingerprint differs)")
+    if check.draws >= 2 and abs(check.mean - estimate.predicted) > 3 * check.half_width + 0.005:
+        warnings.append(
+            f"Monte Carlo {check.mean:.4f} differs from the {estimate.method} value {estimate.predicted:.4f} by more "
+            "than its noise explains"
+        )
+    return Verification(
+        _label(profile),
         certificate,
         model.name,
-        fingerprint or model_fingerprint(model),
+        model_print,
         data,
         data_fingerprint,
         estimate.units,
@@ -152,20 +195,9 @@ def _finish(
         high,
         check,
         time.perf_counter() - start,
+        tuple(warnings),
+        tuple(failures),
     )
-    if not result.same_model:
-        result.warnings.append(
-            f"the model is not the certified one (fingerprint {short(result.model_fingerprint)}, certified "
-            f"{short(certificate.model_fingerprint)})"
-        )
-    if not result.same_data:
-        result.warnings.append("the data is not the certification data (its fingerprint differs)")
-    if check.draws >= 2 and abs(check.mean - estimate.predicted) > 3 * check.half_width + 0.005:
-        result.warnings.append(
-            f"Monte Carlo {check.mean:.4f} differs from the {estimate.method} value {estimate.predicted:.4f} by more "
-            "than its noise explains"
-        )
-    return result
 
 
 def verify_classifier(
@@ -176,7 +208,7 @@ def verify_classifier(
     seed: int = 0,
     batch_size: int = 64,
     progress: Any = None,
-) -> tuple[Verification, list[FailedInput]]:
+) -> Verification:
     """Re-measure a certified classification tier from one forward pass (exact), confirmed by Monte Carlo."""
     from aim_cli.calibration.certify import classification_data_fingerprint
     from aim_cli.calibration.classify import collect_logits, dataset_label_ids, monte_carlo_accuracy, monte_carlo_recall
@@ -210,8 +242,8 @@ def verify_classifier(
             profile.sigma,
         )
     fingerprint = classification_data_fingerprint(dataset)
-    result = _finish(profile, certificate, classifier, dataset.description, fingerprint, estimate, check, start)
-    return result, [*dataset.failures, *cached.failures]
+    failures = [*dataset.failures, *cached.failures]
+    return _finish(profile, certificate, classifier, dataset.description, fingerprint, estimate, check, start, failures)
 
 
 def verify_segmenter(
@@ -222,7 +254,7 @@ def verify_segmenter(
     seed: int = 0,
     batch_size: int = 8,
     progress: Any = None,
-) -> tuple[Verification, list[FailedInput]]:
+) -> Verification:
     """Re-measure a certified segmentation tier (exact per-pixel expectations), confirmed by Monte Carlo."""
     from aim_cli.calibration.certify import delta_estimate, segmentation_counts, segmentation_data_fingerprint
     from aim_cli.calibration.segment import SegmentationCalibrator
@@ -254,8 +286,8 @@ def verify_segmenter(
     if any(math.isnan(v) for v in values):
         check = MonteCarloCheck(check.parameter, [v for v in values if not math.isnan(v)])
     fingerprint = segmentation_data_fingerprint(dataset)
-    result = _finish(profile, certificate, segmenter, dataset.description, fingerprint, estimate, check, start)
-    return result, list(calibrator.failures)
+    failures = list(calibrator.failures)
+    return _finish(profile, certificate, segmenter, dataset.description, fingerprint, estimate, check, start, failures)
 
 
 def verify_language_model(
@@ -266,7 +298,7 @@ def verify_language_model(
     seed: int = 0,
     batch_size: int = 32,
     progress: Any = None,
-) -> tuple[Verification, list[FailedInput]]:
+) -> Verification:
     """Re-measure a certified multiple-choice tier from one pass of next-token logits, confirmed by Monte Carlo."""
     from aim_cli.calibration.certify import text_data_fingerprint
     from aim_cli.calibration.classify import monte_carlo_accuracy
@@ -285,7 +317,7 @@ def verify_language_model(
     wins, method = classification_wins(cached.logits, cached.answers, profile, None, 1, seed)
     check = monte_carlo_accuracy(cached.logits, cached.answers, profile.sigma, draws, seed)
     fingerprint = language_model_fingerprint(str(getattr(lm.model, "name_or_path", "") or lm.name))
-    result = _finish(
+    return _finish(
         profile,
         certificate,
         lm,
@@ -294,6 +326,6 @@ def verify_language_model(
         bernoulli_estimate(wins, method),
         check,
         start,
+        [],
         fingerprint,
     )
-    return result, []

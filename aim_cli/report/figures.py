@@ -29,8 +29,12 @@ def _new_figure(width: float, height: float) -> Any:
 
 def data_uri(figure: Any) -> str:
     """The figure as an SVG data URI (text drawn as paths: no font needed to show it)."""
+    import matplotlib
+
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same data gives the same page
+    # No date and fixed element ids (a random salt by default): the same data gives the same page.
+    with matplotlib.rc_context({"svg.hashsalt": "aim-report"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
