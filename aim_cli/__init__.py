@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         Profile,
         ProfileError,
         ProfileLike,
+        SegmentedImage,
+        SegmentEvaluation,
+        SegmentMetrics,
+        SegmentRun,
         accuracy_curve,
         calibrate_logits,
         expected_accuracy,
@@ -47,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
+    from aim_cli.api.segment import segment  # the function (aim_cli.api.segment is also its module's name)
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
@@ -64,6 +69,10 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileLike",
+    "SegmentEvaluation",
+    "SegmentMetrics",
+    "SegmentRun",
+    "SegmentedImage",
     "accuracy_curve",
     "calibrate_logits",
     "expected_accuracy",
@@ -74,6 +83,7 @@ __all__ = [
     "logits_processor",
     "modulate",
     "plan",
+    "segment",
     "vision_app",
     "vision_job",
     "win_probability",

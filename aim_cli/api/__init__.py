@@ -34,6 +34,7 @@ from aim_cli.api.logits import (
 )
 from aim_cli.api.models import ModelRequest, ModelSource, ModelSourceInfo, list_models, load_model
 from aim_cli.api.ray import vision_app, vision_job
+from aim_cli.api.segment import SegmentedImage, SegmentEvaluation, SegmentMetrics, SegmentRun, segment
 from aim_cli.errors import FailedInput
 
 # The public names are listed once, in aim_cli/__init__.py, which must stay cheap to import.
