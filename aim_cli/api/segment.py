@@ -128,7 +128,10 @@ class _Plan:
 
 
 class SegmentRun:
-    """One segmentation run: iterate it (once) for `SegmentedImage` records and `aim.FailedInput`s, in input order.
+    """One segmentation run: iterate it (once) for `SegmentedImage` records and `aim.FailedInput`s.
+
+    Inputs refused before the run come first, then the images in input order (within one batch,
+    those that fail come first).
 
     After iteration: `evaluation` (with masks), `pixels` / `clean_pixels` (class pixel totals
     over the images segmented; clean ones when the clean masks were computed: with compare,
