@@ -37,6 +37,7 @@ from aim_cli.api.logits import (
 from aim_cli.api.models import ModelRequest, ModelSource, ModelSourceInfo, list_models, load_model
 from aim_cli.api.ray import vision_app, vision_job
 from aim_cli.api.report import ReportSummary, ReportTier, write_report
+from aim_cli.api.segmentation import SegmentedImage, SegmentEvaluation, SegmentMetrics, SegmentRun, segment
 from aim_cli.api.verification import Verification, verify
 from aim_cli.errors import FailedInput
 

@@ -20,16 +20,6 @@ _HOMES = {
     "segmentation_architectures": "aim_cli.models.segmenter",
     "parse_dtype": "aim_cli.models.language",
     "LanguageModel": "aim_cli.models.language",
-    "Segmenter": "aim_cli.models.segmenter",
-    # aim segment
-    "segment_files": "aim_cli.tasks.segment",
-    "segment_inputs": "aim_cli.tasks.segment",
-    "read_inputs": "aim_cli.tasks.segment",
-    "GroundTruth": "aim_cli.calibration.datasets",
-    "ground_truth": "aim_cli.calibration.datasets",
-    "find_mask": "aim_cli.tasks.segment",
-    "SegmentationEvaluation": "aim_cli.tasks.segment",
-    "SegmentedImage": "aim_cli.tasks.segment",
     # aim generate
     "plan_generation": "aim_cli.tasks.generate",
     "encode_prompts": "aim_cli.tasks.generate",

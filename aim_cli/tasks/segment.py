@@ -52,7 +52,12 @@ class SegmentInput:
 
 @dataclass(frozen=True)
 class SegmentedImage:
-    """The modulated (and, when asked, clean) class-id mask of one image, with class pixel counts."""
+    """The modulated (and, when asked, clean) class-id mask of one image, with class pixel counts.
+
+    prediction / clean_prediction: (H, W) class ids at the image's own size; counts /
+    clean_counts: pixels per class id; pixel_accuracy / clean_pixel_accuracy: against the
+    image's ground-truth mask, when one was given (None otherwise, or when no pixel is scored).
+    """
 
     path: Path
     image: Image.Image
