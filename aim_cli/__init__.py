@@ -3,7 +3,8 @@
 `import aim_cli as aim` gives the Python API (aim_cli.api): models from any source
 (aim.load_model, aim.list_models), the tasks, aim.Profile, aim.modulate, aim.plan,
 aim.logits_processor, the exact expectations, aim.calibrate_logits, the error classes, and
-image tiers on Ray (aim.vision_app, aim.vision_job; with the ray extra).
+image tiers on Ray (aim.vision_app, aim.vision_job; with the ray extra), lm-eval tasks over tiers
+(aim.evaluate; with the eval extra) and tiers behind a server (aim.serve_plan, aim.start_server).
 Its names load on first use, so `import aim_cli` (and the CLI's start-up) stays cheap.
 """
 
@@ -21,8 +22,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from aim_cli.api import (
         AimError,
         Calibration,
+        EvalReport,
+        EvalRow,
         FailedInput,
         FocusRequest,
+        ImageServeOptions,
         InputError,
         ModelError,
         ModelRequest,
@@ -33,6 +37,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         Profile,
         ProfileError,
         ProfileLike,
+        ServePlan,
+        ServeSettings,
         accuracy_curve,
         calibrate_logits,
         expected_accuracy,
@@ -43,17 +49,25 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         logits_processor,
         modulate,
         plan,
+        serve_plan,
+        start_server,
         vision_app,
         vision_job,
         win_probability,
     )
 
+    # From its module: `from aim_cli.api import evaluate` names the submodule aim_cli.api.evaluate to mypy.
+    from aim_cli.api.evaluate import evaluate
+
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
     "AimError",
     "Calibration",
+    "EvalReport",
+    "EvalRow",
     "FailedInput",
     "FocusRequest",
+    "ImageServeOptions",
     "InputError",
     "ModelError",
     "ModelRequest",
@@ -64,8 +78,11 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileLike",
+    "ServePlan",
+    "ServeSettings",
     "accuracy_curve",
     "calibrate_logits",
+    "evaluate",
     "expected_accuracy",
     "expected_recall",
     "item_key",
@@ -74,6 +91,8 @@ __all__ = [
     "logits_processor",
     "modulate",
     "plan",
+    "serve_plan",
+    "start_server",
     "vision_app",
     "vision_job",
     "win_probability",
