@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         ServeSettings,
         accuracy_curve,
         calibrate_logits,
+        evaluate,
         expected_accuracy,
         expected_recall,
         item_key,
@@ -55,9 +56,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
-
-    # From its module: `from aim_cli.api import evaluate` names the submodule aim_cli.api.evaluate to mypy.
-    from aim_cli.api.evaluate import evaluate
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [

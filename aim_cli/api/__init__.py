@@ -12,7 +12,7 @@ the command line. Each name lives in one module of this package (aim_cli.__init_
 from __future__ import annotations
 
 import aim_cli
-from aim_cli.api.evaluate import EvalReport, EvalRow, evaluate
+from aim_cli.api.evaluation import EvalReport, EvalRow, evaluate
 from aim_cli.api.logits import (
     AimError,
     Calibration,

@@ -27,7 +27,7 @@ from aim_cli.cli.common import (
 
 if TYPE_CHECKING:
     from aim_cli.api.commands import Calibration, CalibrationRequest
-    from aim_cli.api.evaluate import EvalReport
+    from aim_cli.api.evaluation import EvalReport
     from aim_cli.errors import FailedInput
 
 TrustTaskCodeOption = Annotated[
@@ -104,7 +104,7 @@ def eval_command(
 
     The table (task, metric, sigma, value, stderr) goes to stdout; progress to stderr.
     """
-    from aim_cli.api.evaluate import evaluate
+    from aim_cli.api.evaluation import evaluate
 
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
     tiers = len(sigma.split(",")) if sigma is not None else 1

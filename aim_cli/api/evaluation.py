@@ -1,5 +1,8 @@
 """lm-evaluation-harness tasks at one tier or a sweep of tiers: `aim.evaluate` (as `aim eval`; needs aim-cli[eval]).
 
+Named evaluation, not evaluate: a submodule named like the function it exports would be shadowed by
+it in aim_cli.api (for `import aim_cli.api.evaluate as m`, mypy and the reference alike).
+
 lm-eval does the prompts, batching and scoring; aim's lm-eval model adds each tier's noise to
 the logits it scores. The lm-eval code lives in aim_cli.tasks.evaluate, aim_cli.tasks.task_folder
 and aim_cli.integrations.lm_eval; this module is the one door to it.
@@ -136,12 +139,17 @@ def evaluate(
         profile: the tier (an aim.ProfileLike; None is the clean model); its focus and noise apply at every sigma.
         sigmas: the sigmas to run ('0,0.5,1' or a list); None runs the profile's own sigma.
         seed: overrides the profile's noise (an unseeded, unkeyed sweep draws one seed, reported).
-        limit, num_fewshot: lm-eval's --limit (documents per task) and few-shot count (default: each task's own).
+        limit: score only the first `limit` documents of each task (lm-eval's --limit).
+        num_fewshot: few-shot examples (default: each task's own).
         include_path: a folder of your own task YAML; its code runs only with trust_task_code, and its
             data files outside it are read only with allow_outside_paths.
         output: a .json file for the rows and lm-eval's full results (written as `aim eval -o` writes it).
         plot: a .png of each task metric against sigma (aim-cli[plot]).
-        progress: called with 1 after each sigma; notice: human notes (the model and tasks being run).
+        batch_size: lm-eval's batch size.
+        device: auto, cpu, cuda, cuda:N or mps.
+        dtype: the model's dtype (auto: the checkpoint's).
+        progress: called with 1 after each sigma.
+        notice: human notes (the model, tasks and sigmas being run).
 
     Returns the EvalReport (its rows: task, metric, filter, sigma, value, stderr). Errors are aim errors.
     """
