@@ -66,7 +66,7 @@ def test_evaluate_writes_what_aim_eval_writes(tmp_path, monkeypatch):
         device="cpu", output=api_json, progress=steps.append, notice=notes.append,
     )  # fmt: skip
     assert isinstance(report, aim.EvalReport) and all(isinstance(row, aim.EvalRow) for row in report.rows)
-    assert steps == [1, 1] and notes == ["model: demo lm | tasks: toy_api_mc | sigma: 0, 2"]
+    assert steps == [0, 1, 1] and notes == ["model: demo lm | tasks: toy_api_mc | sigma: 0, 2"]
     from_cli, from_api = json.loads(cli_json.read_text()), json.loads(api_json.read_text())
     for written in (from_cli, from_api):
         written.pop("timing_s")

@@ -148,7 +148,7 @@ def evaluate(
         batch_size: lm-eval's batch size.
         device: auto, cpu, cuda, cuda:N or mps.
         dtype: the model's dtype (auto: the checkpoint's).
-        progress: called with 1 after each sigma.
+        progress: called with 0 when the sweep starts (the model loaded), then with 1 after each sigma.
         notice: human notes (the model, tasks and sigmas being run).
 
     Returns the EvalReport (its rows: task, metric, filter, sigma, value, stderr). Errors are aim errors.
@@ -180,6 +180,8 @@ def evaluate(
     lm = load_eval_model(model, device, batch_size, dtype)
     if notice is not None:
         notice(f"model: {lm.aim_model_name} | tasks: {', '.join(names)} | sigma: {', '.join(f'{s:g}' for s in sweep)}")
+    if progress is not None:
+        progress(0)
     report = run_eval(lm, names, sweep, base, manager, limit, num_fewshot, progress)
     if not report.rows:
         raise AimError(f"lm-eval reported no metrics for {', '.join(names)}", "check the tasks' metric_list")

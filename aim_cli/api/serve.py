@@ -48,7 +48,7 @@ class ServeSettings:
     """
 
     model: str
-    profiles: Path
+    profiles: str | Path
     default_profile: str | None = None
     allow_ad_hoc_tiers: bool = False
     allow_clean: bool = False

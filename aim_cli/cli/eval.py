@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -107,8 +109,7 @@ def eval_command(
     from aim_cli.api.evaluation import evaluate
 
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
-    tiers = len(sigma.split(",")) if sigma is not None else 1
-    with progress_bar("tiers", tiers, quiet) as advance:
+    with _sweep_bar(len(sigma.split(",")) if sigma is not None else 1, quiet) as advance:
         report = evaluate(
             model, tasks, base, sigmas=sigma, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
             trust_task_code=trust_task_code, allow_outside_paths=allow_outside_paths, batch_size=batch_size,
@@ -120,6 +121,20 @@ def eval_command(
     for path, what in ((output, "results"), (plot, "plot")):
         if path is not None:
             say(f"wrote {what} to {path}", quiet)
+
+
+@contextlib.contextmanager
+def _sweep_bar(tiers: int, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """The tiers' progress bar, shown from the sweep's start (evaluate's first progress call), not while checking."""
+    with contextlib.ExitStack() as stack:
+        bar: list[Callable[[int], None]] = []
+
+        def advance(steps: int) -> None:
+            if not bar:
+                bar.append(stack.enter_context(progress_bar("tiers", tiers, quiet)))
+            bar[0](steps)
+
+        yield advance
 
 
 def _noise_line(report: EvalReport) -> str:
