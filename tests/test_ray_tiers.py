@@ -240,7 +240,7 @@ def test_segment_answers_match_aim_segment_masks_and_shares(tiers_dir, tmp_path,
 
 
 def test_serve_picks_ray_serve_for_image_models_and_keeps_vllm_for_the_rest(aim, tiers_dir):
-    from aim_cli.cli.serve import model_task
+    from aim_cli.api.serve import model_task
 
     assert model_task(str(DEMO / "classifier")) == "classify"
     assert model_task(str(DEMO / "segmenter")) == "segment"

@@ -311,7 +311,7 @@ def test_token_key_is_the_row_key():
 
 
 def test_serve_command_delegates_to_vllm_and_shows_the_client_call():
-    from aim_cli.cli.serve import client_example, vllm_command
+    from aim_cli.api.serve import client_example, vllm_command
 
     command = vllm_command("my/model", ["--port=9001", "--tensor-parallel-size", "2"])
     assert command[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "my/model"]
@@ -433,7 +433,7 @@ def test_focus_word_past_the_output_layer_is_a_one_line_error(tiers, tokenizer):
 )
 def test_serve_refuses_speculative_decoding_options(option):
     """Under speculative decoding vLLM's V1 runner skips the plugin silently: `aim serve` refuses the options."""
-    from aim_cli.cli.serve import refuse_speculative
+    from aim_cli.api.serve import refuse_speculative
     from aim_cli.errors import AimError
 
     with pytest.raises(AimError, match="do not support speculative decoding"):

@@ -174,7 +174,7 @@ def test_answers_name_their_tier_and_certificate(tiers) -> None:
 def test_text_tier_certifies_verifies_and_passes_the_vllm_start_up_check(tmp_path, certified) -> None:
     """A multiple-choice tier of the demo LM: certified, verified (exit 0), and accepted by the vLLM path's check
     for the demo LM's folder, while an image tier is refused there (the check runs without vLLM installed)."""
-    from aim_cli.cli.serve import check_language_model_certificates
+    from aim_cli.api.serve import check_language_model_certificates
     from aim_cli.errors import AimError
 
     path = tmp_path / "lm.yaml"

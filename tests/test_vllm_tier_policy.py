@@ -100,7 +100,7 @@ def test_the_guard_mounts_as_vllm_mounts_a_middleware_class():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from aim_cli.cli.serve import GUARD, vllm_command
+    from aim_cli.api.serve import GUARD, vllm_command
     from aim_cli.integrations.vllm_http import AimRequestGuard
 
     assert vllm_command("m", [])[-2:] == ["--middleware", GUARD]

@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads each 
 _HOMES = {
     # models: one registry of model sources serves every task
     "load_model": "aim_cli.models.registry",
-    "segmentation_architectures": "aim_cli.models.segmenter",
     "parse_dtype": "aim_cli.models.language",
     "LanguageModel": "aim_cli.models.language",
     # aim generate
@@ -50,35 +49,18 @@ _HOMES = {
     "PROFILE_SUFFIXES": "aim_cli.calibration.report",
     "REPORT_SUFFIXES": "aim_cli.calibration.report",
     "plot_calibration": "aim_cli.calibration.plot",
-    "plot_metric_curves": "aim_cli.calibration.plot",
     "require_matplotlib": "aim_cli.calibration.plot",
     # aim eval and aim calibrate --task lm-eval (lm-evaluation-harness: the eval extra)
-    "EvalReport": "aim_cli.tasks.evaluate",
     "check_eval_counts": "aim_cli.tasks.evaluate",
     "check_tasks": "aim_cli.tasks.evaluate",
     "scan_task_folder": "aim_cli.tasks.task_folder",
     "load_eval_model": "aim_cli.tasks.evaluate",
-    "parse_sigmas": "aim_cli.tasks.evaluate",
     "parse_task_names": "aim_cli.tasks.evaluate",
     "quiet_lm_eval": "aim_cli.tasks.evaluate",
     "require_lm_eval": "aim_cli.tasks.evaluate",
-    "run_eval": "aim_cli.tasks.evaluate",
     "task_manager": "aim_cli.tasks.evaluate",
-    "locate": "aim_cli.models.hub",
     "calibrate_on_tasks": "aim_cli.calibration.lm_eval",
-    # aim serve
-    "load_profile_dir": "aim_cli.serving",
-    "default_tier": "aim_cli.serving",
-    "profile_summary": "aim_cli.serving",
-    "PROFILES_ENV": "aim_cli.serving",
-    "DEFAULT_ENV": "aim_cli.serving",
-    "KEY_ENV": "aim_cli.serving",
-    "ALLOW_AD_HOC_ENV": "aim_cli.tier_policy",
-    "ALLOW_CLEAN_ENV": "aim_cli.tier_policy",
-    "TierPolicy": "aim_cli.tier_policy",
-    "check_port_free": "aim_cli.ports",
     # aim serve (images) and --engine ray: the Ray engines (ray_serve imports Ray itself)
-    "EndpointSpec": "aim_cli.engines.vision_tiers",
     "JobSpec": "aim_cli.engines.ray_data",
     "require_ray": "aim_cli.engines.ray_data",
     "check_engine": "aim_cli.engines.choice",
@@ -87,7 +69,7 @@ _HOMES = {
 }
 
 # Whole modules the CLI uses by name (importing one may raise ImportError: an extra is missing).
-_MODULES = {"ray_serve": "aim_cli.engines.ray_serve"}
+_MODULES: dict[str, str] = {}
 
 __all__ = sorted([*_HOMES, *_MODULES])
 

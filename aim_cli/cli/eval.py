@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,17 +20,16 @@ from aim_cli.cli.common import (
     QuietOption,
     SeedOption,
     app,
-    guard_outputs,
     out_console,
     profile_from_options,
     progress_bar,
     say,
     writing_stdout,
 )
-from aim_cli.io import check_output_file
 
 if TYPE_CHECKING:
-    from aim_cli.api.commands import Calibration, CalibrationRequest, EvalReport
+    from aim_cli.api.commands import Calibration, CalibrationRequest
+    from aim_cli.api.evaluation import EvalReport
     from aim_cli.errors import FailedInput
 
 TrustTaskCodeOption = Annotated[
@@ -61,39 +62,42 @@ def task_folder_inputs(include_path: Path | None, trust_code: bool, allow_outsid
     return scan_task_folder(include_path, trust_code, allow_outside).inputs()
 
 
+TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")]
+SigmasOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sigma", "-s", help="Utility sigmas to run, comma-separated (0 is the clean model; default: the profile's)."
+    ),
+]
+LimitOption = Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N documents per task.")]
+FewshotOption = Annotated[
+    int | None, typer.Option("--num-fewshot", min=0, help="Few-shot examples (default: each task's own).")
+]
+IncludePathOption = Annotated[Path | None, typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
+]
+PlotOption = Annotated[
+    Path | None, typer.Option("--plot", help="Draw each task metric against sigma to a PNG (aim-cli\\[plot]).")
+]
+
+
 @app.command(name="eval")
 def eval_command(
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")],
+    tasks: TasksOption,
     model: ModelOption = None,
-    sigma: Annotated[
-        str | None,
-        typer.Option(
-            "--sigma",
-            "-s",
-            help="Utility sigmas to run, comma-separated (0 is the clean model; default: the profile's).",
-        ),
-    ] = None,
+    sigma: SigmasOption = None,
     profile: ProfileOption = None,
     focus: FocusOption = None,
     focus_sigma: FocusSigmaOption = None,
     seed: SeedOption = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Score only the first N documents per task.")
-    ] = None,
-    num_fewshot: Annotated[
-        int | None, typer.Option("--num-fewshot", min=0, help="Few-shot examples (default: each task's own).")
-    ] = None,
-    include_path: Annotated[
-        Path | None, typer.Option("--include-path", help="Folder of your own lm-eval task YAML.")
-    ] = None,
+    limit: LimitOption = None,
+    num_fewshot: FewshotOption = None,
+    include_path: IncludePathOption = None,
     trust_task_code: TrustTaskCodeOption = False,
     allow_outside_paths: AllowOutsideOption = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write rows and lm-eval's full results as JSON.")
-    ] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Draw each task metric against sigma to a PNG (aim-cli\\[plot]).")
-    ] = None,
+    output: OutputOption = None,
+    plot: PlotOption = None,
     batch_size: BatchOption = 16,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
@@ -102,73 +106,46 @@ def eval_command(
 
     The table (task, metric, sigma, value, stderr) goes to stdout; progress to stderr.
     """
-    from aim_cli.api.commands import (
-        check_eval_counts,
-        parse_sigmas,
-        parse_task_names,
-        quiet_lm_eval,
-        require_lm_eval,
-        run_eval,
-    )
+    from aim_cli.api.evaluation import evaluate
 
-    names = parse_task_names(tasks)
-    check_eval_counts(limit, num_fewshot)
-    if (trust_task_code or allow_outside_paths) and include_path is None:
-        from aim_cli.errors import AimError
-
-        raise AimError(
-            "--trust-task-code and --allow-outside-paths apply to the task files of --include-path",
-            "the tasks lm-eval ships need neither",
-        )
     base = profile_from_options(profile, None, focus, focus_sigma, seed)
-    sigmas = parse_sigmas(sigma) if sigma is not None else [base.sigma]
-    if base.key_env is not None:
-        from aim_cli.profile import noise_key
-
-        noise_key(base)  # an unset key fails now, not after the model has loaded
-    for path, suffixes in ((output, (".json",)), (plot, (".png",))):
-        if path is not None:
-            check_output_file(path, suffixes)
-    reads = task_folder_inputs(include_path, trust_task_code, allow_outside_paths)
-    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile), *reads], model)
-    if plot is not None:
-        from aim_cli.api.commands import require_matplotlib
-
-        require_matplotlib()
-    require_lm_eval()
-    quiet_lm_eval()
-    from aim_cli.api.commands import check_tasks, load_eval_model, locate, task_manager
-
-    if model is not None:
-        locate(model)  # a missing model fails before lm-eval indexes its thousands of tasks
-    manager = task_manager(include_path, trust_task_code)
-    check_tasks(names, manager)
-    lm = load_eval_model(model, device, batch_size)
-    say(f"model: {lm.aim_model_name} | tasks: {', '.join(names)} | sigma: {', '.join(f'{s:g}' for s in sigmas)}", quiet)
-    with progress_bar("tiers", len(sigmas), quiet) as advance:
-        report = run_eval(lm, names, sigmas, base, manager, limit, num_fewshot, advance)
-    if not report.rows:
-        from aim_cli.errors import AimError
-
-        raise AimError(f"lm-eval reported no metrics for {', '.join(names)}", "check the tasks' metric_list")
-    if output is not None:
-        from aim_cli.io import write_json_atomic
-
-        write_json_atomic(report.to_dict(), output)
-    if plot is not None:
-        _plot(report, plot)
+    with _sweep_bar(len(sigma.split(",")) if sigma is not None else 1, quiet) as advance:
+        report = evaluate(
+            model, tasks, base, sigmas=sigma, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
+            trust_task_code=trust_task_code, allow_outside_paths=allow_outside_paths, batch_size=batch_size,
+            device=device, output=output, plot=plot, progress=advance, notice=lambda line: say(line, quiet),
+        )  # fmt: skip
     with writing_stdout():
         out_console.print(_table(report))
-    noise = report.noise
-    say(
-        "noise: "
-        + ("keyed (secret)" if noise.get("keyed") else f"seed {noise.get('seed')}")
-        + (f" | focus {', '.join(map(str, noise.get('focus') or []))}" if noise.get("focus") else ""),
-        quiet,
-    )
+    say(_noise_line(report), quiet)
     for path, what in ((output, "results"), (plot, "plot")):
         if path is not None:
             say(f"wrote {what} to {path}", quiet)
+
+
+@contextlib.contextmanager
+def _sweep_bar(tiers: int, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """The tiers' progress bar, shown from the sweep's start (evaluate's first progress call), not while checking."""
+    with contextlib.ExitStack() as stack:
+        bar: list[Callable[[int], None]] = []
+
+        def advance(steps: int) -> None:
+            if not bar:
+                bar.append(stack.enter_context(progress_bar("tiers", tiers, quiet)))
+            bar[0](steps)
+
+        yield advance
+
+
+def _noise_line(report: EvalReport) -> str:
+    """How the sweep's noise was made: keyed (the secret stays secret) or its seed, and its focus."""
+    noise = report.noise
+    focus = noise.get("focus")
+    return (
+        "noise: "
+        + ("keyed (secret)" if noise.get("keyed") else f"seed {noise.get('seed')}")
+        + (f" | focus {', '.join(map(str, focus))}" if isinstance(focus, (list, tuple)) and focus else "")
+    )
 
 
 def _table(report: EvalReport) -> Table:
@@ -187,17 +164,6 @@ def _table(report: EvalReport) -> Table:
         stderr = f"{row.stderr:.4f}" if row.stderr is not None else "-"
         table.add_row(row.task, metric, f"{row.sigma:g}", f"{row.value:.4f}", stderr)
     return table
-
-
-def _plot(report: EvalReport, path: Path) -> None:
-    """Each task metric against sigma (lm-eval's stderr as bars)."""
-    from aim_cli.api.commands import plot_metric_curves
-
-    series: dict[str, list[tuple[float, float, float | None]]] = {}
-    for row in report.rows:
-        label = f"{row.task} {row.metric}" + ("" if row.filter in ("none", "") else f" ({row.filter})")
-        series.setdefault(label, []).append((row.sigma, row.value, row.stderr))
-    plot_metric_curves(series, path, f"aim eval: {report.model}")
 
 
 def lm_eval_calibration(
