@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from aim_cli.api import (
         AimError,
         Calibration,
+        CurveRow,
         FailedInput,
         FocusRequest,
         InputError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         ProfileError,
         ProfileLike,
         accuracy_curve,
+        calibrate,
         calibrate_logits,
         expected_accuracy,
         expected_recall,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
 __all__ = [
     "AimError",
     "Calibration",
+    "CurveRow",
     "FailedInput",
     "FocusRequest",
     "InputError",
@@ -65,6 +68,7 @@ __all__ = [
     "ProfileError",
     "ProfileLike",
     "accuracy_curve",
+    "calibrate",
     "calibrate_logits",
     "expected_accuracy",
     "expected_recall",

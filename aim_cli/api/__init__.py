@@ -11,9 +11,11 @@ the command line. Each name lives in one module of this package (aim_cli.__init_
 from __future__ import annotations
 
 import aim_cli
+from aim_cli.api.calibrate import calibrate
 from aim_cli.api.logits import (
     AimError,
     Calibration,
+    CurveRow,
     FocusRequest,
     InputError,
     ModelError,
