@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         ProfileError,
         ProfileLike,
         accuracy_curve,
-        calibrate,
         calibrate_logits,
         expected_accuracy,
         expected_recall,
@@ -49,6 +48,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
+    from aim_cli.api.calibrate import calibrate  # by its module: aim_cli.api.calibrate also names that module
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
