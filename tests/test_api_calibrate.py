@@ -108,6 +108,8 @@ def test_the_command_options_are_the_api_keywords():
         ({"target_acc": 0.6, "task": "lm-eval", "data": "x.jsonl"}, AimError, "--task lm-eval takes --tasks"),
         ({"target_acc": 0.6, "model": 3, "data": "."}, InputError, "model must be a spec"),
         ({"target_acc": 0.6, "confidence": 1.0}, AimError, "--confidence"),
+        ({"target_acc": 0.6, "limit": 0}, InputError, "limit must be an integer of at least 1"),
+        ({"target_acc": 0.6, "batch_size": 2.5}, InputError, "batch_size must be an integer"),
         ({"target_acc": 0.6, "profile_out": "tier.txt"}, AimError, ".yaml"),
     ],
 )

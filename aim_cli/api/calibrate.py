@@ -10,6 +10,7 @@ command's do.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,6 +20,7 @@ from aim_cli.calibration.core import Calibration
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, InputError
 from aim_cli.outputs import RunOutputs, guard_outputs
+from aim_cli.profile import is_integer_number
 
 if TYPE_CHECKING:
     from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
@@ -103,6 +105,7 @@ def calibrate(
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
     confidence = check_confidence(confidence)
+    _check_counts(limit, batch_size)
     request = calibration_request(task, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
     paths = {key: _path(value, key) for key, value in (("data", data), ("weights", weights), ("labels", labels))}
     outputs = _outputs(profile_out, report_out, plot_out)
@@ -112,7 +115,8 @@ def calibrate(
     if (layout != "auto" or split is not None) and (data is None or task == "generate"):
         raise AimError("--layout and --split describe --data of --task classify or segment")
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    options = _DataOptions(paths, layout, split, limit, allow_outside_paths, outputs)
+    data_path, weights_path, labels_path = paths["data"], paths["weights"], paths["labels"]
+    options = _DataOptions(data_path, weights_path, labels_path, layout, split, limit, allow_outside_paths, outputs)
     if task == "lm-eval":
         from aim_cli.calibration.lm_eval import calibrate_named_tasks
 
@@ -126,26 +130,25 @@ def calibrate(
     return calibration
 
 
+@dataclass(frozen=True)
 class _DataOptions:
     """Where the labelled data and the model's files come from, and which outputs they may not be."""
 
-    def __init__(
-        self,
-        paths: dict[str, Path | None],
-        layout: str,
-        split: str | None,
-        limit: int | None,
-        allow_outside: bool,
-        outputs: list[tuple[str, Path | None]],
-    ) -> None:
-        self.data = paths["data"]
-        self.weights = paths["weights"]
-        self.labels = paths["labels"]
-        self.layout = layout
-        self.split = split
-        self.limit = limit
-        self.allow_outside = allow_outside
-        self.outputs = outputs
+    data: Path | None
+    weights: Path | None
+    labels: Path | None
+    layout: str
+    split: str | None
+    limit: int | None
+    allow_outside: bool
+    outputs: list[tuple[str, Path | None]]
+
+
+def _check_counts(limit: int | None, batch_size: int) -> None:
+    """`limit` and `batch_size` are counts of at least 1 (the command's options say so themselves)."""
+    for what, value in (("limit", limit), ("batch_size", batch_size)):
+        if value is not None and (not is_integer_number(value) or value < 1):
+            raise InputError(f"{what} must be an integer of at least 1, got {value!r}")
 
 
 def _path(value: PathLike | None, what: str) -> Path | None:
