@@ -13,11 +13,13 @@ lives in one module of this package (aim_cli.__init__ lists where).
 from __future__ import annotations
 
 import aim_cli
+from aim_cli.api.calibration import calibrate
 from aim_cli.api.classification import ClassificationRun, ClassifiedImage, Prediction, classify
 from aim_cli.api.evaluation import EvalReport, EvalRow, evaluate
 from aim_cli.api.logits import (
     AimError,
     Calibration,
+    CurveRow,
     FocusRequest,
     InputError,
     ModelError,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aim_cli.calibration.core import Calibration, MonteCarloCheck  # noqa: F401 (re-exported via __all__)
+from aim_cli.calibration.core import Calibration, CurveRow, MonteCarloCheck  # noqa: F401 (re-exported via __all__)
 from aim_cli.errors import AimError, InputError, ModelError, ProfileError  # noqa: F401 (re-exported)
 from aim_cli.plans import (  # noqa: F401 (item_key re-exported)
     ItemKey,

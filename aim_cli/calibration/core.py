@@ -12,7 +12,7 @@ import numpy as np
 from aim_cli import theory
 from aim_cli.certificates import Certificate
 from aim_cli.directions import direction_name
-from aim_cli.errors import AimError, InputError
+from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.profile import PROFILE_VERSION, Profile
 
 # Two-sided 95% Student-t quantiles for small draw counts; the normal value beyond.
@@ -129,6 +129,16 @@ class MonteCarloCheck:
         }
 
 
+@dataclass(frozen=True)
+class CurveRow:
+    """One row of a calibration's table: a parameter value, the metric there, its Monte Carlo check if measured."""
+
+    parameter: float  # the sigma (or focus sigma) of this row
+    predicted: float  # the metric the curve gives there (measured, for a measured curve)
+    check: MonteCarloCheck | None  # seeded draws at this value, where some were taken
+    chosen: bool  # the calibrated value
+
+
 @dataclass
 class Calibration:
     """The result of one calibration: the curve, the chosen value, and how it was checked."""
@@ -157,6 +167,8 @@ class Calibration:
     cached_logits: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
     # Certifies a profile of this calibration at a confidence (classify, segment, multiple choice; None: cannot).
     certifier: Callable[[Profile, float], Certificate | None] | None = field(default=None, repr=False, compare=False)
+    # The inputs that could not be read or scored (the others were calibrated on).
+    failures: list[FailedInput] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def sigma(self) -> float:
@@ -171,6 +183,18 @@ class Calibration:
     def profile(self, name: str = "calibrated") -> Profile:
         """The validated Profile that applies the calibrated value (what --write-profile writes)."""
         return Profile.from_dict(profile_document(self, name), source=f"calibrated profile {name!r}")
+
+    def rows(self, max_rows: int = 12) -> list[CurveRow]:
+        """The curve where it moves, thinned to about `max_rows`, with the chosen value and its checks (aim's table)."""
+        measured = {round(p.parameter, 12): p for p in self.points}
+        measured[round(self.check.parameter, 12)] = self.check
+        keep = [self.value, *(p.parameter for p in self.points)]
+        rows = []
+        for index in display_rows(self.curve, self.clean, self.limit, max_rows=max_rows, keep=keep):
+            value, predicted = self.curve[index]
+            check = measured.get(round(value, 12)) if value > 0 else None
+            rows.append(CurveRow(value, predicted, check, value == self.value))
+        return rows
 
     def to_dict(self) -> dict[str, object]:
         """The JSON report."""

@@ -36,6 +36,8 @@ from aim_cli.errors import AimError, InputError
 from aim_cli.profile import Profile
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aim_cli.calibration.runner import CalibrationRequest
     from aim_cli.integrations.lm_eval import AimLM
 
@@ -312,6 +314,7 @@ __all__ = [
     "ChoiceLogits",
     "LmEvalScorer",
     "calibrate_lm_eval",
+    "calibrate_named_tasks",
     "collect_choice_logits",
     "decided_by_last_token",
     "shared_prefix_questions",
@@ -338,3 +341,40 @@ def calibrate_on_tasks(
         )
     calibration.model = str(getattr(lm, "aim_model_name", ""))
     return calibration
+
+
+def calibrate_named_tasks(
+    request: CalibrationRequest,
+    model: str | None,
+    tasks: str,
+    include_path: Path | None,
+    limit: int | None,
+    device: str,
+    trust_code: bool = False,
+    notice: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Calibration:
+    """`aim calibrate --task lm-eval`: load the model into aim's lm-eval model, then calibrate on the named tasks.
+
+    The caller has already judged the task folder (scan_task_folder) with its outputs.
+    """
+    from aim_cli.tasks.evaluate import (
+        check_eval_counts,
+        check_tasks,
+        load_eval_model,
+        parse_task_names,
+        quiet_lm_eval,
+        require_lm_eval,
+        task_manager,
+    )
+
+    names = parse_task_names(tasks)
+    check_eval_counts(limit, None)
+    require_lm_eval()
+    quiet_lm_eval()
+    manager = task_manager(include_path, trust_code)
+    check_tasks(names, manager)
+    lm = load_eval_model(model, device, request.batch_size)
+    if notice is not None:
+        notice(f"model: {lm.aim_model_name} | lm-eval tasks: {', '.join(names)}")
+    return calibrate_on_tasks(lm, names, manager, request, limit, progress)

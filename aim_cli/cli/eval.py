@@ -28,9 +28,7 @@ from aim_cli.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from aim_cli.api.commands import Calibration, CalibrationRequest
     from aim_cli.api.evaluation import EvalReport
-    from aim_cli.errors import FailedInput
 
 TrustTaskCodeOption = Annotated[
     bool,
@@ -164,40 +162,3 @@ def _table(report: EvalReport) -> Table:
         stderr = f"{row.stderr:.4f}" if row.stderr is not None else "-"
         table.add_row(row.task, metric, f"{row.sigma:g}", f"{row.value:.4f}", stderr)
     return table
-
-
-def lm_eval_calibration(
-    request: CalibrationRequest,
-    model: str | None,
-    tasks: str,
-    include_path: Path | None,
-    limit: int | None,
-    device: str,
-    quiet: bool,
-    trust_code: bool = False,
-) -> tuple[Calibration, list[FailedInput]]:
-    """`aim calibrate --task lm-eval`: load the model into aim's lm-eval model, then calibrate on the tasks.
-
-    The calibrate command has already judged the task folder (task_folder_inputs) with its outputs.
-    """
-    from aim_cli.api.commands import (
-        calibrate_on_tasks,
-        check_eval_counts,
-        check_tasks,
-        load_eval_model,
-        parse_task_names,
-        quiet_lm_eval,
-        require_lm_eval,
-        task_manager,
-    )
-
-    names = parse_task_names(tasks)
-    check_eval_counts(limit, None)
-    require_lm_eval()
-    quiet_lm_eval()
-    manager = task_manager(include_path, trust_code)
-    check_tasks(names, manager)
-    lm = load_eval_model(model, device, request.batch_size)
-    say(f"model: {lm.aim_model_name} | lm-eval tasks: {', '.join(names)}", quiet)
-    with progress_bar("lm-eval", None, quiet) as advance:
-        return calibrate_on_tasks(lm, names, manager, request, limit, advance), []
