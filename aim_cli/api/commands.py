@@ -50,8 +50,6 @@ _HOMES = {
     # aim serve (images) and --engine ray: the Ray engines (ray_serve imports Ray itself)
     "JobSpec": "aim_cli.engines.ray_data",
     "require_ray": "aim_cli.engines.ray_data",
-    "check_engine": "aim_cli.engines.choice",
-    "ray_items": "aim_cli.engines.choice",
     "run_job": "aim_cli.engines.ray_data",
 }
 

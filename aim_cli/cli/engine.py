@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    from aim_cli.api import ModulationPlan
 
 
 class Engine(str, Enum):
@@ -31,19 +27,3 @@ WorkersOption = Annotated[
     int | None,
     typer.Option("--workers", min=1, help="With --engine ray: worker processes (default: one per CPU of the cluster)."),
 ]
-
-
-def check_engine(engine: Engine, workers: int | None) -> None:
-    """Before any work: --workers only with --engine ray, and Ray installed when it is asked for."""
-    from aim_cli.api.commands import check_engine as check
-
-    check(engine.value, workers)
-
-
-def ray_items(
-    task: str, paths: list[Path], plan: ModulationPlan, workers: int | None, progress: Any, **spec: Any
-) -> Any:
-    """The task's results over `paths` from Ray Data workers, in input order (what the local task yields)."""
-    from aim_cli.api.commands import ray_items as items
-
-    return items(task, paths, plan, workers, progress, **spec)

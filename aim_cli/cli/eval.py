@@ -47,19 +47,6 @@ AllowOutsideOption = Annotated[
 ]
 
 
-def task_folder_inputs(include_path: Path | None, trust_code: bool, allow_outside: bool) -> list[tuple[str, Path]]:
-    """What a run over --include-path reads (the folder, the data files its tasks name), judged before any work.
-
-    Task code is refused unless trusted, files outside the folder unless allowed; the pairs go to
-    guard_outputs so that no output replaces any of them.
-    """
-    if include_path is None:
-        return []
-    from aim_cli.api.commands import scan_task_folder
-
-    return scan_task_folder(include_path, trust_code, allow_outside).inputs()
-
-
 TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="lm-eval task or group names, comma-separated.")]
 SigmasOption = Annotated[
     str | None,
