@@ -170,25 +170,19 @@ def _print_share_table(totals: np.ndarray, clean_totals: np.ndarray | None, labe
     out_console.print(table)
 
 
-def _metric(value: float) -> str:
+def _metric(value: float | None) -> str:
     """A metric for a table cell ('-' when undefined)."""
-    return "-" if value != value else f"{value:.3f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
-def _delta(clean: float, modulated: float) -> str:
+def _delta(clean: float | None, modulated: float | None) -> str:
     """Signed change of a metric."""
-    return "" if clean != clean or modulated != modulated else f"{modulated - clean:+.3f}"
+    return "" if clean is None or modulated is None else f"{modulated - clean:+.3f}"
 
 
 def _print_evaluation_table(evaluation: SegmentEvaluation, plan: ModulationPlan) -> None:
-    """Pixel accuracy, mIoU and per-class IoU / recall of the clean and the modulated model."""
-    import torch
-
-    from aim_cli.metrics import iou, mean_iou, pixel_accuracy, recall
-
-    labels = evaluation.labels
-    clean = torch.tensor(evaluation.clean.confusion, dtype=torch.float64)
-    modulated = torch.tensor(evaluation.modulated.confusion, dtype=torch.float64)
+    """Pixel accuracy, mIoU and per-class IoU / recall of the clean and the modulated model (as evaluation.json)."""
+    clean, modulated = evaluation.clean, evaluation.modulated
     targets = {t.class_id for t in plan.modulation.targets} if plan.modulation.has_focus else set()
     table = Table(
         title=f"evaluation on {evaluation.images} image(s): clean vs modulated", show_header=True, header_style="bold"
@@ -196,25 +190,16 @@ def _print_evaluation_table(evaluation: SegmentEvaluation, plan: ModulationPlan)
     table.add_column("class", no_wrap=True)
     for column in ("IoU clean", "IoU mod", "Δ", "recall clean", "recall mod", "Δ"):
         table.add_column(column, justify="right")
-    iou_c, iou_m, rec_c, rec_m = iou(clean), iou(modulated), recall(clean), recall(modulated)
-    support = clean.sum(dim=1) + clean.sum(dim=0) + modulated.sum(dim=0)
-    for k, label in enumerate(labels):
-        if float(support[k]) == 0:
+    for k, label in enumerate(evaluation.labels):
+        if label not in clean.classes and label not in modulated.classes:  # in no mask, truth or predicted
             continue
-        values = [float(v[k]) for v in (iou_c, iou_m, rec_c, rec_m)]
+        before, after = clean.classes.get(label, {}), modulated.classes.get(label, {})
+        iou_c, iou_m, rec_c, rec_m = before.get("iou"), after.get("iou"), before.get("recall"), after.get("recall")
         name = escape(printable(f"{label} *" if k in targets else label))
-        table.add_row(
-            name,
-            _metric(values[0]),
-            _metric(values[1]),
-            _delta(values[0], values[1]),
-            _metric(values[2]),
-            _metric(values[3]),
-            _delta(values[2], values[3]),
-        )
+        row = [_metric(iou_c), _metric(iou_m), _delta(iou_c, iou_m), _metric(rec_c), _metric(rec_m)]
+        table.add_row(name, *row, _delta(rec_c, rec_m))
     table.add_section()
-    m_c, m_m = mean_iou(clean), mean_iou(modulated)
-    a_c, a_m = pixel_accuracy(clean), pixel_accuracy(modulated)
+    m_c, m_m, a_c, a_m = clean.miou, modulated.miou, clean.pixel_accuracy, modulated.pixel_accuracy
     table.add_row("mIoU", _metric(m_c), _metric(m_m), _delta(m_c, m_m), "", "", "")
     table.add_row("pixel acc.", "", "", "", _metric(a_c), _metric(a_m), _delta(a_c, a_m))
     if targets:
