@@ -47,13 +47,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         vision_job,
         win_probability,
     )
+    from aim_cli.api.generate import Completion, Generation, generate
 
 # The public API, listed once: aim_cli.api.__all__ is this list (the import above is for type checkers).
 __all__ = [
     "AimError",
     "Calibration",
+    "Completion",
     "FailedInput",
     "FocusRequest",
+    "Generation",
     "InputError",
     "ModelError",
     "ModelRequest",
@@ -68,6 +71,7 @@ __all__ = [
     "calibrate_logits",
     "expected_accuracy",
     "expected_recall",
+    "generate",
     "item_key",
     "list_models",
     "load_model",

@@ -11,6 +11,7 @@ the command line. Each name lives in one module of this package (aim_cli.__init_
 from __future__ import annotations
 
 import aim_cli
+from aim_cli.api.generate import Completion, Generation, generate
 from aim_cli.api.logits import (
     AimError,
     Calibration,

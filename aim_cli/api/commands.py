@@ -18,8 +18,6 @@ _HOMES = {
     # models: one registry of model sources serves every task
     "load_model": "aim_cli.models.registry",
     "segmentation_architectures": "aim_cli.models.segmenter",
-    "parse_dtype": "aim_cli.models.language",
-    "LanguageModel": "aim_cli.models.language",
     "Segmenter": "aim_cli.models.segmenter",
     # aim classify
     "classify_images": "aim_cli.tasks.classify",
@@ -34,16 +32,6 @@ _HOMES = {
     "find_mask": "aim_cli.tasks.segment",
     "SegmentationEvaluation": "aim_cli.tasks.segment",
     "SegmentedImage": "aim_cli.tasks.segment",
-    # aim generate
-    "plan_generation": "aim_cli.tasks.generate",
-    "encode_prompts": "aim_cli.tasks.generate",
-    "fitting_max_new_tokens": "aim_cli.tasks.generate",
-    "generate_completions": "aim_cli.tasks.generate",
-    "length_note": "aim_cli.tasks.generate",
-    "Completion": "aim_cli.tasks.generate",
-    "EncodedPrompt": "aim_cli.tasks.generate",
-    "GenerationSettings": "aim_cli.tasks.generate",
-    "CompletionStreamer": "aim_cli.generation",
     # aim calibrate
     "CalibrationRequest": "aim_cli.calibration.runner",
     "calibration_request": "aim_cli.calibration.runner",
