@@ -62,7 +62,7 @@ class Generation:
         completions: Iterator[Completion],
         streaming: bool,
     ) -> None:
-        self.model = model  # None when every prompt was already answered in the resumed output
+        self.model = model  # None when a spec's model was not loaded: every prompt was already answered
         self.prompts = tuple(prompts)  # the prompts this run generates (after resume)
         self.streaming = streaming  # whether `stream` receives the single prompt's text as it is generated
         self._completions = completions
@@ -153,7 +153,7 @@ def generate(
     texts = _remaining(texts, kept)
     if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
         say(f"nothing to do: every prompt is already answered in {output_path}")
-        return Generation(None, (), iter(()), False)
+        return Generation(model if isinstance(model, LanguageModel) else None, (), iter(()), False)
     lm = model if isinstance(model, LanguageModel) else _load(spec, device, dtype, device_map)
     plan = plan_generation(plan_profile, lm)
     encoded = encode_prompts(lm, texts, chat=chat)
