@@ -106,12 +106,17 @@ def test_a_python_user_loads_a_model_then_generates(lm):
     assert len(once) == 1 and once == list(aim.generate(lm, "23+45=", 1.5, seed=5))
 
 
-def test_a_single_prompt_streams_its_text(lm):
+def test_a_single_prompt_streams_its_text(lm, tmp_path):
     pieces: list[str] = []
     run = aim.generate(lm, ["12+7="], stream=pieces.append)
     assert run.streaming
     (item,) = list(run)
     assert "".join(pieces) == item.completion == "19"
+    pieces.clear()  # streamed while the records file is written too
+    (written,) = list(aim.generate(lm, "30-4=", stream=pieces.append, output=tmp_path / "o.jsonl"))
+    assert "".join(pieces) == written.completion == records(tmp_path / "o.jsonl")[0]["completion"] == "26"
+    several = aim.generate(lm, ["12+7=", "30-4="], stream=pieces.append)
+    assert not several.streaming  # several prompts go in batches: not streamed
 
 
 def test_prompts_from_a_file_and_a_stream(lm, tmp_path):

@@ -53,6 +53,12 @@ class Generation:
     Everything that can fail before generating (options, prompts, the model, the output file)
     was checked when `generate` returned; the completions are generated batch by batch as the
     iteration asks for them. With an output file, the file is published once the iteration ends.
+
+    Attributes:
+        model: the language model that generates (None when a spec was not loaded because every
+            prompt was already answered in the resumed output).
+        prompts: the prompts this run generates, after resume; `len()` is their number.
+        streaming: whether `stream` receives the single prompt's text as it is generated.
     """
 
     def __init__(
@@ -62,9 +68,9 @@ class Generation:
         completions: Iterator[Completion],
         streaming: bool,
     ) -> None:
-        self.model = model  # None when a spec's model was not loaded: every prompt was already answered
-        self.prompts = tuple(prompts)  # the prompts this run generates (after resume)
-        self.streaming = streaming  # whether `stream` receives the single prompt's text as it is generated
+        self.model = model
+        self.prompts = tuple(prompts)
+        self.streaming = streaming
         self._completions = completions
 
     def __iter__(self) -> Iterator[Completion]:
@@ -118,7 +124,9 @@ def generate(
         compare: also generate the clean (unmodulated) completion, as `clean_completion`.
         seed: overrides the profile's noise seed (a repeatable run).
         batch_size: prompts per generate() call.
-        device, dtype, device_map: how a spec is loaded (`device_map="auto"` needs accelerate).
+        device: where a spec's model is loaded: auto, cpu, cuda[:N], mps or a torch.device.
+        dtype: a spec's weights dtype: auto, float32, bfloat16 or float16.
+        device_map: "auto" spreads a spec's large model over GPUs/CPU (needs accelerate).
         output: also write the records to this .jsonl or .csv file (published when the iteration ends).
         resume: keep `output`'s records and generate only the prompts not answered there.
         stream: with a single prompt to generate, called with its completion's text as it is generated.
@@ -167,7 +175,7 @@ def generate(
     if output_path is None:
         return Generation(lm, texts, run.completions(streamer), streaming)
     settings = plan.describe() | {"temperature": float(temperature)}
-    return Generation(lm, texts, run.write(output_path, settings, kept, say), streaming)
+    return Generation(lm, texts, run.write(output_path, settings, kept, say, streamer), streaming)
 
 
 class _Run:
@@ -211,14 +219,19 @@ class _Run:
             ) from None
 
     def write(
-        self, output: Path, settings: dict[str, object], kept: list[dict[str, object]], say: Callable[[str], None]
+        self,
+        output: Path,
+        settings: dict[str, object],
+        kept: list[dict[str, object]],
+        say: Callable[[str], None],
+        streamer: CompletionStreamer | None = None,
     ) -> Iterator[Completion]:
         """The completions, each also streamed to `output` (after the kept records), published once all are written."""
         with RunOutputs() as run:
             writer = run.records(output, keep_on_interrupt=bool(kept))  # only a resumed file holds the old records too
             for record in kept:
                 writer.write(record)
-            for item in self.completions():
+            for item in self.completions(streamer):
                 writer.write(_record(item, settings))
                 run.success()
                 yield item
