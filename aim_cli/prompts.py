@@ -61,18 +61,19 @@ def _jsonl_prompts(text: str, path: Path) -> list[str]:
 
 def gather_prompts(
     given: Sequence[str] | None,
-    prompts_file: Path | None,
+    prompts_file: Path | Sequence[Path] | None,
     stdin: TextIO | None,
     default: str | None,
     notice: Callable[[], None] | None = None,
 ) -> list[str]:
-    """Prompts from --prompt and --prompts; else stdin when it is not a terminal; else `default`."""
+    """Prompts from --prompt and --prompts (one or more files); else stdin unless it is a terminal; else `default`."""
     prompts = list(given or [])
     for index, prompt in enumerate(prompts):
         if not prompt.strip():
             raise InputError(f"--prompt {index + 1} is empty", "give some text to complete")
-    if prompts_file is not None:
-        prompts.extend(read_prompt_file(prompts_file))
+    files = [prompts_file] if isinstance(prompts_file, Path) else list(prompts_file or [])
+    for path in files:
+        prompts.extend(read_prompt_file(path))
     if prompts:
         return prompts
     if stdin is not None and not _is_terminal(stdin):

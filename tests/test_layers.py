@@ -1,4 +1,4 @@
-"""The layers: the CLI's door to the pipelines (aim_cli.api.commands), the import contract, the run-summary line."""
+"""The layers: the public API every command calls, the import contract, the run-summary line."""
 
 from __future__ import annotations
 
@@ -10,33 +10,29 @@ import sys
 import pytest
 
 from aim_cli import api
-from aim_cli.api import commands
 from tests.conftest import REPO
 
 
-def test_every_command_name_resolves_to_its_home():
-    """A name renamed or moved in a pipeline fails here, not when a user runs the command."""
-    for name, home in commands._HOMES.items():
-        assert getattr(commands, name) is getattr(importlib.import_module(home), name), name
-    for name, module in commands._MODULES.items():  # whole modules; one may need an extra (ray_serve: Ray)
-        if _imports(module):
-            assert getattr(commands, name) is importlib.import_module(module), name
+def test_every_public_name_resolves_through_the_package_root():
+    """`aim.NAME` is aim_cli.api's NAME for every public name, and a task name is its function, not a module."""
+    import aim_cli
+
+    for name in aim_cli.__all__:
+        assert getattr(aim_cli, name) is getattr(api, name), name
+    for task in ("load_model", "classify", "segment", "generate", "calibrate", "evaluate", "verify", "write_report"):
+        assert callable(getattr(aim_cli, task)) and not isinstance(getattr(aim_cli, task), type(api)), task
 
 
-def _imports(module: str) -> bool:
-    """Whether `module` imports here (False when the extra it needs is not installed)."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+def test_an_unknown_public_name_is_an_attribute_error():
+    import aim_cli
 
-
-def test_an_unknown_command_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_thing"):
-        commands.no_such_thing  # noqa: B018
-    with pytest.raises(ImportError):
-        from aim_cli.api.commands import no_such_thing  # noqa: F401
+        aim_cli.no_such_thing  # noqa: B018
+
+
+def test_the_string_keyed_door_is_gone():
+    """The CLI calls the typed API; no `aim_cli.api.commands` table of names returning Any."""
+    assert importlib.util.find_spec("aim_cli.api.commands") is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("importlinter") is None, reason="import-linter is in the dev extra")

@@ -16,6 +16,7 @@ import aim_cli
 from aim_cli.api.calibration import calibrate
 from aim_cli.api.classification import ClassificationRun, ClassifiedImage, Prediction, classify
 from aim_cli.api.evaluation import EvalReport, EvalRow, evaluate
+from aim_cli.api.generation import Completion, Generation, generate
 from aim_cli.api.logits import (
     AimError,
     Calibration,

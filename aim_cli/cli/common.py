@@ -15,10 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aim_cli import demo
-from aim_cli.errors import EXIT_PARTIAL, FailedInput, InputError
-from aim_cli.io import OutputError, find_images
-from aim_cli.outputs import RunOutputs, guard_outputs, resumed_records  # noqa: F401 (the commands' one import)
+from aim_cli.errors import EXIT_PARTIAL, FailedInput
+from aim_cli.io import OutputError
 from aim_cli.profile import Profile, resolve_profile
 
 # 128 + SIGPIPE: what a shell reports for `cat` when its reader went away, so a pipeline run
@@ -179,23 +177,6 @@ def say(message: str, quiet: bool = False) -> None:
     """Print a human-oriented note on stderr unless quiet (literal text, control characters escaped)."""
     if not quiet:
         err_console.print(printable(message), highlight=False, markup=False, soft_wrap=True)
-
-
-def resolve_inputs(inputs: list[str] | None, model: str | None, task: str) -> list[str]:
-    """Inputs as given; with neither inputs nor --model, the demo's sample images."""
-    if inputs:
-        return inputs
-    if model is None:
-        return [str(demo.samples_dir(task))]
-    raise InputError("no inputs given", "pass image files, directories or globs")
-
-
-def image_paths(inputs: list[str]) -> tuple[list[Path], list[FailedInput]]:
-    """Expand inputs; unmatched ones become failures, and finding nothing at all is an error."""
-    paths, unmatched = find_images(inputs)
-    if not paths:
-        raise InputError(f"no images found in {', '.join(inputs)}", "pass image files, directories or globs")
-    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
 
 
 def report_failures(failures: list[FailedInput], published: bool = True) -> None:
