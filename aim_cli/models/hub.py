@@ -68,7 +68,6 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
     """
     source, local = locate(spec)
     from aim_cli.models.checkpoint_files import check_checkpoint
-    from aim_cli.models.weights import scrub_advice
 
     # The root check: every settings file of the folder is checked before transformers parses one.
     check_checkpoint(source)
@@ -79,40 +78,8 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
             refuse_config_larger_than_weights(factory, Path(source), spec, what, kwargs.get("config"))
     try:
         loaded = factory(source, local_files_only=True, trust_remote_code=False, **kwargs)
-    except OSError as exc:
-        if not local:
-            raise _not_cached(spec) from None
-        raise ModelError(f"cannot load {what} from {spec}: {scrub_advice(_first_line(exc))}") from None
-    except ValueError as exc:
-        message = _first_line(exc)
-        if "Unrecognized configuration class" in message or "Unrecognized model" in message:
-            raise ModelError(f"{spec} is not a {what}: {message}") from None
-        if "trust_remote_code" in str(exc) or "custom code" in message:  # auto_map in a config
-            raise ModelError(
-                f"{spec} needs custom code to load (trust_remote_code), which aim never runs",
-                "use a checkpoint of an architecture built into transformers",
-            ) from None
-        raise ModelError(f"cannot load {what} from {spec}: {scrub_advice(message)}") from None
-    except pickle.UnpicklingError as exc:
-        raise _code_pickle(spec, str(exc)) from None
-    except (RuntimeError, KeyError, TypeError) as exc:
-        message = _first_line(exc)
-        if "weights_only" in message or "Unpickler" in message:
-            raise _code_pickle(spec, str(exc)) from None
-        if "mismatched_sizes" in message or "size mismatch" in message:
-            message = "tensor shapes differ from those config.json describes"
-        raise ModelError(
-            f"weights in {spec} do not fit the model's configuration: {scrub_advice(message)}",
-            "the weights and config.json must come from the same save_pretrained() call",
-        ) from None
-    except Exception as exc:  # any other loader failure is still the checkpoint's, not aim's
-        if type(exc).__name__ == "SafetensorError":  # a truncated file, or a header that lies
-            raise ModelError(
-                f"cannot load {what} from {spec}: its weights file is damaged ({scrub_advice(_first_line(exc))})",
-                "copy the checkpoint again; its files may be incomplete",
-            ) from None
-        detail = scrub_advice(_first_line(exc))
-        raise ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {detail}") from None
+    except Exception as exc:  # every loader failure is the checkpoint's, not aim's: one line naming it
+        raise _loader_error(exc, spec, what, local) from None
     if not complete:
         return loaded
     model, info = cast("tuple[T, dict[str, Any]]", loaded)  # output_loading_info=True: (model, info)
@@ -126,6 +93,43 @@ def load_pretrained(factory: Callable[..., T], spec: str, what: str, complete: b
             "use a checkpoint saved with its task head (e.g. a fine-tuned classifier, not a base model)",
         )
     return model
+
+
+def _loader_error(exc: Exception, spec: str, what: str, local: bool) -> ModelError:
+    """The one-line error for a transformers loader failure on checkpoint `spec`."""
+    from aim_cli.models.weights import scrub_advice
+
+    message = _first_line(exc)
+    if isinstance(exc, OSError):
+        return (
+            _not_cached(spec) if not local else ModelError(f"cannot load {what} from {spec}: {scrub_advice(message)}")
+        )
+    if isinstance(exc, ValueError):
+        if "Unrecognized configuration class" in message or "Unrecognized model" in message:
+            return ModelError(f"{spec} is not a {what}: {message}")
+        if "trust_remote_code" in str(exc) or "custom code" in message:  # auto_map in a config
+            return ModelError(
+                f"{spec} needs custom code to load (trust_remote_code), which aim never runs",
+                "use a checkpoint of an architecture built into transformers",
+            )
+        return ModelError(f"cannot load {what} from {spec}: {scrub_advice(message)}")
+    if isinstance(exc, pickle.UnpicklingError):
+        return _code_pickle(spec, str(exc))
+    if isinstance(exc, (RuntimeError, KeyError, TypeError)):
+        if "weights_only" in message or "Unpickler" in message:
+            return _code_pickle(spec, str(exc))
+        if "mismatched_sizes" in message or "size mismatch" in message:
+            message = "tensor shapes differ from those config.json describes"
+        return ModelError(
+            f"weights in {spec} do not fit the model's configuration: {scrub_advice(message)}",
+            "the weights and config.json must come from the same save_pretrained() call",
+        )
+    if type(exc).__name__ == "SafetensorError":  # a truncated file, or a header that lies
+        return ModelError(
+            f"cannot load {what} from {spec}: its weights file is damaged ({scrub_advice(message)})",
+            "copy the checkpoint again; its files may be incomplete",
+        )
+    return ModelError(f"cannot load {what} from {spec}: {type(exc).__name__}: {scrub_advice(message)}")
 
 
 def stored_values(folder: Path) -> int | None:
