@@ -88,7 +88,7 @@ EVAL_VENV ?= .venv-eval
 test-eval:
 	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
 	$(EVAL_VENV)/bin/python -m pip install --quiet -e '.[dev,eval]'
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(EVAL_VENV)/bin/python -m pytest -q tests/test_lm_eval.py tests/test_lm_eval_missing.py tests/test_hostile_round3_lm_eval.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(EVAL_VENV)/bin/python -m pytest -q tests/test_lm_eval.py tests/test_lm_eval_missing.py tests/test_hostile_round3_lm_eval.py tests/test_api_evaluate.py
 
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
