@@ -133,3 +133,24 @@ def test_evaluation_against_masks_stays_local(run, tmp_path, capsys):
         == 2
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_the_python_api_on_ray_workers_gives_the_local_records(inputs, monkeypatch):
+    """aim.classify / aim.segment with engine='ray': the records the same calls give in this process (keyed noise)."""
+    import aim_cli as aim
+
+    monkeypatch.setenv("AIM_NOISE_KEY", KEY)
+    profile = {"utility": {"sigma": 2.0}, "noise": {"key_env": "AIM_NOISE_KEY"}}
+    local = list(aim.classify(None, inputs, profile, topk=2, batch_size=4, device="cpu"))
+    spread = list(aim.classify(None, inputs, profile, topk=2, batch_size=4, device="cpu", engine="ray", workers=2))
+    assert [item.path for item in spread] == [item.path for item in local]
+    assert sum(isinstance(item, aim.FailedInput) for item in spread) == 1  # the file that is not an image
+    for ours, theirs in zip(local, spread):
+        if not isinstance(ours, aim.FailedInput):
+            assert [p.label for p in theirs.top] == [p.label for p in ours.top]
+            assert [p.probability for p in theirs.top] == pytest.approx([p.probability for p in ours.top], abs=2e-6)
+    masks = list(aim.segment(None, SEGMENT_SAMPLES, profile, batch_size=2, device="cpu"))
+    ray_masks = list(aim.segment(None, SEGMENT_SAMPLES, profile, batch_size=2, device="cpu", engine="ray", workers=2))
+    assert [m.path for m in ray_masks] == [m.path for m in masks]
+    for ours, theirs in zip(masks, ray_masks):
+        assert (theirs.prediction == ours.prediction).all()
