@@ -1,13 +1,12 @@
 """The model and labelled data a tier is measured on, read as `aim verify` and `aim report` read them.
 
 Private to aim_cli.api: `aim.verify` and `aim.write_report` share it. The data sets themselves
-are read by aim_cli.calibration.datasets (the same readers as `aim calibrate`).
+are read by aim_cli.calibration.datasets (the same readers as `aim calibrate`); the argument
+checks both share with the other task functions are in aim_cli.api.arguments.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,69 +14,16 @@ import torch
 
 from aim_cli.api.models import load_model
 from aim_cli.errors import InputError
-from aim_cli.profile import is_integer_number
 
 if TYPE_CHECKING:
     from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset, TextDataset
     from aim_cli.models.image_model import ImageModel
     from aim_cli.models.language import LanguageModel
 
-PathLike = str | Path
-Notice = Callable[[str], None]
-Progress = Callable[[int], None]
-
 TASKS = ("classify", "segment", "generate")
 LAYOUTS = ("auto", "plain", "imagenet", "ade20k", "cityscapes", "voc")
 # Items of the demo evaluation set when no data and no limit are given (as `aim calibrate`).
 DEMO_ITEMS = {"classify": 1000, "segment": 50, "generate": 200}
-
-
-def quiet(_message: str) -> None:
-    """The default notice: say nothing."""
-
-
-def no_progress(_count: int) -> None:
-    """The default progress: count nothing."""
-
-
-def as_path(value: PathLike | None, what: str) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str):
-        return Path(value)
-    raise InputError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
-
-
-def check_whole(value: Any, what: str, low: int, high: int | None = None) -> int:
-    """An integer option within [low, high], as the CLI's bounds; an InputError otherwise."""
-    number = operator.index(value) if is_integer_number(value) else None  # numpy integers too
-    if number is None or number < low or (high is not None and number > high):
-        span = f"{low}..{high}" if high is not None else f">= {low}"
-        raise InputError(f"{what} must be an integer {span}, got {value!r}")
-    return number
-
-
-def check_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
-    """One of `choices` (an enum member's value counts); an InputError otherwise."""
-    value = getattr(value, "value", value)
-    if not isinstance(value, str) or value not in choices:
-        raise InputError(f"unknown {what} {value!r}", f"use one of {', '.join(choices)}")
-    return value
-
-
-def model_spec(model: object) -> str | None:
-    """The spec of a model argument (None for the demo model or one already loaded)."""
-    if model is None or isinstance(model, str):
-        return model
-    from aim_cli.models.image_model import ImageModel
-    from aim_cli.models.language import LanguageModel
-
-    if isinstance(model, (ImageModel, LanguageModel)):
-        return None
-    raise InputError(
-        f"model must be a spec (str, as --model) or a model from aim.load_model, got {type(model).__name__}"
-    )
 
 
 def image_model(

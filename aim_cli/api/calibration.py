@@ -9,18 +9,18 @@ command's do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 
+from aim_cli.api.arguments import Notice, PathLike, Progress, as_path, check_choice, check_whole
 from aim_cli.calibration.core import Calibration
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, InputError
 from aim_cli.outputs import RunOutputs, guard_outputs
-from aim_cli.profile import is_integer_number
 
 if TYPE_CHECKING:
     from aim_cli.calibration.datasets import ImageDataset, SegmentationDataset
@@ -32,12 +32,11 @@ __all__ = ["calibrate"]
 
 Task = Literal["classify", "segment", "generate", "lm-eval"]
 Layout = Literal["auto", "plain", "imagenet", "ade20k", "cityscapes", "voc"]
-PathLike = str | Path
-Notice = Callable[[str], None]
-Progress = Callable[[int], None]
 
 TASKS = ("classify", "segment", "generate", "lm-eval")
 LAYOUTS = ("auto", "plain", "imagenet", "ade20k", "cityscapes", "voc")
+# The words of the count checks' messages (as the command's own option checks say them).
+AT_LEAST_ONE = "an integer of at least 1"
 # What --data is for each task, when --model comes without it.
 DATA_HINTS = {
     "classify": "an ImageFolder directory or a .csv/.jsonl manifest of path,label",
@@ -100,17 +99,16 @@ def calibrate(
     from aim_cli.calibration.runner import calibration_request
     from aim_cli.certificates import check_confidence
 
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
+    task = cast(Task, check_choice(task, "task", TASKS))
+    layout = cast(Layout, check_choice(layout, "layout", LAYOUTS))
     confidence = check_confidence(confidence)
-    _check_counts(limit, batch_size)
+    limit = None if limit is None else check_whole(limit, "limit", span=AT_LEAST_ONE)
+    batch_size = check_whole(batch_size, "batch_size", span=AT_LEAST_ONE)
     request = calibration_request(task, target_acc, target_miou, target_recall, focus, sigma, draws, seed, batch_size)
-    paths = {key: _path(value, key) for key, value in (("data", data), ("weights", weights), ("labels", labels))}
+    paths = {key: as_path(value, key) for key, value in (("data", data), ("weights", weights), ("labels", labels))}
     outputs = _outputs(profile_out, report_out, plot_out)
     names = lm_tasks if lm_tasks is None or isinstance(lm_tasks, str) else ",".join(lm_tasks)
-    folder = _path(include_path, "include_path")
+    folder = as_path(include_path, "include_path")
     _check_options(model, task, paths, outputs, folder, trust_task_code, allow_outside_paths, names is not None)
     if (layout != "auto" or split is not None) and (data is None or task == "generate"):
         raise AimError("--layout and --split describe --data of --task classify or segment")
@@ -144,22 +142,6 @@ class _DataOptions:
     outputs: list[tuple[str, Path | None]]
 
 
-def _check_counts(limit: int | None, batch_size: int) -> None:
-    """`limit` and `batch_size` are counts of at least 1 (the command's options say so themselves)."""
-    for what, value in (("limit", limit), ("batch_size", batch_size)):
-        if value is not None and (not is_integer_number(value) or value < 1):
-            raise InputError(f"{what} must be an integer of at least 1, got {value!r}")
-
-
-def _path(value: PathLike | None, what: str) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str):
-        return Path(value)
-    raise InputError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
-
-
 def _spec(model: object, message: str) -> str | None:
     """The model spec string (None: the demo model); a loaded model where a spec is needed is an error."""
     if model is None or isinstance(model, str):
@@ -175,9 +157,9 @@ def _outputs(
     from aim_cli.io import check_output_file
 
     outputs = [
-        ("--write-profile", _path(profile_out, "profile_out")),
-        ("--json", _path(report_out, "report_out")),
-        ("--plot", _path(plot_out, "plot_out")),
+        ("--write-profile", as_path(profile_out, "profile_out")),
+        ("--json", as_path(report_out, "report_out")),
+        ("--plot", as_path(plot_out, "plot_out")),
     ]
     for (_, path), suffixes in zip(outputs, (PROFILE_SUFFIXES, REPORT_SUFFIXES, PLOT_SUFFIXES)):
         if path is not None:

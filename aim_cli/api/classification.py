@@ -7,20 +7,20 @@ Ray workers, and the records file published only when an input succeeded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from aim_cli import demo
+from aim_cli.api.arguments import POSITIVE, Notice, PathLike, Progress, as_path, check_whole, image_inputs, quiet
 from aim_cli.api.logits import ProfileLike, as_profile, plan
 from aim_cli.api.models import load_model
 from aim_cli.engines.choice import check_engine, ray_items
 from aim_cli.errors import FailedInput, InputError
 from aim_cli.interrupts import as_interrupt
-from aim_cli.io import check_output_file, find_images
+from aim_cli.io import check_output_file
 from aim_cli.models.image_model import ImageModel, VisionModel
 from aim_cli.outputs import RunOutputs, guard_outputs, resumed_records
 from aim_cli.plans import ModulationPlan
@@ -31,13 +31,6 @@ __all__ = ["ClassificationRun", "ClassifiedImage", "Prediction", "classify"]
 
 # What --output may be: one record per image.
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
-PathLike = str | Path
-Notice = Callable[[str], None]
-Progress = Callable[[int], None]
-
-
-def _silent(_message: str) -> None:
-    """The default notice: the API never prints."""
 
 
 def record(item: ClassifiedImage, settings: dict[str, object]) -> dict[str, object]:
@@ -180,35 +173,6 @@ def _in_input_order(
     yield from (waiting[index] for index in sorted(waiting))
 
 
-def _path(value: PathLike | None, what: str) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str):
-        return Path(value)
-    raise InputError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
-
-
-def image_inputs(
-    inputs: PathLike | Sequence[PathLike] | None, demo_task: str | None
-) -> tuple[list[Path], list[FailedInput]]:
-    """Image files, folders (recursive) and globs as paths; ones that match nothing become failures.
-
-    No inputs: the demo's samples for `demo_task` (the demo model's), else an error; finding no
-    image at all is an error.
-    """
-    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs or [])
-    if not given:
-        if demo_task is None:
-            raise InputError("no inputs given", "pass image files, directories or globs")
-        given = [demo.samples_dir(demo_task)]
-    names = [str(_path(item, "each input")) for item in given]
-    paths, unmatched = find_images(names)
-    if not paths:
-        raise InputError(f"no images found in {', '.join(names)}", "pass image files, directories or globs")
-    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
-
-
 def _profile_file(profile: Profile) -> Path | None:
     """The YAML file a profile was loaded from (an input no output may replace), if any."""
     return Path(profile.source) if profile.source and Path(profile.source).is_file() else None
@@ -250,16 +214,17 @@ def classify(
 
     Errors before any work are aim.AimError subclasses; a bad image is an aim.FailedInput record.
     """
-    say = notice or _silent
+    say = notice or quiet
     resolved = as_profile(Profile() if profile is None else profile, seed)
-    _check_counts(topk, batch_size)
+    topk = check_whole(topk, "topk", span=POSITIVE)
+    batch_size = check_whole(batch_size, "batch_size", span=POSITIVE)
     spec, loaded = _model_argument(model, engine, weights, labels)
     check_engine(engine, workers)
-    output_path = _path(output, "output")
+    output_path = as_path(output, "output")
     if output_path is not None:
         check_output_file(output_path, OUTPUT_SUFFIXES)
     paths, failures = image_inputs(inputs, "classify" if model is None else None)
-    weights_path, labels_path = _path(weights, "weights"), _path(labels, "labels")
+    weights_path, labels_path = as_path(weights, "weights"), as_path(labels, "labels")
     guard_outputs(
         [("--output", output_path)],
         [("input", p) for p in paths]
@@ -278,13 +243,6 @@ def classify(
     ray_spec = {"model": spec, "weights": weights_path, "labels": labels_path, "device": str(device)}
     job = _Job({**ray_spec, "batch_size": batch_size}, engine, workers, topk, compare, batch_size, kept, say, progress)
     return ClassificationRun(classifier, modulation, pending, failures, output_path, len(kept), _job=job)
-
-
-def _check_counts(topk: int, batch_size: int) -> None:
-    """topk and batch_size are positive integers (as --topk and --batch-size)."""
-    for name, value in (("topk", topk), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _model_argument(

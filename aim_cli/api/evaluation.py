@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from aim_cli.api.arguments import PathLike, as_path
 from aim_cli.api.logits import ProfileLike, as_profile
 from aim_cli.errors import AimError, InputError
 from aim_cli.io import check_output_file, write_json_atomic
@@ -34,17 +35,6 @@ from aim_cli.tasks.evaluate import (
 from aim_cli.tasks.task_folder import scan_task_folder
 
 __all__ = ["EvalReport", "EvalRow", "evaluate"]
-
-PathLike = str | Path
-
-
-def _path(value: PathLike | None, what: str) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str):
-        return Path(value)
-    raise InputError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
 
 
 def _task_names(tasks: str | Sequence[str]) -> list[str]:
@@ -155,7 +145,7 @@ def evaluate(
     """
     names = _task_names(tasks)
     check_eval_counts(limit, num_fewshot)
-    folder = _path(include_path, "include_path")
+    folder = as_path(include_path, "include_path")
     if (trust_task_code or allow_outside_paths) and folder is None:
         raise AimError(
             "--trust-task-code and --allow-outside-paths apply to the task files of --include-path",
@@ -167,7 +157,7 @@ def evaluate(
         noise_key(base)  # an unset key fails now, not after the model has loaded
     if model is not None and not isinstance(model, str):
         raise InputError(f"model must be a str (as --model), got {type(model).__name__}")
-    output_path, plot_path = _path(output, "output"), _path(plot, "plot")
+    output_path, plot_path = as_path(output, "output"), as_path(plot, "plot")
     _checked_outputs(model, base, output_path, plot_path, folder, trust_task_code, allow_outside_paths)
     require_lm_eval()
     quiet_lm_eval()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
 
+from aim_cli.api.arguments import Notice, Progress, as_path, quiet
 from aim_cli.api.logits import ProfileLike, as_profile
 from aim_cli.api.models import load_model
 from aim_cli.demo import arithmetic
@@ -103,8 +104,8 @@ def generate(
     output: str | Path | None = None,
     resume: bool = False,
     stream: Callable[[str], None] | None = None,
-    progress: Callable[[int], None] | None = None,
-    notice: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    notice: Notice | None = None,
     failures: list[FailedInput] | None = None,
 ) -> Generation:
     """Generate modulated completions of `prompts` with a causal or encoder-decoder LM (as `aim generate`).
@@ -138,12 +139,12 @@ def generate(
     Returns:
         A `Generation`: iterate it for the `Completion` records. Errors are aim.AimError subclasses.
     """
-    say = notice or (lambda _note: None)
+    say = notice or quiet
     plan_profile = as_profile(Profile() if profile is None else profile, seed)
     stops = _check_decoding(max_new_tokens, temperature, top_k, top_p, stop, batch_size)
     spec = _check_loading(model, device, dtype, device_map)
     given, files, stdin = _split_prompts(prompts)
-    output_path = _output(output)
+    output_path = as_path(output, "output")
     if output_path is not None:
         check_output_file(output_path, OUTPUT_SUFFIXES)
     profile_file = Path(plan_profile.source) if plan_profile.source and Path(plan_profile.source).is_file() else None
@@ -188,7 +189,7 @@ class _Run:
         plan: ModulationPlan,
         decoding: GenerationSettings,
         compare: bool,
-        progress: Callable[[int], None] | None,
+        progress: Progress | None,
         failures: list[FailedInput] | None,
     ) -> None:
         self.lm = lm
@@ -223,7 +224,7 @@ class _Run:
         output: Path,
         settings: dict[str, object],
         kept: list[dict[str, object]],
-        say: Callable[[str], None],
+        say: Notice,
         streamer: CompletionStreamer | None = None,
     ) -> Iterator[Completion]:
         """The completions, each also streamed to `output` (after the kept records), published once all are written."""
@@ -322,15 +323,6 @@ def _split_prompts(prompts: PromptsLike | None) -> tuple[list[str], list[Path], 
     return texts, files, None
 
 
-def _output(output: str | Path | None) -> Path | None:
-    """The output file as a Path (a str is a path)."""
-    if output is None or isinstance(output, Path):
-        return output
-    if isinstance(output, str):
-        return Path(output)
-    raise InputError(f"output must be a path (str or pathlib.Path), got {type(output).__name__}")
-
-
 def _remaining(texts: list[str], kept: list[dict[str, object]]) -> list[str]:
     """The prompts not yet answered in `kept` (a prompt given twice needs two records)."""
     answered = Counter(str(record.get("prompt")) for record in kept)
@@ -348,7 +340,7 @@ def _describe_run(
     plan: ModulationPlan,
     decoding: GenerationSettings,
     requested: int,
-    say: Callable[[str], None],
+    say: Notice,
 ) -> None:
     """The notes on how this run modulates and decodes, and on what it will not apply."""
     text = f"model: {lm.name} | {plan.summary()}"

@@ -10,11 +10,11 @@ satisfies `ModelSource`, registered under the `aim.model_sources` entry-point gr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Literal, cast, overload
 
 import torch
 
+from aim_cli.api.arguments import PathLike, as_path, check_choice
 from aim_cli.devices import resolve_device
 from aim_cli.errors import InputError
 from aim_cli.models import registry
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["ENTRY_POINT_GROUP", "ModelRequest", "ModelSource", "ModelSourceInfo", "list_models", "load_model"]
 
 Task = Literal["classify", "segment", "generate"]
-PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -40,15 +39,6 @@ class ModelSourceInfo:
     prefixed: bool  # named as `NAME:ARCH` in a spec (otherwise recognised from the spec itself)
     package: str | None  # the distribution that registered it; None for aim's own sources
     description: str
-
-
-def _path(value: PathLike | None, what: str) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str):
-        return Path(value)
-    raise InputError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -98,16 +88,15 @@ def load_model(
     fills a `torchvision:` / `timm:` architecture; `labels` is a class-names file for an image
     model; `dtype` and `device_map` apply to language models. Errors are aim.ModelError (one line).
     """
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    task = cast(Task, check_choice(task, "task", TASKS))
     if spec is not None and not isinstance(spec, str):
         raise InputError(f"spec must be a str (as --model), got {type(spec).__name__}")
     return registry.load_model(  # task is checked above
         task,
         spec,
         device=_device(device),
-        weights=_path(weights, "weights"),
-        labels=_path(labels, "labels"),
+        weights=as_path(weights, "weights"),
+        labels=as_path(labels, "labels"),
         dtype=dtype,
         device_map=device_map,
     )
@@ -118,8 +107,8 @@ def list_models(task: Task | None = None) -> list[ModelSourceInfo]:
 
     A plugin's object is imported to read its tasks (its failures are aim.ModelError naming it).
     """
-    if task is not None and task not in TASKS:
-        raise InputError(f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    if task is not None:
+        task = cast(Task, check_choice(task, "task", TASKS))
     found = [
         ModelSourceInfo(name, source.tasks, source.takes_weights, True, None, source.what)
         for name, source in registry.PREFIXED.items()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from aim_cli.api import _tier_inputs as inputs
+from aim_cli.api import arguments
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, FailedInput, InputError
 from aim_cli.outputs import RunOutputs, guard_outputs
@@ -99,8 +100,8 @@ def write_report(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     allow_outside_paths: bool = False,
-    progress: inputs.Progress | None = None,
-    notice: inputs.Notice | None = None,
+    progress: arguments.Progress | None = None,
+    notice: arguments.Notice | None = None,
 ) -> ReportSummary:
     """Write one self-contained HTML page of what every tier of a folder does to a model, as `aim report`.
 
@@ -127,26 +128,26 @@ def write_report(
     Errors (aim.AimError, one line): a bad tiers folder or profile, bad data, options that do not
     apply to the task; nothing is written then.
     """
-    tiers_path, data_path = inputs.as_path(tiers, "tiers"), inputs.as_path(data, "data")
-    output_path = inputs.as_path(output, "output")
+    tiers_path, data_path = arguments.as_path(tiers, "tiers"), arguments.as_path(data, "data")
+    output_path = arguments.as_path(output, "output")
     if tiers_path is None or output_path is None:
         raise InputError("write_report needs a tiers folder and an output file")
     request = _Request(
-        inputs.check_choice(task, "task", inputs.TASKS),
+        arguments.check_choice(task, "task", inputs.TASKS),
         model,
         data_path,
-        inputs.as_path(weights, "weights"),
-        inputs.as_path(labels, "labels"),
+        arguments.as_path(weights, "weights"),
+        arguments.as_path(labels, "labels"),
         output_path,
         bool(allow_outside_paths),
-        inputs.check_choice(layout, "layout", inputs.LAYOUTS),
+        arguments.check_choice(layout, "layout", inputs.LAYOUTS),
         split,
-        None if limit is None else inputs.check_whole(limit, "limit", 1),
-        inputs.check_whole(examples, "examples", 1, 32),
-        inputs.check_whole(seed, "seed", 0),
-        inputs.check_whole(batch_size, "batch_size", 1),
-        progress or inputs.no_progress,
-        notice or inputs.quiet,
+        None if limit is None else arguments.check_whole(limit, "limit", 1),
+        arguments.check_whole(examples, "examples", 1, 32),
+        arguments.check_whole(seed, "seed", 0),
+        arguments.check_whole(batch_size, "batch_size", 1),
+        progress or arguments.no_progress,
+        notice or arguments.quiet,
     )
     request.check(tiers_path)
     from aim_cli.report.tiers import load_tiers
@@ -174,8 +175,8 @@ class _Request:
     examples: int
     seed: int
     batch_size: int
-    progress: inputs.Progress
-    notice: inputs.Notice
+    progress: arguments.Progress
+    notice: arguments.Notice
 
     def check(self, tiers: Path) -> None:
         """Before any work: the output file, what it must not replace, and options that need --data."""
@@ -185,7 +186,7 @@ class _Request:
         guard_outputs(
             [("--output", self.output)],
             [("--data", self.data), ("--labels", self.labels), ("--weights", self.weights), ("--tiers", tiers)],
-            inputs.model_spec(self.model),
+            arguments.model_spec(self.model),
         )
         if self.model is not None and self.data is None:
             raise AimError(

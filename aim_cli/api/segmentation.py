@@ -9,21 +9,21 @@ published only when an image succeeded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from aim_cli import demo
+from aim_cli.api.arguments import POSITIVE, Notice, PathLike, Progress, as_path, check_whole, image_inputs, quiet
 from aim_cli.api.logits import ProfileLike
 from aim_cli.api.logits import plan as make_plan
 from aim_cli.api.models import load_model
 from aim_cli.calibration.datasets import ground_truth
 from aim_cli.engines.choice import check_engine, ray_items
 from aim_cli.errors import AimError, FailedInput, InputError
-from aim_cli.io import check_output_dir, check_output_paths, find_images, write_json_atomic
+from aim_cli.io import check_output_dir, check_output_paths, write_json_atomic
 from aim_cli.masks import colour_table, save_mask, save_overlay
 from aim_cli.outputs import RunOutputs, guard_outputs
 from aim_cli.profile import Profile
@@ -43,7 +43,6 @@ SUMMARY_FILE = files.SUMMARY_FILE
 __all__ = ["SegmentEvaluation", "SegmentMetrics", "SegmentRun", "SegmentedImage", "segment"]
 
 Layout = Literal["auto", "plain", "ade20k", "cityscapes", "voc", "imagenet"]
-PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -144,8 +143,8 @@ class SegmentRun:
         plan: ModulationPlan,
         planned: _Plan,
         options: dict[str, Any],
-        progress: Callable[[int], None] | None,
-        notice: Callable[[str], None],
+        progress: Progress | None,
+        notice: Notice,
     ) -> None:
         self.model = model
         self.labels: list[str] = list(model.labels)
@@ -179,7 +178,7 @@ class SegmentRun:
     def __iter__(self) -> Iterator[SegmentedImage | FailedInput]:
         return self.stream(self._progress)
 
-    def stream(self, progress: Callable[[int], None] | None = None) -> Iterator[SegmentedImage | FailedInput]:
+    def stream(self, progress: Progress | None = None) -> Iterator[SegmentedImage | FailedInput]:
         """The run's records, `progress` advanced once per image; a run is iterated once."""
         if self._started:
             raise InputError("a segment run is iterated once", "call aim.segment again for another pass")
@@ -193,7 +192,7 @@ class SegmentRun:
         return self
 
     def _results(
-        self, evaluation: SegmentationEvaluation | None, progress: Callable[[int], None] | None
+        self, evaluation: SegmentationEvaluation | None, progress: Progress | None
     ) -> Iterator[SegmentedImage | FailedInput]:
         """The task's records from the chosen engine."""
         o, planned = self._options, self._planned
@@ -206,7 +205,7 @@ class SegmentRun:
         )
         return segment_inputs(items, self.model, self.plan, o["batch_size"], o["compare"], evaluation, progress)
 
-    def _records(self, progress: Callable[[int], None] | None) -> Iterator[SegmentedImage | FailedInput]:
+    def _records(self, progress: Progress | None) -> Iterator[SegmentedImage | FailedInput]:
         """Segment, write (with an output_dir), count and score; publish at the end."""
         o, out = self._options, self.output_dir
         for failure in self._planned.failures:
@@ -273,21 +272,6 @@ class SegmentRun:
         return files.summary_record(item, written, self.labels, self._options["compare"], settings)
 
 
-def _image_paths(inputs: Sequence[PathLike] | PathLike | None, model: object) -> tuple[list[Path], list[FailedInput]]:
-    """Inputs expanded (files, folders, globs); with neither inputs nor a model, the demo samples."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    if not inputs:
-        if model is not None:
-            raise InputError("no inputs given", "pass image files, directories or globs")
-        inputs = [demo.samples_dir("segment")]
-    given = [str(item) for item in inputs]
-    paths, unmatched = find_images(given)
-    if not paths:
-        raise InputError(f"no images found in {', '.join(given)}", "pass image files, directories or globs")
-    return paths, [FailedInput(Path(item), f"{item}: no such file, or no images match") for item in unmatched]
-
-
 def _check_options(options: dict[str, Any]) -> None:
     """Option combinations refused before any work (the messages name the CLI's options)."""
     masks, engine = options["masks"], options["engine"]
@@ -313,7 +297,9 @@ def _plan_files(inputs: Sequence[PathLike] | PathLike | None, options: dict[str,
     """The images, their ground truth and output names; what fails before the run; clobbering refused."""
     masks, out = options["masks"], options["output_dir"]
     truth = ground_truth(bool(inputs), masks, options["layout"], options["split"], options["allow_outside"])
-    paths, failures = (truth.paths, []) if truth.paths else _image_paths(inputs, options["model"])
+    paths, failures = (
+        (truth.paths, []) if truth.paths else image_inputs(inputs, "segment" if options["model"] is None else None)
+    )
     reads = truth.resolve(paths) if masks is not None else None  # every file the run reads, before it starts
     if reads is not None:
         failures += [FailedInput(path, why) for path, why in reads.refused.items()]
@@ -334,11 +320,6 @@ def _plan_files(inputs: Sequence[PathLike] | PathLike | None, options: dict[str,
         guard_outputs([("--output-dir", out), *planned], [("input", p) for p in paths] + truths + given, spec)
         check_output_paths(planned, out)  # e.g. a folder named summary.jsonl: found now, not after the work
     return _Plan(paths, names, overlays, failures, truth if masks is not None else None, None)
-
-
-def _as_path(value: PathLike | None) -> Path | None:
-    """A str or Path argument as a Path (None stays None)."""
-    return None if value is None else Path(value)
 
 
 def _segmenter(model: ImageModel | str | None, options: dict[str, Any]) -> ImageModel:
@@ -375,8 +356,8 @@ def segment(
     overlay: bool = False,
     resume: bool = False,
     profile_file: PathLike | None = None,
-    progress: Callable[[int], None] | None = None,
-    notice: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    notice: Notice | None = None,
 ) -> SegmentRun:
     """Segment images with a modulated segmentation model (as `aim segment`); iterate the run for the records.
 
@@ -396,13 +377,12 @@ def segment(
     Errors raised here (before any work) are aim.AimError subclasses; an image that cannot be
     read or segmented is yielded as an aim.FailedInput and the run goes on.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_whole(batch_size, "batch_size", span=POSITIVE)
     options: dict[str, Any] = dict(
-        model=model, masks=_as_path(masks), layout=layout, split=split, allow_outside=allow_outside_paths,
-        compare=compare, batch_size=batch_size, device=device, weights=_as_path(weights), labels=_as_path(labels),
-        engine=engine, workers=workers, output_dir=_as_path(output_dir), overlay=overlay, resume=resume,
-        profile_file=_as_path(profile_file),
+        model=model, masks=as_path(masks, "masks"), layout=layout, split=split, allow_outside=allow_outside_paths,
+        compare=compare, batch_size=batch_size, device=device, weights=as_path(weights, "weights"),
+        labels=as_path(labels, "labels"), engine=engine, workers=workers, output_dir=as_path(output_dir, "output_dir"),
+        overlay=overlay, resume=resume, profile_file=as_path(profile_file, "profile_file"),
     )  # fmt: skip
     _check_options(options)
     planned = _plan_files(inputs, options)
@@ -415,7 +395,7 @@ def segment(
     options["created"] = out is not None and not out.is_dir()
     if out is not None:
         check_output_dir(out)
-    say = notice or (lambda _note: None)
+    say = notice or quiet
     run = SegmentRun(segmenter, plan, planned, options, progress, say)
     if run.resumed:
         say(f"resuming: {run.resumed} image(s) already have their outputs in {out} and are skipped")

@@ -13,11 +13,12 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aim_cli.api.arguments import Notice
 from aim_cli.engines.vision_tiers import EndpointSpec
 from aim_cli.errors import AimError, InputError, ModelError
 from aim_cli.profile import Profile, noise_key
@@ -35,8 +36,6 @@ TASKS = ("auto", "generate", "classify", "segment")
 # cannot key V2's draft rows. Refused here, before vLLM starts, as a courtesy; the guard that
 # holds for every form (a --config file included) is on the final engine config (integrations.vllm).
 SPECULATIVE_OPTIONS = ("--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens")
-
-Notice = Callable[[str], None]
 
 
 @dataclass(frozen=True)

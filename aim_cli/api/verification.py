@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from aim_cli.api import _tier_inputs as inputs
+from aim_cli.api import arguments
 from aim_cli.calibration.verify import DEFAULT_DRAWS, Verification, certified
 from aim_cli.devices import resolve_device
 from aim_cli.errors import AimError, ProfileError
@@ -66,8 +67,8 @@ def verify(
     device: str | torch.device = "auto",
     allow_outside_paths: bool = False,
     output: str | Path | None = None,
-    progress: inputs.Progress | None = None,
-    notice: inputs.Notice | None = None,
+    progress: arguments.Progress | None = None,
+    notice: arguments.Notice | None = None,
 ) -> Verification:
     """Re-measure a certified tier on a model and labelled data; `.holds` says whether its certificate holds.
 
@@ -95,22 +96,22 @@ def verify(
     Errors (aim.AimError, one line): an uncertified or edited profile, bad data, a model of
     another task. The metric outside the interval is not an error: `holds` is False.
     """
-    data_path, output_path = inputs.as_path(data, "data"), inputs.as_path(output, "output")
-    weights_path, labels_path = inputs.as_path(weights, "weights"), inputs.as_path(labels, "labels")
+    data_path, output_path = arguments.as_path(data, "data"), arguments.as_path(output, "output")
+    weights_path, labels_path = arguments.as_path(weights, "weights"), arguments.as_path(labels, "labels")
     request = _Request(
         model,
         data_path,
         weights_path,
         labels_path,
         bool(allow_outside_paths),
-        inputs.check_choice(layout, "layout", inputs.LAYOUTS),
+        arguments.check_choice(layout, "layout", inputs.LAYOUTS),
         split,
-        None if limit is None else inputs.check_whole(limit, "limit", 1),
-        inputs.check_whole(draws, "draws", 2, 1000),
-        inputs.check_whole(seed, "seed", 0),
-        inputs.check_whole(batch_size, "batch_size", 1),
-        progress or inputs.no_progress,
-        notice or inputs.quiet,
+        None if limit is None else arguments.check_whole(limit, "limit", 1),
+        arguments.check_whole(draws, "draws", 2, 1000),
+        arguments.check_whole(seed, "seed", 0),
+        arguments.check_whole(batch_size, "batch_size", 1),
+        progress or arguments.no_progress,
+        notice or arguments.quiet,
     )
     if output_path is not None:
         from aim_cli.calibration.report import REPORT_SUFFIXES
@@ -118,7 +119,7 @@ def verify(
 
         check_output_file(output_path, REPORT_SUFFIXES)
     inputs_read = [("--data", data_path), ("--labels", labels_path), ("--weights", weights_path)]
-    guard_outputs([("--output", output_path)], inputs_read, inputs.model_spec(model))
+    guard_outputs([("--output", output_path)], inputs_read, arguments.model_spec(model))
     profile = _tier(tier)
     task = certified(profile).task
     request.check(task)
@@ -146,8 +147,8 @@ class _Request:
     draws: int
     seed: int
     batch_size: int
-    progress: inputs.Progress
-    notice: inputs.Notice
+    progress: arguments.Progress
+    notice: arguments.Notice
 
     def check(self, task: str) -> None:
         """Options that do not apply to the tier's task, or describe data that was not given."""
