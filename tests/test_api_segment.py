@@ -147,3 +147,14 @@ def test_readme_example_equals_the_cli(tmp_path, monkeypatch, capsys):
     assert per_image.keys() == {Path(str(r["image"])).name for r in records}
     for record in records:
         assert round(per_image[Path(str(record["image"])).name], 6) == record["pixel_accuracy"]
+
+
+def test_an_output_never_replaces_the_profile_file(tmp_path):
+    """A Profile loaded from a file the run would write (here summary.jsonl) is refused before any work."""
+    out = tmp_path / "out"
+    out.mkdir()
+    tier = out / "summary.jsonl"
+    tier.write_text("utility:\n  sigma: 1.0\n")
+    with pytest.raises(aim.AimError, match="would overwrite --profile"):
+        aim.segment(profile=aim.Profile.load(tier), output_dir=out)
+    assert tier.read_text() == "utility:\n  sigma: 1.0\n"

@@ -14,7 +14,7 @@ from typing import Any
 from aim_cli import demo
 from aim_cli.errors import FailedInput, InputError
 from aim_cli.io import find_images
-from aim_cli.profile import is_integer_number
+from aim_cli.profile import Profile, is_integer_number
 
 PathLike = str | Path
 Notice = Callable[[str], None]
@@ -94,3 +94,9 @@ def model_spec(model: object) -> str | None:
     raise InputError(
         f"model must be a spec (str, as --model) or a model from aim.load_model, got {type(model).__name__}"
     )
+
+
+def profile_file(profile: object) -> Path | None:
+    """The YAML file a Profile was loaded from (an input no output may replace), if any."""
+    source = profile.source if isinstance(profile, Profile) else None
+    return Path(source) if source and Path(source).is_file() else None

@@ -14,7 +14,17 @@ from typing import Any, Literal
 
 import torch
 
-from aim_cli.api.arguments import POSITIVE, Notice, PathLike, Progress, as_path, check_whole, image_inputs, quiet
+from aim_cli.api.arguments import (
+    POSITIVE,
+    Notice,
+    PathLike,
+    Progress,
+    as_path,
+    check_whole,
+    image_inputs,
+    profile_file,
+    quiet,
+)
 from aim_cli.api.logits import ProfileLike, as_profile, plan
 from aim_cli.api.models import load_model
 from aim_cli.engines.choice import check_engine, ray_items
@@ -173,11 +183,6 @@ def _in_input_order(
     yield from (waiting[index] for index in sorted(waiting))
 
 
-def _profile_file(profile: Profile) -> Path | None:
-    """The YAML file a profile was loaded from (an input no output may replace), if any."""
-    return Path(profile.source) if profile.source and Path(profile.source).is_file() else None
-
-
 def classify(
     model: ImageModel | str | None = None,
     inputs: PathLike | Sequence[PathLike] | None = None,
@@ -228,7 +233,7 @@ def classify(
     guard_outputs(
         [("--output", output_path)],
         [("input", p) for p in paths]
-        + [("--profile", _profile_file(resolved)), ("--labels", labels_path), ("--weights", weights_path)],
+        + [("--profile", profile_file(resolved)), ("--labels", labels_path), ("--weights", weights_path)],
         spec,
     )
     kept = resumed_records(output_path, resume, "path", [str(p) for p in paths], say)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aim_cli.api.arguments import PathLike, as_path
+from aim_cli.api.arguments import PathLike, as_path, profile_file
 from aim_cli.api.logits import ProfileLike, as_profile
 from aim_cli.errors import AimError, InputError
 from aim_cli.io import check_output_file, write_json_atomic
@@ -93,8 +93,7 @@ def _checked_outputs(
     reads = (
         [] if include_path is None else scan_task_folder(include_path, trust_task_code, allow_outside_paths).inputs()
     )
-    profile_file = Path(base.source) if base.source else None
-    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile_file), *reads], model)
+    guard_outputs([("--output", output), ("--plot", plot)], [("--profile", profile_file(base)), *reads], model)
     if plot is not None:
         from aim_cli.calibration.plot import require_matplotlib
 

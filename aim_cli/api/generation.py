@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
 
-from aim_cli.api.arguments import Notice, Progress, as_path, quiet
+from aim_cli.api.arguments import Notice, Progress, as_path, profile_file, quiet
 from aim_cli.api.logits import ProfileLike, as_profile
 from aim_cli.api.models import load_model
 from aim_cli.demo import arithmetic
@@ -147,9 +147,10 @@ def generate(
     output_path = as_path(output, "output")
     if output_path is not None:
         check_output_file(output_path, OUTPUT_SUFFIXES)
-    profile_file = Path(plan_profile.source) if plan_profile.source and Path(plan_profile.source).is_file() else None
     guard_outputs(
-        [("--output", output_path)], [*(("--prompts", path) for path in files), ("--profile", profile_file)], spec
+        [("--output", output_path)],
+        [*(("--prompts", path) for path in files), ("--profile", profile_file(plan_profile))],
+        spec,
     )
     texts = gather_prompts(
         given,

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from aim_cli.api.arguments import POSITIVE, Notice, PathLike, Progress, as_path, check_whole, image_inputs, quiet
+from aim_cli.api.arguments import (
+    POSITIVE,
+    Notice,
+    PathLike,
+    Progress,
+    as_path,
+    check_whole,
+    image_inputs,
+    profile_file,
+    quiet,
+)
 from aim_cli.api.logits import ProfileLike
 from aim_cli.api.logits import plan as make_plan
 from aim_cli.api.models import load_model
@@ -355,7 +365,6 @@ def segment(
     output_dir: PathLike | None = None,
     overlay: bool = False,
     resume: bool = False,
-    profile_file: PathLike | None = None,
     progress: Progress | None = None,
     notice: Notice | None = None,
 ) -> SegmentRun:
@@ -371,7 +380,6 @@ def segment(
         engine, workers: "local", or "ray" (Ray Data workers; no masks; model as a spec string).
         output_dir: write masks, overlays (with overlay), summary.jsonl and evaluation.json there.
         resume: with output_dir, skip the images whose outputs are there (every summary record kept).
-        profile_file: the profile's file, only so that no output replaces it.
         progress: called with 1 per image done; notice: called with each human-readable note.
 
     Errors raised here (before any work) are aim.AimError subclasses; an image that cannot be
@@ -382,7 +390,7 @@ def segment(
         model=model, masks=as_path(masks, "masks"), layout=layout, split=split, allow_outside=allow_outside_paths,
         compare=compare, batch_size=batch_size, device=device, weights=as_path(weights, "weights"),
         labels=as_path(labels, "labels"), engine=engine, workers=workers, output_dir=as_path(output_dir, "output_dir"),
-        overlay=overlay, resume=resume, profile_file=as_path(profile_file, "profile_file"),
+        overlay=overlay, resume=resume, profile_file=profile_file(profile),
     )  # fmt: skip
     _check_options(options)
     planned = _plan_files(inputs, options)

@@ -102,7 +102,7 @@ def segment(
         model, inputs, settings_profile, masks=masks, layout=layout.value, split=split,
         allow_outside_paths=allow_outside_paths, compare=compare, batch_size=batch_size, device=device,
         weights=weights, labels=labels, engine=engine.value, workers=workers, output_dir=output_dir,
-        overlay=overlay, resume=resume, profile_file=profile, notice=lambda note: say(note, quiet),
+        overlay=overlay, resume=resume, notice=lambda note: say(note, quiet),
     )  # fmt: skip
     with progress_bar("segmenting", run.total, quiet) as advance:
         failures = [item for item in run.stream(advance) if isinstance(item, FailedInput)]
