@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from aim_cli.errors import InputError
+from aim_cli.interrupts import as_interrupt
 from aim_cli.io import RecordWriter, read_records, refuse_clobbering
 
 
@@ -117,9 +118,12 @@ class RunOutputs:
     ) -> None:
         if exc is None:
             return
+        # A signal may land in the caller's code between two records: a run written as a generator
+        # then stops with GeneratorExit (or a library's wrapper of the interrupt), still an interrupt.
+        stop = as_interrupt(exc) or exc
         for writer, keep in self._writers:
             if self.succeeded:  # Ctrl-C keeps finished records so that --resume can continue
-                writer.abandon(exc, replace_existing=keep)
+                writer.abandon(stop, replace_existing=keep)
             else:
                 writer.close(success=False)
         if not self.succeeded:

@@ -7,7 +7,7 @@ Ray workers, and the records file published only when an input succeeded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,6 @@ from aim_cli.api.logits import ProfileLike, as_profile, plan
 from aim_cli.api.models import load_model
 from aim_cli.engines.choice import check_engine, ray_items
 from aim_cli.errors import FailedInput, InputError
-from aim_cli.interrupts import as_interrupt
 from aim_cli.io import check_output_file
 from aim_cli.models.image_model import ImageModel, VisionModel
 from aim_cli.outputs import RunOutputs, guard_outputs, resumed_records
@@ -99,7 +98,7 @@ class ClassificationRun:
     def __iter__(self) -> Iterator[ClassifiedImage | FailedInput]:
         return self.results()
 
-    def results(self, progress: Progress | None = None) -> Iterator[ClassifiedImage | FailedInput]:
+    def results(self, progress: Progress | None = None) -> Generator[ClassifiedImage | FailedInput, None, None]:
         """The records in input order; `progress` (default: the one given to classify) gets each batch's count."""
         job = self._job
         if job is None or job.started:
@@ -107,12 +106,12 @@ class ClassificationRun:
         job.started = True
         return self._results(job, progress or job.progress)
 
-    def _results(self, job: _Job, progress: Progress | None) -> Iterator[ClassifiedImage | FailedInput]:
+    def _results(self, job: _Job, progress: Progress | None) -> Generator[ClassifiedImage | FailedInput, None, None]:
         """Classify, write and publish; a failure or interrupt leaves outputs as RunOutputs' rule says."""
         yield from list(self.failures)  # inputs that matched nothing come first, as the CLI lists them
         settings = self.plan.describe()
-        outputs = RunOutputs()
-        try:
+        # The consumer may stop iterating: by a signal (finished records are kept) or by choice (nothing written).
+        with RunOutputs() as outputs:
             # Only a resumed file holds the old records too: otherwise Ctrl-C keeps an older output as it was.
             writer = outputs.records(self.output, keep_on_interrupt=bool(job.kept)) if self.output else None
             for kept in job.kept:
@@ -126,11 +125,6 @@ class ClassificationRun:
                         writer.write(record(item, settings))
                     outputs.success()
                 yield item
-        except BaseException as exc:
-            # The consumer stopped iterating: by a signal (finished records are kept) or by choice (nothing written).
-            stop = (as_interrupt(exc) or exc) if isinstance(exc, GeneratorExit) else exc
-            outputs.__exit__(type(stop), stop, stop.__traceback__)
-            raise
         self.published = outputs.publish()
         self._summarize(job, outputs.succeeded if writer else 0)
 

@@ -83,6 +83,12 @@ class Generation:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def close(self) -> None:
+        """Stop early: the output file keeps its finished records only when a signal stopped the run."""
+        close = getattr(self._completions, "close", None)
+        if close is not None:
+            close()
+
 
 def generate(
     model: LanguageModel | str | None = None,

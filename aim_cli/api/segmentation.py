@@ -9,7 +9,7 @@ published only when an image succeeded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -188,7 +188,7 @@ class SegmentRun:
     def __iter__(self) -> Iterator[SegmentedImage | FailedInput]:
         return self.stream(self._progress)
 
-    def stream(self, progress: Progress | None = None) -> Iterator[SegmentedImage | FailedInput]:
+    def stream(self, progress: Progress | None = None) -> Generator[SegmentedImage | FailedInput, None, None]:
         """The run's records, `progress` advanced once per image; a run is iterated once."""
         if self._started:
             raise InputError("a segment run is iterated once", "call aim.segment again for another pass")
@@ -215,7 +215,7 @@ class SegmentRun:
         )
         return segment_inputs(items, self.model, self.plan, o["batch_size"], o["compare"], evaluation, progress)
 
-    def _records(self, progress: Progress | None) -> Iterator[SegmentedImage | FailedInput]:
+    def _records(self, progress: Progress | None) -> Generator[SegmentedImage | FailedInput, None, None]:
         """Segment, write (with an output_dir), count and score; publish at the end."""
         o, out = self._options, self.output_dir
         for failure in self._planned.failures:

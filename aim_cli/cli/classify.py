@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -95,8 +96,9 @@ def classify(
         notice=lambda note: say(note, quiet),
     )
     results: list[ClassifiedImage] = []
-    with progress_bar("classifying", len(run.pending), quiet) as advance:
-        for item in run.results(advance):
+    # closing: a signal that lands in this loop, between two records, still ends the run's writing.
+    with progress_bar("classifying", len(run.pending), quiet) as advance, closing(run.results(advance)) as items:
+        for item in items:
             if output is None and not isinstance(item, FailedInput):
                 results.append(item)
     if run.published and output is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TextIO
 
@@ -160,18 +161,23 @@ def _write(text: str) -> None:
 
 
 def _collect(run: Generation, quiet: bool, advance: list[Callable[[int], None]]) -> list[Completion]:
-    """Every completion of the run: a single prompt streamed to stdout as generated, else behind a progress bar."""
-    if run.streaming:
-        advance.append(lambda _done: None)  # no bar: it would hold back the streamed text
-        results = []
-        with writing_stdout():
-            for item in run:
-                _write("\n")  # the completion is whole: end its line (a failed prompt yields nothing)
-                results.append(item)
-        return results
-    with progress_bar("generating", len(run), quiet or not len(run)) as bar:
-        advance.append(bar)
-        return list(run)
+    """Every completion of the run: a single prompt streamed to stdout as generated, else behind a progress bar.
+
+    The run is closed however this ends: a signal that lands here, between two completions, still
+    ends its writing (finished records kept for --resume).
+    """
+    with closing(run):
+        if run.streaming:
+            advance.append(lambda _done: None)  # no bar: it would hold back the streamed text
+            results = []
+            with writing_stdout():
+                for item in run:
+                    _write("\n")  # the completion is whole: end its line (a failed prompt yields nothing)
+                    results.append(item)
+            return results
+        with progress_bar("generating", len(run), quiet or not len(run)) as bar:
+            advance.append(bar)
+            return list(run)
 
 
 def _print_results(results: list[Completion], compare: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -104,8 +105,8 @@ def segment(
         weights=weights, labels=labels, engine=engine.value, workers=workers, output_dir=output_dir,
         overlay=overlay, resume=resume, notice=lambda note: say(note, quiet),
     )  # fmt: skip
-    with progress_bar("segmenting", run.total, quiet) as advance:
-        failures = [item for item in run.stream(advance) if isinstance(item, FailedInput)]
+    with progress_bar("segmenting", run.total, quiet) as advance, closing(run.stream(advance)) as records:
+        failures = [item for item in records if isinstance(item, FailedInput)]  # closing: as in aim classify
     if not run.published:
         report_failures(failures, published=False)
         return
