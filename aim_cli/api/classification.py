@@ -203,7 +203,9 @@ def classify(
         inputs: image files, folders or globs (None with the demo model: its sample images).
         profile: a Profile, a YAML-schema dict or a bare sigma (None: the clean model).
         topk: classes reported per image; compare: also the clean (unmodulated) top-k.
-        weights, labels, device: as for aim.load_model, when `model` is a spec.
+        weights: as for aim.load_model, when `model` is a spec.
+        labels: as for aim.load_model, when `model` is a spec.
+        device: as for aim.load_model, when `model` is a spec.
         seed: the noise seed (overrides the profile's).
         engine: 'local' (this process) or 'ray' (Ray Data workers; `model` must be a spec).
         workers: with engine 'ray', worker processes.

@@ -375,9 +375,12 @@ def segment(
         inputs: image files, folders or globs (None with the demo model: its sample images).
         profile: a Profile, a YAML-schema mapping or a utility sigma (None: clean).
         masks: ground truth: a folder of same-named masks, or a data set root (then inputs may be None).
-        layout, split, allow_outside_paths: how `masks` is laid out (as --layout, --split, --allow-outside-paths).
+        layout: how `masks` is laid out (as --layout).
+        split: the data set split to read (as --split).
+        allow_outside_paths: let the masks data set reach files outside its folder (as --allow-outside-paths).
         compare: also compute the clean masks (always computed with focus or masks).
-        engine, workers: "local", or "ray" (Ray Data workers; no masks; model as a spec string).
+        engine: "local", or "ray" (Ray Data workers; no masks; model as a spec string).
+        workers: with engine "ray", worker processes.
         output_dir: write masks, overlays (with overlay), summary.jsonl and evaluation.json there.
         resume: with output_dir, skip the images whose outputs are there (every summary record kept).
         progress: called with 1 per image done; notice: called with each human-readable note.
