@@ -85,7 +85,6 @@ def upsampled_logits(model: SegformerForSemanticSegmentation, pixels: torch.Tens
     return F.interpolate(logits, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@torch.no_grad()
 class Metrics(TypedDict):
     """What evaluate() measures on the held-out images."""
 
@@ -96,6 +95,7 @@ class Metrics(TypedDict):
     median_margin: float
 
 
+@torch.no_grad()
 def evaluate(model: SegformerForSemanticSegmentation, pixels: torch.Tensor, masks: torch.Tensor) -> Metrics:
     """Return pixel accuracy, mIoU, per-class IoU and recall, and the median top-1/top-2 margin."""
     model.eval()
