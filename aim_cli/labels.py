@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 
 from aim_cli.errors import AimError
+from aim_cli.limits import ascii_whole
 
 # Everyday words people type, mapped to the names datasets use (tried in order).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -61,8 +62,9 @@ def resolve_class(name: str, labels: Sequence[str]) -> int:
         for class_id, label in enumerate(labels):
             if normalize(candidate) in _synonyms(label):
                 return class_id
-    if wanted.isdigit() and int(wanted) < len(labels):
-        return int(wanted)
+    given_id = ascii_whole(name)
+    if given_id is not None and given_id < len(labels):
+        return given_id
     vocabulary = sorted({s for label in labels for s in _synonyms(label)})
     close = difflib.get_close_matches(wanted, vocabulary, n=4, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else _label_preview(labels)

@@ -16,6 +16,19 @@ from aim_cli.errors import AimError
 _MiB = 1024 * 1024
 
 
+def ascii_whole(text: str, max_digits: int = 18) -> int | None:
+    """The whole number `text` spells in ASCII digits (spaces around allowed), else None; never raises.
+
+    str.isdigit() also accepts '²' and '①', which int() refuses, and int() itself accepts other
+    scripts' digits, signs and '_', and refuses over 4,300 digits: each reader of a number in
+    untrusted text (an id, a port, a header) checks it here instead.
+    """
+    stripped = text.strip()
+    if not 0 < len(stripped) <= max_digits or not (stripped.isascii() and stripped.isdigit()):
+        return None
+    return int(stripped)
+
+
 @dataclass(frozen=True)
 class Limit:
     """One bound: its environment variable, default and what it bounds (for messages)."""

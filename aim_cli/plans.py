@@ -19,6 +19,7 @@ import torch
 from aim_cli.directions import direction_name
 from aim_cli.errors import AimError, InputError, ProfileError
 from aim_cli.labels import resolve_class
+from aim_cli.limits import ascii_whole
 from aim_cli.modulation import FocusTarget, Modulation, NoiseSource, modulate, nonfinite_items, token_key
 from aim_cli.profile import FocusRequest, Profile, is_integer_number, noise_source, one_or_many
 
@@ -248,16 +249,17 @@ def resolve_focus(request: FocusRequest, labels: Sequence[str] | None, num_class
 
 def _class_id(name: str, num_classes: int | None) -> int:
     """A focus target given as a class id, checked against the class count."""
-    if not (name.isascii() and name.isdigit()):
+    class_id = ascii_whole(name)
+    if class_id is None and not (name.isascii() and name.isdigit()):
         raise AimError(
-            f"'{name}' is a class name, but no class_names were given",
+            f"'{name[:60]}' is a class name, but no class_names were given",
             "pass class_names=[...] (the model's labels) or give the class id",
         )
     if num_classes is None:
         raise AimError("focus targets by id need the number of classes", "pass num_classes= or class_names=")
-    if int(name) >= num_classes:
-        raise AimError(f"class id {int(name)} is outside 0..{num_classes - 1}")
-    return int(name)
+    if class_id is None or class_id >= num_classes:  # None here: more digits than any class count
+        raise AimError(f"class id {name[:20]} is outside 0..{num_classes - 1}")
+    return class_id
 
 
 def plan_tokens(profile: Profile, tokenizer: Any) -> ModulationPlan:

@@ -17,6 +17,14 @@ from typing import IO, Any
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI's verdict on a commit is the commit's, not
+# the draw's; `HYPOTHESIS_PROFILE=explore make test` draws fresh ones to look for new failures. An
+# example found that way becomes an @example of its test.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parents[1]
 # How long a test waits for something a child process writes before it fails: generous, because a

@@ -21,6 +21,7 @@ from typing import Literal
 from aim_cli.api.arguments import Notice
 from aim_cli.engines.vision_tiers import EndpointSpec
 from aim_cli.errors import AimError, InputError, ModelError
+from aim_cli.limits import ascii_whole
 from aim_cli.profile import Profile, noise_key
 from aim_cli.serving import DEFAULT_ENV, KEY_ENV, PROFILES_ENV, default_tier, load_profile_dir, profile_summary
 from aim_cli.tier_policy import ALLOW_AD_HOC_ENV, ALLOW_CLEAN_ENV, TierPolicy
@@ -411,11 +412,11 @@ def start_server(plan: ServePlan, *, notice: Notice | None = None) -> None:
     if plan.engine == "vllm":
         args = plan.vllm_args
         if "--uds" not in args and not any(arg.startswith("--uds=") for arg in args):
-            port_text = option_value(args, "--port", "8000")
-            if port_text.isdigit():  # anything else is vLLM's to refuse
+            port = ascii_whole(option_value(args, "--port", "8000"))
+            if port is not None:  # anything else is vLLM's to refuse
                 from aim_cli.ports import check_port_free
 
-                check_port_free(option_value(args, "--host", ""), int(port_text))
+                check_port_free(option_value(args, "--host", ""), port)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execvpe(plan.command[0], list(plan.command), dict(plan.env))

@@ -28,7 +28,7 @@ import numpy as np
 
 from aim_cli.engines.vision_tiers import per_item_plan
 from aim_cli.errors import AimError
-from aim_cli.limits import RAY_CONNECT_SECONDS
+from aim_cli.limits import RAY_CONNECT_SECONDS, ascii_whole
 from aim_cli.plans import ModulationPlan
 from aim_cli.tasks.batches import ProgressCallback
 
@@ -74,7 +74,8 @@ def cluster_endpoint(address: str) -> tuple[str, int] | None:
     if not sep:
         host, port = hostport, "10001" if client else "6379"  # Ray's own default ports
     host = host.strip("[]")  # [::1]:6379
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    port_number = ascii_whole(port)
+    if not host or port_number is None or not 0 < port_number < 65536:
         raise AimError(
             f"Ray address {address[:100]!r}: expected HOST:PORT or ray://HOST:PORT", "fix --address or RAY_ADDRESS"
         )

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from aim_cli.certificates import answer_headers
 from aim_cli.engines.vision_tiers import EndpointSpec, ImageJob, RequestError, VisionTiers
-from aim_cli.limits import REQUEST_BYTES
+from aim_cli.limits import REQUEST_BYTES, ascii_whole
 
 # Ray Serve's own defaults for @serve.batch are 10 and 10 ms; aim's are the CLI's defaults.
 DEFAULT_BATCH = 8
@@ -27,9 +27,9 @@ DEFAULT_WAIT_S = 0.005
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, read into memory and refused (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the request body is {int(declared):,} bytes, over the bound", REQUEST_BYTES.hint())
+    declared = ascii_whole(request.headers.get("content-length", ""))  # else the streamed size decides
+    if declared is not None and declared > limit:
+        raise RequestError(413, f"the request body is {declared:,} bytes, over the bound", REQUEST_BYTES.hint())
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from aim_cli.errors import InputError, ModelError
-from aim_cli.limits import CONFIG_BYTES, INPUT_PIXELS, LABEL_COUNT, SEQUENCE_TOKENS
+from aim_cli.limits import CONFIG_BYTES, INPUT_PIXELS, LABEL_COUNT, SEQUENCE_TOKENS, ascii_whole
 
 # Files the loaders read as text at load time (weights are bounded by their own format).
 _TEXT_SUFFIXES = (".json", ".jinja", ".txt", ".model")
@@ -454,7 +454,8 @@ def _check_id2label(config: dict[str, Any], id2label: Any, bound: int, where: _W
 
 def _class_id(where: _Where, key: str, value: Any, bound: int) -> int:
     """A class id: an integer (a digit string in JSON keys) below the class bound."""
-    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    parsed = ascii_whole(value) if isinstance(value, str) else None
+    number = value if parsed is None else parsed
     return _int_in(where, key, number, 0, bound - 1, _labels_hint(where))
 
 

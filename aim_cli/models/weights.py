@@ -20,7 +20,7 @@ import torch
 
 from aim_cli.errors import InputError, ModelError
 from aim_cli.io import read_text_file
-from aim_cli.limits import LABEL_COUNT, TENSOR_COUNT, TEXT_BYTES
+from aim_cli.limits import LABEL_COUNT, TENSOR_COUNT, TEXT_BYTES, ascii_whole
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -224,9 +224,7 @@ def labels_from_value(value: Any, source: str) -> list[str]:
 
 def _digits(key: Any) -> int | None:
     """A JSON object key that spells a class id ('12'), else None."""
-    if isinstance(key, str) and key.strip().isdigit() and len(key.strip()) <= 12:
-        return int(key)
-    return None
+    return ascii_whole(key, max_digits=12) if isinstance(key, str) else None
 
 
 def read_labels_file(path: Path) -> list[str]:
