@@ -10,7 +10,7 @@ written here too, under the run-output rules of aim_cli.outputs: it never replac
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -66,7 +66,7 @@ class Generation:
         self,
         model: LanguageModel | None,
         prompts: Sequence[str],
-        completions: Iterator[Completion],
+        completions: Generator[Completion, None, None],
         streaming: bool,
     ) -> None:
         self.model = model
@@ -85,9 +85,12 @@ class Generation:
 
     def close(self) -> None:
         """Stop early: the output file keeps its finished records only when a signal stopped the run."""
-        close = getattr(self._completions, "close", None)
-        if close is not None:
-            close()
+        self._completions.close()
+
+
+def _no_completions() -> Generator[Completion, None, None]:
+    """The completions of a run with every prompt already answered: none."""
+    yield from ()
 
 
 def generate(
@@ -169,7 +172,7 @@ def generate(
     texts = _remaining(texts, kept)
     if not texts:  # every prompt already answered: the file already holds them, so it is left as it was
         say(f"nothing to do: every prompt is already answered in {output_path}")
-        return Generation(model if isinstance(model, LanguageModel) else None, (), iter(()), False)
+        return Generation(model if isinstance(model, LanguageModel) else None, (), _no_completions(), False)
     lm = model if isinstance(model, LanguageModel) else _load(spec, device, dtype, device_map)
     plan = plan_generation(plan_profile, lm)
     encoded = encode_prompts(lm, texts, chat=chat)
@@ -207,7 +210,7 @@ class _Run:
         self.progress = progress
         self.failures = failures
 
-    def completions(self, streamer: CompletionStreamer | None = None) -> Iterator[Completion]:
+    def completions(self, streamer: CompletionStreamer | None = None) -> Generator[Completion, None, None]:
         """The completions in prompt order; running out of GPU memory is one aim error."""
         try:
             yield from generate_completions(
@@ -233,7 +236,7 @@ class _Run:
         kept: list[dict[str, object]],
         say: Notice,
         streamer: CompletionStreamer | None = None,
-    ) -> Iterator[Completion]:
+    ) -> Generator[Completion, None, None]:
         """The completions, each also streamed to `output` (after the kept records), published once all are written."""
         with RunOutputs() as run:
             writer = run.records(output, keep_on_interrupt=bool(kept))  # only a resumed file holds the old records too
